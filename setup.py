@@ -1,0 +1,34 @@
+"""gchat: the gopl.io ch8 chat server on gevent, and its load-benchmarking kit."""
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"',
+                    (HERE / "gchat" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="gchat",
+    version=VERSION,
+    description="Broadcast chat server on gevent (gopl.io ch8 chat, exercises 8.12-8.15 included)",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    # The load generator lives under bench/ (next to its baselines and
+    # RESULTS.md) but installs as the importable package gchat_bench.
+    packages=["gchat", "gchat_bench", "gchat_bench.baselines"],
+    package_dir={"gchat": "gchat", "gchat_bench": "bench/gchat_bench",
+                 "gchat_bench.baselines": "bench/baselines"},
+    install_requires=["gevent>=23.9"],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6"],
+        "bench": ["hdrhistogram>=0.10", "psutil>=5.9", "tqdm>=4.60", "matplotlib>=3.5"],
+    },
+    entry_points={
+        "console_scripts": [
+            "gchat = gchat.cli:main",
+            "gchat-bench = gchat_bench.cli:main",
+        ],
+    },
+)
