@@ -1,0 +1,129 @@
+"""Command line: argparse -> Config -> run, until SIGINT or SIGTERM.
+
+This is the only module that reads argv; everything else takes a Config.
+"""
+import argparse
+import logging
+import signal
+import sys
+
+from gchat import __version__
+from gchat.config import SLOW_POLICIES, Config
+
+log = logging.getLogger("gchat")
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional K/M/G suffix (powers of 1024)."""
+    units = {"k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+    text = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if text and text[-1] in units:
+            value = int(float(text[:-1]) * units[text[-1]])
+        else:
+            value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Config()
+    parser = argparse.ArgumentParser(
+        prog="gchat",
+        description="Broadcast chat server (gopl.io ch8/chat on gevent). "
+                    "Connect with `nc HOST PORT`; type /help once named.")
+    parser.add_argument("--version", action="version", version=f"gchat {__version__}")
+    parser.add_argument("--host", default=d.host, help="address to listen on (default %(default)s)")
+    parser.add_argument("--port", type=int, default=d.port,
+                        help="TCP port (default %(default)s; 0 picks a free port)")
+    parser.add_argument("--compat", action="store_true",
+                        help="the seed's protocol byte for byte: no names, no commands, "
+                             "every line is chat, clients are known by HOST:PORT")
+    parser.add_argument("--idle-timeout", type=_seconds, default=None, metavar="SECONDS",
+                        help="disconnect a client silent this long (default 300; "
+                             "off in --compat unless given; 0 turns it off)")
+    parser.add_argument("--name-timeout", type=_seconds, default=d.name_timeout, metavar="SECONDS",
+                        help="disconnect a client that gives no name this long "
+                             "(default %(default)g; 0 turns it off)")
+    parser.add_argument("--sendq", type=_size, default=d.sendq, metavar="BYTES",
+                        help="output bytes that may wait for one client before "
+                             "--slow-policy applies (default %(default)s; K/M suffixes allowed)")
+    parser.add_argument("--slow-policy", choices=SLOW_POLICIES, default=d.slow_policy,
+                        help="when a client's send queue is full: disconnect it, or drop "
+                             "messages for it and tell it how many (default %(default)s)")
+    parser.add_argument("--max-line", type=_size, default=d.max_line, metavar="BYTES",
+                        help="longest line accepted, in bytes before decoding; a longer "
+                             "one is discarded with an error (default %(default)s)")
+    parser.add_argument("--roster-limit", type=int, default=d.roster_limit, metavar="N",
+                        help="names shown in a newcomer's roster line (default %(default)s)")
+    parser.add_argument("--close-linger", type=_seconds, default=d.close_linger, metavar="SECONDS",
+                        help="time a disconnected client gets to receive its last lines "
+                             "(default %(default)g)")
+    parser.add_argument("--shutdown-timeout", type=_seconds, default=d.shutdown_flush_timeout,
+                        metavar="SECONDS",
+                        help="on SIGINT/SIGTERM, how long queued output may take to "
+                             "flush (default %(default)g)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="stderr log level (default %(default)s)")
+    return parser
+
+
+def config_from_args(args) -> Config:
+    return Config(host=args.host, port=args.port, compat=args.compat,
+                  idle_timeout=args.idle_timeout, name_timeout=args.name_timeout,
+                  sendq=args.sendq, slow_policy=args.slow_policy, max_line=args.max_line,
+                  roster_limit=args.roster_limit, close_linger=args.close_linger,
+                  shutdown_flush_timeout=args.shutdown_timeout)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as err:
+        parser.error(str(err))
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(config)
+
+
+def run(config: Config) -> int:
+    # gevent is imported here, not at module level, so that `gchat --help`
+    # answers fast and argument errors need no event loop.
+    import gevent
+    from gevent.event import Event
+
+    from gchat.server import ChatServer
+
+    server = ChatServer(config)
+    try:
+        server.start()
+    except OSError as err:
+        log.error("cannot listen on %s:%s: %s", config.host, config.port, err)
+        return 1
+    stop_requested = Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        gevent.signal_handler(signum, stop_requested.set)
+    host, port = server.address[:2]
+    log.info("gchat %s listening on %s:%s%s", __version__, host, port,
+             " (--compat)" if config.compat else "")
+    stop_requested.wait()
+    log.info("shutting down: closing %d clients", len(server.hub.room.connected))
+    server.stop()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,90 @@
+"""Every limit and tunable of the server, in one dataclass.
+
+The CLI builds a Config; nothing else reads argv or the environment.  Each
+field says why its default is what it is.
+"""
+from dataclasses import dataclass
+
+KIB = 1024
+MIB = 1024 * KIB
+
+SLOW_POLICIES = ("disconnect", "drop")
+
+
+@dataclass(frozen=True)
+class Config:
+    # The seed listens on localhost:8000 (gopl.io ch8/chat).
+    host: str = "localhost"
+    port: int = 8000
+
+    # --compat: the seed's protocol byte for byte: no names, no commands,
+    # no roster, every line is chat text, "who" is the remote HOST:PORT.
+    compat: bool = False
+
+    # Exercise 8.13 suggests five minutes of silence.  0 turns it off.
+    # None means "the mode's default": 300 s in name mode, off in --compat
+    # (the seed never disconnects an idle client, and --compat is a drop-in).
+    idle_timeout: float = None
+    # A client that has not given a name within a minute is a stray
+    # connection (a port scan, a forgotten telnet); IRC daemons give about
+    # the same for registration (ergo: 60 s).  0 turns it off.
+    name_timeout: float = 60.0
+
+    # Bytes that may wait for one client before --slow-policy applies.
+    # Redis bounds pub/sub clients at 8-32 MB and Centrifugo at 1 MiB; 1 MiB
+    # is some seconds of a busy room for a human client and keeps 10,000
+    # stuck clients under 10 GiB in the worst case.
+    sendq: int = 1 * MIB
+    # disconnect (Redis and ergo do this) or drop (skip messages, count
+    # them, and tell the client how many it missed once it catches up).
+    slow_policy: str = "disconnect"
+
+    # Longest line a client may send, in bytes before decoding, without its
+    # terminator.  IRC allows 512 for a whole message; chat users paste
+    # more, and 4 KiB is one page: long enough for text, small enough that
+    # 10,000 clients each holding an unfinished line cost 40 MiB at most.
+    max_line: int = 4 * KIB
+
+    # How long a client that is being disconnected (idle, slow, /quit) may
+    # take to receive its last lines before its socket is closed anyway.
+    # Long enough for a live client on a slow link, short enough that a
+    # client that never reads holds its --sendq for only a moment more.
+    close_linger: float = 2.0
+
+    # Names shown in the roster line that greets a newcomer (exercise 8.12);
+    # the count is always exact and /who lists everyone.  Without a bound
+    # a storm of N arrivals sends O(N^2) bytes of rosters; IRC's NAMES reply
+    # is split into 512-byte lines for the same reason.
+    roster_limit: int = 50
+
+    # How long shutdown waits for queued output to drain before closing.
+    shutdown_flush_timeout: float = 3.0
+
+    # Bytes read per recv().  A 4 KiB line plus slack; a larger buffer
+    # would only be allocated and freed again for every chunk.
+    recv_size: int = 16 * KIB
+
+    # Events the broadcaster may hold unread.  When it is full readers wait
+    # (TCP then pushes back on senders) instead of memory growing.
+    inbox_size: int = 10_000
+
+    def __post_init__(self):
+        if self.slow_policy not in SLOW_POLICIES:
+            raise ValueError(f"slow_policy must be one of {SLOW_POLICIES}, not {self.slow_policy!r}")
+        for field in ("sendq", "max_line", "recv_size", "inbox_size", "roster_limit"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"{field} must be positive")
+        for field in ("name_timeout", "shutdown_flush_timeout", "close_linger"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"{field} must not be negative")
+        if self.idle_timeout is not None and self.idle_timeout < 0:
+            raise ValueError("idle_timeout must not be negative")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be 0..65535")
+
+    @property
+    def effective_idle_timeout(self) -> float:
+        """Idle timeout in seconds, 0 for none, with the mode's default applied."""
+        if self.idle_timeout is not None:
+            return self.idle_timeout
+        return 0.0 if self.compat else 300.0

@@ -1,0 +1,134 @@
+"""The broadcaster greenlet: the one owner of the room.
+
+Readers put events on `inbox`, a gevent Queue; the hub waits on it as the
+seed's broadcaster waits in select.  On each wake-up it drains every
+pending event, lets the Room apply them, and flushes the batch: rendered
+once, offered to every member's Outbox with a non-blocking send.  It never
+waits on a client.  Connections it removes are closed only after the batch
+that says goodbye to them has been delivered.
+"""
+import logging
+import time
+
+import gevent
+from gevent.event import Event
+from gevent.queue import Empty, Queue
+
+from gchat.room import PEER_GONE, Room, Why
+
+log = logging.getLogger("gchat")
+
+# Event kinds: (kind, conn, payload) tuples on the inbox.
+ARRIVE = "arrive"      # payload: None
+LINES = "lines"        # payload: list of lines (bytes or protocol.TOO_LONG)
+LEAVE = "leave"        # payload: a room.Why
+SHUTDOWN = "shutdown"  # conn and payload: None
+
+
+class Hub:
+    def __init__(self, config):
+        self.config = config
+        self.inbox = Queue(config.inbox_size)
+        self.room = Room(config)
+        self.stopped = Event()  # set when shutdown has closed every client
+        self.stats = {"deliveries": 0, "batches": 0, "events": 0, "slow_disconnects": 0,
+                      "faults": 0}
+        self._shutting_down = False
+        self._batch_limit = config.inbox_size
+
+    def put(self, kind, conn=None, payload=None):
+        """Send the hub an event (blocks the caller while the inbox is full)."""
+        self.inbox.put((kind, conn, payload))
+
+    def run(self):
+        """The broadcaster loop; runs until shutdown has closed every client."""
+        inbox = self.inbox
+        while True:
+            self._handle(inbox.get())
+            # Drain everything that is already waiting: one flush (one send
+            # per client) serves the whole batch.
+            for _ in range(self._batch_limit):
+                try:
+                    event = inbox.get_nowait()
+                except Empty:
+                    break
+                self._handle(event)
+            self._flush()
+            if self._shutting_down and not self.room.connected:
+                self.stopped.set()
+                return
+
+    def _handle(self, event):
+        kind, conn, payload = event
+        self.stats["events"] += 1
+        room = self.room
+        try:
+            if kind is LINES:
+                room.lines(conn, payload)
+            elif kind is ARRIVE:
+                log.info("connection from %s", conn.who)
+                if self._shutting_down:
+                    room.arrive(conn)
+                    room.depart(conn, Why.SHUTDOWN)
+                else:
+                    room.arrive(conn)
+            elif kind is LEAVE:
+                room.depart(conn, payload)
+            elif kind is SHUTDOWN:
+                self._shutting_down = True
+                room.shutdown()
+        except Exception:
+            # One client's bad event must not stop the broadcaster.
+            self.stats["faults"] += 1
+            log.exception("error handling %s event of %s; disconnecting it", kind,
+                          getattr(conn, "who", conn))
+            if conn is not None:
+                try:
+                    room.depart(conn, Why.FAULT)
+                except Exception:
+                    log.exception("error removing %s", getattr(conn, "who", conn))
+                    conn.close(0)
+
+    def _flush(self):
+        room = self.room
+        out = room.out
+        config = self.config
+        while out.pending or room.departures:
+            departures, room.departures = room.departures, []
+            leaving = {conn for conn, _ in departures}
+            overflowed = []
+
+            def deliver(conn, data):
+                if conn in leaving:
+                    conn.outbox.offer(data, force=True)
+                elif not conn.outbox.offer(data):
+                    overflowed.append(conn)
+
+            self.stats["deliveries"] += out.flush(room.members.values(), deliver)
+            self.stats["batches"] += 1
+            for conn, why in departures:
+                if why in PEER_GONE:
+                    conn.close(0)
+                elif self._shutting_down:
+                    conn.close(config.shutdown_flush_timeout)
+                else:
+                    conn.close(config.close_linger)
+                self._log_departure(conn, why)
+            for conn in overflowed:
+                self.stats["slow_disconnects"] += 1
+                room.depart(conn, Why.SLOW)
+
+    def _log_departure(self, conn, why):
+        log.info("%s left (%s, %s)%s", conn.name or conn.who, conn.who, why,
+                 f", {conn.outbox.dropped} lines dropped" if conn.outbox.dropped else "")
+
+    def snapshot(self) -> dict:
+        """Counters for logs and /stats."""
+        return {**self.stats, **self.room.counts, "clients": len(self.room.connected),
+                "members": len(self.room.members), "inbox": self.inbox.qsize(),
+                "time": time.time()}
+
+
+def spawn_hub(config) -> tuple:
+    hub = Hub(config)
+    return hub, gevent.spawn(hub.run)

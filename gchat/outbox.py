@@ -1,0 +1,108 @@
+"""A client's output: bounded in bytes, never blocking the broadcaster.
+
+The hub offers bytes; the outbox first tries to hand them straight to the
+kernel with a non-blocking send.  Whatever the kernel refuses is parked, in
+order, and the connection's writer greenlet is woken to send it when the
+socket drains (ergo's sendq and Redis's output buffer work the same way).
+If parked bytes would pass `limit`, the slow-client policy decides
+(exercise 8.15):
+
+* "disconnect": offer() returns False and the caller removes the client;
+* "drop": the offer is skipped whole (never part of a line, so order and
+  framing hold), its lines are counted, and once there is room again the
+  client is told how many it missed, in order, before anything newer.
+
+Pure: the non-blocking send and the wake-up are callables given by the
+connection, so that tests drive the outbox without sockets.
+"""
+from gchat import protocol as p
+
+
+class Outbox:
+    __slots__ = ("limit", "drop_policy", "_send", "_wake", "_parked", "parked_bytes",
+                 "missed", "dropped", "broken", "sent_bytes")
+
+    def __init__(self, limit: int, policy: str, send, wake):
+        """send(data) -> bytes accepted, raising BlockingIOError when none
+        (a non-blocking socket send); wake() starts the writer."""
+        self.limit = limit
+        self.drop_policy = policy == "drop"
+        self._send = send
+        self._wake = wake
+        self._parked = []
+        self.parked_bytes = 0
+        self.missed = 0      # lines skipped since the client was last told
+        self.dropped = 0     # lines skipped in all, for the stats
+        self.broken = False  # the connection failed; output is discarded
+        self.sent_bytes = 0
+
+    def offer(self, data: bytes, force: bool = False) -> bool:
+        """Queue data for the client.  False: over the limit under the
+        disconnect policy (the data was not queued).  force: queue it even
+        over the limit (a departing client's last lines)."""
+        if self.broken:
+            return True
+        if self._parked:
+            if self.parked_bytes + len(data) > self.limit and not force:
+                return self._over_limit(data)
+            if self.missed:
+                self._park(p.render_missed(self.missed).encode() + b"\n")
+                self.missed = 0
+            self._park(data)
+            return True
+        try:
+            sent = self._send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # The peer is gone; its reader will see that and report it.
+            self.broken = True
+            return True
+        self.sent_bytes += sent
+        if sent < len(data):
+            self._park(data[sent:])
+            self._wake()
+        return True
+
+    def _over_limit(self, data: bytes) -> bool:
+        if not self.drop_policy:
+            return False
+        lines = data.count(b"\n")
+        self.missed += lines
+        self.dropped += lines
+        return True
+
+    def _park(self, data: bytes):
+        self._parked.append(data)
+        self.parked_bytes += len(data)
+
+    # The writer's side -------------------------------------------------
+
+    def pending(self) -> bytes:
+        """Everything parked, as one bytes object (b"" when nothing is)."""
+        parked = self._parked
+        if not parked:
+            return b""
+        if len(parked) > 1:
+            parked[:] = [b"".join(parked)]
+        return parked[0]
+
+    def sent(self, count: int):
+        """The writer sent count bytes of pending()."""
+        self.sent_bytes += count
+        head = self._parked[0]
+        if count >= len(head):
+            self._parked.clear()
+            self.parked_bytes = 0
+            if self.missed:  # caught up: now say what was skipped
+                self._park(p.render_missed(self.missed).encode() + b"\n")
+                self.missed = 0
+        else:
+            self._parked[0] = head[count:]
+            self.parked_bytes -= count
+
+    def abandon(self):
+        """The connection failed: forget what is parked."""
+        self.broken = True
+        self._parked.clear()
+        self.parked_bytes = 0

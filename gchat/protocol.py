@@ -1,0 +1,316 @@
+"""The line protocol, with no sockets, no gevent and no clock.
+
+Everything here is driven with bytes and strings by the tests:
+
+* LineReader splits a byte stream into lines, with a length bound;
+* clean_text makes decoded text safe to show on another person's terminal;
+* parse turns a line into a command;
+* validate_name and name_key are the rules for names (exercise 8.14);
+* the render_* functions are every line the server says, in one place.
+"""
+import unicodedata
+from typing import NamedTuple, Optional
+
+# --------------------------------------------------------------------------
+# Splitting bytes into lines
+
+
+class _TooLong:
+    """Marker that LineReader puts where it discarded an over-long line."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return "TOO_LONG"
+
+
+TOO_LONG = _TooLong()
+
+
+class LineReader:
+    """Split a byte stream into lines, never holding more than max_line bytes.
+
+    feed(data) returns the lines completed by data, in order: each is the
+    bytes before "\\n" with one trailing "\\r" dropped (the seed's
+    bufio.ScanLines does the same).  A line longer than max_line bytes is
+    discarded and stands in the output as TOO_LONG, once, at the point where
+    its excess became known; the rest of it, up to its newline, is skipped
+    without being stored, so an endless line costs no memory.  The output
+    is the same whatever the chunking of the input.
+    """
+
+    __slots__ = ("max_line", "_partial", "_discarding")
+
+    def __init__(self, max_line: int):
+        if max_line < 1:
+            raise ValueError("max_line must be at least 1")
+        self.max_line = max_line
+        self._partial = b""
+        self._discarding = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an unfinished line held right now (at most max_line + 1)."""
+        return len(self._partial)
+
+    def feed(self, data: bytes) -> list:
+        out = []
+        if self._discarding:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return out
+            self._discarding = False
+            data = data[newline + 1:]
+        if self._partial:
+            data = self._partial + data
+            self._partial = b""
+        pieces = data.split(b"\n")
+        tail = pieces.pop()
+        limit = self.max_line
+        for line in pieces:
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            out.append(line if len(line) <= limit else TOO_LONG)
+        # The unfinished tail may hold max_line bytes plus a "\r" that a
+        # later "\n" would turn into a terminator; one byte more and the
+        # line is too long whatever follows.
+        if len(tail) > limit + 1 or (len(tail) == limit + 1 and tail[-1:] != b"\r"):
+            out.append(TOO_LONG)
+            self._discarding = True
+        else:
+            self._partial = tail
+        return out
+
+    def finish(self) -> list:
+        """At end of input: the unterminated last line, if any (the seed's
+        Scanner delivers it too)."""
+        tail, self._partial = self._partial, b""
+        if tail[-1:] == b"\r":
+            tail = tail[:-1]
+        return [tail] if tail else []
+
+
+# --------------------------------------------------------------------------
+# Text safety
+
+# C0 controls but TAB, DEL, and the C1 controls: a terminal acts on them
+# (ESC starts colour, cursor and title sequences), so another client must
+# never receive them raw.  They become U+FFFD, which shows that something
+# was there without doing anything.
+_UNSAFE = {c: "\ufffd" for c in [*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F, *range(0x80, 0xA0)]}
+
+
+def decode(line: bytes) -> str:
+    """Decode a received line: UTF-8, invalid bytes as U+FFFD, controls made safe."""
+    text = line.decode("utf-8", "replace")
+    if text.isascii() and text.isprintable():
+        return text  # the common case: nothing to translate
+    return text.translate(_UNSAFE)
+
+
+def clean_text(text: str) -> str:
+    """Make text safe to show on another client's terminal."""
+    return text.translate(_UNSAFE)
+
+
+# --------------------------------------------------------------------------
+# Names (exercise 8.14)
+
+NAME_MAX = 24  # characters; IRC nicknames are 9-30, 24 fits a roster line
+_NAME_PUNCT = frozenset("_-.")
+
+
+def validate_name(name: str) -> Optional[str]:
+    """Return why name is not acceptable, or None when it is.
+
+    A name is 1-24 characters: letters of any script (with their combining
+    marks, which some scripts cannot be written without), decimal digits,
+    "_", "-" and ".".
+    """
+    if not name:
+        return "a name needs at least one character"
+    if len(name) > NAME_MAX:
+        return f"a name has at most {NAME_MAX} characters"
+    for i, ch in enumerate(name):
+        category = unicodedata.category(ch)
+        if category[0] == "L" or category == "Nd" or ch in _NAME_PUNCT:
+            continue
+        if category[0] == "M" and i > 0:
+            continue
+        shown = ch if ch.isprintable() and not ch.isspace() else f"U+{ord(ch):04X}"
+        return f"{shown!r} is not allowed in a name (letters, digits, _ - . only)"
+    return None
+
+
+def name_key(name: str) -> str:
+    """The form in which names are compared: NFKC, then case-folded.
+
+    Two names with the same key are the same name, so that "Bob", "BOB" and
+    a full-width "Ｂｏｂ" cannot be told apart by the server either.
+    """
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+
+
+# --------------------------------------------------------------------------
+# Commands
+
+
+class Chat(NamedTuple):
+    text: str
+
+
+class Me(NamedTuple):
+    action: str
+
+
+class Nick(NamedTuple):
+    name: str
+
+
+class Msg(NamedTuple):
+    target: str
+    text: str
+
+
+class Who(NamedTuple):
+    pass
+
+
+class Quit(NamedTuple):
+    reason: str
+
+
+class Help(NamedTuple):
+    pass
+
+
+class Invalid(NamedTuple):
+    """A line that is a command but not a usable one; error says why."""
+    error: str
+
+
+HELP_LINES = (
+    "Commands:",
+    "  /who               who is here",
+    "  /nick NEW          change your name",
+    "  /me ACTION         say that you do something: * NAME ACTION",
+    "  /msg NAME TEXT     say TEXT to NAME alone",
+    "  /quit [REASON]     leave",
+    "  /help              this list",
+    "Any other line is said to everyone. Start a line with // to say one that starts with /.",
+)
+
+
+def _usage(command: str, args: str) -> Invalid:
+    return Invalid(f"usage: /{command} {args}")
+
+
+def parse(line: str):
+    """Turn one line of a named client into a command.  Never raises."""
+    if not line.startswith("/"):
+        return Chat(line)
+    if line.startswith("//"):
+        return Chat(line[1:])
+    word, _, rest = line[1:].partition(" ")
+    command = word.lower()
+    rest = rest.strip()
+    if command == "who":
+        return Who()
+    if command == "help":
+        return Help()
+    if command == "quit":
+        return Quit(rest)
+    if command == "me":
+        return Me(rest) if rest else _usage("me", "ACTION")
+    if command == "nick":
+        if not rest or " " in rest:
+            return _usage("nick", "NEW")
+        return Nick(rest)
+    if command == "msg":
+        target, _, text = rest.partition(" ")
+        text = text.strip()
+        if not target or not text:
+            return _usage("msg", "NAME TEXT")
+        return Msg(target, text)
+    shown = word if len(word) <= 32 else word[:32] + "..."
+    return Invalid(f"unknown command /{shown} (try /help)")
+
+
+# --------------------------------------------------------------------------
+# What the server says.  Every line in one place, without the "\n".
+
+NAME_PROMPT = "Welcome to gchat. What is your name?"
+NAME_PROMPT_AGAIN = "What is your name?"
+SHUTDOWN = "Server shutting down. Goodbye."
+SENDQ_EXCEEDED = "error: send queue exceeded; disconnecting"
+
+
+def render_error(reason: str) -> str:
+    return f"error: {reason}"
+
+
+def render_you_are(who: str) -> str:
+    return f"You are {who}"
+
+
+def render_arrived(who: str) -> str:
+    return f"{who} has arrived"
+
+
+def render_arrivals(names: list) -> str:
+    """One line for several arrivals at once."""
+    return f"{', '.join(names)} have arrived"
+
+
+def render_left(who: str, reason: str = "") -> str:
+    return f"{who} has left ({reason})" if reason else f"{who} has left"
+
+
+def render_chat(who: str, text: str) -> str:
+    return f"{who}: {text}"
+
+
+def render_me(who: str, action: str) -> str:
+    return f"* {who} {action}"
+
+
+def render_nick(old: str, new: str) -> str:
+    return f"{old} is now known as {new}"
+
+
+def render_private_to_recipient(sender: str, text: str) -> str:
+    return f"{sender} (private): {text}"
+
+
+def render_private_to_sender(sender: str, recipient: str, text: str) -> str:
+    return f"{sender} (private to {recipient}): {text}"
+
+
+def render_roster(names: list, total: int, newcomer: bool) -> str:
+    """The roster: names (perhaps only the first of them) out of total.
+
+    For a newcomer it names everyone else (exercise 8.12); for /who, everyone.
+    """
+    if not total:
+        return "Nobody else is here." if newcomer else "Nobody is here."
+    prefix = "Also here" if newcomer else "Here now"
+    more = total - len(names)
+    tail = f", and {more} more (/who lists all)" if more > 0 else ""
+    return f"{prefix} ({total}): {', '.join(names)}{tail}"
+
+
+def render_missed(count: int) -> str:
+    return f"error: you were too slow to read; {count} messages were skipped"
+
+
+def render_idle(seconds: float) -> str:
+    return f"error: idle for {seconds:g} s; disconnecting"
+
+
+def render_name_timeout(seconds: float) -> str:
+    return f"error: no name given within {seconds:g} s; disconnecting"
+
+
+def format_address(host: str, port: int) -> str:
+    """HOST:PORT as Go's net.Addr.String() writes it (IPv6 in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,36 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from chat_client import GchatProcess  # noqa: E402
+
+
+@pytest.fixture
+def start_gchat():
+    """start_gchat(*args) runs the gchat console script on a free port;
+    every server started is stopped after the test."""
+    started = []
+
+    def start(*args, **kw):
+        server = GchatProcess(*args, **kw)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def gchat(start_gchat):
+    """A gchat server with the default options (name mode)."""
+    return start_gchat()
+
+
+@pytest.fixture
+def compat(start_gchat):
+    """A gchat server in --compat mode."""
+    return start_gchat("--compat")
