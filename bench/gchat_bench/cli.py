@@ -1,0 +1,244 @@
+"""gchat-bench: load-test gchat (or any server of its line protocol).
+
+    gchat-bench SCENARIO [--clients N[,N...]] [--senders S] [--rate R]
+                [--duration SECONDS] [--size BYTES]
+                [--target HOST:PORT [--server-pid PID] | --spawn=OPTIONS]
+                [--compat] [--json] [--plot FILE.png] [--repeat R]
+
+See bench/README.md for the scenarios and what each figure means.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import sys
+from typing import Optional
+
+from gchat_bench.runner import SCENARIOS, Options, run_scenario
+from gchat_bench.servers import (BenchError, Server, baseline_command, check_loopback,
+                                 gchat_command, spawn_argv)
+
+DEFAULTS = {"clients": "1000", "senders": 10, "rate": 100.0, "duration": 10.0,
+            "size": 64, "window": 4, "slow_clients": 10}
+
+
+def parse_args(argv: Optional[list]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="gchat-bench",
+        description="Load-test gchat, or any server of its line protocol, with "
+                    "thousands of simulated clients.",
+        epilog="Write --spawn with '=': --spawn='--compat --sendq 65536', or --spawn= "
+               "for gchat's defaults. Without --target or --spawn, gchat is spawned "
+               "with its defaults.")
+    ap.add_argument("scenario", choices=SCENARIOS + ("compare",),
+                    help="fanout: open-loop fixed rate; saturate: closed loop, highest "
+                         "deliveries/s; join: connect storm until quiet; idle: memory per "
+                         "connection; slow: fanout plus clients that never read; compare: "
+                         "one scenario against gchat --compat and the baselines")
+    ap.add_argument("--clients", default=DEFAULTS["clients"],
+                    help="clients, or a comma list for a sweep (default 1000; "
+                         "at most ~19000: 20000 open files per process)")
+    ap.add_argument("--senders", type=int, default=DEFAULTS["senders"],
+                    help="clients that send (default 10)")
+    ap.add_argument("--rate", type=float, default=DEFAULTS["rate"],
+                    help="messages/s of all senders together, open loop (default 100)")
+    ap.add_argument("--duration", type=float, default=DEFAULTS["duration"],
+                    help="seconds of sending; idle: of holding (default 10)")
+    ap.add_argument("--size", type=int, default=DEFAULTS["size"],
+                    help="bytes per chat line sent (default 64, at least 48)")
+    ap.add_argument("--window", type=int, default=DEFAULTS["window"],
+                    help="saturate: messages in flight per sender (default 4)")
+    ap.add_argument("--slow-clients", type=int, default=DEFAULTS["slow_clients"],
+                    help="slow: clients that never read (default 10)")
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("--target", metavar="HOST:PORT",
+                       help="a server already running (loopback only)")
+    where.add_argument("--spawn", metavar="OPTIONS",
+                       help="start gchat on a free port with OPTIONS (one argument)")
+    ap.add_argument("--server-pid", type=int,
+                    help="with --target: the server's pid, for its CPU and RSS")
+    ap.add_argument("--server-cmd", metavar="CMD",
+                    help="spawn this command instead of gchat (it gets --host H "
+                         "--port 0 and OPTIONS), e.g. 'python -m "
+                         "gchat_bench.baselines.seed_port'")
+    ap.add_argument("--compat", action="store_true",
+                    help="speak the seed protocol (implied by --compat in --spawn)")
+    ap.add_argument("--scenario", dest="compare_scenario", default="fanout",
+                    choices=SCENARIOS, help="compare: the scenario to run (default fanout)")
+    ap.add_argument("--baselines", default=None,
+                    help="compare: comma list of baselines (default: all)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run each setting R times (servers interleaved); "
+                         "the table shows medians")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="generator processes (default: one per core)")
+    ap.add_argument("--source-addrs", type=int, default=0,
+                    help="spread clients over K source addresses 127.0.0.1.. "
+                         "(default: one per 10000 clients)")
+    ap.add_argument("--connect-concurrency", type=int, default=200,
+                    help="handshakes in progress per worker (default 200)")
+    ap.add_argument("--drain-timeout", type=float, default=60.0,
+                    help="longest wait for in-flight messages after sending (default 60)")
+    ap.add_argument("--json", action="store_true",
+                    help="print one JSON object per run on stdout (the table goes to stderr)")
+    ap.add_argument("--plot", metavar="FILE.png",
+                    help="plot latency percentiles and deliveries/s against clients")
+    prog = ap.add_mutually_exclusive_group()
+    prog.add_argument("--progress", dest="progress", action="store_true", default=None,
+                      help="always show progress bars (default: when stderr is a terminal)")
+    prog.add_argument("--no-progress", dest="progress", action="store_false")
+    return ap.parse_args(argv)
+
+
+def parse_target(s: str) -> tuple:
+    host, _, port = s.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise BenchError("--target wants HOST:PORT, got %r" % s)
+    check_loopback(host)
+    return host, int(port)
+
+
+def server_name(cmd: list) -> str:
+    if "-m" in cmd:
+        return cmd[cmd.index("-m") + 1].rsplit(".", 1)[-1]
+    return os.path.basename(cmd[0])
+
+
+class ServerSpec:
+    """How to get one server for a run: spawn it, or use --target."""
+
+    def __init__(self, name: str, argv: Optional[list] = None,
+                 target: Optional[tuple] = None, pid: Optional[int] = None):
+        self.name, self.argv, self.target, self.pid = name, argv, target, pid
+
+    def start(self) -> Server:
+        if self.target:
+            return Server(self.name, self.target[0], self.target[1], pid=self.pid)
+        return Server.spawn(self.name, self.argv)
+
+
+def server_specs(a: argparse.Namespace, compat: bool) -> list:
+    """The servers of this invocation, gchat (or the one asked for) first."""
+    if a.target:
+        first = ServerSpec("target", target=parse_target(a.target), pid=a.server_pid)
+    else:
+        cmd = shlex.split(a.server_cmd) if a.server_cmd else gchat_command()
+        name = server_name(cmd) if a.server_cmd else "gchat"
+        first = ServerSpec(name, argv=spawn_argv(cmd, a.spawn or "", compat))
+    specs = [first]
+    if a.scenario == "compare":
+        from gchat_bench.baselines import BASELINES
+        names = a.baselines.split(",") if a.baselines else list(BASELINES)
+        for n in names:
+            if n not in BASELINES:
+                raise BenchError("unknown baseline %r (have: %s)" % (n, ", ".join(BASELINES)))
+            specs.append(ServerSpec(n, argv=baseline_command(BASELINES[n]) +
+                                    ["--host", "127.0.0.1", "--port", "0"]))
+    return specs
+
+
+def main(argv: Optional[list] = None) -> int:
+    """Entry point of the gchat-bench console script."""
+    a = parse_args(argv)
+    try:
+        return _main(a)
+    except BenchError as e:
+        print("gchat-bench: error: %s" % e, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gchat-bench: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(a: argparse.Namespace) -> int:
+    from gchat_bench import report
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:   # the spawned server inherits it: one fd per client
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        counts = [int(x) for x in str(a.clients).split(",") if x.strip()]
+    except ValueError:
+        raise BenchError("--clients wants N or N,N,...")
+    if not counts:
+        raise BenchError("--clients wants N or N,N,...")
+    scenario = a.compare_scenario if a.scenario == "compare" else a.scenario
+    compat = a.compat or a.scenario == "compare" or "--compat" in shlex.split(a.spawn or "")
+    if a.server_pid and not a.target:
+        raise BenchError("--server-pid goes with --target")
+    if a.repeat < 1:
+        raise BenchError("--repeat must be at least 1")
+    specs = server_specs(a, compat)
+
+    out = sys.stderr if a.json else sys.stdout
+    runs = []
+    for n in counts:
+        for rep in range(a.repeat):
+            for spec in specs:
+                opts = Options(scenario=scenario, clients=n, senders=min(a.senders, n),
+                               rate=a.rate, duration=a.duration, size=a.size,
+                               window=a.window, slow_clients=a.slow_clients,
+                               workers=a.workers, compat=compat, source_addrs=a.source_addrs,
+                               connect_concurrency=a.connect_concurrency,
+                               drain_timeout=a.drain_timeout, progress=a.progress)
+                opts.validate()
+                print("gchat-bench: %s against %s, %d clients (run %d/%d)"
+                      % (scenario, spec.name, n, rep + 1, a.repeat), file=sys.stderr)
+                server = spec.start()
+                try:
+                    res = run_scenario(opts, server)
+                finally:
+                    server.stop()
+                res["repeat_index"] = rep
+                if server.exit_code not in (None, 0):
+                    res["server_exit_code"] = server.exit_code
+                runs.append(res)
+                if a.json:
+                    print(json.dumps(res), flush=True)
+
+    # Medians per (server, clients); ratios of the first server to the others.
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault((r["clients"], r["server"]), []).append(r)
+    summary = [report.median_result(g) if len(g) > 1 else g[0] for g in groups.values()]
+    if a.scenario == "compare":
+        for s in summary:
+            if s["server"] == specs[0].name:
+                for b in summary:
+                    if b["clients"] == s["clients"] and b["server"] != s["server"]:
+                        s["vs_" + b["server"]] = report.ratios(s, b)
+    if a.json and a.repeat > 1:
+        for s in summary:
+            print(json.dumps(s), flush=True)
+    print(report.table(summary), file=out)
+    if a.scenario == "compare":
+        for s in summary:
+            if s["server"] == specs[0].name:
+                bases = [b for b in summary
+                         if b["clients"] == s["clients"] and b["server"] != s["server"]]
+                print(report.ratio_table(s, bases), file=out)
+    notes = []
+    if any(r["generator_saturated"] for r in runs):
+        notes.append("generator_saturated: a worker used ~a whole core or fell behind its "
+                     "schedule; figures are bounded by the generator (add --workers?)")
+    if any(r.get("lost") for r in runs):
+        notes.append("messages were lost (lost > 0)")
+    if any(r.get("disconnected") for r in runs):
+        notes.append("receivers were disconnected by the server during the run")
+    for n_ in notes:
+        print("note: " + n_, file=out)
+    if a.plot:
+        from gchat_bench.plot import plot_sweep
+        title = "gchat-bench %s: senders=%d rate=%g/s size=%dB duration=%gs%s" % (
+            scenario, a.senders, a.rate, a.size, a.duration,
+            " (median of %d)" % a.repeat if a.repeat > 1 else "")
+        plot_sweep(summary, a.plot, title)
+        print("plot written to %s" % a.plot, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The sweep plot: latency percentiles and deliveries/s against clients."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")   # files only: no display on a server
+import matplotlib.pyplot as plt  # noqa: E402
+
+PCTS = [("p50_ms", "p50", "-"), ("p90_ms", "p90", "--"),
+        ("p99_ms", "p99", "-."), ("p999_ms", "p99.9", ":")]
+
+
+def plot_sweep(results: list, path: str, title: str = "") -> None:
+    """Write a two-panel PNG: latencies (log scale) and deliveries/s, one
+    colour per server, x = number of clients."""
+    servers = list(dict.fromkeys(r["server"] for r in results))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for si, srv in enumerate(servers):
+        rows = sorted((r for r in results if r["server"] == srv), key=lambda r: r["clients"])
+        xs = [r["clients"] for r in rows]
+        col = colors[si % len(colors)]
+        for key, label, style in PCTS:
+            pts = [(x, r[key]) for x, r in zip(xs, rows) if r.get(key)]
+            if pts:
+                ax1.plot(*zip(*pts), style, marker="o", ms=4, color=col,
+                         label="%s %s" % (srv, label))
+        pts = [(x, r["deliveries_per_s"]) for x, r in zip(xs, rows) if r.get("deliveries_per_s")]
+        if pts:
+            ax2.plot(*zip(*pts), "-", marker="o", color=col, label=srv)
+        sat = [(x, r["deliveries_per_s"]) for x, r in zip(xs, rows)
+               if r.get("generator_saturated") and r.get("deliveries_per_s")]
+        if sat:
+            ax2.plot(*zip(*sat), "x", ms=10, color="red",
+                     label="%s: generator saturated" % srv)
+    xs_all = sorted({r["clients"] for r in results})
+    for ax in (ax1, ax2):
+        if xs_all and xs_all[-1] / max(xs_all[0], 1) >= 10:
+            ax.set_xscale("log")
+        ax.set_xlabel("clients")
+        ax.grid(True, which="both", alpha=0.3)
+    ax1.set_yscale("log")
+    ax1.set_ylabel("latency (ms), send to receive")
+    ax1.set_title("latency percentiles")
+    ax1.legend(fontsize=7, ncol=max(1, len(servers)))
+    ax2.set_ylabel("deliveries / s")
+    ax2.set_ylim(bottom=0)
+    ax2.set_title("throughput")
+    ax2.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,180 @@
+"""Pure measuring pieces of the load generator: payloads, sequence tracking,
+latency histograms.  No sockets, no gevent, no clock: tests drive them with
+bytes and numbers.
+
+Payload format.  Every chat line a simulated client sends is
+
+    ~<run> <sender> <seq> <send_ns> xxxx...
+
+``~`` is a marker no server adds on its own (names and addresses cannot
+hold it, and it is not ``/`` so gchat never takes it for a command).  A
+receiver finds the markers in a whole received chunk with one compiled
+regular expression (``findall`` runs in C), so it never splits the stream
+into Python lines.  ``run`` is a random number per measured phase, so lines
+from an earlier phase or another benchmark on the same server are told
+apart.  ``send_ns`` is the *scheduled* send time on CLOCK_MONOTONIC, which is
+the same clock in every process of this machine, so a receiver in another
+process subtracts it from its own clock reading.  Using the scheduled time
+rather than the time the bytes left is what keeps an open-loop benchmark
+honest about coordinated omission: a stall in the generator or the server
+shows up as latency.
+"""
+from __future__ import annotations
+
+import re
+
+from hdrh.histogram import HdrHistogram
+
+# A data line: ~run sender seq send_ns.  The trailing space keeps a marker
+# cut by a chunk boundary from matching a shorter number.
+DATA_RE = re.compile(rb"~(\d+) (\d+) (\d+) (\d+) ")
+# A sync line: ~S<k>.  Sync markers order the stream (see worker.py).
+SYNC_RE = re.compile(rb"~S(\d+)\b")
+
+# Histogram range in microseconds: 1 us .. 1 hour, 3 significant figures
+# (the resolution HdrHistogram's own examples use for response times).
+HIST_LOWEST_US = 1
+HIST_HIGHEST_US = 3600 * 1000 * 1000
+HIST_DIGITS = 3
+
+# Shortest payload that still holds a full marker with room for big numbers.
+MIN_SIZE = 48
+
+
+def new_histogram() -> HdrHistogram:
+    """An empty latency histogram in microseconds."""
+    return HdrHistogram(HIST_LOWEST_US, HIST_HIGHEST_US, HIST_DIGITS)
+
+
+def make_payload(run: int, sender: int, seq: int, send_ns: int, size: int) -> bytes:
+    """One chat line of ``size`` bytes (at least the marker) plus ``\\n``."""
+    head = b"~%d %d %d %d " % (run, sender, seq, send_ns)
+    # At least one byte of padding: a server that strips trailing blanks
+    # must not eat the space that ends the marker.
+    return head + b"x" * max(1, size - len(head)) + b"\n"
+
+
+def sync_payload(k: int) -> bytes:
+    """The line a client sends for sync marker ``k``."""
+    return b"~S%d \n" % k
+
+
+class LatencyRecorder:
+    """Counts latencies per microsecond, folded into an HdrHistogram.
+
+    ``HdrHistogram.record_value`` is pure Python and costs microseconds; a
+    receiver handles up to a few hundred thousand deliveries a second.  A
+    dict of counts keyed by whole microseconds is a histogram with exact
+    1 us buckets that costs one dict update per delivery; it is folded into
+    the HdrHistogram (``record_value(v, count)``) whenever it holds
+    ``fold_at`` distinct values and at the end, so memory stays bounded and
+    the figures come from the HdrHistogram.
+    """
+
+    def __init__(self, fold_at: int = 20000):
+        self.hist = new_histogram()
+        self.counts: dict = {}
+        self.fold_at = fold_at
+
+    def fold(self) -> None:
+        """Move the pending counts into the histogram."""
+        rec = self.hist.record_value
+        top = HIST_HIGHEST_US
+        for us, n in self.counts.items():
+            if us < 0:
+                us = 0          # cannot happen on one clock; never drop a count
+            elif us > top:
+                us = top        # saturate rather than silently lose a sample
+            rec(us, n)
+        self.counts = {}
+
+    def maybe_fold(self) -> None:
+        """Fold if the pending dict has grown past its bound."""
+        if len(self.counts) >= self.fold_at:
+            self.fold()
+
+    def encoded(self) -> str:
+        """Fold and return the histogram in HdrHistogram's base64 encoding."""
+        self.fold()
+        return self.hist.encode().decode("ascii")
+
+
+def merge_encoded(encoded: list) -> HdrHistogram:
+    """Add up encoded histograms (from the workers) into one."""
+    h = new_histogram()
+    for e in encoded:
+        if e:
+            h.decode_and_add(e.encode("ascii") if isinstance(e, str) else e)
+    return h
+
+
+def percentiles_ms(h: HdrHistogram) -> dict:
+    """p50/p90/p99/p99.9/max/mean of a microsecond histogram, in ms.
+
+    None when the histogram is empty: a run that measured nothing must not
+    print zeros that look like a fast server.
+    """
+    if h.get_total_count() == 0:
+        return {"p50_ms": None, "p90_ms": None, "p99_ms": None,
+                "p999_ms": None, "max_ms": None, "mean_ms": None}
+    return {
+        "p50_ms": h.get_value_at_percentile(50) / 1000.0,
+        "p90_ms": h.get_value_at_percentile(90) / 1000.0,
+        "p99_ms": h.get_value_at_percentile(99) / 1000.0,
+        "p999_ms": h.get_value_at_percentile(99.9) / 1000.0,
+        "max_ms": h.get_max_value() / 1000.0,
+        "mean_ms": h.get_mean_value() / 1000.0,
+    }
+
+
+class SeqTracker:
+    """Loss, duplication and reordering of one receiver, per sender.
+
+    ``nxt[s]`` is the next sequence number expected from sender ``s``.  The
+    common case (in order) is one compare and one store.  A jump ahead
+    records the skipped numbers as missing; a missing number that arrives
+    later counts as reordered, anything else below ``nxt`` as duplicated.
+    Lost is what never arrived: ``sent - unique`` at the end.
+
+    The worker inlines the in-order fast path for speed and calls
+    ``out_of_order`` for the rest, so both share this bookkeeping.
+    """
+
+    __slots__ = ("nxt", "missing", "unique", "received", "duplicated", "reordered")
+
+    def __init__(self, senders: int):
+        self.nxt = [0] * senders
+        self.missing: dict = {}
+        self.unique = 0
+        self.received = 0
+        self.duplicated = 0
+        self.reordered = 0
+
+    def see(self, sender: int, seq: int) -> None:
+        """Account for one delivery of ``seq`` from ``sender``."""
+        self.received += 1
+        if seq == self.nxt[sender]:
+            self.nxt[sender] = seq + 1
+            self.unique += 1
+        else:
+            self.out_of_order(sender, seq)
+
+    def out_of_order(self, sender: int, seq: int) -> None:
+        """The slow path of ``see`` (``received`` already counted)."""
+        expected = self.nxt[sender]
+        if seq > expected:
+            self.missing.setdefault(sender, set()).update(range(expected, seq))
+            self.nxt[sender] = seq + 1
+            self.unique += 1
+            return
+        miss = self.missing.get(sender)
+        if miss is not None and seq in miss:
+            miss.discard(seq)
+            self.reordered += 1
+            self.unique += 1
+        else:
+            self.duplicated += 1
+
+    def lost(self, sent_total: int) -> int:
+        """Messages sent by all senders that this receiver never got."""
+        return sent_total - self.unique

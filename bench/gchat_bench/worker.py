@@ -1,0 +1,647 @@
+"""One load-generator process: a share of the simulated clients on its own
+gevent loop.  The parent (runner.py) starts several of these with
+``python -m gchat_bench.worker`` and drives them over stdin/stdout with one
+JSON object per line.
+
+Why this shape:
+
+- Several processes, because one CPython process cannot use more than one
+  core, and the generator must not be what limits the figures.  The parent
+  measures each worker's CPU and reports when one was near a full core.
+- Receiving is the hot path (a broadcast to N clients is N deliveries).
+  Instead of one greenlet per socket, which would cost a greenlet switch
+  and a gevent watcher per delivery, every client socket sits in one
+  ``select.epoll`` of this worker; one reader greenlet waits (through
+  gevent) for the epoll fd, then takes every ready socket in one
+  ``poll(0)`` and reads it in 256 KiB chunks.  The chunk is scanned in C
+  (``bytes.count``, ``bytes.find``, a compiled regex); Python only looks at
+  the marker lines the benchmark itself sent.  Under load a poll returns
+  many sockets and each read many lines, so the cost per delivery falls
+  as the load rises.
+- Senders are greenlets (one per sending client) because that is where
+  gevent's timers and cooperative blocking sends are exactly what is
+  needed: an open-loop sender sleeps until its next scheduled send and,
+  when late, sends everything overdue at once, each line stamped with its
+  scheduled time.
+
+Commands (parent -> worker) and replies (worker -> parent) are documented on
+each ``cmd_*`` method.  While a command runs the worker also emits
+``{"ev": "progress", ...}`` lines twice a second.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import select
+import socket
+import sys
+import time
+
+import gevent
+import gevent.event
+import gevent.pool
+from gevent.socket import wait_read, wait_write
+
+from gchat_bench.stats import (DATA_RE, SYNC_RE, LatencyRecorder, SeqTracker,
+                               make_payload, sync_payload)
+
+# Read size per ready socket.  Big reads amortise the syscall over many
+# lines; 256 KiB is what a loopback socket buffer holds at its usual size.
+RECV_SIZE = 256 * 1024
+# Most ready sockets taken from epoll per wake-up before gevent runs the
+# senders again: bounds how long a burst of reads can delay a send.
+POLL_BATCH = 1024
+# A partial line longer than this is not a chat line we sent; keep only its
+# end, so a server that never sends "\n" cannot grow our memory.
+MAX_TAIL = 1 << 20
+# An open-loop sender that is far behind sends at most this many overdue
+# messages in one sendall, so its buffer stays bounded.
+MAX_BATCH = 1000
+# Linux: let connect() pick the source port per 4-tuple even after bind()
+# to a source address (otherwise bind reserves a port for every address and
+# the ephemeral range runs out twice as fast).
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+# Receive buffer of a client that never reads: small, so the server's
+# send queue (what the slow scenario tests) fills instead of our kernel.
+SLOW_RCVBUF = 4096
+
+PROMPT, WELCOME, READY, CLOSED = range(4)
+
+
+class Client:
+    """One simulated client; its state is touched by this worker only."""
+
+    __slots__ = ("idx", "sock", "fd", "state", "name", "attempt", "tail",
+                 "tracker", "sync", "t_sync", "sender_id", "credits", "event",
+                 "ready", "t_start", "t_ready", "slow", "error")
+
+    def __init__(self, idx: int, slow: bool):
+        self.idx = idx
+        self.sock = None
+        self.fd = -1
+        self.state = PROMPT
+        self.name = b""
+        self.attempt = 0
+        self.tail = b""
+        self.tracker = None
+        self.sync = 0
+        self.t_sync = 0
+        self.sender_id = -1
+        self.credits = 0
+        self.event = None
+        self.ready = gevent.event.Event()
+        self.t_start = 0
+        self.t_ready = 0
+        self.slow = slow
+        self.error = ""
+
+
+def emit(obj: dict) -> None:
+    """Write one JSON line to the parent (blocking: the parent always reads)."""
+    data = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+    while data:
+        n = os.write(1, data)
+        data = data[n:]
+
+
+def send_all(sock, buf) -> None:
+    """sendall on a non-blocking socket that yields to gevent when full."""
+    view = memoryview(buf)
+    while view:
+        try:
+            n = sock.send(view)
+        except BlockingIOError:
+            wait_write(sock.fileno())
+            continue
+        view = view[n:]
+
+
+class Worker:
+    """The clients of one process, their reader loop and their senders."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.addr = (cfg["host"], cfg["port"])
+        self.compat = cfg["mode"] == "compat"
+        self.size = cfg["size"]
+        self.senders_total = cfg["senders_total"]
+        self.sender_of = {int(k): v for k, v in cfg["sender_of"].items()}
+        self.source_addrs = cfg.get("source_addrs") or []
+        self.name_prefix = cfg["name_prefix"].encode()
+        self.clients = [Client(i, False) for i in cfg["clients"]]
+        self.slow_clients = [Client(i, True) for i in cfg.get("slow", [])]
+        self.by_fd: dict = {}
+        self.ep = select.epoll()
+        self.lines = 0          # every "\n" received, chat or not
+        self.errors = 0         # lines starting "error:" after the handshake
+        self.busy = False       # a command is running: emit progress
+        # Phase state (reset by cmd_send).
+        self.run_b = None
+        self.lat = LatencyRecorder()
+        self.lag = LatencyRecorder()
+        self.sent = 0
+        self.stale = 0
+        self.unique_total = 0   # unique deliveries to receivers still connected
+        self.first_rx = 0
+        self.last_rx = 0
+        self.disconnected = 0   # receivers closed after they were ready (whole run)
+        gevent.spawn(self.reader_loop)
+        gevent.spawn(self.progress_loop)
+
+    # ---------------------------------------------------------------- I/O
+
+    def reader_loop(self) -> None:
+        """Read every ready socket; see the module docstring for why epoll."""
+        ep, by_fd = self.ep, self.by_fd
+        epfd = ep.fileno()
+        while True:
+            wait_read(epfd)
+            for fd, _ in ep.poll(0, POLL_BATCH):
+                c = by_fd.get(fd)
+                if c is None:
+                    continue
+                try:
+                    data = c.sock.recv(RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as e:
+                    c.error = "recv: %s" % e
+                    data = b""
+                if data:
+                    self.on_data(c, data)
+                else:
+                    self.close(c)
+
+    def on_data(self, c: Client, data: bytes) -> None:
+        now = time.monotonic_ns()
+        self.lines += data.count(b"\n")
+        if c.tail:
+            data = c.tail + data
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            tail = data[end:]
+            c.tail = tail if len(tail) <= MAX_TAIL else tail[-4096:]
+        else:
+            c.tail = b""
+        start = 0
+        if c.state != READY:
+            start = self.handshake(c, data, end, now)
+            if c.state != READY or c.slow:
+                return
+        if end > start:
+            self.scan(c, data, start, end, now)
+
+    def handshake(self, c: Client, data: bytes, end: int, now: int) -> int:
+        """Advance the name/welcome exchange; return where chat lines start."""
+        pos = 0
+        while pos < end:
+            nl = data.index(b"\n", pos)
+            line = data[pos:nl].rstrip(b"\r")
+            pos = nl + 1
+            if c.state == PROMPT:
+                if not line.startswith(b"error:") and b"name" in line.lower():
+                    self.send_name(c)
+            elif c.state == WELCOME:
+                if line.startswith(b"You are "):
+                    self.on_ready(c, now)
+                    return pos
+                if line.startswith(b"error:") and not self.compat:
+                    # Name refused (taken or invalid): the prompt follows.
+                    c.attempt += 1
+                    c.state = PROMPT
+        if c.state == PROMPT and c.tail and b"name" in c.tail.lower():
+            # A prompt that does not end in "\n" ("Your name? ").
+            c.tail = b""
+            self.send_name(c)
+        return pos
+
+    def send_name(self, c: Client) -> None:
+        c.name = b"%s%d" % (self.name_prefix, c.idx)
+        if c.attempt:
+            c.name += b"_%d" % c.attempt
+        c.state = WELCOME
+        try:
+            send_all(c.sock, c.name + b"\n")
+        except OSError as e:
+            c.error = "send name: %s" % e
+            self.close(c)
+
+    def on_ready(self, c: Client, now: int) -> None:
+        c.state = READY
+        c.t_ready = now
+        if c.slow:
+            # Never read again: the server's queue for us fills up.
+            try:
+                self.ep.unregister(c.fd)
+            except OSError:
+                pass
+            self.by_fd.pop(c.fd, None)
+        else:
+            c.tracker = SeqTracker(self.senders_total)
+        c.ready.set()
+
+    def scan(self, c: Client, buf: bytes, start: int, end: int, now: int) -> None:
+        """Account for the marker lines in buf[start:end] (whole lines)."""
+        if buf.find(b"~", start, end) < 0:
+            if buf.find(b"error:", start, end) >= 0:
+                self.errors += buf.count(b"error:", start, end)
+            return
+        if buf.find(b"~S", start, end) >= 0:
+            for k in SYNC_RE.findall(buf, start, end):
+                k = int(k)
+                if k > c.sync:
+                    c.sync = k
+                    c.t_sync = now
+        if buf.find(b"error:", start, end) >= 0:
+            self.errors += buf.count(b"error:", start, end)
+        run_b = self.run_b
+        if run_b is None:
+            return
+        ms = DATA_RE.findall(buf, start, end)
+        if not ms:
+            return
+        tr = c.tracker
+        nxt = tr.nxt
+        lc = self.lat.counts
+        get = lc.get
+        nsend = self.senders_total
+        sid = c.sender_id
+        before = tr.unique
+        fast = received = stale = own = 0
+        for run, s, q, t in ms:
+            if run != run_b:
+                stale += 1
+                continue
+            s = int(s)
+            if s >= nsend:
+                stale += 1
+                continue
+            q = int(q)
+            us = (now - int(t)) // 1000
+            lc[us] = get(us, 0) + 1
+            received += 1
+            if q == nxt[s]:          # in order: the common case, inlined
+                nxt[s] = q + 1
+                fast += 1
+            else:
+                tr.out_of_order(s, q)
+            if s == sid:
+                own += 1
+        tr.unique += fast
+        tr.received += received
+        self.unique_total += tr.unique - before
+        self.stale += stale
+        if received:
+            if not self.first_rx:
+                self.first_rx = now
+            self.last_rx = now
+            self.lat.maybe_fold()
+        if own and c.event is not None:
+            c.credits += own
+            c.event.set()
+
+    def close(self, c: Client) -> None:
+        """Forget a client: the one place a client is removed."""
+        if c.state == CLOSED:
+            return
+        if c.state == READY and not c.slow:
+            self.disconnected += 1
+            if c.tracker is not None:
+                self.unique_total -= c.tracker.unique
+        c.state = CLOSED
+        if self.by_fd.pop(c.fd, None) is not None:
+            try:
+                self.ep.unregister(c.fd)
+            except OSError:
+                pass
+        try:
+            c.sock.close()
+        except Exception:
+            pass
+        c.ready.set()
+        if c.event is not None:
+            c.event.set()
+
+    # ------------------------------------------------------------ connect
+
+    def connect_one(self, c: Client, timeout: float) -> None:
+        c.t_start = time.monotonic_ns()
+        c.state = WELCOME if self.compat else PROMPT
+        s = socket.socket(socket.AF_INET6 if ":" in self.addr[0] else socket.AF_INET)
+        c.sock = s
+        try:
+            s.setblocking(False)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if c.slow:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_RCVBUF)
+            if self.source_addrs:
+                try:
+                    s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                except OSError:
+                    pass
+                s.bind((self.source_addrs[c.idx % len(self.source_addrs)], 0))
+            err = s.connect_ex(self.addr)
+            if err not in (0, errno.EINPROGRESS):
+                raise OSError(err, os.strerror(err))
+            wait_write(s.fileno(), timeout=timeout,
+                       timeout_exc=socket.timeout("connect timed out"))
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
+            c.fd = s.fileno()
+            self.by_fd[c.fd] = c
+            self.ep.register(c.fd, select.EPOLLIN)
+        except OSError as e:
+            c.error = "connect: %s" % e
+            self.close(c)
+            return
+        if not c.ready.wait(timeout) and c.state != READY:
+            c.error = "no welcome within %.0f s" % timeout
+            self.close(c)
+
+    def cmd_connect(self, msg: dict) -> dict:
+        """Connect ("which": "normal" or "slow") clients through the handshake.
+
+        Reply: ok, errors (count and first messages), the handshake
+        latencies (connect start to "You are") as an encoded histogram, and
+        t_last_ready (monotonic ns).
+        """
+        todo = self.slow_clients if msg.get("which") == "slow" else self.clients
+        pool = gevent.pool.Pool(msg.get("concurrency", 200))
+        timeout = msg.get("timeout", 60.0)
+        for c in todo:
+            pool.spawn(self.connect_one, c, timeout)
+        pool.join()
+        rec = LatencyRecorder()
+        ok = [c for c in todo if c.state == READY]
+        for c in ok:
+            us = (c.t_ready - c.t_start) // 1000
+            rec.counts[us] = rec.counts.get(us, 0) + 1
+        for c in ok:
+            if c.idx in self.sender_of:
+                c.sender_id = self.sender_of[c.idx]
+        errs = [c.error for c in todo if c.state != READY]
+        return {"ok": len(ok), "errors": len(errs), "error_samples": errs[:3],
+                "hist": rec.encoded(),
+                "t_last_ready": max([c.t_ready for c in ok], default=0)}
+
+    # --------------------------------------------------------------- sync
+
+    def readers(self):
+        return [c for c in self.clients if c.state == READY]
+
+    def cmd_sync(self, msg: dict) -> dict:
+        """Wait until every reading client has seen sync marker k.
+
+        The server relays lines in order, so a client that received marker k
+        has also received everything the server sent it before (arrivals of
+        a join storm, the last messages of a phase).  If "send" is true this
+        worker sends the marker from one of its clients first.
+        Reply: missing (clients that did not see it in time), t_done.
+        """
+        k = msg["k"]
+        deadline = time.monotonic() + msg.get("timeout", 60.0)
+        if msg.get("send"):
+            for c in self.readers():
+                try:
+                    send_all(c.sock, sync_payload(k))
+                    break
+                except OSError:
+                    continue
+        while True:
+            waiting = [c for c in self.readers() if c.sync < k]
+            if not waiting or time.monotonic() > deadline:
+                break
+            gevent.sleep(0.01)
+        done = [c.t_sync for c in self.readers() if c.sync >= k]
+        return {"missing": len(waiting), "seen": len(done),
+                "t_done": max(done, default=0), "lines": self.lines}
+
+    # --------------------------------------------------------------- send
+
+    def open_sender(self, c: Client, run: int, t0: int, end: int,
+                    interval: int, offset: int) -> None:
+        """Send on schedule t0+offset+k*interval until end; never wait for replies."""
+        sid, size, sock = c.sender_id, self.size, c.sock
+        start = t0 + offset
+        k = 0
+        lag = self.lag.counts
+        while c.state == READY:
+            due = start + k * interval
+            if due >= end:
+                return
+            now = time.monotonic_ns()
+            if now < due:
+                gevent.sleep((due - now) / 1e9)
+                continue
+            n = min((min(now, end - 1) - start) // interval + 1 - k, MAX_BATCH)
+            us = (now - due) // 1000
+            lag[us] = lag.get(us, 0) + 1
+            buf = b"".join([make_payload(run, sid, k + i, start + (k + i) * interval, size)
+                            for i in range(n)])
+            try:
+                send_all(sock, buf)
+            except OSError as e:
+                c.error = "send: %s" % e
+                self.close(c)
+                return
+            k += n
+            self.sent += n
+
+    def closed_sender(self, c: Client, run: int, end: int, window: int) -> None:
+        """Keep `window` messages in flight: send one when one of ours comes back."""
+        sid, size, sock = c.sender_id, self.size, c.sock
+        c.event = gevent.event.Event()
+        c.credits = window
+        k = 0
+        while c.state == READY:
+            now = time.monotonic_ns()
+            if now >= end:
+                return
+            if c.credits == 0:
+                c.event.clear()
+                c.event.wait((end - now) / 1e9)
+                continue
+            n, c.credits = c.credits, 0
+            buf = b"".join([make_payload(run, sid, k + i, now, size) for i in range(n)])
+            try:
+                send_all(sock, buf)
+            except OSError as e:
+                c.error = "send: %s" % e
+                self.close(c)
+                return
+            k += n
+            self.sent += n
+
+    def cmd_send(self, msg: dict) -> dict:
+        """Run one measured phase of sending from this worker's senders.
+
+        msg: run (random id of the phase), t0 (monotonic ns, the same for
+        all workers), duration (s), mode "open" (rate_per_sender, msgs/s) or
+        "closed" (window).  Resets the phase counters, sends until
+        t0+duration, and replies with sent, offered and the send-lag
+        histogram (how late the open-loop senders were on their schedule).
+        """
+        self.run_b = b"%d" % msg["run"]
+        self.lat = LatencyRecorder()
+        self.lag = LatencyRecorder()
+        self.sent = self.stale = self.first_rx = self.last_rx = 0
+        for c in self.clients:
+            if c.tracker is not None:
+                c.tracker = SeqTracker(self.senders_total)
+        self.unique_total = 0
+        t0, end = msg["t0"], msg["t0"] + int(msg["duration"] * 1e9)
+        senders = [c for c in self.clients if c.sender_id >= 0 and c.state == READY]
+        group = gevent.pool.Group()
+        offered = 0
+        if msg["mode"] == "open":
+            interval = int(1e9 / msg["rate_per_sender"])
+            nsend = self.senders_total
+            for c in senders:
+                # Stagger the senders over one interval: a smooth total rate.
+                offset = interval * c.sender_id // nsend
+                offered += max(0, -(-(end - t0 - offset) // interval))
+                group.spawn(self.open_sender, c, msg["run"], t0, end, interval, offset)
+        else:
+            for c in senders:
+                group.spawn(self.closed_sender, c, msg["run"], end, msg["window"])
+        now = time.monotonic_ns()
+        if now < t0:
+            gevent.sleep((t0 - now) / 1e9)
+        # A sender blocked by a server that stopped reading gets a grace
+        # period, then is stopped; what it did not send shows as a shortfall.
+        group.join(timeout=msg["duration"] + msg.get("grace", 10.0))
+        blocked = len(group)
+        group.kill(block=True, timeout=5)
+        return {"sent": self.sent, "offered": offered if msg["mode"] == "open" else None,
+                "senders": len(senders), "blocked": blocked,
+                "lag_hist": self.lag.encoded()}
+
+    def cmd_drain(self, msg: dict) -> dict:
+        """Wait for the messages of the phase to arrive, then report.
+
+        msg: total_sent (by all workers), quiet (s without progress that
+        ends the wait), timeout (s, hard bound).  Every reading client
+        should get every message, its own included.
+        """
+        total = msg["total_sent"]
+        quiet_ns = int(msg.get("quiet", 5.0) * 1e9)
+        deadline = time.monotonic_ns() + int(msg.get("timeout", 30.0) * 1e9)
+        last, t_progress = -1, time.monotonic_ns()
+        complete = False
+        while True:
+            readers = self.readers()
+            if self.unique_total >= total * len(readers):
+                complete = True
+                break
+            now = time.monotonic_ns()
+            if self.unique_total != last:
+                last, t_progress = self.unique_total, now
+            elif now - t_progress > quiet_ns or now > deadline:
+                break
+            gevent.sleep(0.01)
+        readers = self.readers()
+        trs = [c.tracker for c in readers]
+        self.run_b = None        # later lines of this phase count as stale
+        return {
+            "receivers": len(readers),
+            "unique": sum(t.unique for t in trs),
+            "received": sum(t.received for t in trs),
+            "duplicated": sum(t.duplicated for t in trs),
+            "reordered": sum(t.reordered for t in trs),
+            "disconnected": self.disconnected,
+            "stale": self.stale,
+            "errors": self.errors,
+            "complete": complete,
+            "first_rx": self.first_rx,
+            "last_rx": self.last_rx,
+            "hist": self.lat.encoded(),
+            "lines": self.lines,
+        }
+
+    def cmd_slowcheck(self, msg: dict) -> dict:
+        """How many never-reading clients the server has closed.
+
+        A client that never reads learns of its end only now: read what is
+        buffered until EAGAIN (still open) or EOF/reset (closed).
+        """
+        closed = still_open = 0
+        for c in self.slow_clients:
+            if c.state == CLOSED:
+                closed += 1
+                continue
+            if c.state != READY:
+                continue
+            state = "open"
+            for _ in range(100000):
+                try:
+                    if not c.sock.recv(RECV_SIZE):
+                        state = "closed"
+                        break
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    state = "closed"
+                    break
+            if state == "closed":
+                closed += 1
+            else:
+                still_open += 1
+        return {"closed": closed, "open": still_open}
+
+    # ------------------------------------------------------------ control
+
+    def progress_loop(self) -> None:
+        while True:
+            gevent.sleep(0.5)
+            if self.busy:
+                emit({"ev": "progress",
+                      "connected": sum(1 for c in self.clients if c.state == READY),
+                      "sent": self.sent, "unique": self.unique_total,
+                      "lines": self.lines})
+
+    def serve(self, fin) -> None:
+        """Run commands from the parent until "quit" or end of input."""
+        for raw in fin:
+            msg = json.loads(raw)
+            cmd = msg["cmd"]
+            if cmd == "quit":
+                break
+            self.busy = True
+            try:
+                reply = getattr(self, "cmd_" + cmd)(msg)
+                reply["ev"] = cmd
+            except Exception as e:  # report, let the parent decide
+                reply = {"ev": "error", "cmd": cmd, "error": "%s: %s" % (type(e).__name__, e)}
+            self.busy = False
+            emit(reply)
+        for c in self.clients + self.slow_clients:
+            if c.sock is not None:
+                try:
+                    c.sock.close()
+                except Exception:
+                    pass
+
+
+def raise_fd_limit() -> None:
+    """Use the hard limit on open files: each client is one descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main() -> int:
+    raise_fd_limit()
+    from gevent.fileobject import FileObjectPosix
+    fin = FileObjectPosix(sys.stdin.fileno(), "rb", close=False)
+    cfg = json.loads(fin.readline())
+    w = Worker(cfg)
+    emit({"ev": "hello", "pid": os.getpid()})
+    w.serve(fin)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
