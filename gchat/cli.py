@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--slow-policy", choices=SLOW_POLICIES, default=d.slow_policy,
                         help="when a client's send queue is full: disconnect it, or drop "
                              "messages for it and tell it how many (default %(default)s)")
+    parser.add_argument("--sndbuf", type=_size, default=None, metavar="BYTES",
+                        help="kernel send buffer per client (SO_SNDBUF); default: the "
+                             "kernel's autotuning")
     parser.add_argument("--max-line", type=_size, default=d.max_line, metavar="BYTES",
                         help="longest line accepted, in bytes before decoding; a longer "
                              "one is discarded with an error (default %(default)s)")
@@ -85,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args) -> Config:
     return Config(host=args.host, port=args.port, compat=args.compat,
                   idle_timeout=args.idle_timeout, name_timeout=args.name_timeout,
-                  sendq=args.sendq, slow_policy=args.slow_policy, max_line=args.max_line,
+                  sendq=args.sendq, sndbuf=args.sndbuf or 0, slow_policy=args.slow_policy, max_line=args.max_line,
                   roster_limit=args.roster_limit, close_linger=args.close_linger,
                   shutdown_flush_timeout=args.shutdown_timeout)
 

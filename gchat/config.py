@@ -35,6 +35,12 @@ class Config:
     # is some seconds of a busy room for a human client and keeps 10,000
     # stuck clients under 10 GiB in the worst case.
     sendq: int = 1 * MIB
+    # The kernel's send buffer per client socket (SO_SNDBUF), in bytes; 0
+    # keeps the kernel's autotuning (up to net.ipv4.tcp_wmem's maximum, 4 MiB
+    # here).  A slow client can hold this much in the kernel on top of
+    # --sendq in the server, so set it to make the bound on a stuck
+    # client's backlog tight.
+    sndbuf: int = 0
     # disconnect (Redis and ergo do this) or drop (skip messages, count
     # them, and tell the client how many it missed once it catches up).
     slow_policy: str = "disconnect"
@@ -77,6 +83,8 @@ class Config:
         for field in ("name_timeout", "shutdown_flush_timeout", "close_linger"):
             if getattr(self, field) < 0:
                 raise ValueError(f"{field} must not be negative")
+        if self.sndbuf < 0:
+            raise ValueError("sndbuf must not be negative")
         if self.idle_timeout is not None and self.idle_timeout < 0:
             raise ValueError("idle_timeout must not be negative")
         if not 0 <= self.port <= 65535:

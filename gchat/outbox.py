@@ -90,16 +90,17 @@ class Outbox:
     def sent(self, count: int):
         """The writer sent count bytes of pending()."""
         self.sent_bytes += count
-        head = self._parked[0]
-        if count >= len(head):
-            self._parked.clear()
-            self.parked_bytes = 0
-            if self.missed:  # caught up: now say what was skipped
-                self._park(p.render_missed(self.missed).encode() + b"\n")
-                self.missed = 0
-        else:
-            self._parked[0] = head[count:]
-            self.parked_bytes -= count
+        parked = self._parked
+        head = parked[0]
+        self.parked_bytes -= count
+        if count < len(head):
+            parked[0] = head[count:]
+            return
+        # The hub may have parked more while this was being sent: keep it.
+        del parked[0]
+        if not parked and self.missed:  # caught up: now say what was skipped
+            self._park(p.render_missed(self.missed).encode() + b"\n")
+            self.missed = 0
 
     def abandon(self):
         """The connection failed: forget what is parked."""

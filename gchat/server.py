@@ -43,6 +43,8 @@ class Connection:
         # them, so Nagle's algorithm would only add latency.
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if config.sndbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.sndbuf)
         except OSError:
             pass  # not TCP (a test's socketpair); nothing to tune
         # The gevent socket wraps a non-blocking stdlib socket; sending on
@@ -74,14 +76,22 @@ class Connection:
         last_heard = time.monotonic()
         while True:
             now = time.monotonic()
+            # The hub names the client while this recv waits, without
+            # waking it; so an unnamed client's wait is never longer than
+            # the idle deadline that starts with its name line.
+            idle_left = last_heard + idle - now if idle else None
             if self.name is None and name_deadline is not None:
+                if name_deadline <= now:
+                    return Why.NAME_TIMEOUT
                 timeout = name_deadline - now
-            elif self.name is not None and idle:
-                timeout = last_heard + idle - now
+                if idle_left is not None and idle_left > 0:
+                    timeout = min(timeout, idle_left)
+            elif self.name is not None and idle_left is not None:
+                if idle_left <= 0:
+                    return Why.IDLE
+                timeout = idle_left
             else:
                 timeout = None
-            if timeout is not None and timeout <= 0:
-                return Why.NAME_TIMEOUT if self.name is None else Why.IDLE
             sock.settimeout(timeout)
             try:
                 data = sock.recv(config.recv_size)
