@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-line", type=_size, default=d.max_line, metavar="BYTES",
                         help="longest line accepted, in bytes before decoding; a longer "
                              "one is discarded with an error (default %(default)s)")
+    parser.add_argument("--backlog", type=int, default=d.backlog, metavar="N",
+                        help="pending connections the kernel may queue (default %(default)s)")
     parser.add_argument("--roster-limit", type=int, default=d.roster_limit, metavar="N",
                         help="names shown in a newcomer's roster line (default %(default)s)")
     parser.add_argument("--close-linger", type=_seconds, default=d.close_linger, metavar="SECONDS",
@@ -89,7 +91,7 @@ def config_from_args(args) -> Config:
     return Config(host=args.host, port=args.port, compat=args.compat,
                   idle_timeout=args.idle_timeout, name_timeout=args.name_timeout,
                   sendq=args.sendq, sndbuf=args.sndbuf or 0, slow_policy=args.slow_policy, max_line=args.max_line,
-                  roster_limit=args.roster_limit, close_linger=args.close_linger,
+                  roster_limit=args.roster_limit, backlog=args.backlog, close_linger=args.close_linger,
                   shutdown_flush_timeout=args.shutdown_timeout)
 
 

@@ -17,6 +17,12 @@ class Config:
     host: str = "localhost"
     port: int = 8000
 
+    # Connections the kernel may hold waiting for accept().  Python's and
+    # gevent's default is 128, which a burst of thousands of connects
+    # overflows (each dropped SYN costs the client a 1 s retransmit); the
+    # kernel caps this at net.core.somaxconn (4096 here).
+    backlog: int = 4096
+
     # --compat: the seed's protocol byte for byte: no names, no commands,
     # no roster, every line is chat text, "who" is the remote HOST:PORT.
     compat: bool = False
@@ -77,7 +83,7 @@ class Config:
     def __post_init__(self):
         if self.slow_policy not in SLOW_POLICIES:
             raise ValueError(f"slow_policy must be one of {SLOW_POLICIES}, not {self.slow_policy!r}")
-        for field in ("sendq", "max_line", "recv_size", "inbox_size", "roster_limit"):
+        for field in ("sendq", "max_line", "recv_size", "inbox_size", "roster_limit", "backlog"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"{field} must be positive")
         for field in ("name_timeout", "shutdown_flush_timeout", "close_linger"):

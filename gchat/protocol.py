@@ -85,9 +85,9 @@ class LineReader:
         """At end of input: the unterminated last line, if any (the seed's
         Scanner delivers it too)."""
         tail, self._partial = self._partial, b""
-        if tail[-1:] == b"\r":
-            tail = tail[:-1]
-        return [tail] if tail else []
+        if not tail:
+            return []
+        return [tail[:-1] if tail[-1:] == b"\r" else tail]
 
 
 # --------------------------------------------------------------------------

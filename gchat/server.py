@@ -13,6 +13,7 @@ import time
 
 import gevent
 from gevent.event import Event
+from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from gchat import hub as events
@@ -172,7 +173,11 @@ class ChatServer:
     def __init__(self, config):
         self.config = config
         self.hub, self.hub_greenlet = events.spawn_hub(config)
-        self.server = StreamServer((config.host, config.port), self._handle)
+        # The group tracks every connection's handler, so that stop() can
+        # wait for their output to be flushed and their sockets closed.
+        self.handlers = Pool()  # unbounded: a Pool only because StreamServer wants one
+        self.server = StreamServer((config.host, config.port), self._handle, spawn=self.handlers,
+                                   backlog=config.backlog)
 
     @property
     def address(self) -> tuple:
@@ -189,4 +194,8 @@ class ChatServer:
         self.server.stop_accepting()
         self.server.close()
         self.hub.put(events.SHUTDOWN)
-        self.hub.stopped.wait(self.config.shutdown_flush_timeout + 2.0)
+        # Each connection closes once its output is flushed, or when
+        # shutdown_flush_timeout has passed; a second of slack on top.
+        budget = self.config.shutdown_flush_timeout + 1.0
+        self.hub.stopped.wait(budget)
+        self.handlers.join(timeout=budget)
