@@ -64,7 +64,12 @@ class Hub:
         room = self.room
         try:
             if kind is LINES:
-                room.lines(conn, payload)
+                if conn.name is None and not self.config.compat:
+                    room.lines(conn, payload)
+                    if conn.name is not None:
+                        log.info("%s is %s", conn.who, conn.name)
+                else:
+                    room.lines(conn, payload)
             elif kind is ARRIVE:
                 log.info("connection from %s", conn.who)
                 if self._shutting_down:

@@ -171,6 +171,7 @@ def test_double_slash_is_chat_with_one_slash_removed(gchat):
 def test_log_reports_arrivals_and_departures(gchat):
     a = gchat.named("pat")
     gchat.wait_for_log(r"INFO .*connection from 127\.0\.0\.1:\d+")
+    gchat.wait_for_log(r"INFO .*127\.0\.0\.1:\d+ is pat")
     a.say("/quit")
     a.closed_after()
     gchat.wait_for_log(r"INFO .*pat left")
