@@ -141,6 +141,27 @@ def server_specs(a: argparse.Namespace, compat: bool) -> list:
     return specs
 
 
+def run_spawned(opts: Options, spawn: str = "", server_cmd: Optional[list] = None,
+                name: Optional[str] = None) -> dict:
+    """Spawn a server (gchat unless server_cmd), run one scenario, stop it.
+
+    The Python API behind ``gchat-bench SCENARIO --spawn=...`` for one run;
+    ``--compat`` in spawn implies the seed protocol, as on the command line.
+    """
+    if "--compat" in shlex.split(spawn):
+        opts.compat = True
+    cmd = server_cmd or gchat_command()
+    server = Server.spawn(name or (server_name(cmd) if server_cmd else "gchat"),
+                          spawn_argv(cmd, spawn, opts.compat))
+    try:
+        res = run_scenario(opts, server)
+    finally:
+        server.stop()
+    if server.exit_code not in (None, 0):
+        res["server_exit_code"] = server.exit_code
+    return res
+
+
 def main(argv: Optional[list] = None) -> int:
     """Entry point of the gchat-bench console script."""
     a = parse_args(argv)

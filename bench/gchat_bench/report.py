@@ -23,6 +23,7 @@ COLUMNS = [
     ("disc", "disconnected", "d"),
     ("cerr", "connect_errors", "d"),
     ("us/dlv", "server_cpu_us_per_delivery", ".2f"),
+    ("srv%", "server_cpu_pct", ".0f"),
     ("rssMB", "server_rss_mb", ".1f"),
     ("gen%", "generator_cpu_pct", ".0f"),
     ("host%", "host_cpu_pct", ".0f"),
@@ -30,11 +31,11 @@ COLUMNS = [
 ]
 EXTRA = {
     "join": [("connect_s", "connect_s", ".2f"), ("join_s", "join_s", ".2f")],
-    "idle": [("kB/client", "server_rss_per_client_kb", ".1f"),
-             ("srv_cpu%", "server_cpu_pct", ".1f")],
+    "idle": [("kB/client", "server_rss_per_client_kb", ".1f")],
     "slow": [("ctl_p99", "control_p99_ms", ".2f"), ("p99/ctl", "p99_vs_control", ".2f"),
              ("slow_cut", "slow_closed_by_server", "d")],
     "saturate": [("window", "window", "d")],
+    "fanout": [("lag50", "send_lag_p50_ms", ".2f"), ("lag99", "send_lag_p99_ms", ".2f")],
 }
 # Keys compared in `compare`: (key, label, higher is better).
 RATIO_KEYS = [

@@ -33,6 +33,10 @@ SCENARIOS = ("fanout", "saturate", "join", "idle", "slow")
 # (near enough) busy all the time: its clients' latencies include its own
 # queueing, so the result says generator_saturated.
 SATURATED_CPU = 0.90
+# The machine counts as full above this share of all its cores.  If it is
+# full and the server did not use a whole core, the generator took the CPU
+# the server could have used: the generator was (part of) the limit.
+HOST_FULL = 0.90
 # Open loop: a send count this far below the schedule is a shortfall.
 SHORTFALL = 0.97
 # Above this many clients per source address, spread clients over several
@@ -254,9 +258,11 @@ class Window:
         gen = [b - a for a, b in zip(self.gen0, cpu_of(self.pool.pids))]
         host1, _ = host_busy()
         w = max(wall or elapsed, 1e-6)
+        srv = None if self.srv0 is None or srv1 is None else srv1 - self.srv0
         return {
             "elapsed": elapsed,
-            "server_cpu_s": None if self.srv0 is None or srv1 is None else srv1 - self.srv0,
+            "server_cpu_s": srv,
+            "server_cpu_pct": None if srv is None else 100.0 * srv / w,
             "generator_cpu_s": sum(gen),
             "generator_cpu_pct": 100.0 * max(gen) / w if gen else 0.0,
             "host_cpu_pct": 100.0 * (host1 - self.host0) / (max(elapsed, 1e-6) * self.ncpu),
@@ -380,12 +386,27 @@ def measure_phase(pool: WorkerPool, server: Server, opts: Options, closed: bool)
     out.update(percentiles_ms(hist))
     short = offered is not None and total_sent < SHORTFALL * offered
     out["send_shortfall"] = bool(short)
-    # The generator was the limit if a worker was busy nearly all the
-    # time, or if it fell behind its schedule without the server pushing
-    # back (a sender blocked in send means the server stopped reading).
-    out["generator_saturated"] = bool(cpu["generator_cpu_pct"] >= 100 * SATURATED_CPU
-                                      or (short and blocked == 0))
+    out["server_cpu_pct"] = cpu["server_cpu_pct"]
+    out["send_lag_p50_ms"] = percentiles_ms(lag)["p50_ms"]
+    out["generator_saturated"] = saturated(cpu) or bool(short and blocked == 0)
     return out
+
+
+def saturated(cpu: dict) -> bool:
+    """Was the generator the limit during a window?
+
+    Yes if a worker was busy nearly all the time (its clients' latencies
+    include its own queueing), or if the machine was full while the server
+    had less than a core (the generator took CPU the server could have
+    used).  An open-loop shortfall without server push-back (a sender
+    blocked in send means the server stopped reading) also counts; see
+    measure_phase.
+    """
+    if cpu["generator_cpu_pct"] >= 100 * SATURATED_CPU:
+        return True
+    srv = cpu.get("server_cpu_pct")
+    return bool(cpu["host_cpu_pct"] >= 100 * HOST_FULL
+                and srv is not None and srv < 100 * SATURATED_CPU)
 
 
 def run_scenario(opts: Options, server: Server) -> dict:
@@ -465,7 +486,8 @@ def _join(pool, server, opts, res, rss_before) -> dict:
         "generator_cpu_s": cpu["generator_cpu_s"],
         "generator_cpu_pct": cpu["generator_cpu_pct"],
         "host_cpu_pct": cpu["host_cpu_pct"],
-        "generator_saturated": cpu["generator_cpu_pct"] >= 100 * SATURATED_CPU,
+        "server_cpu_pct": cpu["server_cpu_pct"],
+        "generator_saturated": saturated(cpu),
     })
     _rss_per_client(res, server, rss_before, conn["ok"])
     return res
@@ -501,12 +523,11 @@ def _idle(pool, server, opts, res, rss_before) -> dict:
         "sent": 1, "expected": conn["ok"], "received": s["seen"], "lost": s["missing"],
         "server_rss_mb": statistics.median(samples) / 2 ** 20 if samples else None,
         "server_cpu_s": cpu["server_cpu_s"],
-        "server_cpu_pct": (100.0 * cpu["server_cpu_s"] / cpu["elapsed"]
-                           if cpu["server_cpu_s"] is not None else None),
+        "server_cpu_pct": cpu["server_cpu_pct"],
         "generator_cpu_s": cpu["generator_cpu_s"],
         "generator_cpu_pct": cpu["generator_cpu_pct"],
         "host_cpu_pct": cpu["host_cpu_pct"],
-        "generator_saturated": cpu["generator_cpu_pct"] >= 100 * SATURATED_CPU,
+        "generator_saturated": saturated(cpu),
     })
     _rss_per_client(res, server, rss_before, conn["ok"],
                     statistics.median(samples) if samples else None)

@@ -358,7 +358,13 @@ class Worker:
             self.close(c)
             return
         if not c.ready.wait(timeout) and c.state != READY:
-            c.error = "no welcome within %.0f s" % timeout
+            try:
+                local = "%s:%d" % c.sock.getsockname()[:2]
+            except OSError:
+                local = "?"
+            c.error = ("no welcome within %.0f s (client %s, %s, partial line %r)"
+                       % (timeout, local, "awaiting prompt" if c.state == PROMPT
+                          else "awaiting 'You are'", c.tail[:80]))
             self.close(c)
 
     def cmd_connect(self, msg: dict) -> dict:
@@ -564,32 +570,41 @@ class Worker:
     def cmd_slowcheck(self, msg: dict) -> dict:
         """How many never-reading clients the server has closed.
 
-        A client that never reads learns of its end only now: read what is
-        buffered until EAGAIN (still open) or EOF/reset (closed).
+        A client that never reads learns of its end only now.  The server's
+        FIN waits behind the data the client never read (its window is
+        shut), so read everything until EOF or reset (closed) or until
+        nothing comes for "quiet" seconds (still open).
         """
-        closed = still_open = 0
+        quiet = msg.get("quiet", 1.0)
+        result = {}
+
+        def check(c):
+            while True:
+                try:
+                    data = c.sock.recv(RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    try:
+                        wait_read(c.sock.fileno(), timeout=quiet,
+                                  timeout_exc=socket.timeout())
+                    except socket.timeout:
+                        result[c.idx] = "open"
+                        return
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    result[c.idx] = "closed"
+                    return
+
+        group = gevent.pool.Group()
         for c in self.slow_clients:
             if c.state == CLOSED:
-                closed += 1
-                continue
-            if c.state != READY:
-                continue
-            state = "open"
-            for _ in range(100000):
-                try:
-                    if not c.sock.recv(RECV_SIZE):
-                        state = "closed"
-                        break
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    state = "closed"
-                    break
-            if state == "closed":
-                closed += 1
-            else:
-                still_open += 1
-        return {"closed": closed, "open": still_open}
+                result[c.idx] = "closed"
+            elif c.state == READY:
+                group.spawn(check, c)
+        group.join()
+        states = list(result.values())
+        return {"closed": states.count("closed"), "open": states.count("open")}
 
     # ------------------------------------------------------------ control
 

@@ -1,0 +1,235 @@
+"""Pure tests of the load generator's measuring pieces (no server).
+
+The receive path is fed the same byte stream cut at every chunk size, as
+Twisted's LineReceiver tests do: markers cut by a chunk boundary must be
+counted exactly once.
+"""
+import socket
+import sys
+
+import pytest
+
+from gchat_bench import report
+from gchat_bench.servers import BenchError, check_loopback, spawn_argv
+from gchat_bench.stats import (DATA_RE, MIN_SIZE, LatencyRecorder, SeqTracker,
+                               make_payload, merge_encoded, new_histogram,
+                               percentiles_ms, sync_payload)
+from gchat_bench.worker import PROMPT, READY, WELCOME, Worker
+
+RUN = 123456789
+
+
+def make_worker(mode="name", senders=3):
+    cfg = {"host": "127.0.0.1", "port": 9, "mode": mode, "size": 64,
+           "senders_total": senders, "sender_of": {}, "name_prefix": "t_",
+           "clients": [0], "slow": []}
+    return Worker(cfg)
+
+
+def ready_client(w):
+    c = w.clients[0]
+    w.on_ready(c, 0)
+    return c
+
+
+def test_payload_has_the_asked_size_and_parses_back():
+    """A payload is `size` bytes plus newline and its marker reads back."""
+    line = make_payload(RUN, 7, 42, 10 ** 15, 100)
+    assert len(line) == 101 and line.endswith(b"x\n")
+    assert DATA_RE.findall(b"alice: " + line) == [(b"%d" % RUN, b"7", b"42", b"%d" % 10 ** 15)]
+
+
+def test_payload_never_starts_a_command():
+    """Payloads start with '~', never '/' (a gchat command)."""
+    assert make_payload(RUN, 0, 0, 1, MIN_SIZE).startswith(b"~")
+    assert sync_payload(3).startswith(b"~S3")
+
+
+def test_payload_keeps_its_marker_when_size_is_tiny():
+    """Even below the marker length one padding byte ends the marker."""
+    line = make_payload(RUN, 1, 2, 3, 1)
+    assert DATA_RE.findall(line) == [(b"%d" % RUN, b"1", b"2", b"3")]
+
+
+def test_seq_tracker_in_order():
+    """In-order deliveries are unique, nothing lost."""
+    t = SeqTracker(2)
+    for s in (0, 1):
+        for q in range(5):
+            t.see(s, q)
+    assert (t.unique, t.duplicated, t.reordered, t.lost(10)) == (10, 0, 0, 0)
+
+
+def test_seq_tracker_gap_then_late_arrival_is_reordered():
+    """0,2,1: 1 arrives after 2, so it is reordered, not lost."""
+    t = SeqTracker(1)
+    for q in (0, 2, 1):
+        t.see(0, q)
+    assert (t.unique, t.reordered, t.duplicated, t.lost(3)) == (3, 1, 0, 0)
+
+
+def test_seq_tracker_duplicate_and_loss():
+    """0,1,1,3: one duplicate, and 2 is lost."""
+    t = SeqTracker(1)
+    for q in (0, 1, 1, 3):
+        t.see(0, q)
+    assert (t.received, t.unique, t.duplicated, t.lost(4)) == (4, 3, 1, 1)
+
+
+def test_latency_recorder_folds_counts_into_the_histogram():
+    """Counts per microsecond end up in the HdrHistogram, none dropped."""
+    r = LatencyRecorder(fold_at=2)
+    for us in (5, 5, 1000, 2000, -3, 10 ** 12):
+        r.counts[us] = r.counts.get(us, 0) + 1
+        r.maybe_fold()
+    r.fold()
+    assert r.hist.get_total_count() == 6
+    assert r.hist.get_value_at_percentile(50) < 2000
+
+
+def test_merge_and_percentiles():
+    """Encoded histograms from workers add up; percentiles are in ms."""
+    a, b = LatencyRecorder(), LatencyRecorder()
+    a.counts = {1000: 99}
+    b.counts = {50000: 1}
+    h = merge_encoded([a.encoded(), b.encoded()])
+    p = percentiles_ms(h)
+    assert h.get_total_count() == 100
+    assert p["p50_ms"] == pytest.approx(1.0, rel=0.01)
+    assert p["max_ms"] == pytest.approx(50.0, rel=0.01)
+
+
+def test_empty_histogram_gives_none_not_zero():
+    """No samples must not read as a 0 ms server."""
+    assert percentiles_ms(new_histogram())["p99_ms"] is None
+
+
+def stream(n_per_sender, senders=3, prefix=b"bob: "):
+    seqs, lines = [0] * senders, []
+    for i in range(n_per_sender * senders):
+        s = i % senders
+        lines.append(prefix + make_payload(RUN, s, seqs[s], 0, 64))
+        seqs[s] += 1
+        if i % 4 == 0:
+            lines.append(b"carol has arrived\n")
+    return b"".join(lines)
+
+
+@pytest.mark.parametrize("chunk", list(range(1, 40)) + [97, 1000, 10 ** 6])
+def test_receiver_counts_every_marker_once_at_any_chunking(chunk):
+    """The same stream cut at every chunk size gives the same counts."""
+    w = make_worker(senders=3)
+    c = ready_client(w)
+    w.run_b = b"%d" % RUN
+    data = stream(20)
+    for i in range(0, len(data), chunk):
+        w.on_data(c, data[i:i + chunk])
+    assert (c.tracker.unique, c.tracker.received, c.tracker.duplicated) == (60, 60, 0)
+    assert w.unique_total == 60
+    assert w.lines == data.count(b"\n")
+    assert w.lat.hist.get_total_count() + sum(w.lat.counts.values()) == 60
+
+
+def test_receiver_ignores_lines_of_another_run():
+    """Markers of an earlier phase or another benchmark count as stale."""
+    w = make_worker()
+    c = ready_client(w)
+    w.run_b = b"999"
+    w.on_data(c, stream(2))
+    assert c.tracker.received == 0 and w.stale == 6
+
+
+def test_receiver_sees_sync_markers():
+    """A sync marker is recorded with the time it arrived."""
+    w = make_worker(mode="compat")
+    c = ready_client(w)
+    w.on_data(c, b"127.0.0.1:5: " + sync_payload(4))
+    assert c.sync == 4 and c.t_sync > 0
+
+
+def paired_client(w):
+    c = w.clients[0]
+    a, b = socket.socketpair()
+    c.sock = a
+    return c, b
+
+
+def test_name_handshake_answers_the_prompt_and_retries_a_taken_name():
+    """Prompt -> name; error -> prompt again -> another name; You are -> ready."""
+    w = make_worker()
+    c, peer = paired_client(w)
+    c.state = PROMPT
+    w.on_data(c, b"Welcome! What is your name?\n")
+    assert c.state == WELCOME
+    assert peer.recv(100) == b"t_0\n"
+    w.on_data(c, b"error: name t_0 is taken\nWhat is your name?\n")
+    assert peer.recv(100) == b"t_0_1\n"
+    w.on_data(c, b"You are t_0_1\nPresent: t_0_1\n")
+    assert c.state == READY and c.tracker is not None
+
+
+def test_name_handshake_accepts_a_prompt_without_newline():
+    """A prompt like 'Your name? ' (no newline) is answered too."""
+    w = make_worker()
+    c, peer = paired_client(w)
+    c.state = PROMPT
+    w.on_data(c, b"Your name? ")
+    assert peer.recv(100) == b"t_0\n"
+
+
+def test_compat_handshake_waits_for_you_are():
+    """In compat mode the client is ready at 'You are HOST:PORT'."""
+    w = make_worker(mode="compat")
+    c, _ = paired_client(w)
+    c.state = WELCOME
+    w.on_data(c, b"You are 127.0.0.1:5000\n127.0.0.1:5001 has arrived\n")
+    assert c.state == READY
+
+
+def fake_server(help_text):
+    # `cmd --help` prints help_text: python -c ignores the extra argument.
+    return [sys.executable, "-c", "print(%r)" % help_text]
+
+
+def test_spawn_turns_off_flood_limit_in_name_mode_when_the_server_has_it():
+    """--flood-rate 0 is added only in name mode, if listed, if not set."""
+    cmd = fake_server("--compat --flood-rate RATE")
+    assert spawn_argv(cmd, "", False)[-2:] == ["--flood-rate", "0"]
+    assert "--flood-rate" not in spawn_argv(cmd, "", True)
+    assert spawn_argv(cmd, "--flood-rate 5", False).count("--flood-rate") == 1
+    assert spawn_argv(cmd, "--flood-rate=5", False)[-1] == "--flood-rate=5"
+    assert "--flood-rate" not in spawn_argv(fake_server("--compat only"), "", False)
+
+
+def test_spawn_adds_compat_only_where_the_server_has_it():
+    """A baseline without --compat is not given it."""
+    assert "--compat" in spawn_argv(fake_server("--compat"), "--sendq 1", True)
+    assert "--compat" not in spawn_argv(fake_server("--host --port"), "", True)
+
+
+def test_only_loopback_targets():
+    """Load goes to 127.0.0.0/8 and ::1 only."""
+    for ok in ("127.0.0.1", "127.3.2.1", "::1", "localhost"):
+        check_loopback(ok)
+    for bad in ("10.0.0.1", "192.168.1.1", "8.8.8.8", "example.com"):
+        with pytest.raises(BenchError):
+            check_loopback(bad)
+
+
+def test_median_result_sums_loss_and_ors_saturation():
+    """Medians of figures; losses add up; one saturated run taints all."""
+    runs = [{"server": "g", "clients": 5, "scenario": "fanout", "p99_ms": v, "lost": l,
+             "generator_saturated": s} for v, l, s in ((1.0, 0, False), (3.0, 2, True), (2.0, 0, False))]
+    m = report.median_result(runs)
+    assert (m["p99_ms"], m["lost"], m["generator_saturated"], m["runs"]) == (2.0, 2, True, 3)
+
+
+def test_ratios_and_table():
+    """Ratios are subject/baseline; the table has one row per result."""
+    a = {"server": "gchat", "clients": 5, "scenario": "fanout", "deliveries_per_s": 200.0,
+         "p99_ms": 1.0, "generator_saturated": False}
+    b = dict(a, server="seed_port", deliveries_per_s=100.0, p99_ms=4.0)
+    assert report.ratios(a, b) == {"deliveries_per_s": 2.0, "p99_ms": 0.25}
+    text = report.table([a, b])
+    assert len(text.splitlines()) == 4 and "seed_port" in text
+    assert "x2.00 (better)" in report.ratio_table(a, [b])
