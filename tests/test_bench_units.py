@@ -11,9 +11,9 @@ import pytest
 
 from gchat_bench import report
 from gchat_bench.servers import BenchError, check_loopback, spawn_argv
-from gchat_bench.stats import (DATA_RE, MIN_SIZE, LatencyRecorder, SeqTracker,
-                               make_payload, merge_encoded, new_histogram,
-                               percentiles_ms, sync_payload)
+from gchat_bench.stats import (DATA_RE, HDR_BITS, HDR_EXACT, MIN_SIZE, LatencyRecorder,
+                               SeqTracker, make_payload, merge_encoded, new_histogram,
+                               percentiles_ms, run_pattern, sync_payload)
 from gchat_bench.worker import PROMPT, READY, WELCOME, Worker
 
 RUN = 123456789
@@ -87,6 +87,15 @@ def test_latency_recorder_folds_counts_into_the_histogram():
     assert r.hist.get_value_at_percentile(50) < 2000
 
 
+def test_receiver_rounding_matches_the_histogram_buckets():
+    """Rounding before counting keeps exactly what HdrHistogram keeps."""
+    h = new_histogram()
+    for v in list(range(1, 5000)) + [2 ** k + d for k in range(11, 40) for d in (-1, 0, 1, 12345)]:
+        sh = v.bit_length() - HDR_BITS
+        r = v >> sh << sh if v >= HDR_EXACT else v
+        assert h.get_lowest_equivalent_value(v) == r, v
+
+
 def test_merge_and_percentiles():
     """Encoded histograms from workers add up; percentiles are in ms."""
     a, b = LatencyRecorder(), LatencyRecorder()
@@ -120,7 +129,7 @@ def test_receiver_counts_every_marker_once_at_any_chunking(chunk):
     """The same stream cut at every chunk size gives the same counts."""
     w = make_worker(senders=3)
     c = ready_client(w)
-    w.run_b = b"%d" % RUN
+    w.run_re = run_pattern(RUN)
     data = stream(20)
     for i in range(0, len(data), chunk):
         w.on_data(c, data[i:i + chunk])
@@ -134,7 +143,7 @@ def test_receiver_ignores_lines_of_another_run():
     """Markers of an earlier phase or another benchmark count as stale."""
     w = make_worker()
     c = ready_client(w)
-    w.run_b = b"999"
+    w.run_re = run_pattern(999)
     w.on_data(c, stream(2))
     assert c.tracker.received == 0 and w.stale == 6
 

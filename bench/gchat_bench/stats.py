@@ -28,6 +28,17 @@ from hdrh.histogram import HdrHistogram
 # A data line: ~run sender seq send_ns.  The trailing space keeps a marker
 # cut by a chunk boundary from matching a shorter number.
 DATA_RE = re.compile(rb"~(\d+) (\d+) (\d+) (\d+) ")
+
+
+def run_pattern(run: int):
+    """The data-line regex of one phase: sender, seq, send_ns as groups.
+
+    The run id is part of the literal, so lines of other runs never match
+    and the receiver does not compare it line by line.
+    """
+    return re.compile(rb"~%d (\d+) (\d+) (\d+) " % run)
+
+
 # A sync line: ~S<k>.  Sync markers order the stream (see worker.py).
 SYNC_RE = re.compile(rb"~S(\d+)\b")
 
@@ -36,6 +47,13 @@ SYNC_RE = re.compile(rb"~S(\d+)\b")
 HIST_LOWEST_US = 1
 HIST_HIGHEST_US = 3600 * 1000 * 1000
 HIST_DIGITS = 3
+
+# With 3 significant digits HdrHistogram keeps 2048 sub-buckets: values
+# below HDR_EXACT are exact, above it a value of b bits is kept to its top
+# HDR_BITS bits.  Receivers round the same way before counting, which
+# loses nothing the histogram would have kept.
+HDR_BITS = 11
+HDR_EXACT = 1 << HDR_BITS
 
 # Shortest payload that still holds a full marker with room for big numbers.
 MIN_SIZE = 48
