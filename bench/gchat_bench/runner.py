@@ -24,7 +24,8 @@ from typing import Optional
 import psutil
 from tqdm import tqdm
 
-from gchat_bench.servers import BenchError, RssSampler, Server, die_with_parent
+from gchat_bench.servers import (BenchError, RssSampler, Server, die_with_parent,
+                                 process_cpu_s)
 from gchat_bench.stats import MIN_SIZE, merge_encoded, percentiles_ms
 
 SCENARIOS = ("fanout", "saturate", "join", "idle", "slow")
@@ -89,14 +90,7 @@ class Options:
 
 def cpu_of(pids: list) -> list:
     """User+system CPU seconds of each pid (0.0 for one that is gone)."""
-    out = []
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-            out.append(t.user + t.system)
-        except psutil.Error:
-            out.append(0.0)
-    return out
+    return [process_cpu_s(pid) or 0.0 for pid in pids]
 
 
 def host_busy() -> tuple:

@@ -48,6 +48,29 @@ def die_with_parent() -> None:
         pass
 
 
+def process_cpu_s(pid: int) -> Optional[float]:
+    """CPU seconds (user + system) a process has used so far.
+
+    Linux's /proc/PID/task/*/schedstat counts nanoseconds on the CPU; the
+    user/system times of /proc/PID/stat (what psutil reads) count whole
+    clock ticks (10 ms), too coarse for a short run of a small benchmark.
+    Falls back to psutil where schedstat is missing.
+    """
+    try:
+        total = 0
+        for task in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/schedstat" % (pid, task)) as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
+    except psutil.Error:
+        return None
+
+
 class BenchError(RuntimeError):
     """A benchmark could not run as asked (not a measured result)."""
 
@@ -182,13 +205,9 @@ class Server:
 
     def cpu_s(self) -> Optional[float]:
         """User+system CPU seconds of the server so far (None if unknown)."""
-        if self._ps is None:
+        if self.pid is None:
             return None
-        try:
-            t = self._ps.cpu_times()
-            return t.user + t.system
-        except psutil.Error:
-            return None
+        return process_cpu_s(self.pid)
 
     def rss_bytes(self) -> Optional[int]:
         """Resident set size of the server now (None if unknown)."""
