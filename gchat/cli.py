@@ -70,6 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-line", type=_size, default=d.max_line, metavar="BYTES",
                         help="longest line accepted, in bytes before decoding; a longer "
                              "one is discarded with an error (default %(default)s)")
+    parser.add_argument("--flood-rate", type=float, default=None, metavar="LINES",
+                        help="lines per second a client may send on average; more are "
+                             "delayed, not dropped (default 10; off in --compat; 0 turns it off)")
+    parser.add_argument("--flood-burst", type=int, default=d.flood_burst, metavar="LINES",
+                        help="lines a client may send at once before --flood-rate applies "
+                             "(default %(default)s)")
+    parser.add_argument("--max-clients", type=int, default=None, metavar="N",
+                        help="connections served at once; more get 'server full' "
+                             f"(default: the open-file limit less {d.fd_headroom})")
+    parser.add_argument("--max-per-ip", type=int, default=d.max_per_ip, metavar="N",
+                        help="connections from one IP address at once (default 0: no limit)")
     parser.add_argument("--backlog", type=int, default=d.backlog, metavar="N",
                         help="pending connections the kernel may queue (default %(default)s)")
     parser.add_argument("--roster-limit", type=int, default=d.roster_limit, metavar="N",
@@ -87,8 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_max_clients(headroom: int) -> int:
+    """The per-process open-file limit less headroom (at least 1)."""
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(1, soft - headroom)
+
+
 def config_from_args(args) -> Config:
-    return Config(host=args.host, port=args.port, compat=args.compat,
+    max_clients = args.max_clients or default_max_clients(Config.fd_headroom)
+    return Config(flood_rate=args.flood_rate, flood_burst=args.flood_burst,
+                  max_clients=max_clients, max_per_ip=args.max_per_ip,host=args.host, port=args.port, compat=args.compat,
                   idle_timeout=args.idle_timeout, name_timeout=args.name_timeout,
                   sendq=args.sendq, sndbuf=args.sndbuf or 0, slow_policy=args.slow_policy, max_line=args.max_line,
                   roster_limit=args.roster_limit, backlog=args.backlog, close_linger=args.close_linger,

@@ -51,6 +51,33 @@ class Config:
     # them, and tell the client how many it missed once it catches up).
     slow_policy: str = "disconnect"
 
+    # Flood control: a token bucket per client, in lines.  None means the
+    # mode's default: on in name mode, off in --compat (a drop-in for the
+    # seed, which has none).  IRC servers allow a human about 1-2 lines/s
+    # with a burst of 5-10; rooms here also hold bots and pasted text, so
+    # the default is 10 lines/s sustained with a burst of 20 (a short
+    # paste goes through at once).  Lines over the rate are delayed, never
+    # dropped: the reader stops reading and TCP pushes back on the flooder.
+    # 0 turns it off.
+    flood_rate: float = None
+    flood_burst: int = 20
+
+    # Connections served at once.  None: the per-process file limit
+    # (RLIMIT_NOFILE) less fd_headroom, worked out by the CLI; beyond it a
+    # connection gets "error: server full" and is closed.
+    max_clients: int = None
+    # Descriptors kept free below RLIMIT_NOFILE for the listener, logs,
+    # /proc reads and the connections being refused.
+    fd_headroom: int = 64
+    # Connections from one IP address at once; 0 is no limit (the default,
+    # so that load tests from loopback work).
+    max_per_ip: int = 0
+    # When accept() fails for want of descriptors (EMFILE, ENFILE), the
+    # server pauses accepting for this long, doubling up to the maximum,
+    # instead of spinning or dying; accepted clients are served meanwhile.
+    accept_backoff_min: float = 0.05
+    accept_backoff_max: float = 1.0
+
     # Longest line a client may send, in bytes before decoding, without its
     # terminator.  IRC allows 512 for a whole message; chat users paste
     # more, and 4 KiB is one page: long enough for text, small enough that
@@ -89,12 +116,27 @@ class Config:
         for field in ("name_timeout", "shutdown_flush_timeout", "close_linger"):
             if getattr(self, field) < 0:
                 raise ValueError(f"{field} must not be negative")
+        if self.flood_rate is not None and self.flood_rate < 0:
+            raise ValueError("flood_rate must not be negative")
+        if self.flood_burst < 1:
+            raise ValueError("flood_burst must be at least 1")
+        if self.max_clients is not None and self.max_clients < 1:
+            raise ValueError("max_clients must be positive")
+        if self.max_per_ip < 0 or self.fd_headroom < 0:
+            raise ValueError("max_per_ip and fd_headroom must not be negative")
         if self.sndbuf < 0:
             raise ValueError("sndbuf must not be negative")
         if self.idle_timeout is not None and self.idle_timeout < 0:
             raise ValueError("idle_timeout must not be negative")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be 0..65535")
+
+    @property
+    def effective_flood_rate(self) -> float:
+        """Lines per second allowed per client, 0 for no limit."""
+        if self.flood_rate is not None:
+            return self.flood_rate
+        return 0.0 if self.compat else 10.0
 
     @property
     def effective_idle_timeout(self) -> float:

@@ -8,6 +8,7 @@ Everything here is driven with bytes and strings by the tests:
 * validate_name and name_key are the rules for names (exercise 8.14);
 * the render_* functions are every line the server says, in one place.
 """
+import re
 import unicodedata
 from typing import NamedTuple, Optional
 
@@ -114,6 +115,49 @@ def clean_text(text: str) -> str:
 
 
 # --------------------------------------------------------------------------
+# Things that are not chat
+
+_HTTP_REQUEST_LINE = re.compile(
+    r"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE|PRI) \S+ HTTP/[0-9.]+")
+
+
+def looks_like_http(text: str) -> bool:
+    """True when a first line is an HTTP request line (a browser, a probe)."""
+    return _HTTP_REQUEST_LINE.fullmatch(text) is not None
+
+
+class TokenBucket:
+    """Flood control: `rate` lines a second on average, `burst` at once.
+
+    Pure: the caller passes the time.  The reader spends a token per line
+    and, when none are left, stops reading until wait() has passed, so that
+    TCP pushes back on the flooder alone.
+    """
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: int, now: float):
+        if rate <= 0 or burst < 1:
+            raise ValueError("a token bucket needs rate > 0 and burst >= 1")
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = now
+
+    def take(self, wanted: int, now: float) -> int:
+        """Spend up to wanted tokens; returns how many were available."""
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        granted = min(wanted, int(self.tokens))
+        self.tokens -= granted
+        return granted
+
+    def wait(self) -> float:
+        """Seconds until the next whole token, as of the last take()."""
+        return max(0.0, (1.0 - self.tokens) / self.rate)
+
+
+# --------------------------------------------------------------------------
 # Names (exercise 8.14)
 
 NAME_MAX = 24  # characters; IRC nicknames are 9-30, 24 fits a roster line
@@ -184,6 +228,10 @@ class Help(NamedTuple):
     pass
 
 
+class Stats(NamedTuple):
+    pass
+
+
 class Invalid(NamedTuple):
     """A line that is a command but not a usable one; error says why."""
     error: str
@@ -196,6 +244,7 @@ HELP_LINES = (
     "  /me ACTION         say that you do something: * NAME ACTION",
     "  /msg NAME TEXT     say TEXT to NAME alone",
     "  /quit [REASON]     leave",
+    "  /stats             server counters",
     "  /help              this list",
     "Any other line is said to everyone. Start a line with // to say one that starts with /.",
 )
@@ -220,6 +269,8 @@ def parse(line: str):
         return Help()
     if command == "quit":
         return Quit(rest)
+    if command == "stats":
+        return Stats()
     if command == "me":
         return Me(rest) if rest else _usage("me", "ACTION")
     if command == "nick":
@@ -243,6 +294,9 @@ NAME_PROMPT = "Welcome to gchat. What is your name?"
 NAME_PROMPT_AGAIN = "What is your name?"
 SHUTDOWN = "Server shutting down. Goodbye."
 SENDQ_EXCEEDED = "error: send queue exceeded; disconnecting"
+NOT_HTTP = "error: this is a chat server, not an HTTP server; connect with nc or telnet"
+SERVER_FULL = "error: server full"
+TOO_MANY_FROM_ADDRESS = "error: too many connections from your address"
 
 
 def render_error(reason: str) -> str:
@@ -309,6 +363,10 @@ def render_idle(seconds: float) -> str:
 
 def render_name_timeout(seconds: float) -> str:
     return f"error: no name given within {seconds:g} s; disconnecting"
+
+
+def render_stats(stats: dict) -> str:
+    return "stats: " + " ".join(f"{key}={value}" for key, value in stats.items())
 
 
 def format_address(host: str, port: int) -> str:

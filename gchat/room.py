@@ -27,6 +27,7 @@ class Why:
     SLOW = "slow"                  # --sendq exceeded under --slow-policy disconnect
     SHUTDOWN = "shutdown"          # the server is stopping
     FAULT = "fault"                # handling one of its events raised
+    HTTP = "http"                  # its first line was an HTTP request
 
 
 # What the others see after "NAME has left" (name mode only), and whether
@@ -34,24 +35,28 @@ class Why:
 # when the peer has gone away).
 _LEFT_REASON = {Why.EOF: "", Why.ERROR: "connection lost", Why.QUIT: "",
                 Why.IDLE: "idle timeout", Why.NAME_TIMEOUT: "", Why.SLOW: "send queue exceeded",
-                Why.SHUTDOWN: "", Why.FAULT: "server error"}
+                Why.SHUTDOWN: "", Why.FAULT: "server error", Why.HTTP: "not a chat client"}
 PEER_GONE = frozenset({Why.EOF, Why.ERROR})
 
 
 class Room:
     """Members, names and commands.  See the module docstring."""
 
-    def __init__(self, config, fanout: Optional[Fanout] = None):
+    def __init__(self, config, fanout: Optional[Fanout] = None, stats=None):
+        """stats: a callable returning the counters /stats shows (the hub's)."""
         self.config = config
+        self._stats = stats or (lambda: dict(self.counts))
         self.compat = config.compat
         self.out = fanout if fanout is not None else Fanout()
         self.members = {}         # name_key -> conn, in order of arrival
         self.connected = set()    # every conn that arrived and has not departed
+        self.silent = set()       # conns that have not sent a line yet
         self.departures = []      # (conn, Why) for the hub to close after flushing
         self.counts = {"arrivals": 0, "departures": 0, "lines": 0, "too_long": 0, "errors": 0}
         self._commands = {
             p.Chat: self._chat, p.Me: self._me, p.Nick: self._nick, p.Msg: self._msg,
-            p.Who: self._who, p.Quit: self._quit, p.Help: self._help, p.Invalid: self._invalid,
+            p.Who: self._who, p.Quit: self._quit, p.Help: self._help, p.Stats: self._stats_command,
+            p.Invalid: self._invalid,
         }
 
     # ------------------------------------------------------------------
@@ -60,6 +65,7 @@ class Room:
     def arrive(self, conn):
         """A connection was accepted."""
         self.connected.add(conn)
+        self.silent.add(conn)
         if self.compat:
             self._register(conn, conn.who)
         else:
@@ -76,6 +82,11 @@ class Room:
                 continue
             self.counts["lines"] += 1
             text = p.decode(line)
+            if conn in self.silent:
+                self.silent.discard(conn)
+                if p.looks_like_http(text):
+                    self.depart(conn, Why.HTTP)
+                    return
             if self.compat:
                 self.out.broadcast(p.render_chat(conn.name, text))
             elif conn.name is None:
@@ -89,6 +100,7 @@ class Room:
         if conn not in self.connected:
             return  # already gone (e.g. kicked, then its reader saw the close)
         self.connected.discard(conn)
+        self.silent.discard(conn)
         member = conn.name is not None and self.members.get(p.name_key(conn.name)) is conn
         farewell = self._farewell(why, detail)
         if member:
@@ -122,6 +134,8 @@ class Room:
             return p.render_error("internal server error; disconnecting")
         if why == Why.QUIT:
             return "Goodbye."
+        if why == Why.HTTP:
+            return p.NOT_HTTP
         return None
 
     def names(self) -> list:
@@ -204,6 +218,9 @@ class Room:
     def _help(self, conn, command):
         for line in p.HELP_LINES:
             self.out.send(conn, line)
+
+    def _stats_command(self, conn, command):
+        self.out.send(conn, p.render_stats(self._stats()))
 
     def _invalid(self, conn, command):
         self._error(conn, command.error)

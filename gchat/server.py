@@ -18,8 +18,9 @@ from gevent.server import StreamServer
 
 from gchat import hub as events
 from gchat.outbox import Outbox
-from gchat.protocol import LineReader, format_address
+from gchat.protocol import LineReader, TokenBucket, format_address
 from gchat.room import Why
+from gchat.timeouts import next_wait
 
 log = logging.getLogger("gchat")
 
@@ -71,33 +72,25 @@ class Connection:
         hub, sock = self._hub, self.sock
         reader = LineReader(config.max_line)
         idle = config.effective_idle_timeout
+        compat = config.compat
+        monotonic = time.monotonic
         name_deadline = None
-        if not config.compat and config.name_timeout:
-            name_deadline = time.monotonic() + config.name_timeout
-        last_heard = time.monotonic()
+        if not compat and config.name_timeout:
+            name_deadline = monotonic() + config.name_timeout
+        flood_rate = config.effective_flood_rate
+        bucket = TokenBucket(flood_rate, config.flood_burst, monotonic()) if flood_rate else None
+        last_heard = monotonic()
         while True:
-            now = time.monotonic()
-            # The hub names the client while this recv waits, without
-            # waking it; so an unnamed client's wait is never longer than
-            # the idle deadline that starts with its name line.
-            idle_left = last_heard + idle - now if idle else None
-            if self.name is None and name_deadline is not None:
-                if name_deadline <= now:
-                    return Why.NAME_TIMEOUT
-                timeout = name_deadline - now
-                if idle_left is not None and idle_left > 0:
-                    timeout = min(timeout, idle_left)
-            elif self.name is not None and idle_left is not None:
-                if idle_left <= 0:
-                    return Why.IDLE
-                timeout = idle_left
-            else:
-                timeout = None
+            # In --compat nobody is ever named: the idle rule applies from the start.
+            why, timeout = next_wait(monotonic(), compat or self.name is not None,
+                                     name_deadline, last_heard, idle)
+            if why is not None:
+                return why
             sock.settimeout(timeout)
             try:
                 data = sock.recv(config.recv_size)
             except socket.timeout:
-                continue  # the loop decides which deadline passed, if any
+                continue  # next_wait decides which deadline passed, if any
             except OSError:
                 return Why.EOF if self._closing else Why.ERROR
             if not data:
@@ -105,10 +98,24 @@ class Connection:
                 if tail:
                     hub.put(events.LINES, self, tail)
                 return Why.EOF
-            last_heard = time.monotonic()
+            last_heard = monotonic()
             lines = reader.feed(data)
-            if lines:
-                hub.put(events.LINES, self, lines)
+            if bucket is None:
+                if lines:
+                    hub.put(events.LINES, self, lines)
+                continue
+            # Flood control: pass on what the bucket allows and sleep for
+            # the rest.  Meanwhile nothing is read, so the flooder's own TCP
+            # window fills and its kernel, not our memory, holds the excess.
+            while lines:
+                granted = bucket.take(len(lines), monotonic())
+                if granted:
+                    hub.put(events.LINES, self, lines[:granted])
+                    lines = lines[granted:]
+                if lines:
+                    if self._closing:
+                        return Why.EOF
+                    gevent.sleep(bucket.wait())
 
     # The writer ---------------------------------------------------------
 

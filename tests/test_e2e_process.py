@@ -70,7 +70,7 @@ def test_signal_stops_gracefully(start_gchat, signum):
 def test_sigterm_flushes_output_already_queued(start_gchat):
     """A client that has not read for a while still gets everything queued
     for it, then the goodbye, when it reads during the shutdown."""
-    server = start_gchat("--sndbuf", "16384")
+    server = start_gchat("--flood-rate", "0", "--sndbuf", "16384")
     lagging = server.named("lagging", rcvbuf=4096)
     sender = server.named("sender")
     pad = "y" * 500

@@ -9,6 +9,9 @@ PAD = "x" * 900
 # Lines sent before the readers catch up: 20 KB, well inside every bound,
 # so that only the client that never reads is ever slow.
 BURST = 20
+# Small bounds so that the slow client fills them fast; no flood control,
+# since the sender sends as fast as it can on purpose.
+BOUNDS = ("--flood-rate", "0", "--sendq", "65536", "--sndbuf", "16384")
 CHAT = re.compile(r"sender: (\d+) x+")
 
 
@@ -43,7 +46,7 @@ def _chat_while_one_never_reads(server):
 
 
 def test_disconnect_policy_drops_the_slow_client_and_spares_the_others(start_gchat):
-    server = start_gchat("--sendq", "65536", "--sndbuf", "16384", "--slow-policy", "disconnect")
+    server = start_gchat(*BOUNDS, "--slow-policy", "disconnect")
     slow, reader, sender, seqs, others = _chat_while_one_never_reads(server)
     assert seqs == list(range(MESSAGES))  # everything, in order
     assert others == ["snail has left (send queue exceeded)"]
@@ -54,7 +57,7 @@ def test_disconnect_policy_drops_the_slow_client_and_spares_the_others(start_gch
 
 
 def test_drop_policy_skips_messages_in_order_and_says_how_many(start_gchat):
-    server = start_gchat("--sendq", "65536", "--sndbuf", "16384", "--slow-policy", "drop")
+    server = start_gchat(*BOUNDS, "--slow-policy", "drop")
     slow, reader, sender, seqs, others = _chat_while_one_never_reads(server)
     assert seqs == list(range(MESSAGES))
     assert others == []  # nobody left
