@@ -152,5 +152,5 @@ def run(config: Config) -> int:
     stop_requested.wait()
     log.info("shutting down: closing %d clients", len(server.hub.room.connected))
     server.stop()
-    log.info("stopped")
+    log.info("stopped; %s", " ".join(f"{k}={v}" for k, v in server.hub.snapshot().items()))
     return 0

@@ -8,7 +8,6 @@ waits on a client.  Connections it removes are closed only after the batch
 that says goodbye to them has been delivered.
 """
 import logging
-import time
 
 import gevent
 from gevent.event import Event
@@ -29,7 +28,8 @@ class Hub:
     def __init__(self, config):
         self.config = config
         self.inbox = Queue(config.inbox_size)
-        self.room = Room(config)
+        self.room = Room(config, stats=self.snapshot)
+        self.transport_stats = None  # set by the server: a callable for /stats
         self.stopped = Event()  # set when shutdown has closed every client
         self.stats = {"deliveries": 0, "batches": 0, "events": 0, "slow_disconnects": 0,
                       "faults": 0}
@@ -128,10 +128,12 @@ class Hub:
                  f", {conn.outbox.dropped} lines dropped" if conn.outbox.dropped else "")
 
     def snapshot(self) -> dict:
-        """Counters for logs and /stats."""
-        return {**self.stats, **self.room.counts, "clients": len(self.room.connected),
-                "members": len(self.room.members), "inbox": self.inbox.qsize(),
-                "time": time.time()}
+        """Counters for /stats and the logs."""
+        stats = {"clients": len(self.room.connected), "members": len(self.room.members),
+                 **self.room.counts, **self.stats, "inbox": self.inbox.qsize()}
+        if self.transport_stats is not None:
+            stats.update(self.transport_stats())
+        return stats
 
 
 def spawn_hub(config) -> tuple:

@@ -7,7 +7,9 @@ kernel refuses bytes, and ends when they are sent.  The hub decides when a
 connection ends and calls Connection.close(); the handler returns (and the
 socket is gone) only after that.
 """
+import errno
 import logging
+import os
 import socket
 import time
 
@@ -18,7 +20,8 @@ from gevent.server import StreamServer
 
 from gchat import hub as events
 from gchat.outbox import Outbox
-from gchat.protocol import LineReader, TokenBucket, format_address
+from gchat.protocol import (SERVER_FULL, TOO_MANY_FROM_ADDRESS, LineReader, TokenBucket,
+                            format_address)
 from gchat.room import Why
 from gchat.timeouts import next_wait
 
@@ -28,15 +31,16 @@ log = logging.getLogger("gchat")
 class Connection:
     """One client: its socket, its reader loop, its outbox and writer."""
 
-    __slots__ = ("sock", "who", "name", "outbox", "_hub", "_config", "_writer",
+    __slots__ = ("sock", "who", "name", "outbox", "_hub", "_config", "_census", "_writer",
                  "_closing", "_closed", "_linger")
 
-    def __init__(self, sock, address, hub, config):
+    def __init__(self, sock, address, hub, config, census):
         self.sock = sock
         self.who = format_address(address[0], address[1])
         self.name = None  # set by the Room alone
         self._hub = hub
         self._config = config
+        self._census = census
         self._writer = None
         self._closing = False
         self._closed = Event()
@@ -126,6 +130,7 @@ class Connection:
     def _write_parked(self):
         """Send what the outbox parked, as the socket drains; then end."""
         outbox, sock = self.outbox, self.sock
+        self._census.writers += 1
         try:
             while True:
                 data = outbox.pending()
@@ -141,6 +146,7 @@ class Connection:
                     break
                 outbox.sent(sent)
         finally:
+            self._census.writers -= 1
             self._writer = None
             if self._closing:
                 self._close_socket()
@@ -157,6 +163,7 @@ class Connection:
             if self._writer is None:
                 self._writer = gevent.spawn(self._write_parked)
             self._linger = gevent.spawn_later(linger, self._close_socket)
+            self._census.lingering += 1
         else:
             self._close_socket()
 
@@ -164,9 +171,11 @@ class Connection:
         if self._closed.is_set():
             return
         self._closed.set()
-        if self._linger is not None and self._linger is not gevent.getcurrent():
-            self._linger.kill(block=False)
-        self._linger = None
+        if self._linger is not None:
+            self._census.lingering -= 1
+            if self._linger is not gevent.getcurrent():
+                self._linger.kill(block=False)
+            self._linger = None
         self.outbox.abandon()
         try:
             self.sock.close()  # wakes a reader or writer waiting on it
@@ -174,17 +183,71 @@ class Connection:
             pass
 
 
+class _Listener(StreamServer):
+    """A StreamServer whose accept loop outlives descriptor exhaustion.
+
+    When accept() fails with EMFILE or ENFILE the pending connections stay
+    in the kernel's backlog; the listener stops accepting for a moment,
+    with a backoff that doubles up to a limit, and starts again, while the
+    clients already connected are served as usual.
+    """
+
+    def __init__(self, address, handle, config, **kw):
+        super().__init__(address, handle, backlog=config.backlog, **kw)
+        self._backoff_min = self._backoff = config.accept_backoff_min
+        self._backoff_max = config.accept_backoff_max
+        self._resume = None
+        self.accept_pauses = 0
+
+    def do_read(self):
+        try:
+            accepted = super().do_read()
+        except OSError as err:
+            if err.errno not in _OUT_OF_DESCRIPTORS:
+                raise
+            self._pause(err)
+            return None
+        self._backoff = self._backoff_min
+        return accepted
+
+    def _pause(self, err):
+        self.accept_pauses += 1
+        log.warning("accept failed (%s); pausing accepts for %.2f s", err.strerror, self._backoff)
+        self.stop_accepting()
+        self._resume = gevent.spawn_later(self._backoff, self._resume_accepting)
+        self._backoff = min(self._backoff * 2, self._backoff_max)
+
+    def _resume_accepting(self):
+        self._resume = None
+        if not self.closed:
+            self.start_accepting()
+
+    def close(self):
+        if self._resume is not None:
+            self._resume.kill(block=False)
+        super().close()
+
+
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
 class ChatServer:
-    """Listens, runs the hub, and stops gracefully."""
+    """Listens, admits connections within the limits, runs the hub, and
+    stops gracefully."""
 
     def __init__(self, config):
         self.config = config
         self.hub, self.hub_greenlet = events.spawn_hub(config)
-        # The group tracks every connection's handler, so that stop() can
+        self.hub.transport_stats = self.transport_stats
+        # The pool tracks every connection's handler, so that stop() can
         # wait for their output to be flushed and their sockets closed.
         self.handlers = Pool()  # unbounded: a Pool only because StreamServer wants one
-        self.server = StreamServer((config.host, config.port), self._handle, spawn=self.handlers,
-                                   backlog=config.backlog)
+        self.server = _Listener((config.host, config.port), self._handle, config,
+                                spawn=self.handlers)
+        self.max_clients = config.max_clients or (1 << 30)
+        self.per_ip = {}        # IP address -> connections admitted from it
+        self.census = Census()  # greenlets beside the handlers
+        self.refused = {"full": 0, "per_ip": 0}
 
     @property
     def address(self) -> tuple:
@@ -194,7 +257,36 @@ class ChatServer:
         self.server.start()
 
     def _handle(self, sock, address):
-        Connection(sock, address, self.hub, self.config).serve()
+        ip = address[0]
+        # The pool holds this handler too, so len() counts this connection.
+        if len(self.handlers) > self.max_clients:
+            self.refused["full"] += 1
+            _refuse(sock, SERVER_FULL)
+            return
+        from_ip = self.per_ip.get(ip, 0)
+        if self.config.max_per_ip and from_ip >= self.config.max_per_ip:
+            self.refused["per_ip"] += 1
+            _refuse(sock, TOO_MANY_FROM_ADDRESS)
+            return
+        self.per_ip[ip] = from_ip + 1
+        try:
+            Connection(sock, address, self.hub, self.config, self.census).serve()
+        finally:
+            left = self.per_ip.pop(ip) - 1
+            if left:
+                self.per_ip[ip] = left
+
+    def transport_stats(self) -> dict:
+        """Counters of the transport, for /stats: descriptors and greenlets
+        should return to their baseline after any churn."""
+        try:
+            fds = len(os.listdir("/proc/self/fd")) - 1  # less listdir's own
+        except OSError:
+            fds = -1
+        return {"connections": len(self.handlers), "fds": fds,
+                "greenlets": 1 + len(self.handlers) + self.census.writers + self.census.lingering,
+                "refused_full": self.refused["full"], "refused_per_ip": self.refused["per_ip"],
+                "accept_pauses": self.server.accept_pauses}
 
     def stop(self):
         """Stop accepting, say goodbye to everyone, flush, close."""
@@ -206,3 +298,22 @@ class ChatServer:
         budget = self.config.shutdown_flush_timeout + 1.0
         self.hub.stopped.wait(budget)
         self.handlers.join(timeout=budget)
+
+
+class Census:
+    """Greenlets that connections start besides their handler (writers and
+    linger timers), counted for /stats."""
+
+    __slots__ = ("writers", "lingering")
+
+    def __init__(self):
+        self.writers = 0
+        self.lingering = 0
+
+
+def _refuse(sock, line: str):
+    """One line, if the kernel takes it at once, then close."""
+    try:
+        sock._sock.send(line.encode() + b"\n")
+    except OSError:
+        pass
