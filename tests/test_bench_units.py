@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from gchat_bench import report
+from gchat_bench.runner import saturated
 from gchat_bench.servers import BenchError, check_loopback, spawn_argv
 from gchat_bench.stats import (DATA_RE, HDR_BITS, HDR_EXACT, MIN_SIZE, LatencyRecorder,
                                SeqTracker, make_payload, merge_encoded, new_histogram,
@@ -242,3 +243,23 @@ def test_ratios_and_table():
     text = report.table([a, b])
     assert len(text.splitlines()) == 4 and "seed_port" in text
     assert "x2.00 (better)" in report.ratio_table(a, [b])
+
+
+def cpu(gen_pct=10.0, gen_cores=0.2, host=50.0, srv=50.0):
+    return {"generator_cpu_pct": gen_pct, "generator_cores": gen_cores,
+            "host_cpu_pct": host, "server_cpu_pct": srv}
+
+
+def test_generator_saturated_when_a_worker_is_busy_all_the_time():
+    """A worker at >= 90% of a core is the limit, whatever the rest does."""
+    assert saturated(cpu(gen_pct=95.0))
+    assert not saturated(cpu(gen_pct=50.0))
+
+
+def test_generator_saturated_when_it_fills_the_machine_the_server_wanted():
+    """Full machine + server under a core + generator using >= half a core."""
+    assert saturated(cpu(gen_cores=1.2, host=95.0, srv=60.0))
+    # The server had its core: the server is the limit, not the generator.
+    assert not saturated(cpu(gen_cores=1.2, host=95.0, srv=99.0))
+    # Someone else filled the machine: not the generator's doing.
+    assert not saturated(cpu(gen_cores=0.0, host=96.0, srv=0.0))

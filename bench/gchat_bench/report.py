@@ -133,7 +133,8 @@ def ratio_table(subject: dict, bases: list) -> str:
             r = ratio(subject.get(k), b.get(k))
             if r is None:
                 continue
-            better = (r > 1) == higher if r != 1 else None
+            # Within 2% is noise on this machine, not a difference.
+            better = (r > 1) == higher if abs(r - 1) > 0.02 else None
             word = {True: "better", False: "worse", None: "same"}[better]
             lines.append("  %-16s %10s  vs %10s   x%.2f (%s)" % (
                 label, fmt(subject.get(k), ".3g"), fmt(b.get(k), ".3g"), r, word))

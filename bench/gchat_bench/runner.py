@@ -38,6 +38,8 @@ SATURATED_CPU = 0.90
 # full and the server did not use a whole core, the generator took the CPU
 # the server could have used: the generator was (part of) the limit.
 HOST_FULL = 0.90
+# ... and the generator used at least this many cores in that time.
+GENERATOR_SIGNIFICANT = 0.5
 # Open loop: a send count this far below the schedule is a shortfall.
 SHORTFALL = 0.97
 # Above this many clients per source address, spread clients over several
@@ -264,7 +266,12 @@ class Window:
             "server_cpu_pct": None if srv is None else 100.0 * srv / w,
             "generator_cpu_s": sum(gen),
             "generator_cpu_pct": 100.0 * max(gen) / w if gen else 0.0,
-            "host_cpu_pct": 100.0 * (host1 - self.host0) / (max(elapsed, 1e-6) * self.ncpu),
+            "host_cpu_pct": 100.0 * host_s / (max(elapsed, 1e-6) * self.ncpu),
+            # CPU neither the server nor the generator was charged for:
+            # kernel softirq work for loopback TCP, and other load on a
+            # shared machine.  In % of all cores.
+            "host_other_cpu_pct": max(0.0, 100.0 * (host_s - mine) / (max(elapsed, 1e-6) * self.ncpu)),
+            "generator_cores": sum(gen) / w,
         }
 
 
@@ -381,6 +388,7 @@ def measure_phase(pool: WorkerPool, server: Server, opts: Options, closed: bool)
         "generator_cpu_s": cpu["generator_cpu_s"],
         "generator_cpu_pct": cpu["generator_cpu_pct"],
         "host_cpu_pct": cpu["host_cpu_pct"],
+        "host_other_cpu_pct": cpu["host_other_cpu_pct"],
     }
     out.update(percentiles_ms(hist))
     short = offered is not None and total_sent < SHORTFALL * offered
@@ -396,8 +404,9 @@ def saturated(cpu: dict) -> bool:
 
     Yes if a worker was busy nearly all the time (its clients' latencies
     include its own queueing), or if the machine was full while the server
-    had less than a core (the generator took CPU the server could have
-    used).  An open-loop shortfall without server push-back (a sender
+    had less than a core and the generator used at least half a core (the
+    generator took CPU the server could have used; a machine filled by
+    someone else's load is not the generator's doing).  An open-loop shortfall without server push-back (a sender
     blocked in send means the server stopped reading) also counts; see
     measure_phase.
     """
@@ -405,6 +414,7 @@ def saturated(cpu: dict) -> bool:
         return True
     srv = cpu.get("server_cpu_pct")
     return bool(cpu["host_cpu_pct"] >= 100 * HOST_FULL
+                and cpu["generator_cores"] >= GENERATOR_SIGNIFICANT
                 and srv is not None and srv < 100 * SATURATED_CPU)
 
 
@@ -485,6 +495,7 @@ def _join(pool, server, opts, res, rss_before) -> dict:
         "generator_cpu_s": cpu["generator_cpu_s"],
         "generator_cpu_pct": cpu["generator_cpu_pct"],
         "host_cpu_pct": cpu["host_cpu_pct"],
+        "host_other_cpu_pct": cpu["host_other_cpu_pct"],
         "server_cpu_pct": cpu["server_cpu_pct"],
         "generator_saturated": saturated(cpu),
     })
@@ -526,6 +537,7 @@ def _idle(pool, server, opts, res, rss_before) -> dict:
         "generator_cpu_s": cpu["generator_cpu_s"],
         "generator_cpu_pct": cpu["generator_cpu_pct"],
         "host_cpu_pct": cpu["host_cpu_pct"],
+        "host_other_cpu_pct": cpu["host_other_cpu_pct"],
         "generator_saturated": saturated(cpu),
     })
     _rss_per_client(res, server, rss_before, conn["ok"],
