@@ -260,6 +260,8 @@ class Window:
         host1, _ = host_busy()
         w = max(wall or elapsed, 1e-6)
         srv = None if self.srv0 is None or srv1 is None else srv1 - self.srv0
+        host_s = host1 - self.host0
+        mine = sum(gen) + (srv or 0.0)
         return {
             "elapsed": elapsed,
             "server_cpu_s": srv,

@@ -54,7 +54,7 @@ from gchat_bench.stats import (HDR_BITS, HDR_EXACT, SYNC_RE, LatencyRecorder, Se
 RECV_SIZE = 64 * 1024
 # Most ready sockets taken from epoll per wake-up before gevent runs the
 # senders again: bounds how long a burst of reads can delay a send.
-POLL_BATCH = 1024
+POLL_BATCH = int(os.environ.get("GB_PB", "1024"))
 # A partial line longer than this is not a chat line we sent; keep only its
 # end, so a server that never sends "\n" cannot grow our memory.
 MAX_TAIL = 1 << 20
