@@ -23,11 +23,17 @@ LINES = "lines"        # payload: list of lines (bytes or protocol.TOO_LONG)
 LEAVE = "leave"        # payload: a room.Why
 SHUTDOWN = "shutdown"  # conn and payload: None
 
+INBOX_FULL = 2  # the reason a reader waits in Hub.paused (server._INBOX)
+
 
 class Hub:
     def __init__(self, config):
         self.config = config
-        self.inbox = Queue(config.inbox_size)
+        # Unbounded, so that readers (event-loop callbacks) can always put
+        # without waiting; a reader that finds config.inbox_size events
+        # queued pauses itself and waits in `paused` for the hub to drain.
+        self.inbox = Queue()
+        self.paused = []
         self.room = Room(config, stats=self.snapshot)
         self.transport_stats = None  # set by the server: a callable for /stats
         self.stopped = Event()  # set when shutdown has closed every client
@@ -54,6 +60,10 @@ class Hub:
                     break
                 self._handle(event)
             self._flush()
+            if self.paused:
+                paused, self.paused = self.paused, []
+                for conn in paused:
+                    conn.resume(INBOX_FULL)
             if self._shutting_down and not self.room.connected:
                 self.stopped.set()
                 return

@@ -17,14 +17,16 @@ def next_wait(now: float, named: bool, name_deadline: Optional[float], last_hear
     """
     idle_left = last_heard + idle - now if idle else None
     if not named:
-        if name_deadline is None:
-            return None, idle_left if idle_left is not None and idle_left > 0 else None
-        if name_deadline <= now:
-            return Why.NAME_TIMEOUT, None
-        wait = name_deadline - now
-        if idle_left is not None and idle_left > 0:
-            wait = min(wait, idle_left)
-        return None, wait
+        # Wake at the name deadline, and at the idle deadline that a name
+        # line would have started (or one idle period on, if it has passed).
+        waits = []
+        if name_deadline is not None:
+            if name_deadline <= now:
+                return Why.NAME_TIMEOUT, None
+            waits.append(name_deadline - now)
+        if idle_left is not None:
+            waits.append(idle_left if idle_left > 0 else idle)
+        return None, min(waits) if waits else None
     if idle_left is None:
         return None, None
     if idle_left <= 0:

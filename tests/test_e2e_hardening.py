@@ -260,4 +260,5 @@ def test_peer_faults_leak_no_descriptors_or_greenlets(start_gchat):
     wait_until(lambda: fd_count(pid) == base_fds, what="descriptors back to baseline")
     after = stats(observer)
     assert after["greenlets"] == base["greenlets"]
+    assert after["watchers"] == base["watchers"]
     assert after["connections"] == base["connections"] == 1
