@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pending connections the kernel may queue (default %(default)s)")
     parser.add_argument("--roster-limit", type=int, default=d.roster_limit, metavar="N",
                         help="names shown in a newcomer's roster line (default %(default)s)")
+    parser.add_argument("--arrival-merge-threshold", type=int, default=d.arrival_merge_threshold,
+                        metavar="N",
+                        help="in a room of at least N members, arrivals at the same moment "
+                             "are announced in one line (default %(default)s)")
+    parser.add_argument("--arrival-merge-window", type=_seconds, default=d.arrival_merge_window,
+                        metavar="SECONDS",
+                        help="how long such arrivals may wait to be merged (default %(default)g)")
     parser.add_argument("--close-linger", type=_seconds, default=d.close_linger, metavar="SECONDS",
                         help="time a disconnected client gets to receive its last lines "
                              "(default %(default)g)")
@@ -113,7 +120,9 @@ def config_from_args(args) -> Config:
                   max_clients=max_clients, max_per_ip=args.max_per_ip,host=args.host, port=args.port, compat=args.compat,
                   idle_timeout=args.idle_timeout, name_timeout=args.name_timeout,
                   sendq=args.sendq, sndbuf=args.sndbuf or 0, slow_policy=args.slow_policy, max_line=args.max_line,
-                  roster_limit=args.roster_limit, backlog=args.backlog, close_linger=args.close_linger,
+                  roster_limit=args.roster_limit,
+                  arrival_merge_threshold=args.arrival_merge_threshold,
+                  arrival_merge_window=args.arrival_merge_window, backlog=args.backlog, close_linger=args.close_linger,
                   shutdown_flush_timeout=args.shutdown_timeout)
 
 

@@ -96,6 +96,19 @@ class Config:
     # is split into 512-byte lines for the same reason.
     roster_limit: int = 50
 
+    # In a room of at least this many members, the arrivals of one
+    # broadcaster wake-up are announced in one line ("a, b and 40 more have
+    # arrived") instead of one line each: a storm of N arrivals would
+    # otherwise cost O(N^2) lines.  Smaller rooms and --compat keep the
+    # seed's exact per-client lines.
+    arrival_merge_threshold: int = 100
+    # How long such arrivals may be held back to be merged, in seconds.
+    # Each announcement costs one send to every member, so a storm's cost
+    # is members x announcements; a quarter second keeps a 10,000-client
+    # storm to a few dozen announcements a second while nobody waits long
+    # to hear of a newcomer.  Anything else said ends the wait at once.
+    arrival_merge_window: float = 0.25
+
     # How long shutdown waits for queued output to drain before closing.
     shutdown_flush_timeout: float = 3.0
 
@@ -110,10 +123,12 @@ class Config:
     def __post_init__(self):
         if self.slow_policy not in SLOW_POLICIES:
             raise ValueError(f"slow_policy must be one of {SLOW_POLICIES}, not {self.slow_policy!r}")
-        for field in ("sendq", "max_line", "recv_size", "inbox_size", "roster_limit", "backlog"):
+        for field in ("sendq", "max_line", "recv_size", "inbox_size", "roster_limit", "backlog",
+                      "arrival_merge_threshold"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"{field} must be positive")
-        for field in ("name_timeout", "shutdown_flush_timeout", "close_linger"):
+        for field in ("name_timeout", "shutdown_flush_timeout", "close_linger",
+                      "arrival_merge_window"):
             if getattr(self, field) < 0:
                 raise ValueError(f"{field} must not be negative")
         if self.flood_rate is not None and self.flood_rate < 0:

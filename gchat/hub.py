@@ -34,7 +34,7 @@ class Hub:
         # queued pauses itself and waits in `paused` for the hub to drain.
         self.inbox = Queue()
         self.paused = []
-        self.room = Room(config, stats=self.snapshot)
+        self.room = Room(config, stats=self.snapshot, clock=gevent.get_hub().loop.now)
         self.transport_stats = None  # set by the server: a callable for /stats
         self.stopped = Event()  # set when shutdown has closed every client
         self.stats = {"deliveries": 0, "batches": 0, "events": 0, "slow_disconnects": 0,
@@ -49,8 +49,15 @@ class Hub:
     def run(self):
         """The broadcaster loop; runs until shutdown has closed every client."""
         inbox = self.inbox
+        loop = gevent.get_hub().loop
+        room = self.room
         while True:
-            self._handle(inbox.get())
+            # Held-back arrivals (room.py) set a deadline for the next flush.
+            due = room.arrivals_due(loop.now())
+            try:
+                self._handle(inbox.get(timeout=due))
+            except Empty:
+                pass
             # Drain everything that is already waiting: one flush (one send
             # per client) serves the whole batch.
             for _ in range(self._batch_limit):
@@ -106,6 +113,7 @@ class Hub:
 
     def _flush(self):
         room = self.room
+        room.end_batch(gevent.get_hub().loop.now())
         out = room.out
         config = self.config
         while out.pending or room.departures:

@@ -311,9 +311,11 @@ def render_arrived(who: str) -> str:
     return f"{who} has arrived"
 
 
-def render_arrivals(names: list) -> str:
-    """One line for several arrivals at once."""
-    return f"{', '.join(names)} have arrived"
+def render_arrivals(names: list, total: int) -> str:
+    """One line for a run of arrivals: names (perhaps only the first of
+    them) out of total."""
+    more = total - len(names)
+    return f"{', '.join(names)}{f' and {more} more' if more > 0 else ''} have arrived"
 
 
 def render_left(who: str, reason: str = "") -> str:

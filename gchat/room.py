@@ -42,9 +42,12 @@ PEER_GONE = frozenset({Why.EOF, Why.ERROR})
 class Room:
     """Members, names and commands.  See the module docstring."""
 
-    def __init__(self, config, fanout: Optional[Fanout] = None, stats=None):
-        """stats: a callable returning the counters /stats shows (the hub's)."""
+    def __init__(self, config, fanout: Optional[Fanout] = None, stats=None, clock=None):
+        """stats: a callable returning the counters /stats shows (the hub's);
+        clock: a callable returning the time (the event loop's, from the hub;
+        the room never reads a clock of its own)."""
         self.config = config
+        self._clock = clock or (lambda: 0.0)
         self._stats = stats or (lambda: dict(self.counts))
         self.compat = config.compat
         self.out = fanout if fanout is not None else Fanout()
@@ -52,6 +55,8 @@ class Room:
         self.connected = set()    # every conn that arrived and has not departed
         self.silent = set()       # conns that have not sent a line yet
         self.departures = []      # (conn, Why) for the hub to close after flushing
+        self._arriving = []       # newcomers whose arrival is not announced yet
+        self._arriving_since = 0.0  # when the first of them arrived
         self.counts = {"arrivals": 0, "departures": 0, "lines": 0, "too_long": 0, "errors": 0}
         self._commands = {
             p.Chat: self._chat, p.Me: self._me, p.Nick: self._nick, p.Msg: self._msg,
@@ -88,7 +93,7 @@ class Room:
                     self.depart(conn, Why.HTTP)
                     return
             if self.compat:
-                self.out.broadcast(p.render_chat(conn.name, text))
+                self._broadcast(p.render_chat(conn.name, text))
             elif conn.name is None:
                 self._choose_name(conn, text.strip())
             elif text.strip():  # blank lines say nothing; the seed's mode keeps them
@@ -103,12 +108,15 @@ class Room:
         self.silent.discard(conn)
         member = conn.name is not None and self.members.get(p.name_key(conn.name)) is conn
         farewell = self._farewell(why, detail)
+        unannounced = conn in self._arriving
+        if unannounced:  # it came and went within one batch: nobody heard of it
+            self._arriving.remove(conn)
         if member:
             del self.members[p.name_key(conn.name)]
             self.out.departed(conn, member=True)
-            if why != Why.SHUTDOWN:
+            if why != Why.SHUTDOWN and not unannounced:
                 reason = "" if self.compat else (detail if why == Why.QUIT else _LEFT_REASON[why])
-                self.out.broadcast(p.render_left(conn.name, reason))
+                self._broadcast(p.render_left(conn.name, reason))
         if farewell and why not in PEER_GONE:
             self.out.send(conn, farewell, member=False)
         self.departures.append((conn, why))
@@ -147,21 +155,72 @@ class Room:
 
     def _register(self, conn, name: str):
         """conn joins the room as name (exercise 8.14), after its greeting
-        and the roster (exercise 8.12); the others hear of its arrival."""
+        and the roster (exercise 8.12); the others hear of its arrival.
+
+        In a room of at least arrival_merge_threshold members (not in
+        --compat), arrivals are held back for up to arrival_merge_window
+        seconds, or until anything else is said: the members present then
+        hear one line naming the whole run, and each newcomer's roster,
+        sent then, counts everyone present then.  Nobody loses a name, and
+        a storm of N arrivals costs one line per member per window instead
+        of N.
+        """
         conn.name = name
         self.out.send(conn, p.render_you_are(name), member=False)
+        self.counts["arrivals"] += 1
+        if not self.compat and len(self.members) >= self.config.arrival_merge_threshold:
+            self.members[p.name_key(name)] = conn
+            if not self._arriving:
+                self._arriving_since = self._clock()
+            self._arriving.append(conn)
+            return
+        self._announce_arrivals()
         if not self.compat:
-            self.out.send(conn, self._roster_for_newcomer(), member=False)
+            self.out.send(conn, self._roster_for_newcomer(exclude=None), member=False)
         self.out.broadcast(p.render_arrived(name))
         self.members[p.name_key(name)] = conn
         self.out.joined(conn)
-        self.counts["arrivals"] += 1
 
-    def _roster_for_newcomer(self) -> str:
+    def _announce_arrivals(self):
+        """Announce the run of arrivals held back by _register, if any."""
+        if not self._arriving:
+            return
+        arriving, self._arriving = self._arriving, []
+        if len(arriving) == 1:
+            self.out.broadcast(p.render_arrived(arriving[0].name))
+        else:
+            limit = self.config.roster_limit
+            names = [c.name for c in islice(arriving, limit)]
+            self.out.broadcast(p.render_arrivals(names, len(arriving)))
+        for conn in arriving:
+            self.out.send(conn, self._roster_for_newcomer(exclude=conn), member=False)
+            self.out.joined(conn)
+
+    def _broadcast(self, line: str):
+        self._announce_arrivals()
+        self.out.broadcast(line)
+
+    def end_batch(self, now: float):
+        """The hub is about to flush: announce held-back arrivals whose
+        merge window has passed (or all of them, if the room stopped
+        being big)."""
+        if self._arriving and now - self._arriving_since >= self.config.arrival_merge_window:
+            self._announce_arrivals()
+
+    def arrivals_due(self, now: float):
+        """Seconds until held-back arrivals must be announced, or None."""
+        if not self._arriving:
+            return None
+        return max(0.0, self._arriving_since + self.config.arrival_merge_window - now)
+
+    def _roster_for_newcomer(self, exclude) -> str:
+        """Everyone present but the newcomer (exclude, when it is already
+        among the members), at most roster_limit names, the count exact."""
         limit = self.config.roster_limit
-        shown = [c.name for c in islice(self.members.values(), limit)]
-        line = p.render_roster(shown, total=len(self.members), newcomer=True)
-        return line
+        others = (c.name for c in self.members.values() if c is not exclude)
+        shown = list(islice(others, limit))
+        total = len(self.members) - (exclude is not None)
+        return p.render_roster(shown, total=total, newcomer=True)
 
     def _choose_name(self, conn, name: str):
         problem = p.validate_name(name)
@@ -177,10 +236,10 @@ class Room:
     # Commands of named clients, one method each
 
     def _chat(self, conn, command):
-        self.out.broadcast(p.render_chat(conn.name, command.text))
+        self._broadcast(p.render_chat(conn.name, command.text))
 
     def _me(self, conn, command):
-        self.out.broadcast(p.render_me(conn.name, command.action))
+        self._broadcast(p.render_me(conn.name, command.action))
 
     def _nick(self, conn, command):
         new = command.name
@@ -195,7 +254,7 @@ class Room:
             return
         # Everyone sees the change, the renamed client included: that is
         # its confirmation (IRC's NICK works the same way).
-        self.out.broadcast(p.render_nick(conn.name, new))
+        self._broadcast(p.render_nick(conn.name, new))
         del self.members[old_key]
         self.members[new_key] = conn
         conn.name = new
@@ -205,6 +264,7 @@ class Room:
         if target is None:
             self._error(conn, f"no such user: {command.target}")
             return
+        self._announce_arrivals()  # so that target hears of arrivals in order
         self.out.send(target, p.render_private_to_recipient(conn.name, command.text))
         if target is not conn:
             self.out.send(conn, p.render_private_to_sender(conn.name, target.name, command.text))

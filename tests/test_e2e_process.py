@@ -11,7 +11,8 @@ import pytest
 from chat_client import gchat_executable
 
 OPTIONS = ["--host", "--port", "--compat", "--idle-timeout", "--name-timeout", "--sendq",
-           "--slow-policy", "--max-line", "--sndbuf", "--backlog", "--roster-limit", "--close-linger",
+           "--slow-policy", "--max-line", "--sndbuf", "--backlog", "--roster-limit", "--arrival-merge-threshold", "--arrival-merge-window",
+           "--close-linger", "--flood-rate", "--flood-burst", "--max-clients", "--max-per-ip",
            "--shutdown-timeout", "--log-level", "--version"]
 
 

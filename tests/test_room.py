@@ -1,5 +1,7 @@
 """The room's rules, driven without sockets: fake connections, a real
 Fanout, and the bytes each connection would be sent."""
+import pytest
+
 from gchat import protocol as p
 from gchat.config import Config
 from gchat.room import Room, Why
@@ -16,7 +18,8 @@ class Conn:
 
 class Harness:
     def __init__(self, **config):
-        self.room = Room(Config(**config))
+        self.now = 100.0
+        self.room = Room(Config(**config), clock=lambda: self.now)
         self.received = {}
 
     def connect(self, who):
@@ -30,6 +33,7 @@ class Harness:
     def flush(self):
         def deliver(conn, data):
             self.received[conn] = self.received.get(conn, b"") + data
+        self.room.end_batch(self.now)  # as the hub does before each flush
         self.room.out.flush(list(self.room.members.values()), deliver)
         departed, self.room.departures = self.room.departures, []
         return departed
@@ -188,3 +192,62 @@ def test_names_are_cleaned_of_controls_before_the_rules():
     h.say(c, b"bad\x1bname")
     lines = h.take(c)
     assert lines[1].startswith("error: ") and "\x1b" not in "".join(lines)
+
+
+def test_arrival_storm_in_a_big_room_is_announced_in_one_line():
+    h = Harness(arrival_merge_threshold=3, roster_limit=2, arrival_merge_window=0)
+    old = [named(h, name) for name in ["a", "b", "c"]]
+    h.take(old[0])
+    newcomers = [h.connect(f"n{i}-addr") for i in range(4)]
+    for i, conn in enumerate(newcomers):
+        h.say(conn, f"n{i}")
+    h.say(old[1], "hello")
+    assert h.take(old[0]) == ["n0, n1 and 2 more have arrived", "b: hello"]
+    # Each newcomer's roster counts everyone present at the announcement.
+    assert h.take(newcomers[0]) == [p.NAME_PROMPT, "You are n0",
+                                    "Also here (6): a, b, and 4 more (/who lists all)",
+                                    "b: hello"]
+    assert h.take(newcomers[3])[2] == "Also here (6): a, b, and 4 more (/who lists all)"
+
+
+def test_held_back_arrivals_wait_for_the_merge_window():
+    h = Harness(arrival_merge_threshold=1, arrival_merge_window=0.5)
+    a = named(h, "a")
+    h.take(a)
+    c = h.connect("c-addr")
+    h.say(c, "c")
+    assert h.room.arrivals_due(h.now + 0.2) == pytest.approx(0.3)
+    assert h.take(a) == []  # still inside the window
+    h.now += 0.5
+    assert h.take(a) == ["c has arrived"]
+    assert h.room.arrivals_due(h.now) is None
+
+
+def test_a_single_arrival_in_a_big_room_keeps_the_exact_line():
+    h = Harness(arrival_merge_threshold=2, arrival_merge_window=0)
+    a, b = named(h, "a"), named(h, "b")
+    h.take(a)
+    c = h.connect("c-addr")
+    h.say(c, "c")
+    assert h.take(a) == ["c has arrived"]
+    assert h.take(c)[1:] == ["You are c", "Also here (2): a, b"]
+
+
+def test_newcomer_that_leaves_before_its_announcement_is_never_mentioned():
+    h = Harness(arrival_merge_threshold=1)
+    a = named(h, "a")
+    h.take(a)
+    c = h.connect("c-addr")
+    h.say(c, "c")
+    h.room.depart(c, Why.EOF)
+    assert h.take(a) == []
+    assert "c" not in h.room.names()
+
+
+def test_compat_never_merges_arrivals():
+    h = Harness(compat=True, arrival_merge_threshold=1)
+    a = h.connect("1:1")
+    h.take(a)
+    for i in range(3):
+        h.connect(f"{i}:2")
+    assert h.take(a) == ["0:2 has arrived", "1:2 has arrived", "2:2 has arrived"]
