@@ -11,10 +11,12 @@ PCTS = [("p50_ms", "p50", "-"), ("p90_ms", "p90", "--"),
 
 
 def plot_sweep(results: list, path: str, title: str = "") -> None:
-    """Write a two-panel PNG: latencies (log scale) and deliveries/s, one
-    colour per server, x = number of clients."""
+    """Write a three-panel PNG, x = number of clients, one colour per
+    server: latency percentiles (log scale), deliveries/s (with the offered
+    load of an open-loop run, and a red cross where the generator was the
+    limit), and the server's CPU time per delivery."""
     servers = list(dict.fromkeys(r["server"] for r in results))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for si, srv in enumerate(servers):
         rows = sorted((r for r in results if r["server"] == srv), key=lambda r: r["clients"])
@@ -28,13 +30,22 @@ def plot_sweep(results: list, path: str, title: str = "") -> None:
         pts = [(x, r["deliveries_per_s"]) for x, r in zip(xs, rows) if r.get("deliveries_per_s")]
         if pts:
             ax2.plot(*zip(*pts), "-", marker="o", color=col, label=srv)
+        pts = [(x, r["server_cpu_us_per_delivery"]) for x, r in zip(xs, rows)
+               if r.get("server_cpu_us_per_delivery")]
+        if pts:
+            ax3.plot(*zip(*pts), "-", marker="o", color=col, label=srv)
         sat = [(x, r["deliveries_per_s"]) for x, r in zip(xs, rows)
                if r.get("generator_saturated") and r.get("deliveries_per_s")]
         if sat:
             ax2.plot(*zip(*sat), "x", ms=10, color="red",
                      label="%s: generator saturated" % srv)
+    # Open loop: what the schedule asked for (rate x receivers).
+    offered = sorted({(r["clients"], r["rate"] * r.get("receivers", r["clients"]))
+                      for r in results if r.get("offered") and r.get("rate")})
+    if offered:
+        ax2.plot(*zip(*offered), ":", color="gray", label="offered (rate x clients)")
     xs_all = sorted({r["clients"] for r in results})
-    for ax in (ax1, ax2):
+    for ax in (ax1, ax2, ax3):
         if xs_all and xs_all[-1] / max(xs_all[0], 1) >= 10:
             ax.set_xscale("log")
         ax.set_xlabel("clients")
@@ -47,6 +58,10 @@ def plot_sweep(results: list, path: str, title: str = "") -> None:
     ax2.set_ylim(bottom=0)
     ax2.set_title("throughput")
     ax2.legend(fontsize=8)
+    ax3.set_ylabel("server CPU us / delivery")
+    ax3.set_ylim(bottom=0)
+    ax3.set_title("server CPU per delivery")
+    ax3.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -348,9 +348,13 @@ def measure_phase(pool: WorkerPool, server: Server, opts: Options, closed: bool)
             bar.close()
         t_send_end = time.monotonic_ns()
         total_sent = sum(r["sent"] for r in sent_r)
+        sent_by: dict = {}
+        for r in sent_r:
+            sent_by.update(r["sent_by"])
         bar = Bar(opts.progress, "drain", total=None, unit="dlv")
         try:
-            dr = pool.command("drain", {"total_sent": total_sent, "quiet": opts.drain_quiet,
+            dr = pool.command("drain", {"total_sent": total_sent, "sent_by": sent_by,
+                                        "quiet": opts.drain_quiet,
                                         "timeout": opts.drain_timeout},
                               timeout=opts.drain_timeout + 60, bar=bar, bar_key="unique")
         finally:
@@ -379,6 +383,7 @@ def measure_phase(pool: WorkerPool, server: Server, opts: Options, closed: bool)
         "stale": sum(r["stale"] for r in dr),
         "server_errors": sum(r["errors"] for r in dr),
         "drain_complete": all(r["complete"] for r in dr),
+        "loss_samples": [s for r in dr for s in r["loss_samples"]][:10],
         "senders_blocked": blocked,
         "deliveries_per_s": received / span if span else None,
         "send_rate": total_sent / opts.duration,

@@ -149,6 +149,7 @@ class Worker:
         self.lat = LatencyRecorder()
         self.lag = LatencyRecorder()
         self.sent = 0
+        self.sent_by: dict = {}  # sender id -> messages it sent this phase
         self.stale = 0
         self.unique_total = 0   # unique deliveries to receivers still connected
         self.first_rx = 0
@@ -476,6 +477,7 @@ class Worker:
                 return
             k += n
             self.sent += n
+            self.sent_by[sid] = k
 
     def closed_sender(self, c: Client, run: int, end: int, window: int) -> None:
         """Keep `window` messages in flight: send one when one of ours comes back."""
@@ -501,6 +503,7 @@ class Worker:
                 return
             k += n
             self.sent += n
+            self.sent_by[sid] = k
 
     def cmd_send(self, msg: dict) -> dict:
         """Run one measured phase of sending from this worker's senders.
@@ -515,6 +518,7 @@ class Worker:
         self.lat = LatencyRecorder()
         self.lag = LatencyRecorder()
         self.sent = self.stale = self.first_rx = self.last_rx = 0
+        self.sent_by = {}
         for c in self.clients:
             if c.tracker is not None:
                 c.tracker = SeqTracker(self.senders_total)
@@ -542,7 +546,8 @@ class Worker:
         group.join(timeout=msg["duration"] + msg.get("grace", 10.0))
         blocked = len(group)
         group.kill(block=True, timeout=5)
-        return {"sent": self.sent, "offered": offered if msg["mode"] == "open" else None,
+        return {"sent": self.sent, "sent_by": self.sent_by,
+                "offered": offered if msg["mode"] == "open" else None,
                 "senders": len(senders), "blocked": blocked,
                 "lag_hist": self.lag.encoded()}
 
@@ -572,6 +577,9 @@ class Worker:
         readers = self.readers()
         trs = [c.tracker for c in readers]
         self.run_re = None       # later lines of this phase count as stale
+        samples = []
+        if not complete:
+            samples = self.loss_samples(readers, msg.get("sent_by") or {})
         return {
             "receivers": len(readers),
             "unique": sum(t.unique for t in trs),
@@ -586,7 +594,26 @@ class Worker:
             "last_rx": self.last_rx,
             "hist": self.lat.encoded(),
             "lines": self.lines,
+            "loss_samples": samples,
         }
+
+    @staticmethod
+    def loss_samples(readers, sent_by: dict, limit: int = 5) -> list:
+        """A few (client, sender, first missing seqs) to say what was lost."""
+        out = []
+        for c in readers:
+            tr = c.tracker
+            for s, total in sent_by.items():
+                s = int(s)
+                miss = sorted(tr.missing.get(s, ()))[:3]
+                if len(miss) < 3 and tr.nxt[s] < total:
+                    miss += list(range(tr.nxt[s], min(total, tr.nxt[s] + 3 - len(miss))))
+                if miss:
+                    out.append({"client": c.idx, "sender": s, "missing": miss,
+                                "sent": total, "next": tr.nxt[s]})
+                    if len(out) >= limit:
+                        return out
+        return out
 
     def cmd_slowcheck(self, msg: dict) -> dict:
         """How many never-reading clients the server has closed.
