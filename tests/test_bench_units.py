@@ -263,3 +263,15 @@ def test_generator_saturated_when_it_fills_the_machine_the_server_wanted():
     assert not saturated(cpu(gen_cores=1.2, host=95.0, srv=99.0))
     # Someone else filled the machine: not the generator's doing.
     assert not saturated(cpu(gen_cores=0.0, host=96.0, srv=0.0))
+
+
+def test_loss_samples_name_the_missing_sequence_numbers():
+    """An incomplete drain says which client missed which seqs of whom."""
+    w = make_worker(senders=2)
+    c = ready_client(w)
+    for q in (0, 2):              # 1 skipped; 3 and 4 never came
+        c.tracker.see(1, q)
+    for q in range(5):
+        c.tracker.see(0, q)
+    (s,) = Worker.loss_samples([c], {"0": 5, "1": 5})
+    assert (s["client"], s["sender"], s["missing"], s["sent"]) == (0, 1, [1, 3, 4], 5)
