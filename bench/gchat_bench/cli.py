@@ -243,8 +243,10 @@ def _main(a: argparse.Namespace) -> int:
                 print(report.ratio_table(s, bases), file=out)
     notes = []
     if any(r["generator_saturated"] for r in runs):
-        notes.append("generator_saturated: a worker used ~a whole core or fell behind its "
-                     "schedule; figures are bounded by the generator (add --workers?)")
+        notes.append("generator_saturated (gsat): the generator was (part of) the limit: a "
+                     "worker used ~a whole core, or the machine was full while the server "
+                     "had less than one; read deliveries/s as a lower bound and latencies "
+                     "as an upper bound for the server")
     if any(r.get("lost") for r in runs):
         notes.append("messages were lost (lost > 0)")
     if any(r.get("disconnected") for r in runs):
