@@ -322,7 +322,13 @@ def settle(pool: WorkerPool, opts: Options, k: int, timeout: Optional[float] = N
     """Send sync marker k from one client and wait until all readers saw it."""
     args = [{"k": k, "send": i == 0, "timeout": timeout or opts.settle_timeout}
             for i in range(pool.n)]
-    reps = pool.command("sync", args, timeout=(timeout or opts.settle_timeout) + 30)
+    # A join storm can take a while to deliver: show clients that are done.
+    bar = Bar(opts.progress, "settle", total=opts.clients, unit="cl")
+    try:
+        reps = pool.command("sync", args, timeout=(timeout or opts.settle_timeout) + 30,
+                            bar=bar, bar_key="synced")
+    finally:
+        bar.close()
     return {"missing": sum(r["missing"] for r in reps),
             "seen": sum(r["seen"] for r in reps),
             "t_done": max(r["t_done"] for r in reps),

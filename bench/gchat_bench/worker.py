@@ -144,6 +144,7 @@ class Worker:
         self.lines = 0          # every "\n" received, chat or not
         self.errors = 0         # lines starting "error:" after the handshake
         self.busy = False       # a command is running: emit progress
+        self.sync_target = 0    # the sync marker cmd_sync waits for
         # Phase state (reset by cmd_send).
         self.run_re = None      # the phase's data-line regex (stats.run_pattern)
         self.lat = LatencyRecorder()
@@ -424,6 +425,7 @@ class Worker:
         Reply: missing (clients that did not see it in time), t_done.
         """
         k = msg["k"]
+        self.sync_target = k
         deadline = time.monotonic() + msg.get("timeout", 60.0)
         if msg.get("send"):
             for c in self.readers():
@@ -662,6 +664,8 @@ class Worker:
             if self.busy:
                 emit({"ev": "progress",
                       "connected": sum(1 for c in self.clients if c.state == READY),
+                      "synced": sum(1 for c in self.clients if c.sync >= self.sync_target
+                                    and self.sync_target),
                       "sent": self.sent, "unique": self.unique_total,
                       "lines": self.lines})
 
