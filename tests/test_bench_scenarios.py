@@ -129,11 +129,11 @@ def test_slow_readers_do_not_cost_the_others_a_message(policy, cut):
     assert r["control_lost"] == 0 and r["control_p99_ms"] > 0
 
 
-def test_the_seed_port_baseline_speaks_the_seed_protocol_under_load():
-    """The baseline gets the same exact accounting as gchat."""
-    r = run_spawned(opts("fanout", compat=True),
-                    server_cmd=baseline_command(BASELINES["seed_port"]))
-    assert r["server"] == "seed_port"
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_each_baseline_speaks_the_seed_protocol_under_load(name):
+    """A baseline gets the same exact accounting as gchat."""
+    r = run_spawned(opts("fanout", compat=True), server_cmd=baseline_command(BASELINES[name]))
+    assert r["server"] == name
     assert_exact_delivery(r)
     assert_sane_latency(r)
 
@@ -162,10 +162,10 @@ def test_cli_json_has_the_contract_keys():
 
 
 def test_cli_compare_gchat_with_the_baseline():
-    """`compare`: one run per server, gchat's with ratios to the baseline."""
+    """`compare`: one run per server (gchat, then every baseline)."""
     rows = run_cli("compare", "--clients", str(CLIENTS), "--senders", "5",
                    "--duration", "1", "--json")
-    assert [r["server"] for r in rows] == ["gchat", "seed_port"]
+    assert [r["server"] for r in rows] == ["gchat"] + list(BASELINES)
     for r in rows:
         assert r["mode"] == "compat"
         assert_exact_delivery(r)
@@ -203,3 +203,43 @@ def test_cli_sweep_plot(tmp_path):
                    "--duration", "1", "--json", "--plot", str(png))
     assert [r["clients"] for r in rows] == [10, 30]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def read_line(sock, buf):
+    # One line, waiting at most the socket's timeout: a deadline, not a sleep.
+    while b"\n" not in buf:
+        chunk = sock.recv(4096)
+        assert chunk, "connection closed while waiting for a line"
+        buf += chunk
+    line, _, rest = bytes(buf).partition(b"\n")
+    buf[:] = rest
+    return line.decode()
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_baseline_speaks_the_seed_protocol_byte_for_byte(name):
+    """You are ADDR / ADDR has arrived / ADDR: text to all / ADDR has left."""
+    import socket
+    srv = subprocess.Popen(baseline_command(BASELINES[name]) + ["--port", "0"],
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        line = srv.stderr.readline()
+        host, _, port = line.split("listening on ")[1].split()[0].rpartition(":")
+        abuf, bbuf = bytearray(), bytearray()
+        a = socket.create_connection((host, int(port)), timeout=10)
+        a_addr = "%s:%d" % a.getsockname()[:2]
+        # A is in once it is welcomed, so B's arrival is announced to it.
+        assert read_line(a, abuf) == "You are " + a_addr
+        b = socket.create_connection((host, int(port)), timeout=10)
+        b_addr = "%s:%d" % b.getsockname()[:2]
+        assert read_line(b, bbuf) == "You are " + b_addr
+        assert read_line(a, abuf) == b_addr + " has arrived"
+        b.sendall(b"hello there\r\n")
+        assert read_line(a, abuf) == b_addr + ": hello there"
+        assert read_line(b, bbuf) == b_addr + ": hello there"
+        b.close()
+        assert read_line(a, abuf) == b_addr + " has left"
+        a.close()
+    finally:
+        srv.terminate()
+        assert srv.wait(10) == 0

@@ -11,4 +11,5 @@ stderr once it accepts connections.  ``BASELINES`` lists them for
 # `python -m MODULE --host 127.0.0.1 --port 0`.
 BASELINES = {
     "seed_port": "gchat_bench.baselines.seed_port",
+    "seed_batched": "gchat_bench.baselines.seed_batched",
 }

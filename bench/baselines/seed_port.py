@@ -117,7 +117,7 @@ class SeedServer:
                     break
 
 
-def main(argv=None):
+def main(argv=None, server_class=SeedServer):
     """Run the seed server until SIGTERM or SIGINT; exit 0."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
@@ -127,7 +127,7 @@ def main(argv=None):
                          "speaks the seed protocol")
     args = ap.parse_args(argv)
 
-    seed = SeedServer()
+    seed = server_class()
     # The listen backlog matters under a connect storm: the seed's
     # net.Listen uses the kernel's somaxconn, so ask for as much.
     server = StreamServer((args.host, args.port), seed.handle, backlog=4096)
