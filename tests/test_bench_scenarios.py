@@ -5,7 +5,6 @@ reordering), never timings: this machine is shared and noisy.  Servers and
 generator workers are real processes on loopback, on free ports.
 """
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -18,7 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import psutil
@@ -72,7 +72,6 @@ class Options:
     drain_quiet: float = 5.0
     drain_timeout: float = 60.0
     progress: Optional[bool] = None  # None: when stderr is a terminal
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.scenario not in SCENARIOS:
