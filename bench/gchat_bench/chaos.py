@@ -16,30 +16,28 @@ port (or --target), for a bounded time, and stop by themselves.  The
 checks use the sequence numbers of stats.SeqTracker; the figures are a
 JSON object and a short table, as the other scenarios print.
 
-    python -m gchat_bench.chaos soak --clients 2000 --duration 120
-    python -m gchat_bench.chaos fuzz --clients 500 --duration 30
+    gchat-bench soak --clients 2000 --duration 120
+    gchat-bench fuzz --clients 500 --duration 30 --spawn='--flood-rate 10'
 """
 from __future__ import annotations
 
-from gevent import monkey  # noqa: E402  (plain sockets must cooperate)
+import argparse
+import json
+import os
+import random
+import re
+import resource
+import socket
+import struct
+import sys
+import time
 
-monkey.patch_all(thread=False, subprocess=False)
+import gevent
+from gevent import socket as gsocket  # cooperative sockets, without monkey-patching
+from gevent.pool import Pool
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import random  # noqa: E402
-import re  # noqa: E402
-import socket  # noqa: E402
-import struct  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-import gevent  # noqa: E402
-from gevent.pool import Pool  # noqa: E402
-
-from gchat_bench.servers import Server, check_loopback, gchat_command, spawn_argv  # noqa: E402
-from gchat_bench.stats import SeqTracker, make_payload  # noqa: E402
+from gchat_bench.servers import Server, check_loopback, gchat_command, spawn_argv
+from gchat_bench.stats import SeqTracker, make_payload
 
 # One chat line as a receiver sees it: "NAME: ~run sender seq send_ns x...".
 RECV_SIZE = 1 << 16
@@ -93,8 +91,8 @@ def read_greeting(sock, name: str, compat: bool) -> bytes:
                 return buf[end + 1:]
 
 
-def connect(host: str, port: int) -> socket.socket:
-    sock = socket.create_connection((host, port), timeout=60)
+def connect(host: str, port: int):
+    sock = gsocket.create_connection((host, port), timeout=60)
     sock.settimeout(None)
     return sock
 
@@ -313,7 +311,7 @@ def _prefix_end(missing: set) -> int:
 
 
 def parse_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m gchat_bench.chaos", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="gchat-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("scenario", choices=["soak", "fuzz"])
     p.add_argument("--clients", type=int, default=2000, help="all clients (default %(default)s)")
     p.add_argument("--keepers", type=int, default=None,
@@ -340,6 +338,9 @@ def parse_args(argv) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:  # one descriptor per client, here and in a spawned server
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     server = None
     if a.target:
         host, _, port = a.target.rpartition(":")

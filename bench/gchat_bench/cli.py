@@ -32,7 +32,9 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                     "thousands of simulated clients.",
         epilog="Write --spawn with '=': --spawn='--compat --sendq 65536', or --spawn= "
                "for gchat's defaults. Without --target or --spawn, gchat is spawned "
-               "with its defaults.")
+               "with its defaults. Two more scenarios have options of their own: "
+               "`gchat-bench soak --help` (churn while senders send; nothing may be "
+               "lost) and `gchat-bench fuzz --help` (garbage from many clients).")
     ap.add_argument("scenario", choices=SCENARIOS + ("compare",),
                     help="fanout: open-loop fixed rate; saturate: closed loop, highest "
                          "deliveries/s; join: connect storm until quiet; idle: memory per "
@@ -164,6 +166,11 @@ def run_spawned(opts: Options, spawn: str = "", server_cmd: Optional[list] = Non
 
 def main(argv: Optional[list] = None) -> int:
     """Entry point of the gchat-bench console script."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("soak", "fuzz"):
+        # Churn and garbage: their own runner (chaos.py), their own options.
+        from gchat_bench import chaos
+        return chaos.main(args)
     a = parse_args(argv)
     try:
         return _main(a)
