@@ -337,6 +337,7 @@ def settle(pool: WorkerPool, opts: Options, k: int, timeout: Optional[float] = N
 def measure_phase(pool: WorkerPool, server: Server, opts: Options, closed: bool) -> dict:
     """One measured phase of sending and draining; returns its figures."""
     run = random.randrange(10 ** 8, 10 ** 9)
+    pool.command("arm", {"run": run}, timeout=60)
     t0 = time.monotonic_ns() + int(START_LEAD_S * 1e9)
     args = {"run": run, "t0": t0, "duration": opts.duration}
     if closed:
@@ -454,6 +455,8 @@ def run_scenario(opts: Options, server: Server) -> dict:
         if opts.scenario == "fanout":
             res["rate"] = opts.rate
             res.update(measure_phase(pool, server, opts, closed=False))
+            # Memory per client after the traffic, for the cost curve.
+            _rss_per_client(res, server, rss_before, conn["ok"])
         elif opts.scenario == "saturate":
             res["window"] = opts.window
             m = measure_phase(pool, server, opts, closed=True)

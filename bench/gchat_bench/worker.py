@@ -145,8 +145,9 @@ class Worker:
         self.errors = 0         # lines starting "error:" after the handshake
         self.busy = False       # a command is running: emit progress
         self.sync_target = 0    # the sync marker cmd_sync waits for
-        # Phase state (reset by cmd_send).
+        # Phase state (reset by cmd_arm).
         self.run_re = None      # the phase's data-line regex (stats.run_pattern)
+        self.armed = None       # the run id cmd_arm last prepared for
         self.lat = LatencyRecorder()
         self.lag = LatencyRecorder()
         self.sent = 0
@@ -481,12 +482,19 @@ class Worker:
             self.sent += n
             self.sent_by[sid] = k
 
-    def closed_sender(self, c: Client, run: int, end: int, window: int) -> None:
-        """Keep `window` messages in flight: send one when one of ours comes back."""
+    def closed_sender(self, c: Client, run: int, t0: int, end: int, window: int) -> None:
+        """Keep `window` messages in flight: send one when one of ours comes back.
+
+        It starts at t0, like the open-loop senders: before t0 another
+        worker may not have its receivers armed with this phase's run id
+        yet, and lines they cannot recognise would count as lost."""
         sid, size, sock = c.sender_id, self.size, c.sock
         c.event = gevent.event.Event()
         c.credits = window
         k = 0
+        now = time.monotonic_ns()
+        if now < t0:
+            gevent.sleep((t0 - now) / 1e9)
         while c.state == READY:
             now = time.monotonic_ns()
             if now >= end:
@@ -507,15 +515,11 @@ class Worker:
             self.sent += n
             self.sent_by[sid] = k
 
-    def cmd_send(self, msg: dict) -> dict:
-        """Run one measured phase of sending from this worker's senders.
-
-        msg: run (random id of the phase), t0 (monotonic ns, the same for
-        all workers), duration (s), mode "open" (rate_per_sender, msgs/s) or
-        "closed" (window).  Resets the phase counters, sends until
-        t0+duration, and replies with sent, offered and the send-lag
-        histogram (how late the open-loop senders were on their schedule).
-        """
+    def cmd_arm(self, msg: dict) -> dict:
+        """Get ready for phase msg["run"]: its receivers recognise its lines
+        and its counters start from zero.  The runner arms every worker
+        before any of them sends, so that no worker meets a line of a phase
+        it does not know yet."""
         self.run_re = run_pattern(msg["run"])
         self.lat = LatencyRecorder()
         self.lag = LatencyRecorder()
@@ -525,6 +529,20 @@ class Worker:
             if c.tracker is not None:
                 c.tracker = SeqTracker(self.senders_total)
         self.unique_total = 0
+        self.armed = msg["run"]
+        return {}
+
+    def cmd_send(self, msg: dict) -> dict:
+        """Run one measured phase of sending from this worker's senders.
+
+        msg: run (random id of the phase), t0 (monotonic ns, the same for
+        all workers), duration (s), mode "open" (rate_per_sender, msgs/s) or
+        "closed" (window).  Resets the phase counters, sends until
+        t0+duration, and replies with sent, offered and the send-lag
+        histogram (how late the open-loop senders were on their schedule).
+        """
+        if self.armed != msg["run"]:
+            self.cmd_arm(msg)
         t0, end = msg["t0"], msg["t0"] + int(msg["duration"] * 1e9)
         senders = [c for c in self.clients if c.sender_id >= 0 and c.state == READY]
         group = gevent.pool.Group()
@@ -539,7 +557,7 @@ class Worker:
                 group.spawn(self.open_sender, c, msg["run"], t0, end, interval, offset)
         else:
             for c in senders:
-                group.spawn(self.closed_sender, c, msg["run"], end, msg["window"])
+                group.spawn(self.closed_sender, c, msg["run"], t0, end, msg["window"])
         now = time.monotonic_ns()
         if now < t0:
             gevent.sleep((t0 - now) / 1e9)
