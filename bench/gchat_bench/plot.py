@@ -11,12 +11,16 @@ PCTS = [("p50_ms", "p50", "-"), ("p90_ms", "p90", "--"),
 
 
 def plot_sweep(results: list, path: str, title: str = "") -> None:
-    """Write a three-panel PNG, x = number of clients, one colour per
-    server: latency percentiles (log scale), deliveries/s (with the offered
-    load of an open-loop run, and a red cross where the generator was the
-    limit), and the server's CPU time per delivery."""
+    """Write a three- or four-panel PNG, x = number of clients, one colour
+    per server: latency percentiles (log scale), deliveries/s (with the
+    offered load of an open-loop run, and a red cross where the generator
+    was the limit), the server's CPU time per delivery, and, where the runs
+    measured it, the server's RSS growth per client."""
     servers = list(dict.fromkeys(r["server"] for r in results))
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.8))
+    # A fourth panel, memory per client, where the runs measured it.
+    with_memory = any(r.get("server_rss_per_client_kb") for r in results)
+    fig, axes = plt.subplots(1, 4 if with_memory else 3, figsize=(21 if with_memory else 16, 4.8))
+    ax1, ax2, ax3 = axes[:3]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for si, srv in enumerate(servers):
         rows = sorted((r for r in results if r["server"] == srv), key=lambda r: r["clients"])
@@ -34,6 +38,11 @@ def plot_sweep(results: list, path: str, title: str = "") -> None:
                if r.get("server_cpu_us_per_delivery")]
         if pts:
             ax3.plot(*zip(*pts), "-", marker="o", color=col, label=srv)
+        if with_memory:
+            pts = [(x, r["server_rss_per_client_kb"]) for x, r in zip(xs, rows)
+                   if r.get("server_rss_per_client_kb")]
+            if pts:
+                axes[3].plot(*zip(*pts), "-", marker="o", color=col, label=srv)
         sat = [(x, r["deliveries_per_s"]) for x, r in zip(xs, rows)
                if r.get("generator_saturated") and r.get("deliveries_per_s")]
         if sat:
@@ -45,7 +54,7 @@ def plot_sweep(results: list, path: str, title: str = "") -> None:
     if offered:
         ax2.plot(*zip(*offered), ":", color="gray", label="offered (rate x clients)")
     xs_all = sorted({r["clients"] for r in results})
-    for ax in (ax1, ax2, ax3):
+    for ax in axes:
         if xs_all and xs_all[-1] / max(xs_all[0], 1) >= 10:
             ax.set_xscale("log")
         ax.set_xlabel("clients")
@@ -62,6 +71,11 @@ def plot_sweep(results: list, path: str, title: str = "") -> None:
     ax3.set_ylim(bottom=0)
     ax3.set_title("server CPU per delivery")
     ax3.legend(fontsize=8)
+    if with_memory:
+        axes[3].set_ylabel("server RSS growth per client (kB)")
+        axes[3].set_ylim(bottom=0)
+        axes[3].set_title("server memory per client")
+        axes[3].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

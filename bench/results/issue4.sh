@@ -1,0 +1,26 @@
+#!/bin/bash
+# Re-measures the fan-out goals of bench/RESULTS.md ("Fan-out at the limit
+# of one core"): one .jsonl and one .txt per command, in this folder.
+# Each command is bounded; about 12 minutes in all.
+set -u
+cd "$(dirname "$0")"
+run() { name=$1; shift; echo "== $name: gchat-bench $*" >&2; s=$(date +%s)
+        gchat-bench "$@" --json > "$name.jsonl" 2> "$name.txt"
+        echo "   rc=$? $(( $(date +%s) - s )) s" >&2; }
+# saturate: W=16 in flight per sender, against the baselines (compat) and in name mode
+run i4_saturate_compare compare --scenario saturate --clients 1000 --senders 10 --window 16 --duration 5 --repeat 3
+run i4_saturate_name    saturate --spawn= --clients 1000 --senders 10 --window 16 --duration 5 --repeat 3
+run i4_saturate_w64     saturate --spawn= --clients 1000 --senders 10 --window 64 --duration 5
+# fanout: 500,000 deliveries/s offered to 1,000 clients; 20 msg/s to 10,000
+run i4_fanout_1000_name   fanout --spawn= --clients 1000 --senders 10 --rate 500 --duration 10
+run i4_fanout_1000_compat fanout --spawn=--compat --compat --clients 1000 --senders 10 --rate 500 --duration 10
+run i4_fanout_10000_name   fanout --spawn= --clients 10000 --senders 10 --rate 20 --duration 10
+run i4_fanout_10000_compat fanout --spawn=--compat --compat --clients 10000 --senders 10 --rate 20 --duration 10
+# join and idle at 10,000
+run i4_join_10000_name   join --spawn= --clients 10000
+run i4_join_10000_compat join --spawn=--compat --compat --clients 10000
+run i4_idle_10000_compat idle --spawn=--compat --compat --clients 10000 --duration 5
+# slow: 10 never-reading clients among 1,000, default --sendq (1 MiB)
+run i4_slow_1000 slow --spawn= --clients 1000 --slow-clients 10 --rate 50 --duration 10
+# cost curve: CPU per delivery and memory per client, 100 to 10,000 clients
+run i4_cost_curve fanout --spawn= --clients 100,300,1000,3000,10000 --rate 20 --duration 5 --plot ../cost_curve.png
