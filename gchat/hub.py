@@ -34,7 +34,8 @@ class Hub:
         # queued pauses itself and waits in `paused` for the hub to drain.
         self.inbox = Queue()
         self.paused = []
-        self.room = Room(config, stats=self.snapshot, clock=gevent.get_hub().loop.now)
+        self._loop = gevent.get_hub().loop
+        self.room = Room(config, stats=self.snapshot, clock=self._loop.now)
         self.transport_stats = None  # set by the server: a callable for /stats
         self.stopped = Event()  # set when shutdown has closed every client
         self.stats = {"deliveries": 0, "batches": 0, "events": 0, "slow_disconnects": 0,
@@ -43,13 +44,13 @@ class Hub:
         self._batch_limit = config.inbox_size
 
     def put(self, kind, conn=None, payload=None):
-        """Send the hub an event (blocks the caller while the inbox is full)."""
+        """Send the hub an event (never waits: the inbox is unbounded)."""
         self.inbox.put((kind, conn, payload))
 
     def run(self):
         """The broadcaster loop; runs until shutdown has closed every client."""
         inbox = self.inbox
-        loop = gevent.get_hub().loop
+        loop = self._loop
         room = self.room
         while True:
             # Held-back arrivals (room.py) set a deadline for the next flush.
@@ -81,19 +82,15 @@ class Hub:
         room = self.room
         try:
             if kind is LINES:
-                if conn.name is None and not self.config.compat:
-                    room.lines(conn, payload)
-                    if conn.name is not None:
-                        log.info("%s is %s", conn.who, conn.name)
-                else:
-                    room.lines(conn, payload)
+                was_named = conn.name is not None
+                room.lines(conn, payload)
+                if not was_named and conn.name is not None:
+                    log.info("%s is %s", conn.who, conn.name)
             elif kind is ARRIVE:
                 log.info("connection from %s", conn.who)
-                if self._shutting_down:
-                    room.arrive(conn)
+                room.arrive(conn)
+                if self._shutting_down:  # accepted just before the listener closed
                     room.depart(conn, Why.SHUTDOWN)
-                else:
-                    room.arrive(conn)
             elif kind is LEAVE:
                 room.depart(conn, payload)
             elif kind is SHUTDOWN:
@@ -113,7 +110,7 @@ class Hub:
 
     def _flush(self):
         room = self.room
-        room.end_batch(gevent.get_hub().loop.now())
+        room.end_batch(self._loop.now())
         out = room.out
         config = self.config
         while out.pending or room.departures:

@@ -106,13 +106,14 @@ class Room:
             return  # already gone (e.g. kicked, then its reader saw the close)
         self.connected.discard(conn)
         self.silent.discard(conn)
-        member = conn.name is not None and self.members.get(p.name_key(conn.name)) is conn
+        key = p.name_key(conn.name) if conn.name is not None else None
+        member = key is not None and self.members.get(key) is conn
         farewell = self._farewell(why, detail)
         unannounced = conn in self._arriving
         if unannounced:  # it came and went within one batch: nobody heard of it
             self._arriving.remove(conn)
         if member:
-            del self.members[p.name_key(conn.name)]
+            del self.members[key]
             self.out.departed(conn, member=True)
             if why != Why.SHUTDOWN and not unannounced:
                 reason = "" if self.compat else (detail if why == Why.QUIT else _LEFT_REASON[why])
