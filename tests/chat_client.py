@@ -3,7 +3,6 @@
 synchronise."""
 import os
 import re
-import selectors
 import signal
 import socket
 import subprocess

@@ -170,7 +170,7 @@ def test_max_clients_refuses_with_server_full(start_gchat):
 
 def test_max_per_ip(start_gchat):
     server = start_gchat("--max-per-ip", "2")
-    a, b = server.named("a"), server.named("b")
+    held = [server.named("a"), server.named("b")]  # two from 127.0.0.1, kept open
     third = server.client()
     assert third.closed_after() == ["error: too many connections from your address"]
     other = socket.create_connection((server.host, server.port), timeout=10,
@@ -178,6 +178,7 @@ def test_max_per_ip(start_gchat):
     other.settimeout(10)
     assert b"name" in other.recv(1000)  # another address is admitted
     other.close()
+    assert all(not c.eof for c in held)
 
 
 def _limit_files(count):

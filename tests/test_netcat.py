@@ -4,7 +4,6 @@ import subprocess
 import threading
 import time
 
-import pytest
 
 
 def test_netcat_user_chats_with_a_socket_user(gchat):

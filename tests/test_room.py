@@ -225,7 +225,8 @@ def test_held_back_arrivals_wait_for_the_merge_window():
 
 def test_a_single_arrival_in_a_big_room_keeps_the_exact_line():
     h = Harness(arrival_merge_threshold=2, arrival_merge_window=0)
-    a, b = named(h, "a"), named(h, "b")
+    a = named(h, "a")
+    named(h, "b")
     h.take(a)
     c = h.connect("c-addr")
     h.say(c, "c")

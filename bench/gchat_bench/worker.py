@@ -455,7 +455,7 @@ class Worker:
         the sender wakes up to EARLY_NS before a send is due, and a line sent
         early is stamped with the real time, not a future one.
         """
-        sid, size, sock = c.sender_id, self.size, c.sock
+        sid, size = c.sender_id, self.size
         start = t0 + offset
         k = 0
         lag = self.lag.counts
@@ -472,15 +472,22 @@ class Worker:
             lag[us] = lag.get(us, 0) + 1
             buf = b"".join([make_payload(run, sid, j, max(start + j * interval, now), size)
                             for j in range(k, k + n)])
-            try:
-                send_all(sock, buf)
-            except OSError as e:
-                c.error = "send: %s" % e
-                self.close(c)
+            if not self.send_batch(c, buf, n, k + n):
                 return
             k += n
-            self.sent += n
-            self.sent_by[sid] = k
+
+    def send_batch(self, c: Client, buf: bytes, n: int, upto: int) -> bool:
+        """Send n lines of a sender, the last numbered upto - 1, and count
+        them; False (and the client closed) if the send failed."""
+        try:
+            send_all(c.sock, buf)
+        except OSError as e:
+            c.error = "send: %s" % e
+            self.close(c)
+            return False
+        self.sent += n
+        self.sent_by[c.sender_id] = upto
+        return True
 
     def closed_sender(self, c: Client, run: int, t0: int, end: int, window: int) -> None:
         """Keep `window` messages in flight: send one when one of ours comes back.
@@ -488,7 +495,7 @@ class Worker:
         It starts at t0, like the open-loop senders: before t0 another
         worker may not have its receivers armed with this phase's run id
         yet, and lines they cannot recognise would count as lost."""
-        sid, size, sock = c.sender_id, self.size, c.sock
+        sid, size = c.sender_id, self.size
         c.event = gevent.event.Event()
         c.credits = window
         k = 0
@@ -505,15 +512,9 @@ class Worker:
                 continue
             n, c.credits = c.credits, 0
             buf = b"".join([make_payload(run, sid, k + i, now, size) for i in range(n)])
-            try:
-                send_all(sock, buf)
-            except OSError as e:
-                c.error = "send: %s" % e
-                self.close(c)
+            if not self.send_batch(c, buf, n, k + n):
                 return
             k += n
-            self.sent += n
-            self.sent_by[sid] = k
 
     def cmd_arm(self, msg: dict) -> dict:
         """Get ready for phase msg["run"]: its receivers recognise its lines
