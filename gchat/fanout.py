@@ -63,12 +63,6 @@ class Fanout:
         self._size += len(data)
         self.lines += 1
 
-    def broadcast_raw(self, data: bytes, lines: int):
-        """Broadcast bytes already rendered (several lines, each with "\\n")."""
-        self._parts.append(data)
-        self._size += len(data)
-        self.lines += lines
-
     def _view(self, conn, member: bool) -> _View:
         view = self._views.get(conn)
         if view is None:

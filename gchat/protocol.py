@@ -3,7 +3,8 @@
 Everything here is driven with bytes and strings by the tests:
 
 * LineReader splits a byte stream into lines, with a length bound;
-* clean_text makes decoded text safe to show on another person's terminal;
+* decode makes received bytes text that is safe to show on another
+  person's terminal;
 * parse turns a line into a command;
 * validate_name and name_key are the rules for names (exercise 8.14);
 * the render_* functions are every line the server says, in one place.
@@ -106,11 +107,6 @@ def decode(line: bytes) -> str:
     text = line.decode("utf-8", "replace")
     if text.isascii() and text.isprintable():
         return text  # the common case: nothing to translate
-    return text.translate(_UNSAFE)
-
-
-def clean_text(text: str) -> str:
-    """Make text safe to show on another client's terminal."""
     return text.translate(_UNSAFE)
 
 
