@@ -20,7 +20,7 @@ from gchat import protocol as p
 
 class Outbox:
     __slots__ = ("limit", "drop_policy", "_send", "_wake", "_parked", "parked_bytes",
-                 "missed", "dropped", "broken", "sent_bytes")
+                 "missed", "dropped", "broken")
 
     def __init__(self, limit: int, policy: str, send, wake):
         """send(data) -> bytes accepted, raising BlockingIOError when none
@@ -34,7 +34,6 @@ class Outbox:
         self.missed = 0      # lines skipped since the client was last told
         self.dropped = 0     # lines skipped in all, for the stats
         self.broken = False  # the connection failed; output is discarded
-        self.sent_bytes = 0
 
     def offer(self, data: bytes, force: bool = False) -> bool:
         """Queue data for the client.  False: over the limit under the
@@ -58,7 +57,6 @@ class Outbox:
             # The peer is gone; its reader will see that and report it.
             self.broken = True
             return True
-        self.sent_bytes += sent
         if sent < len(data):
             self._park(data[sent:])
             self._wake()
@@ -89,7 +87,6 @@ class Outbox:
 
     def sent(self, count: int):
         """The writer sent count bytes of pending()."""
-        self.sent_bytes += count
         parked = self._parked
         head = parked[0]
         self.parked_bytes -= count
