@@ -1,6 +1,7 @@
-"""A fault while handling one client's event is logged with its traceback,
-that client is disconnected, and the broadcaster keeps serving the rest.
-The server runs in-process (in a thread with its own gevent loop) so that
+"""The hub under stress, with the server in-process: a fault while handling
+one client's event is logged with its traceback, that client is
+disconnected, and the broadcaster keeps serving the rest; readers pause
+while the inbox is over its bound, and nothing is lost.  The server runs in-process (in a thread with its own gevent loop) so that
 the test can plant the fault; the clients are real sockets."""
 import logging
 import threading
@@ -13,7 +14,13 @@ from gchat.room import Room
 
 
 @pytest.fixture
-def inprocess_server():
+def server_config():
+    """The Config of inprocess_server (a test may override this fixture)."""
+    return Config(host="127.0.0.1", port=0)
+
+
+@pytest.fixture
+def inprocess_server(server_config):
     import gevent
     from gevent.event import Event
 
@@ -23,7 +30,7 @@ def inprocess_server():
     box = {}
 
     def serve():
-        server = ChatServer(Config(host="127.0.0.1", port=0))
+        server = ChatServer(server_config)
         server.start()
         stop = Event()
         wake = gevent.get_hub().loop.async_()
@@ -70,3 +77,25 @@ def test_fault_in_one_clients_event_disconnects_it_alone(planted_fault, inproces
     c.close()
     record = next(r for r in caplog.records if "error handling" in r.getMessage())
     assert record.exc_info and "planted fault" in str(record.exc_info[1])
+
+
+class TestInboxBound:
+    @pytest.fixture
+    def server_config(self):
+        # A tiny inbox: every burst pauses the readers until the hub drains.
+        return Config(host="127.0.0.1", port=0, inbox_size=2, flood_rate=0)
+
+    def test_readers_pause_at_the_inbox_bound_and_nothing_is_lost(self, inprocess_server):
+        port = inprocess_server
+        senders = [named_client("127.0.0.1", port, f"s{i}") for i in range(3)]
+        watcher = named_client("127.0.0.1", port, "w")
+        for i, sender in enumerate(senders):
+            sender.send("".join(f"{i} {n}\n" for n in range(300)))
+        seen = {i: [] for i in range(3)}
+        while sum(map(len, seen.values())) < 900:
+            line = watcher.line()
+            if line.startswith("s"):
+                who, _, text = line.partition(": ")
+                sender, n = text.split()
+                seen[int(sender)].append(int(n))
+        assert all(seen[i] == list(range(300)) for i in range(3))
