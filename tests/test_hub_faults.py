@@ -82,8 +82,9 @@ def test_fault_in_one_clients_event_disconnects_it_alone(planted_fault, inproces
 class TestInboxBound:
     @pytest.fixture
     def server_config(self):
-        # A tiny inbox: every burst pauses the readers until the hub drains.
-        return Config(host="127.0.0.1", port=0, inbox_size=2, flood_rate=0)
+        # An inbox of one event: every read pauses its reader until the hub
+        # has drained the inbox and resumed it.
+        return Config(host="127.0.0.1", port=0, inbox_size=1, flood_rate=0)
 
     def test_readers_pause_at_the_inbox_bound_and_nothing_is_lost(self, inprocess_server):
         port = inprocess_server
