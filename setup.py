@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"',
@@ -20,6 +20,12 @@ setup(
     packages=["gchat", "gchat_bench", "gchat_bench.baselines"],
     package_dir={"gchat": "gchat", "gchat_bench": "bench/gchat_bench",
                  "gchat_bench.baselines": "bench/baselines"},
+    # The load generator's receive path in C (bench/gchat_bench/_scan.c).
+    # Optional: without a compiler the install still succeeds and the
+    # generator uses the pure-Python reference (stats.scan_run_py), slower;
+    # gchat-bench then says "scan: python" in its output.
+    ext_modules=[Extension("gchat_bench._scan", ["bench/gchat_bench/_scan.c"],
+                           optional=True)],
     install_requires=["gevent>=23.9"],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6"],

@@ -12,9 +12,16 @@ import pytest
 from gchat_bench import report
 from gchat_bench.runner import saturated
 from gchat_bench.servers import BenchError, check_loopback, spawn_argv
-from gchat_bench.stats import (DATA_RE, HDR_BITS, HDR_EXACT, MIN_SIZE, LatencyRecorder,
-                               SeqTracker, make_payload, merge_encoded, new_histogram,
-                               percentiles_ms, run_pattern, sync_payload)
+from array import array
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gchat_bench import stats
+from gchat_bench.stats import (DATA_RE, HIST_HIGHEST_US, LAT_BUCKETS, MIN_SIZE, LatencyRecorder,
+                               SeqTracker, bucket_value, latency_bucket, make_payload,
+                               merge_encoded, new_histogram, percentiles_ms, run_prefix,
+                               scan_run_py, sync_payload)
 from gchat_bench.worker import PROMPT, READY, WELCOME, Worker
 
 RUN = 123456789
@@ -88,13 +95,31 @@ def test_latency_recorder_folds_counts_into_the_histogram():
     assert r.hist.get_value_at_percentile(50) < 2000
 
 
-def test_receiver_rounding_matches_the_histogram_buckets():
-    """Rounding before counting keeps exactly what HdrHistogram keeps."""
+def test_latency_buckets_keep_exactly_what_the_histogram_keeps():
+    """A bucket stands for the value HdrHistogram would have recorded."""
     h = new_histogram()
-    for v in list(range(1, 5000)) + [2 ** k + d for k in range(11, 40) for d in (-1, 0, 1, 12345)]:
-        sh = v.bit_length() - HDR_BITS
-        r = v >> sh << sh if v >= HDR_EXACT else v
-        assert h.get_lowest_equivalent_value(v) == r, v
+    values = list(range(1, 5000)) + [2 ** k + d for k in range(11, 32) for d in (-1, 0, 1, 12345)]
+    values = [v for v in values if v <= HIST_HIGHEST_US] + [HIST_HIGHEST_US]
+    last = -1
+    for v in sorted(values):
+        b = latency_bucket(v)
+        assert 0 <= b < LAT_BUCKETS
+        assert b >= last            # buckets are in value order
+        last = b
+        assert bucket_value(b) == h.get_lowest_equivalent_value(v), v
+    assert latency_bucket(-5) == 0 and latency_bucket(10 ** 15) == latency_bucket(HIST_HIGHEST_US)
+
+
+def test_latency_recorder_folds_buckets_into_the_histogram():
+    """What the receive path counts in buckets reaches the histogram."""
+    r = LatencyRecorder()
+    r.buckets[latency_bucket(700)] += 3
+    r.buckets[latency_bucket(90000)] += 1
+    assert r.pending() == 4
+    r.fold()
+    assert r.pending() == 0 and r.hist.get_total_count() == 4
+    assert r.hist.get_value_at_percentile(50) == 700
+    assert r.hist.get_max_value() == pytest.approx(90000, rel=0.001)
 
 
 def test_merge_and_percentiles():
@@ -130,21 +155,101 @@ def test_receiver_counts_every_marker_once_at_any_chunking(chunk):
     """The same stream cut at every chunk size gives the same counts."""
     w = make_worker(senders=3)
     c = ready_client(w)
-    w.run_re = run_pattern(RUN)
+    w.run_prefix = run_prefix(RUN)
     data = stream(20)
     for i in range(0, len(data), chunk):
         w.on_data(c, data[i:i + chunk])
     assert (c.tracker.unique, c.tracker.received, c.tracker.duplicated) == (60, 60, 0)
     assert w.unique_total == 60
     assert w.lines == data.count(b"\n")
-    assert w.lat.hist.get_total_count() + sum(w.lat.counts.values()) == 60
+    assert w.lat.hist.get_total_count() + w.lat.pending() == 60
+    assert w.stale == 0
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 10 ** 6])
+def test_receiver_judges_order_line_by_line_within_a_chunk(chunk):
+    """Gaps, late arrivals and duplicates inside one chunk count as if the
+    lines came one at a time (the scan stops at each one out of order)."""
+    w = make_worker(senders=2)
+    c = ready_client(w)
+    w.run_prefix = run_prefix(RUN)
+    order = [(0, 0), (0, 2), (0, 3), (1, 0), (0, 1), (0, 1), (1, 1), (0, 5), (0, 4), (1, 1)]
+    data = b"".join(b"bob: " + make_payload(RUN, s, q, 0, 64) for s, q in order)
+    for i in range(0, len(data), chunk):
+        w.on_data(c, data[i:i + chunk])
+    ref = SeqTracker(2)
+    for s, q in order:
+        ref.see(s, q)
+    t = c.tracker
+    assert (t.received, t.unique, t.duplicated, t.reordered) == \
+        (ref.received, ref.unique, ref.duplicated, ref.reordered) == (10, 8, 2, 2)
+    assert list(t.nxt) == [6, 2] and w.unique_total == 8
+
+
+def test_the_c_scan_was_built():
+    """The install compiles _scan.c; without it the generator is several
+    times slower (it still works, on scan_run_py)."""
+    assert stats.SCAN_IMPL == "C"
+    from gchat_bench._scan import scan_run
+    assert stats.scan_run is scan_run
+
+
+def drive(scan, buf, prefix, senders, own, now):
+    """Run a scan over buf to the end, resolving order like the worker."""
+    tracker = SeqTracker(senders)
+    buckets = array("q", bytes(8 * LAT_BUCKETS))
+    totals = [0] * 5
+    pos = 0
+    while True:
+        *counts, resume, s, q = scan(buf, pos, len(buf), prefix, tracker.nxt, buckets, now, own)
+        totals = [a + b for a, b in zip(totals, counts)]
+        if resume < 0:
+            break
+        tracker.out_of_order(s, q)
+        pos = resume
+    return totals, list(tracker.nxt), tracker.missing, buckets
+
+
+line_strategy = st.one_of(
+    # this run's data lines: mostly near the expected seq, any latency
+    st.tuples(st.just("data"), st.integers(0, 4), st.integers(0, 12), st.integers(0, 10 ** 13)),
+    st.tuples(st.just("other_run"), st.integers(0, 3), st.integers(0, 5), st.integers(0, 99)),
+    st.tuples(st.just("huge"), st.integers(0, 2), st.just(0), st.just(0)),
+    st.tuples(st.just("junk"), st.binary(max_size=30), st.just(0), st.just(0)),
+)
+
+
+def render(kind, a, b, t):
+    if kind == "data":
+        return b"ann: " + make_payload(RUN, a, b, t, 50)
+    if kind == "other_run":
+        return b"bob: " + make_payload(RUN + 1, a, b, t, 50)
+    if kind == "huge":
+        return b"~%d %d %s 5 x\n" % (RUN, a, b"9" * 25)
+    return a.replace(b"\n", b" ") + b"\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(line_strategy, max_size=40), st.integers(-1, 4),
+       st.integers(0, 2 * 10 ** 13))
+def test_c_scan_agrees_with_the_python_reference(lines, own, now):
+    """_scan.c and stats.scan_run_py give the same counts, order, missing
+    sets and latency buckets on any mix of lines, cut lines included."""
+    buf = b"".join(render(*line) for line in lines)
+    if stats.SCAN_IMPL != "C":
+        pytest.fail("the C scan was not built")
+    for cut in (len(buf), len(buf) * 2 // 3):
+        part = buf[:cut]
+        c_side = drive(stats.scan_run, part, run_prefix(RUN), 3, own, now)
+        py_side = drive(scan_run_py, part, run_prefix(RUN), 3, own, now)
+        assert c_side == py_side
 
 
 def test_receiver_ignores_lines_of_another_run():
     """Markers of an earlier phase or another benchmark count as stale."""
     w = make_worker()
     c = ready_client(w)
-    w.run_re = run_pattern(999)
+    w.run_prefix = run_prefix(999)
     w.on_data(c, stream(2))
     assert c.tracker.received == 0 and w.stale == 6
 

@@ -22,6 +22,8 @@ shows up as latency.
 from __future__ import annotations
 
 import re
+from array import array
+from functools import lru_cache
 
 from hdrh.histogram import HdrHistogram
 
@@ -30,13 +32,18 @@ from hdrh.histogram import HdrHistogram
 DATA_RE = re.compile(rb"~(\d+) (\d+) (\d+) (\d+) ")
 
 
-def run_pattern(run: int):
-    """The data-line regex of one phase: sender, seq, send_ns as groups.
+def run_prefix(run: int) -> bytes:
+    """The start of every data line of one phase: ``~<run> ``.
 
     The run id is part of the literal, so lines of other runs never match
     and the receiver does not compare it line by line.
     """
-    return re.compile(rb"~%d (\d+) (\d+) (\d+) " % run)
+    return b"~%d " % run
+
+
+@lru_cache(maxsize=16)
+def _fields_after(prefix: bytes):
+    return re.compile(re.escape(prefix) + rb"(\d+) (\d+) (\d+) ")
 
 
 # A sync line: ~S<k>.  Sync markers order the stream (see worker.py).
@@ -55,8 +62,73 @@ HIST_DIGITS = 3
 HDR_BITS = 11
 HDR_EXACT = 1 << HDR_BITS
 
+# Latency buckets of the receive path: exact below HDR_EXACT, then HDR_HALF
+# buckets per power of two (a value's top HDR_BITS bits), up to
+# HIST_HIGHEST_US.  A fixed array of counts instead of a dict, so the C scan
+# (_scan.c) counts a delivery with one increment.
+HDR_HALF = HDR_EXACT // 2
+LAT_BUCKETS = HDR_EXACT + (HIST_HIGHEST_US.bit_length() - HDR_BITS) * HDR_HALF
+
+# A field of more digits than this is no number this benchmark sent (and
+# would not fit the C scan's int64): the line counts as stale.
+MAX_DIGITS = 18
+
 # Shortest payload that still holds a full marker with room for big numbers.
 MIN_SIZE = 48
+
+
+def latency_bucket(us: int) -> int:
+    """Index in a LatencyRecorder's ``buckets`` of a latency in us (clamped)."""
+    us = min(max(us, 0), HIST_HIGHEST_US)
+    if us < HDR_EXACT:
+        return us
+    shift = us.bit_length() - HDR_BITS
+    return HDR_EXACT + (shift - 1) * HDR_HALF + ((us >> shift) - HDR_HALF)
+
+
+def bucket_value(index: int) -> int:
+    """The (lowest) microsecond value a bucket stands for."""
+    if index < HDR_EXACT:
+        return index
+    shift, top = divmod(index - HDR_EXACT, HDR_HALF)
+    return (HDR_HALF + top) << (shift + 1)
+
+
+def scan_run_py(buf, start: int, end: int, prefix: bytes, nxt, buckets,
+                now_ns: int, own: int) -> tuple:
+    """Account for the data lines of one phase in ``buf[start:end]``.
+
+    The reference for the C version in _scan.c, which the worker uses when
+    it was built (``scan_run`` below); see that file for the arguments and
+    the result, (matched, received, in_order, own, stale, resume, sender,
+    seq).  Both must agree exactly: a test runs them side by side.
+    """
+    matched = received = in_order = own_count = stale = 0
+    nsend = len(nxt)
+    for m in _fields_after(prefix).finditer(buf, start, end):
+        s, q, t = m.groups()
+        matched += 1
+        if max(len(s), len(q), len(t)) > MAX_DIGITS or int(s) >= nsend:
+            stale += 1
+            continue
+        s, q = int(s), int(q)
+        buckets[latency_bucket((now_ns - int(t)) // 1000)] += 1
+        received += 1
+        if s == own:
+            own_count += 1
+        if q != nxt[s]:
+            return matched, received, in_order, own_count, stale, m.end(), s, q
+        nxt[s] = q + 1
+        in_order += 1
+    return matched, received, in_order, own_count, stale, -1, -1, -1
+
+
+try:
+    from gchat_bench._scan import scan_run
+    SCAN_IMPL = "C"
+except ImportError:         # built without a C compiler: same results, slower
+    scan_run = scan_run_py
+    SCAN_IMPL = "python"
 
 
 def new_histogram() -> HdrHistogram:
@@ -87,11 +159,15 @@ class LatencyRecorder:
     the HdrHistogram (``record_value(v, count)``) whenever it holds
     ``fold_at`` distinct values and at the end, so memory stays bounded and
     the figures come from the HdrHistogram.
+
+    The receive path counts into ``buckets`` instead (see latency_bucket):
+    an int64 array the C scan increments in place; it is folded too.
     """
 
     def __init__(self, fold_at: int = 20000):
         self.hist = new_histogram()
         self.counts: dict = {}
+        self.buckets = array("q", bytes(8 * LAT_BUCKETS))
         self.fold_at = fold_at
 
     def fold(self) -> None:
@@ -105,6 +181,16 @@ class LatencyRecorder:
                 us = top        # saturate rather than silently lose a sample
             rec(us, n)
         self.counts = {}
+        buckets = self.buckets
+        if any(buckets):
+            for i, n in enumerate(buckets):
+                if n:
+                    rec(bucket_value(i), n)
+            self.buckets = array("q", bytes(8 * LAT_BUCKETS))
+
+    def pending(self) -> int:
+        """Counts not yet folded into the histogram."""
+        return sum(self.counts.values()) + sum(self.buckets)
 
     def maybe_fold(self) -> None:
         """Fold if the pending dict has grown past its bound."""
@@ -161,7 +247,7 @@ class SeqTracker:
     __slots__ = ("nxt", "missing", "unique", "received", "duplicated", "reordered")
 
     def __init__(self, senders: int):
-        self.nxt = [0] * senders
+        self.nxt = array("q", bytes(8 * senders))   # int64, as the C scan needs
         self.missing: dict = {}
         self.unique = 0
         self.received = 0

@@ -44,8 +44,8 @@ import gevent.event
 import gevent.pool
 from gevent.socket import wait_read, wait_write
 
-from gchat_bench.stats import (HDR_BITS, HDR_EXACT, SYNC_RE, LatencyRecorder, SeqTracker,
-                               make_payload, run_pattern, sync_payload)
+from gchat_bench.stats import (SYNC_RE, LatencyRecorder, SeqTracker, make_payload, run_prefix,
+                               scan_run, sync_payload)
 
 # Read size per ready socket.  Big reads amortise the syscall over many
 # lines, but not above 64 KiB: CPython allocates the whole size for every
@@ -146,7 +146,7 @@ class Worker:
         self.busy = False       # a command is running: emit progress
         self.sync_target = 0    # the sync marker cmd_sync waits for
         # Phase state (reset by cmd_arm).
-        self.run_re = None      # the phase's data-line regex (stats.run_pattern)
+        self.run_prefix = None  # b"~<run> " of the phase being measured
         self.armed = None       # the run id cmd_arm last prepared for
         self.lat = LatencyRecorder()
         self.lag = LatencyRecorder()
@@ -269,53 +269,36 @@ class Worker:
                     c.t_sync = now
         if buf.find(b"error:", start, end) >= 0:
             self.errors += buf.count(b"error:", start, end)
-        run_re = self.run_re
-        if run_re is None:
+        prefix = self.run_prefix
+        if prefix is None:
             self.stale += markers
             return
-        ms = run_re.findall(buf, start, end)
-        # Markers that are not this phase's data lines: another run's.
-        self.stale += markers - len(ms)
-        if not ms:
-            return
         tr = c.tracker
-        nxt = tr.nxt
-        lc = self.lat.counts
-        get = lc.get
-        nsend = self.senders_total
-        sid = c.sender_id
-        before = tr.unique
-        fast = received = stale = own = 0
-        for s, q, t in ms:
-            s = int(s)
-            if s >= nsend:
-                stale += 1
-                continue
-            q = int(q)
-            us = (now - int(t)) // 1000
-            if us >= HDR_EXACT:
-                # Round down to the histogram's own resolution, so the
-                # pending dict holds a few thousand keys, not one per us.
-                sh = us.bit_length() - HDR_BITS
-                us = us >> sh << sh
-            lc[us] = get(us, 0) + 1
-            received += 1
-            if q == nxt[s]:          # in order: the common case, inlined
-                nxt[s] = q + 1
-                fast += 1
-            else:
-                tr.out_of_order(s, q)
-            if s == sid:
-                own += 1
-        tr.unique += fast
+        nxt, buckets, sid = tr.nxt, self.lat.buckets, c.sender_id
+        received = own = 0
+        pos = start
+        while True:
+            matched, got, in_order, mine, stale, resume, s, q = scan_run(
+                buf, pos, end, prefix, nxt, buckets, now, sid)
+            # Markers that are not this phase's data lines: another run's.
+            markers -= matched - stale
+            tr.unique += in_order
+            self.unique_total += in_order
+            received += got
+            own += mine
+            if resume < 0:
+                break
+            # Out of order (rare): the tracker's slow path, then scan on.
+            before = tr.unique
+            tr.out_of_order(s, q)
+            self.unique_total += tr.unique - before
+            pos = resume
+        self.stale += markers
         tr.received += received
-        self.unique_total += tr.unique - before
-        self.stale += stale
         if received:
             if not self.first_rx:
                 self.first_rx = now
             self.last_rx = now
-            self.lat.maybe_fold()
         if own and c.event is not None:
             c.credits += own
             c.event.set()
@@ -521,7 +504,7 @@ class Worker:
         and its counters start from zero.  The runner arms every worker
         before any of them sends, so that no worker meets a line of a phase
         it does not know yet."""
-        self.run_re = run_pattern(msg["run"])
+        self.run_prefix = run_prefix(msg["run"])
         self.lat = LatencyRecorder()
         self.lag = LatencyRecorder()
         self.sent = self.stale = self.first_rx = self.last_rx = 0
@@ -597,7 +580,7 @@ class Worker:
             gevent.sleep(0.01)
         readers = self.readers()
         trs = [c.tracker for c in readers]
-        self.run_re = None       # later lines of this phase count as stale
+        self.run_prefix = None   # later lines of this phase count as stale
         samples = []
         if not complete:
             samples = self.loss_samples(readers, msg.get("sent_by") or {})

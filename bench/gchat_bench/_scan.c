@@ -1,0 +1,179 @@
+/* The load generator's receive hot path in C: account for every data line
+ * of the running phase in a received chunk.
+ *
+ * Why C: profiling a saturated generator (py-spy, bench/RESULTS.md) put 85%
+ * of its CPU in the Python loop that parsed each marker line (three int()
+ * calls, a dict update for the latency, a compare for the order); the
+ * recv() itself was under 5%.  The generator ran out of CPU long before
+ * gchat did.  This function does that loop without creating a Python
+ * object per line.
+ *
+ * It must behave exactly like stats.scan_run_py, the pure-Python reference
+ * (tests/test_bench_units.py checks the two against each other on
+ * generated input), so the bench still works where no C compiler was at
+ * hand: the worker then falls back to the reference.
+ *
+ * scan_run(buf, start, end, prefix, nxt, buckets, now_ns, own)
+ *   buf      bytes-like; only buf[start:end] is looked at (whole lines)
+ *   prefix   b"~<run> ", the phase's marker (stats.run_prefix)
+ *   nxt      writable buffer of int64 (array('q')): next seq expected per
+ *            sender; in-order lines advance it
+ *   buckets  writable buffer of int64: latency counts per bucket
+ *            (stats.latency_bucket gives the index of a microsecond value)
+ *   now_ns   arrival time, CLOCK_MONOTONIC ns
+ *   own      sender id of the receiving client (-1: none)
+ * returns (matched, received, in_order, own_count, stale, resume, sender, seq)
+ *   matched      lines of this phase's marker shape
+ *   received     of those, the ones from a known sender (counted in buckets)
+ *   in_order     received lines that were the expected next seq
+ *   own_count    received lines sent by `own`
+ *   stale        matched lines with an unknown sender or a number of more
+ *                than MAX_DIGITS digits (not a line this benchmark sent)
+ *   resume       -1 when buf[start:end] is done.  Otherwise the scan met a
+ *                line out of order, (sender, seq), counted it as received
+ *                but left its order to the caller (SeqTracker.out_of_order,
+ *                which updates nxt) and stopped: call again from resume.
+ *                Stopping keeps the lines after it judged against the nxt
+ *                the slow path leaves, exactly as a line-by-line loop would.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+/* Must match stats.py. */
+#define HDR_BITS 11
+#define HDR_EXACT (1LL << HDR_BITS)
+#define HDR_HALF (HDR_EXACT / 2)
+#define HIST_HIGHEST_US 3600000000LL
+#define MAX_DIGITS 18
+
+/* Digits then one space, like the regex group "(\d+) ".  Returns 0: not
+ * that shape; 1: parsed into *out; 2: that shape but too long for int64. */
+static int
+parse_field(const char **pp, const char *stop, long long *out)
+{
+    const char *p = *pp;
+    long long v = 0;
+    Py_ssize_t n = 0;
+    while (p < stop && *p >= '0' && *p <= '9') {
+        if (n < MAX_DIGITS)
+            v = v * 10 + (*p - '0');
+        p++;
+        n++;
+    }
+    if (n == 0 || p >= stop || *p != ' ')
+        return 0;
+    *pp = p + 1;
+    *out = v;
+    return n > MAX_DIGITS ? 2 : 1;
+}
+
+static Py_ssize_t
+latency_bucket(long long us)
+{
+    int bits, shift;
+    if (us < 0)
+        us = 0;                 /* one clock: cannot happen; never drop it */
+    if (us > HIST_HIGHEST_US)
+        us = HIST_HIGHEST_US;   /* saturate rather than lose a sample */
+    if (us < HDR_EXACT)
+        return (Py_ssize_t)us;
+    bits = 64 - __builtin_clzll((unsigned long long)us);
+    shift = bits - HDR_BITS;
+    return (Py_ssize_t)(HDR_EXACT + (shift - 1) * HDR_HALF + ((us >> shift) - HDR_HALF));
+}
+
+static PyObject *
+scan_run(PyObject *self, PyObject *args)
+{
+    Py_buffer buf, prefix, nxt, buckets;
+    Py_ssize_t start, end, nsend, nbuckets;
+    long long now_ns, own;
+    long long matched = 0, received = 0, in_order = 0, own_count = 0, stale = 0;
+    long long resume = -1, ooo_sender = -1, ooo_seq = -1;
+    PyObject *result = NULL;
+
+    if (!PyArg_ParseTuple(args, "y*nny*w*w*LL", &buf, &start, &end, &prefix,
+                          &nxt, &buckets, &now_ns, &own))
+        return NULL;
+    if (start < 0)
+        start = 0;
+    if (end > buf.len)
+        end = buf.len;
+    if (nxt.itemsize != 8 || buckets.itemsize != 8 || prefix.len == 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "scan_run: nxt and buckets must be int64 buffers, prefix non-empty");
+        goto done;
+    }
+    nsend = nxt.len / 8;
+    nbuckets = buckets.len / 8;
+    {
+        const char *base = (const char *)buf.buf;
+        const char *p = base + start, *stop = base + end;
+        long long *next_seq = (long long *)nxt.buf;
+        long long *counts = (long long *)buckets.buf;
+        while (p < stop) {
+            const char *m = memmem(p, (size_t)(stop - p), prefix.buf, (size_t)prefix.len);
+            const char *q;
+            long long s, seq, t;
+            int rs, rq, rt;
+            Py_ssize_t b;
+            if (m == NULL)
+                break;
+            q = m + prefix.len;
+            if (!(rs = parse_field(&q, stop, &s)) || !(rq = parse_field(&q, stop, &seq))
+                    || !(rt = parse_field(&q, stop, &t))) {
+                p = m + 1;      /* not a data line here: search on */
+                continue;
+            }
+            p = q;
+            matched++;
+            if (rs == 2 || rq == 2 || rt == 2 || s >= nsend) {
+                stale++;
+                continue;
+            }
+            b = latency_bucket(now_ns - t >= 0 ? (now_ns - t) / 1000 : -1);
+            if (b < nbuckets)
+                counts[b]++;
+            received++;
+            if (s == own)
+                own_count++;
+            if (seq == next_seq[s]) {
+                next_seq[s] = seq + 1;
+                in_order++;
+            } else {
+                resume = (long long)(p - base);
+                ooo_sender = s;
+                ooo_seq = seq;
+                break;
+            }
+        }
+    }
+    result = Py_BuildValue("(LLLLLLLL)", matched, received, in_order, own_count, stale,
+                           resume, ooo_sender, ooo_seq);
+done:
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&prefix);
+    PyBuffer_Release(&nxt);
+    PyBuffer_Release(&buckets);
+    return result;
+}
+
+static PyMethodDef scan_methods[] = {
+    {"scan_run", scan_run, METH_VARARGS,
+     "scan_run(buf, start, end, prefix, nxt, buckets, now_ns, own) -> "
+     "(matched, received, in_order, own, stale, out_of_order); see _scan.c"},
+    {NULL, NULL, 0, NULL}
+};
+
+static struct PyModuleDef scan_module = {
+    PyModuleDef_HEAD_INIT, "_scan",
+    "C receive path of the gchat-bench load generator (see stats.scan_run_py).",
+    -1, scan_methods
+};
+
+PyMODINIT_FUNC
+PyInit__scan(void)
+{
+    return PyModule_Create(&scan_module);
+}
