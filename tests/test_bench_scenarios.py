@@ -242,3 +242,24 @@ def test_baseline_speaks_the_seed_protocol_byte_for_byte(name):
     finally:
         srv.terminate()
         assert srv.wait(10) == 0
+
+
+def test_cli_json_says_which_scan_the_generator_used():
+    """Every result records how the workers parsed lines: a run without the
+    C scan must not be mistaken for one with it."""
+    (r,) = run_cli("saturate", "--spawn=", "--clients", "50", "--senders", "5",
+                   "--duration", "1", "--json")
+    assert r["generator_scan"] == "C"
+    assert_exact_delivery(r)
+
+
+def test_loopback_floor_delivers_every_byte_and_times_each_round():
+    """python -m gchat_bench.floor: the kernel's cost of one send, measured
+    on sockets whose other end really received every line."""
+    p = subprocess.run([sys.executable, "-m", "gchat_bench.floor", "--clients", "200",
+                        "--rounds", "3"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["bytes_received"] == r["bytes_sent"] == 71 * 200 * 5
+    assert len(r["send_us_per_round"]) == 3 and r["send_us_median"] > 0
+    assert "us of CPU per send" in p.stderr

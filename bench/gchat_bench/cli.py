@@ -254,6 +254,10 @@ def _main(a: argparse.Namespace) -> int:
                      "worker used ~a whole core, or the machine was full while the server "
                      "had less than one; read deliveries/s as a lower bound and latencies "
                      "as an upper bound for the server")
+    if any(r.get("generator_scan") == "python" for r in runs):
+        notes.append("the generator's C scan (gchat_bench/_scan.c) was not built, so it "
+                     "parsed lines in Python and runs out of CPU several times sooner; "
+                     "reinstall with a C compiler")
     if any(r.get("lost") for r in runs):
         notes.append("messages were lost (lost > 0)")
     if any(r.get("disconnected") for r in runs):

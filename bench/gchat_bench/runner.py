@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from gchat_bench.servers import (BenchError, RssSampler, Server, die_with_parent,
                                  process_cpu_s)
-from gchat_bench.stats import MIN_SIZE, merge_encoded, percentiles_ms
+from gchat_bench.stats import SCAN_IMPL, MIN_SIZE, merge_encoded, percentiles_ms
 
 SCENARIOS = ("fanout", "saturate", "join", "idle", "slow")
 
@@ -291,6 +291,9 @@ def base_result(opts: Options, server: Server) -> dict:
         "server_cpu_us_per_delivery": None, "server_rss_mb": None,
         "generator_saturated": False, "generator_cpu_pct": None,
         "host_cpu_pct": None,
+        # "C" or "python": how the workers parse lines (stats.SCAN_IMPL;
+        # the workers import the same install as this process).
+        "generator_scan": SCAN_IMPL,
     }
 
 

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Re-measures the fan-out goals of bench/RESULTS.md ("Fan-out at the limit
 # of one core"): one .jsonl and one .txt per command, in this folder.
-# Each command is bounded; about 12 minutes in all.
+# Each command is bounded; about 15 minutes in all.
 set -u
 cd "$(dirname "$0")"
 run() { name=$1; shift; echo "== $name: gchat-bench $*" >&2; s=$(date +%s)
@@ -12,10 +12,15 @@ run i4_saturate_compare compare --scenario saturate --clients 1000 --senders 10 
 run i4_saturate_name    saturate --spawn= --clients 1000 --senders 10 --window 16 --duration 5 --repeat 3
 run i4_saturate_w64     saturate --spawn= --clients 1000 --senders 10 --window 64 --duration 5
 # fanout: 500,000 deliveries/s offered to 1,000 clients; 20 msg/s to 10,000
-run i4_fanout_1000_name   fanout --spawn= --clients 1000 --senders 10 --rate 500 --duration 10
-run i4_fanout_1000_compat fanout --spawn=--compat --compat --clients 1000 --senders 10 --rate 500 --duration 10
+run i4_fanout_1000_name   fanout --spawn= --clients 1000 --senders 10 --rate 500 --duration 10 --repeat 3
+run i4_fanout_1000_compat fanout --spawn=--compat --compat --clients 1000 --senders 10 --rate 500 --duration 10 --repeat 3
 run i4_fanout_10000_name   fanout --spawn= --clients 10000 --senders 10 --rate 20 --duration 10
 run i4_fanout_10000_compat fanout --spawn=--compat --compat --clients 10000 --senders 10 --rate 20 --duration 10
+# the same 10,000 clients at 2 msg/s: one broadcast at a time on a quiet machine
+run i4_fanout_10000_2msg   fanout --spawn= --clients 10000 --senders 10 --rate 2 --duration 10
+# the kernel's floor: one send() to each of 10,000 loopback sockets, no server
+echo "== i4_floor_10000: python -m gchat_bench.floor --clients 10000" >&2
+python -m gchat_bench.floor --clients 10000 > i4_floor_10000.json 2> i4_floor_10000.txt
 # join and idle at 10,000
 run i4_join_10000_name   join --spawn= --clients 10000
 run i4_join_10000_compat join --spawn=--compat --compat --clients 10000
