@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from gchat_bench import stats
 from gchat_bench.stats import (DATA_RE, HIST_HIGHEST_US, LAT_BUCKETS, MIN_SIZE, LatencyRecorder,
                                SeqTracker, bucket_value, latency_bucket, make_payload,
-                               merge_encoded, new_histogram, percentiles_ms, run_prefix,
-                               scan_run_py, sync_payload)
+                               census_py, merge_encoded, new_histogram, percentiles_ms,
+                               run_prefix, scan_run_py, sync_payload)
 from gchat_bench.worker import PROMPT, READY, WELCOME, Worker
 
 RUN = 123456789
@@ -380,3 +380,16 @@ def test_loss_samples_name_the_missing_sequence_numbers():
         c.tracker.see(0, q)
     (s,) = Worker.loss_samples([c], {"0": 5, "1": 5})
     assert (s["client"], s["sender"], s["missing"], s["sent"]) == (0, 1, [1, 3, 4], 5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"\n", b"~", b"S", b"~S", b"error:", b"err", b"or:", b"x",
+                                 b"~S12 \n"]), max_size=60),
+       st.integers(0, 80), st.integers(0, 80))
+def test_c_census_agrees_with_bytes_count(pieces, start, end):
+    """_scan.census counts newlines, markers, sync markers and errors like
+    bytes.count, on any range (overlaps such as "error:error:" included)."""
+    if stats.SCAN_IMPL != "C":
+        pytest.fail("the C scan was not built")
+    buf = b"".join(pieces)
+    assert stats.census(buf, start, end) == census_py(buf, start, end)

@@ -92,6 +92,7 @@ scan_run(PyObject *self, PyObject *args)
     long long matched = 0, received = 0, in_order = 0, own_count = 0, stale = 0;
     long long resume = -1, ooo_sender = -1, ooo_seq = -1;
     PyObject *result = NULL;
+    (void)self;
 
     if (!PyArg_ParseTuple(args, "y*nny*w*w*LL", &buf, &start, &end, &prefix,
                           &nxt, &buckets, &now_ns, &own))
@@ -159,7 +160,58 @@ done:
     return result;
 }
 
+/* census(buf, start, end) -> (newlines, markers, sync_markers, errors)
+ *
+ * Counts in buf[start:end]: "\n", "~", "~S" and (non-overlapping)
+ * "error:", as bytes.count would (stats.census_py is the reference).  One
+ * call instead of four bytes methods: after the scan moved to C, py-spy
+ * found those four passes (bytes.count of one byte is a plain loop, and
+ * find("~S") checks every other byte of a buffer full of "~") taking half
+ * of a saturated worker. */
+static PyObject *
+census(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    Py_ssize_t start, end;
+    long long newlines = 0, markers = 0, syncs = 0, errors = 0;
+    const char *base, *p, *stop;
+    (void)self;
+
+    if (!PyArg_ParseTuple(args, "y*nn", &buf, &start, &end))
+        return NULL;
+    if (start < 0)
+        start = 0;
+    if (end > buf.len)
+        end = buf.len;
+    base = (const char *)buf.buf;
+    stop = base + end;
+    for (p = base + start; p < stop; p++) {
+        p = memchr(p, '\n', (size_t)(stop - p));
+        if (p == NULL)
+            break;
+        newlines++;
+    }
+    for (p = base + start; p < stop; p++) {
+        p = memchr(p, '~', (size_t)(stop - p));
+        if (p == NULL)
+            break;
+        markers++;
+        if (p + 1 < stop && p[1] == 'S')
+            syncs++;
+    }
+    for (p = base + start; p < stop; p += 6) {
+        p = memmem(p, (size_t)(stop - p), "error:", 6);
+        if (p == NULL)
+            break;
+        errors++;
+    }
+    PyBuffer_Release(&buf);
+    return Py_BuildValue("(LLLL)", newlines, markers, syncs, errors);
+}
+
 static PyMethodDef scan_methods[] = {
+    {"census", census, METH_VARARGS,
+     "census(buf, start, end) -> (newlines, markers, sync_markers, errors); see _scan.c"},
     {"scan_run", scan_run, METH_VARARGS,
      "scan_run(buf, start, end, prefix, nxt, buckets, now_ns, own) -> "
      "(matched, received, in_order, own, stale, out_of_order); see _scan.c"},

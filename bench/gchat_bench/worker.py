@@ -43,8 +43,8 @@ import gevent.event
 import gevent.pool
 from gevent.socket import wait_read, wait_write
 
-from gchat_bench.stats import (SYNC_RE, LatencyRecorder, SeqTracker, make_payload, run_prefix,
-                               scan_run, sync_payload)
+from gchat_bench.stats import (SYNC_RE, LatencyRecorder, SeqTracker, census, make_payload,
+                               run_prefix, scan_run, sync_payload)
 
 # Read size per ready socket.  Big reads amortise the syscall over many
 # lines, but not above 64 KiB: CPython allocates the whole size for every
@@ -195,7 +195,6 @@ class Worker:
 
     def on_data(self, c: Client, data: bytes) -> None:
         now = time.monotonic_ns()
-        self.lines += data.count(b"\n")
         if c.tail:
             data = c.tail + data
         end = data.rfind(b"\n") + 1
@@ -204,13 +203,20 @@ class Worker:
             c.tail = tail if len(tail) <= MAX_TAIL else tail[-4096:]
         else:
             c.tail = b""
-        start = 0
-        if c.state != READY:
-            start = self.handshake(c, data, end, now)
-            if c.state != READY or c.slow:
-                return
+        if c.state == READY:
+            # The common case: one C pass counts everything scan needs.
+            counts = census(data, 0, end)
+            self.lines += counts[0]
+            if not c.slow and end:
+                self.scan(c, data, 0, end, now, counts)
+            return
+        # (The tail held no "\n", so data[:end] has every new one.)
+        self.lines += data.count(b"\n", 0, end)
+        start = self.handshake(c, data, end, now)
+        if c.state != READY or c.slow:
+            return
         if end > start:
-            self.scan(c, data, start, end, now)
+            self.scan(c, data, start, end, now, census(data, start, end))
 
     def handshake(self, c: Client, data: bytes, end: int, now: int) -> int:
         """Advance the name/welcome exchange; return where chat lines start."""
@@ -277,14 +283,15 @@ class Worker:
             c.tracker = SeqTracker(self.senders_total)
         c.ready.set()
 
-    def scan(self, c: Client, buf: bytes, start: int, end: int, now: int) -> None:
-        """Account for the marker lines in buf[start:end] (whole lines)."""
-        if buf.find(b"~", start, end) < 0:
-            if buf.find(b"error:", start, end) >= 0:
-                self.errors += buf.count(b"error:", start, end)
+    def scan(self, c: Client, buf: bytes, start: int, end: int, now: int,
+             counts: tuple) -> None:
+        """Account for the marker lines in buf[start:end] (whole lines);
+        counts is census(buf, start, end)."""
+        _, markers, sync_markers, errors = counts
+        self.errors += errors
+        if not markers:
             return
-        markers = buf.count(b"~", start, end)
-        if buf.find(b"~S", start, end) >= 0:
+        if sync_markers:
             syncs = SYNC_RE.findall(buf, start, end)
             markers -= len(syncs)
             for k in syncs:
@@ -292,8 +299,6 @@ class Worker:
                 if k > c.sync:
                     c.sync = k
                     c.t_sync = now
-        if buf.find(b"error:", start, end) >= 0:
-            self.errors += buf.count(b"error:", start, end)
         prefix = self.run_prefix
         if prefix is None:
             self.stale += markers
