@@ -24,6 +24,7 @@ python -m gchat_bench.floor --clients 10000 > i4_floor_10000.json 2> i4_floor_10
 # join and idle at 10,000
 run i4_join_10000_name   join --spawn= --clients 10000
 run i4_join_10000_compat join --spawn=--compat --compat --clients 10000
+run i4_idle_10000_name   idle --spawn= --clients 10000 --duration 5
 run i4_idle_10000_compat idle --spawn=--compat --compat --clients 10000 --duration 5
 # slow: 10 never-reading clients among 1,000, default --sendq (1 MiB)
 run i4_slow_1000 slow --spawn= --clients 1000 --slow-clients 10 --rate 50 --duration 10
