@@ -253,13 +253,18 @@ def test_cli_json_says_which_scan_the_generator_used():
     assert_exact_delivery(r)
 
 
-def test_loopback_floor_delivers_every_byte_and_times_each_round():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_loopback_floor_delivers_every_byte_and_times_each_round(threads):
     """python -m gchat_bench.floor: the kernel's cost of one send, measured
-    on sockets whose other end really received every line."""
-    p = subprocess.run([sys.executable, "-m", "gchat_bench.floor", "--clients", "200",
-                        "--rounds", "3"], capture_output=True, text=True, timeout=60)
+    on sockets whose other end really received every line, with the
+    broadcast sent by one thread or split over two."""
+    p = subprocess.run([sys.executable, "-m", "gchat_bench.floor", "--clients", "201",
+                        "--rounds", "3", "--threads", str(threads)],
+                       capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
-    assert r["bytes_received"] == r["bytes_sent"] == 71 * 200 * 5
+    assert r["bytes_received"] == r["bytes_sent"] == 71 * 201 * 5
+    assert r["threads"] == threads
     assert len(r["send_us_per_round"]) == 3 and r["send_us_median"] > 0
+    assert r["broadcast_ms_median"] > 0
     assert "us of CPU per send" in p.stderr

@@ -21,6 +21,8 @@ run i4_fanout_10000_2msg   fanout --spawn= --clients 10000 --senders 10 --rate 2
 # the kernel's floor: one send() to each of 10,000 loopback sockets, no server
 echo "== i4_floor_10000: python -m gchat_bench.floor --clients 10000" >&2
 python -m gchat_bench.floor --clients 10000 > i4_floor_10000.json 2> i4_floor_10000.txt
+echo "== i4_floor_10000_2threads: python -m gchat_bench.floor --clients 10000 --threads 2" >&2
+python -m gchat_bench.floor --clients 10000 --threads 2 > i4_floor_10000_2threads.json 2> i4_floor_10000_2threads.txt
 # join and idle at 10,000
 run i4_join_10000_name   join --spawn= --clients 10000
 run i4_join_10000_compat join --spawn=--compat --compat --clients 10000
