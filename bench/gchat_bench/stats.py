@@ -8,9 +8,10 @@ Payload format.  Every chat line a simulated client sends is
 
 ``~`` is a marker no server adds on its own (names and addresses cannot
 hold it, and it is not ``/`` so gchat never takes it for a command).  A
-receiver finds the markers in a whole received chunk with one compiled
-regular expression (``findall`` runs in C), so it never splits the stream
-into Python lines.  ``run`` is a random number per measured phase, so lines
+receiver parses a whole received chunk at once (``scan_run``: C in
+``_scan.c``, with ``scan_run_py`` as its reference and fallback), so it
+never splits the stream into Python lines.  ``run`` is a random number per
+measured phase, so lines
 from an earlier phase or another benchmark on the same server are told
 apart.  ``send_ns`` is the *scheduled* send time on CLOCK_MONOTONIC, which is
 the same clock in every process of this machine, so a receiver in another

@@ -37,6 +37,7 @@ import select
 import socket
 import sys
 import time
+import traceback
 
 import gevent
 import gevent.event
@@ -189,7 +190,10 @@ class Worker:
                     self.on_data(c, data)
                 else:
                     self.close(c)
-            except Exception as e:   # a bug must not stop every client's reads
+            except Exception as e:
+                # A bug in the receive path: say so on stderr (the parent's
+                # terminal) and drop this client, but keep reading the others.
+                traceback.print_exc()
                 c.error = "receive path: %r" % (e,)
                 self.close(c)
 
