@@ -5,6 +5,7 @@ reordering), never timings: this machine is shared and noisy.  Servers and
 generator workers are real processes on loopback, on free ports.
 """
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -251,6 +252,25 @@ def test_cli_json_says_which_scan_the_generator_used():
                    "--duration", "1", "--json")
     assert r["generator_scan"] == "C"
     assert_exact_delivery(r)
+
+
+def test_the_python_scan_fallback_measures_the_same_and_says_so():
+    """With the C scan unavailable (forced by GCHAT_BENCH_SCAN=python) the
+    generator still counts every delivery, and the result and the table
+    say which scan was used."""
+    env = dict(os.environ, GCHAT_BENCH_SCAN="python")
+    p = subprocess.run([sys.executable, "-m", "gchat_bench", "saturate", "--spawn=",
+                        "--clients", "50", "--senders", "5", "--duration", "1", "--json"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    (r,) = [json.loads(line) for line in p.stdout.splitlines()]
+    assert r["generator_scan"] == "python"
+    assert_exact_delivery(r)
+    p = subprocess.run([sys.executable, "-m", "gchat_bench", "fanout", "--spawn=",
+                        "--clients", "20", "--senders", "2", "--duration", "1"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "C scan (gchat_bench/_scan.c) was not built" in p.stdout + p.stderr
 
 
 @pytest.mark.parametrize("threads", [1, 2])

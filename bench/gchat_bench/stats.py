@@ -22,6 +22,7 @@ shows up as latency.
 """
 from __future__ import annotations
 
+import os
 import re
 from array import array
 from functools import lru_cache
@@ -131,7 +132,11 @@ def census_py(buf, start: int, end: int) -> tuple:
             buf.count(b"~S", start, end), buf.count(b"error:", start, end))
 
 
+# GCHAT_BENCH_SCAN=python forces the reference even where the C scan was
+# built: to check the fallback end to end, or to compare the two.
 try:
+    if os.environ.get("GCHAT_BENCH_SCAN") == "python":
+        raise ImportError("GCHAT_BENCH_SCAN=python")
     from gchat_bench._scan import census, scan_run
     SCAN_IMPL = "C"
 except ImportError:         # built without a C compiler: same results, slower
