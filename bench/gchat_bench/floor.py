@@ -10,11 +10,12 @@ plain loop, while a second process, the clients' side, sleeps and drains
 them between rounds.  No gevent, no gchat, no parsing.
 
 Why it matters: on loopback the sender's send() also does the receiving
-side's TCP work, and on this machine (a virtual machine) a line to a
-socket that was idle costs several microseconds, five times a second line
-to the same socket.  N times that is the least time a broadcast to N
-clients can take on one core, whatever the server is written in.  bench/
-RESULTS.md compares it with gchat's CPU per delivery.
+side's TCP work, and on this machine (a virtual machine) a line costs
+about 8 us when the sender goes from socket to socket (cold per-socket
+state), against about 1 us for lines sent in a row to one socket.  N times
+that is the least time a broadcast to N clients can take on one core,
+whatever the server is written in.  bench/RESULTS.md compares it with
+gchat's CPU per delivery.
 """
 from __future__ import annotations
 
