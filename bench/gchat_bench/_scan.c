@@ -97,10 +97,14 @@ scan_run(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*nny*w*w*LL", &buf, &start, &end, &prefix,
                           &nxt, &buckets, &now_ns, &own))
         return NULL;
-    if (start < 0)
-        start = 0;
     if (end > buf.len)
         end = buf.len;
+    if (end < 0)
+        end = 0;
+    if (start < 0)
+        start = 0;
+    if (start > end)
+        start = end;
     if (nxt.itemsize != 8 || buckets.itemsize != 8 || prefix.len == 0) {
         PyErr_SetString(PyExc_ValueError,
                         "scan_run: nxt and buckets must be int64 buffers, prefix non-empty");
@@ -179,10 +183,14 @@ census(PyObject *self, PyObject *args)
 
     if (!PyArg_ParseTuple(args, "y*nn", &buf, &start, &end))
         return NULL;
-    if (start < 0)
-        start = 0;
     if (end > buf.len)
         end = buf.len;
+    if (end < 0)
+        end = 0;
+    if (start < 0)
+        start = 0;
+    if (start > end)
+        start = end;
     base = (const char *)buf.buf;
     stop = base + end;
     for (p = base + start; p < stop; p++) {
