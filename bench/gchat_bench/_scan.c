@@ -68,6 +68,21 @@ parse_field(const char **pp, const char *stop, long long *out)
     return n > MAX_DIGITS ? 2 : 1;
 }
 
+/* Keep [*start, *end) inside a buffer of len bytes (callers pass offsets
+ * of a bytes object, never negative ones meaning "from the end"). */
+static void
+clamp_range(Py_ssize_t *start, Py_ssize_t *end, Py_ssize_t len)
+{
+    if (*end > len)
+        *end = len;
+    if (*end < 0)
+        *end = 0;
+    if (*start < 0)
+        *start = 0;
+    if (*start > *end)
+        *start = *end;
+}
+
 static Py_ssize_t
 latency_bucket(long long us)
 {
@@ -97,14 +112,7 @@ scan_run(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*nny*w*w*LL", &buf, &start, &end, &prefix,
                           &nxt, &buckets, &now_ns, &own))
         return NULL;
-    if (end > buf.len)
-        end = buf.len;
-    if (end < 0)
-        end = 0;
-    if (start < 0)
-        start = 0;
-    if (start > end)
-        start = end;
+    clamp_range(&start, &end, buf.len);
     if (nxt.itemsize != 8 || buckets.itemsize != 8 || prefix.len == 0) {
         PyErr_SetString(PyExc_ValueError,
                         "scan_run: nxt and buckets must be int64 buffers, prefix non-empty");
@@ -183,14 +191,7 @@ census(PyObject *self, PyObject *args)
 
     if (!PyArg_ParseTuple(args, "y*nn", &buf, &start, &end))
         return NULL;
-    if (end > buf.len)
-        end = buf.len;
-    if (end < 0)
-        end = 0;
-    if (start < 0)
-        start = 0;
-    if (start > end)
-        start = end;
+    clamp_range(&start, &end, buf.len);
     base = (const char *)buf.buf;
     stop = base + end;
     for (p = base + start; p < stop; p++) {

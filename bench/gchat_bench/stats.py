@@ -163,39 +163,26 @@ def sync_payload(k: int) -> bytes:
 
 
 class LatencyRecorder:
-    """Counts latencies per microsecond, folded into an HdrHistogram.
+    """Counts latencies in buckets of the histogram's own resolution, folded
+    into an HdrHistogram.
 
     ``HdrHistogram.record_value`` is pure Python and costs microseconds; a
-    receiver handles up to a few hundred thousand deliveries a second.  A
-    dict of counts keyed by whole microseconds is a histogram with exact
-    1 us buckets that costs one dict update per delivery; it is folded into
-    the HdrHistogram (``record_value(v, count)``) whenever it holds
-    ``fold_at`` distinct values and at the end, so memory stays bounded and
-    the figures come from the HdrHistogram.
-
-    The receive path counts into ``buckets`` instead (see latency_bucket):
-    an int64 array the C scan increments in place; it is folded too.
+    receiver handles millions of deliveries a second.  ``buckets`` is an
+    int64 array indexed by latency_bucket(us), which the C scan increments
+    in place (one increment per delivery) and Python code the same way.  It
+    is folded into the HdrHistogram (``record_value(v, count)``) at the end,
+    so memory is fixed and the figures come from the HdrHistogram.
     """
 
-    def __init__(self, fold_at: int = 20000):
+    def __init__(self):
         self.hist = new_histogram()
-        self.counts: dict = {}
         self.buckets = array("q", bytes(8 * LAT_BUCKETS))
-        self.fold_at = fold_at
 
     def fold(self) -> None:
         """Move the pending counts into the histogram."""
-        rec = self.hist.record_value
-        top = HIST_HIGHEST_US
-        for us, n in self.counts.items():
-            if us < 0:
-                us = 0          # cannot happen on one clock; never drop a count
-            elif us > top:
-                us = top        # saturate rather than silently lose a sample
-            rec(us, n)
-        self.counts = {}
         buckets = self.buckets
         if any(buckets):
+            rec = self.hist.record_value
             for i, n in enumerate(buckets):
                 if n:
                     rec(bucket_value(i), n)
@@ -203,12 +190,7 @@ class LatencyRecorder:
 
     def pending(self) -> int:
         """Counts not yet folded into the histogram."""
-        return sum(self.counts.values()) + sum(self.buckets)
-
-    def maybe_fold(self) -> None:
-        """Fold if the pending dict has grown past its bound."""
-        if len(self.counts) >= self.fold_at:
-            self.fold()
+        return sum(self.buckets)
 
     def encoded(self) -> str:
         """Fold and return the histogram in HdrHistogram's base64 encoding."""

@@ -44,8 +44,8 @@ import gevent.event
 import gevent.pool
 from gevent.socket import wait_read, wait_write
 
-from gchat_bench.stats import (SYNC_RE, LatencyRecorder, SeqTracker, census, make_payload,
-                               run_prefix, scan_run, sync_payload)
+from gchat_bench.stats import (SYNC_RE, LatencyRecorder, SeqTracker, census, latency_bucket,
+                               make_payload, run_prefix, scan_run, sync_payload)
 
 # Read size per ready socket.  Big reads amortise the syscall over many
 # lines, but not above 64 KiB: CPython allocates the whole size for every
@@ -419,7 +419,7 @@ class Worker:
         ok = [c for c in todo if c.state == READY]
         for c in ok:
             us = (c.t_ready - c.t_start) // 1000
-            rec.counts[us] = rec.counts.get(us, 0) + 1
+            rec.buckets[latency_bucket(us)] += 1
         for c in ok:
             if c.idx in self.sender_of:
                 c.sender_id = self.sender_of[c.idx]
@@ -475,7 +475,7 @@ class Worker:
         sid, size = c.sender_id, self.size
         start = t0 + offset
         k = 0
-        lag = self.lag.counts
+        lag = self.lag
         while c.state == READY:
             due = start + k * interval
             if due >= end:
@@ -486,7 +486,7 @@ class Worker:
                 continue
             n = min((min(now + EARLY_NS, end - 1) - start) // interval + 1 - k, MAX_BATCH)
             us = max(0, now - due) // 1000
-            lag[us] = lag.get(us, 0) + 1
+            lag.buckets[latency_bucket(us)] += 1
             buf = b"".join([make_payload(run, sid, j, max(start + j * interval, now), size)
                             for j in range(k, k + n)])
             if not self.send_batch(c, buf, n, k + n):
