@@ -92,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arrival-merge-window", type=_seconds, default=d.arrival_merge_window,
                         metavar="SECONDS",
                         help="how long such arrivals may wait to be merged (default %(default)g)")
+    parser.add_argument("--max-rooms", type=int, default=d.max_rooms, metavar="N",
+                        help="rooms that may exist, the lobby and empty ones included; the "
+                             "least recently used empty room is dropped for a new one "
+                             "(default %(default)s)")
+    parser.add_argument("--history", type=int, default=d.history, metavar="N",
+                        help="chat lines each room keeps for newcomers (default %(default)s; "
+                             "0 turns it off)")
+    parser.add_argument("--room-name-max", type=int, default=d.room_name_max, metavar="CHARS",
+                        help="longest room name, without the # (default %(default)s)")
     parser.add_argument("--close-linger", type=_seconds, default=d.close_linger, metavar="SECONDS",
                         help="time a disconnected client gets to receive its last lines "
                              "(default %(default)g)")
@@ -116,13 +125,17 @@ def default_max_clients(headroom: int) -> int:
 
 def config_from_args(args) -> Config:
     max_clients = args.max_clients or default_max_clients(Config.fd_headroom)
-    return Config(flood_rate=args.flood_rate, flood_burst=args.flood_burst,
-                  max_clients=max_clients, max_per_ip=args.max_per_ip,host=args.host, port=args.port, compat=args.compat,
+    return Config(host=args.host, port=args.port, compat=args.compat,
+                  flood_rate=args.flood_rate, flood_burst=args.flood_burst,
+                  max_clients=max_clients, max_per_ip=args.max_per_ip,
                   idle_timeout=args.idle_timeout, name_timeout=args.name_timeout,
-                  sendq=args.sendq, sndbuf=args.sndbuf or 0, slow_policy=args.slow_policy, max_line=args.max_line,
-                  roster_limit=args.roster_limit,
+                  sendq=args.sendq, sndbuf=args.sndbuf or 0, slow_policy=args.slow_policy,
+                  max_line=args.max_line, roster_limit=args.roster_limit,
                   arrival_merge_threshold=args.arrival_merge_threshold,
-                  arrival_merge_window=args.arrival_merge_window, backlog=args.backlog, close_linger=args.close_linger,
+                  arrival_merge_window=args.arrival_merge_window,
+                  max_rooms=args.max_rooms, history=args.history,
+                  room_name_max=args.room_name_max,
+                  backlog=args.backlog, close_linger=args.close_linger,
                   shutdown_flush_timeout=args.shutdown_timeout)
 
 
@@ -159,7 +172,7 @@ def run(config: Config) -> int:
     log.info("gchat %s listening on %s:%s%s", __version__, host, port,
              " (--compat)" if config.compat else "")
     stop_requested.wait()
-    log.info("shutting down: closing %d clients", len(server.hub.room.connected))
+    log.info("shutting down: closing %d clients", len(server.hub.chat.connected))
     server.stop()
     log.info("stopped; %s", " ".join(f"{k}={v}" for k, v in server.hub.snapshot().items()))
     return 0

@@ -109,6 +109,23 @@ class Config:
     # to hear of a newcomer.  Anything else said ends the wait at once.
     arrival_merge_window: float = 0.25
 
+    # Rooms (name mode; --compat is the seed's single room).  Every room
+    # counts, the lobby and the empty ones too, since an empty room keeps
+    # its history; at the limit the least recently used empty room is
+    # dropped, and when every room has people in it a new one is refused.
+    # 2,000 is one room per ten clients at the 20,000 sockets one process
+    # can hold here, and bounds the history (below) at 2,000 x history x
+    # one line.
+    max_rooms: int = 2000
+    # Chat and /me lines each room keeps for whoever enters it next.  IRC
+    # bouncers and Slack replay about a screenful; 20 lines fill most of a
+    # terminal without burying the roster.  0 turns history off.  Memory:
+    # history x max_rooms lines of at most max_line bytes of text each.
+    history: int = 20
+    # Longest room name, in characters without the "#": IRC allows channel
+    # names of 50 bytes and Slack 80 characters; 32 keeps /rooms readable.
+    room_name_max: int = 32
+
     # How long shutdown waits for queued output to drain before closing.
     shutdown_flush_timeout: float = 3.0
 
@@ -124,7 +141,7 @@ class Config:
         if self.slow_policy not in SLOW_POLICIES:
             raise ValueError(f"slow_policy must be one of {SLOW_POLICIES}, not {self.slow_policy!r}")
         for field in ("sendq", "max_line", "recv_size", "inbox_size", "roster_limit", "backlog",
-                      "arrival_merge_threshold"):
+                      "arrival_merge_threshold", "max_rooms", "room_name_max"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"{field} must be positive")
         for field in ("name_timeout", "shutdown_flush_timeout", "close_linger",
@@ -139,6 +156,8 @@ class Config:
             raise ValueError("max_clients must be positive")
         if self.max_per_ip < 0 or self.fd_headroom < 0:
             raise ValueError("max_per_ip and fd_headroom must not be negative")
+        if self.history < 0:
+            raise ValueError("history must not be negative")
         if self.sndbuf < 0:
             raise ValueError("sndbuf must not be negative")
         if self.idle_timeout is not None and self.idle_timeout < 0:

@@ -9,6 +9,13 @@ batch (a private line, an arrival, a departure) get a view built for them,
 from slices of the same bytes.  So a broadcast to N members costs one
 append, and a flush costs one delivery per member, whatever the batch size.
 
+With rooms there is one Fanout per room.  A Fanout that gets its first
+output of a batch appends its owner (the room) to a list shared by all
+rooms, so that the hub flushes only the rooms that have something to say,
+not all of them.  A client that moves to another room in the middle of a
+batch takes its share so far along (detach), so that everything it is
+sent stays in order across the two rooms.
+
 Pure: no sockets, no gevent.  deliver(conn, data) is given by the caller.
 """
 
@@ -45,25 +52,41 @@ class _View:
 class Fanout:
     """Collects one batch of output and delivers it in order."""
 
-    __slots__ = ("_parts", "_size", "_views", "lines")
+    __slots__ = ("_parts", "_size", "_views", "lines", "_owner", "_dirty", "_queued")
 
-    def __init__(self):
+    def __init__(self, owner=None, dirty=None):
+        """owner is appended to the list dirty when this Fanout gets the
+        first output of a batch (both None: nobody is told)."""
         self._parts = []
         self._size = 0
         self._views = {}
         self.lines = 0  # broadcast lines in this batch (for the stats)
+        self._owner = owner
+        self._dirty = dirty
+        self._queued = False
 
     @property
     def pending(self) -> bool:
         return bool(self._parts or self._views)
 
-    def broadcast(self, line: str):
+    def _mark(self):
+        self._queued = True
+        if self._dirty is not None:
+            self._dirty.append(self._owner)
+
+    def broadcast(self, line: str) -> bytes:
+        """line to every member; returns it encoded (for the history)."""
         data = (line + "\n").encode("utf-8")
+        if not self._queued:
+            self._mark()
         self._parts.append(data)
         self._size += len(data)
         self.lines += 1
+        return data
 
     def _view(self, conn, member: bool) -> _View:
+        if not self._queued:
+            self._mark()
         view = self._views.get(conn)
         if view is None:
             view = self._views[conn] = _View(0 if member else None)
@@ -73,7 +96,26 @@ class Fanout:
         """One line to conn alone, in order with the broadcasts around it.
 
         member says whether conn receives broadcasts at this point."""
-        self._view(conn, member).inserts.append((self._size, (line + "\n").encode("utf-8")))
+        self.send_bytes(conn, (line + "\n").encode("utf-8"), member)
+
+    def send_bytes(self, conn, data: bytes, member: bool = True):
+        """Encoded lines to conn alone, as one piece (send's twin)."""
+        self._view(conn, member).inserts.append((self._size, data))
+
+    def detach(self, conn, member: bool) -> bytes:
+        """conn leaves for another room's Fanout: its share of this batch
+        so far, which the other Fanout delivers first.  member says whether
+        conn has been receiving broadcasts here."""
+        view = self._views.pop(conn, None)
+        if view is None:
+            if not member or not self._parts:
+                return b""
+            view = _View(0)
+        parts = self._parts
+        if len(parts) > 1:  # joined once, however many clients leave
+            parts[:] = [b"".join(parts)]
+        view.stop = self._size
+        return view.render(parts[0] if parts else b"")
 
     def joined(self, conn):
         """conn receives broadcasts from now on (it was not a member)."""
@@ -103,6 +145,7 @@ class Fanout:
         self._parts = []
         self._size = 0
         self._views = {}
+        self._queued = False
         deliveries = self.lines * plain
         self.lines = 0
         return deliveries

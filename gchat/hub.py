@@ -1,9 +1,9 @@
-"""The broadcaster greenlet: the one owner of the room.
+"""The broadcaster greenlet: the one owner of the chat (names, rooms).
 
 Readers put events on `inbox`, a gevent Queue; the hub waits on it as the
 seed's broadcaster waits in select.  On each wake-up it drains every
-pending event, lets the Room apply them, and flushes the batch: rendered
-once, offered to every member's Outbox with a non-blocking send.  It never
+pending event, lets the Chat apply them, and flushes the batch: rendered
+once per room, offered to every member's Outbox with a non-blocking send.  It never
 waits on a client.  Connections it removes are closed only after the batch
 that says goodbye to them has been delivered.
 """
@@ -13,7 +13,7 @@ import gevent
 from gevent.event import Event
 from gevent.queue import Empty, Queue
 
-from gchat.room import PEER_GONE, Room, Why
+from gchat.chat import PEER_GONE, Chat, Why
 
 log = logging.getLogger("gchat")
 
@@ -35,7 +35,7 @@ class Hub:
         self.inbox = Queue()
         self.paused = []
         self._loop = gevent.get_hub().loop
-        self.room = Room(config, stats=self.snapshot, clock=self._loop.now)
+        self.chat = Chat(config, stats=self.snapshot, clock=self._loop.now)
         self.transport_stats = None  # set by the server: a callable for /stats
         self.stopped = Event()  # set when shutdown has closed every client
         self.stats = {"deliveries": 0, "batches": 0, "events": 0, "slow_disconnects": 0,
@@ -51,10 +51,10 @@ class Hub:
         """The broadcaster loop; runs until shutdown has closed every client."""
         inbox = self.inbox
         loop = self._loop
-        room = self.room
+        chat = self.chat
         while True:
-            # Held-back arrivals (room.py) set a deadline for the next flush.
-            due = room.arrivals_due(loop.now())
+            # Held-back announcements (room.py) set a deadline for the next flush.
+            due = chat.due(loop.now())
             try:
                 self._handle(inbox.get(timeout=due))
             except Empty:
@@ -72,30 +72,30 @@ class Hub:
                 paused, self.paused = self.paused, []
                 for conn in paused:
                     conn.resume(INBOX_FULL)
-            if self._shutting_down and not self.room.connected:
+            if self._shutting_down and not self.chat.connected:
                 self.stopped.set()
                 return
 
     def _handle(self, event):
         kind, conn, payload = event
         self.stats["events"] += 1
-        room = self.room
+        chat = self.chat
         try:
             if kind is LINES:
                 was_named = conn.name is not None
-                room.lines(conn, payload)
+                chat.lines(conn, payload)
                 if not was_named and conn.name is not None:
                     log.info("%s is %s", conn.who, conn.name)
             elif kind is ARRIVE:
                 log.info("connection from %s", conn.who)
-                room.arrive(conn)
+                chat.arrive(conn)
                 if self._shutting_down:  # accepted just before the listener closed
-                    room.depart(conn, Why.SHUTDOWN)
+                    chat.depart(conn, Why.SHUTDOWN)
             elif kind is LEAVE:
-                room.depart(conn, payload)
+                chat.depart(conn, payload)
             elif kind is SHUTDOWN:
                 self._shutting_down = True
-                room.shutdown()
+                chat.shutdown()
         except Exception:
             # One client's bad event must not stop the broadcaster.
             self.stats["faults"] += 1
@@ -103,18 +103,17 @@ class Hub:
                           getattr(conn, "who", conn))
             if conn is not None:
                 try:
-                    room.depart(conn, Why.FAULT)
+                    chat.depart(conn, Why.FAULT)
                 except Exception:
                     log.exception("error removing %s", getattr(conn, "who", conn))
                     conn.close(0)
 
     def _flush(self):
-        room = self.room
-        room.end_batch(self._loop.now())
-        out = room.out
+        chat = self.chat
+        chat.end_batch(self._loop.now())
         config = self.config
-        while out.pending or room.departures:
-            departures, room.departures = room.departures, []
+        while chat.pending or chat.departures:
+            departures, chat.departures = chat.departures, []
             leaving = {conn for conn, _ in departures}
             overflowed = []
 
@@ -124,7 +123,7 @@ class Hub:
                 elif not conn.outbox.offer(data):
                     overflowed.append(conn)
 
-            self.stats["deliveries"] += out.flush(room.members.values(), deliver)
+            self.stats["deliveries"] += chat.flush(deliver)
             self.stats["batches"] += 1
             for conn, why in departures:
                 if why in PEER_GONE:
@@ -136,7 +135,7 @@ class Hub:
                 self._log_departure(conn, why)
             for conn in overflowed:
                 self.stats["slow_disconnects"] += 1
-                room.depart(conn, Why.SLOW)
+                chat.depart(conn, Why.SLOW)
 
     def _log_departure(self, conn, why):
         log.info("%s left (%s, %s)%s", conn.name or conn.who, conn.who, why,
@@ -144,8 +143,10 @@ class Hub:
 
     def snapshot(self) -> dict:
         """Counters for /stats and the logs."""
-        stats = {"clients": len(self.room.connected), "members": len(self.room.members),
-                 **self.room.counts, **self.stats, "inbox": self.inbox.qsize()}
+        chat = self.chat
+        stats = {"clients": len(chat.connected), "members": len(chat.names),
+                 "rooms": len(chat.rooms), "rooms_dropped": chat.rooms.dropped,
+                 **chat.counts, **self.stats, "inbox": self.inbox.qsize()}
         if self.transport_stats is not None:
             stats.update(self.transport_stats())
         return stats

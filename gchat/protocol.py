@@ -160,26 +160,40 @@ NAME_MAX = 24  # characters; IRC nicknames are 9-30, 24 fits a roster line
 _NAME_PUNCT = frozenset("_-.")
 
 
-def validate_name(name: str) -> Optional[str]:
-    """Return why name is not acceptable, or None when it is.
+def _validate_label(text: str, limit: int, what: str) -> Optional[str]:
+    """Why text is not acceptable as a name of kind `what`, or None.
 
-    A name is 1-24 characters: letters of any script (with their combining
-    marks, which some scripts cannot be written without), decimal digits,
-    "_", "-" and ".".
+    1-limit characters: letters of any script (with their combining marks,
+    which some scripts cannot be written without), decimal digits, "_",
+    "-" and ".".  Control characters never pass (decode made them U+FFFD,
+    which is not a letter), so a name cannot drive a terminal.
     """
-    if not name:
-        return "a name needs at least one character"
-    if len(name) > NAME_MAX:
-        return f"a name has at most {NAME_MAX} characters"
-    for i, ch in enumerate(name):
+    if not text:
+        return f"a {what} needs at least one character"
+    if len(text) > limit:
+        return f"a {what} has at most {limit} characters"
+    for i, ch in enumerate(text):
         category = unicodedata.category(ch)
         if category[0] == "L" or category == "Nd" or ch in _NAME_PUNCT:
             continue
         if category[0] == "M" and i > 0:
             continue
         shown = ch if ch.isprintable() and not ch.isspace() else f"U+{ord(ch):04X}"
-        return f"{shown!r} is not allowed in a name (letters, digits, _ - . only)"
+        return f"{shown!r} is not allowed in a {what} (letters, digits, _ - . only)"
     return None
+
+
+def validate_name(name: str) -> Optional[str]:
+    """Return why a user name is not acceptable, or None when it is
+    (1-24 characters of the classes in _validate_label)."""
+    return _validate_label(name, NAME_MAX, "name")
+
+
+def validate_room_name(room: str, limit: int) -> Optional[str]:
+    """Return why a room name (without its "#") is not acceptable, or None.
+    The same classes of characters as user names, at most `limit` of them
+    (Config.room_name_max)."""
+    return _validate_label(room, limit, "room name")
 
 
 def name_key(name: str) -> str:
@@ -228,6 +242,14 @@ class Stats(NamedTuple):
     pass
 
 
+class Join(NamedTuple):
+    room: str  # as typed, perhaps with a leading "#"
+
+
+class ListRooms(NamedTuple):
+    pass
+
+
 class Invalid(NamedTuple):
     """A line that is a command but not a usable one; error says why."""
     error: str
@@ -235,7 +257,9 @@ class Invalid(NamedTuple):
 
 HELP_LINES = (
     "Commands:",
-    "  /who               who is here",
+    "  /who               who is in your room",
+    "  /join ROOM         go to ROOM (#ROOM works too); it is made if it does not exist",
+    "  /rooms             the rooms and how many are in each",
     "  /nick NEW          change your name",
     "  /me ACTION         say that you do something: * NAME ACTION",
     "  /msg NAME TEXT     say TEXT to NAME alone",
@@ -267,6 +291,10 @@ def parse(line: str):
         return Quit(rest)
     if command == "stats":
         return Stats()
+    if command == "rooms":
+        return ListRooms()
+    if command == "join":
+        return Join(rest) if rest else _usage("join", "ROOM")
     if command == "me":
         return Me(rest) if rest else _usage("me", "ACTION")
     if command == "nick":
@@ -316,6 +344,39 @@ def render_arrivals(names: list, total: int) -> str:
 
 def render_left(who: str, reason: str = "") -> str:
     return f"{who} has left ({reason})" if reason else f"{who} has left"
+
+
+def render_departures(departures: list, total: int) -> str:
+    """One line for a run of departures: (name, reason) pairs (perhaps only
+    the first of them) out of total; each reason stays beside its name."""
+    shown = ", ".join(f"{name} ({reason})" if reason else name for name, reason in departures)
+    more = total - len(departures)
+    return f"{shown}{f' and {more} more' if more > 0 else ''} have left"
+
+
+def render_joined_reason(room: str) -> str:
+    """The reason the old room is given when a client goes to another."""
+    return f"joined #{room}"
+
+
+def render_now_in(room: str) -> str:
+    return f"You are now in #{room}"
+
+
+def render_history_open(room: str, count: int) -> str:
+    return f"--- last {count} line{'s' if count != 1 else ''} of #{room} ---"
+
+
+HISTORY_CLOSE = "--- end of history ---"
+
+
+def render_rooms(rooms: list, total: int) -> str:
+    """/rooms: (name, members, own) triples (perhaps only the first of
+    them) out of total rooms."""
+    shown = ", ".join(f"#{name} ({count}, you are here)" if own else f"#{name} ({count})"
+                      for name, count, own in rooms)
+    more = total - len(rooms)
+    return f"Rooms ({total}): {shown}{f', and {more} more' if more > 0 else ''}"
 
 
 def render_chat(who: str, text: str) -> str:

@@ -52,14 +52,15 @@ _FLOOD, _INBOX = 1, events.INBOX_FULL
 class Connection:
     """One client: its socket, reader, outbox and writer, and its timers."""
 
-    __slots__ = ("sock", "who", "name", "outbox", "last_heard", "_server", "_loop", "_inbox",
+    __slots__ = ("sock", "who", "name", "room", "outbox", "last_heard", "_server", "_loop", "_inbox",
                  "_config", "_lines", "_bucket", "_held", "_paused", "_reader", "_writer",
                  "_deadline", "_resume", "_linger", "_name_deadline", "_closing", "_closed")
 
     def __init__(self, sock, address, server):
         self.sock = sock
         self.who = format_address(address[0], address[1])
-        self.name = None  # set by the Room alone
+        self.name = None  # set by the Chat alone
+        self.room = None  # likewise: the Room it is in once named
         self._server = server
         config = self._config = server.config
         self._loop = loop = gevent.get_hub().loop

@@ -2,6 +2,8 @@
 every command, over real sockets against the gchat console script."""
 import re
 
+from gchat.protocol import HELP_LINES
+
 
 def test_name_prompt_then_seed_lines_with_names(gchat):
     """The first line asks for a name; then "You are NAME", the roster, and
@@ -100,7 +102,7 @@ def test_nick_is_announced_and_frees_the_old_name(gchat):
     a.expect("error: usage: /nick NEW")
     c = gchat.named("old")  # the old name is free again
     c.say("/who")
-    c.expect(r"Here now \(3\): .*")
+    c.expect(r"Here now \(3\): .*", skip=True)  # after the lobby's history
 
 
 def test_me_action(gchat):
@@ -147,8 +149,8 @@ def test_quit_with_reason(gchat):
 def test_help_lists_every_command(gchat):
     a = gchat.named("lee")
     a.say("/help")
-    text = "\n".join(a.lines(8))
-    for command in ["/who", "/nick", "/me", "/msg", "/quit", "/help"]:
+    text = "\n".join(a.lines(len(HELP_LINES)))
+    for command in ["/who", "/nick", "/me", "/msg", "/quit", "/help", "/join", "/rooms"]:
         assert command in text
 
 

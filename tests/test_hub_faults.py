@@ -10,7 +10,7 @@ import pytest
 
 from chat_client import named_client
 from gchat.config import Config
-from gchat.room import Room
+from gchat.chat import Chat
 
 
 @pytest.fixture
@@ -50,16 +50,16 @@ def inprocess_server(server_config):
 
 @pytest.fixture
 def planted_fault(monkeypatch):
-    """Chat text "boom" raises inside the room (planted before the server
-    starts, since the room binds its command table when it is made)."""
-    real_chat = Room._chat
+    """Chat text "boom" raises inside the chat (planted before the server
+    starts, since the chat binds its command table when it is made)."""
+    real_chat = Chat._chat
 
     def faulty_chat(self, conn, command):
         if command.text == "boom":
             raise RuntimeError("planted fault")
         real_chat(self, conn, command)
 
-    monkeypatch.setattr(Room, "_chat", faulty_chat)
+    monkeypatch.setattr(Chat, "_chat", faulty_chat)
 
 
 def test_fault_in_one_clients_event_disconnects_it_alone(planted_fault, inprocess_server, caplog):

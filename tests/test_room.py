@@ -1,16 +1,18 @@
-"""The room's rules, driven without sockets: fake connections, a real
-Fanout, and the bytes each connection would be sent."""
+"""The chat's rules in one room, driven without sockets: fake connections,
+the real Chat, Room and Fanout, and the bytes each connection would be
+sent.  Rooms, history and moves: test_rooms.py."""
 import pytest
 
 from gchat import protocol as p
 from gchat.config import Config
-from gchat.room import Room, Why
+from gchat.chat import Chat, Why
 
 
 class Conn:
     def __init__(self, who):
         self.who = who
         self.name = None
+        self.room = None
 
     def __repr__(self):
         return f"Conn({self.who})"
@@ -19,23 +21,23 @@ class Conn:
 class Harness:
     def __init__(self, **config):
         self.now = 100.0
-        self.room = Room(Config(**config), clock=lambda: self.now)
+        self.chat = Chat(Config(**config), clock=lambda: self.now)
         self.received = {}
 
     def connect(self, who):
         conn = Conn(who)
-        self.room.arrive(conn)
+        self.chat.arrive(conn)
         return conn
 
     def say(self, conn, *lines):
-        self.room.lines(conn, [line.encode() if isinstance(line, str) else line for line in lines])
+        self.chat.lines(conn, [line.encode() if isinstance(line, str) else line for line in lines])
 
     def flush(self):
         def deliver(conn, data):
             self.received[conn] = self.received.get(conn, b"") + data
-        self.room.end_batch(self.now)  # as the hub does before each flush
-        self.room.out.flush(list(self.room.members.values()), deliver)
-        departed, self.room.departures = self.room.departures, []
+        self.chat.end_batch(self.now)  # as the hub does before each flush
+        self.chat.flush(deliver)
+        departed, self.chat.departures = self.chat.departures, []
         return departed
 
     def take(self, conn) -> list:
@@ -60,7 +62,7 @@ def test_compat_greeting_arrival_chat_and_leaving():
     h.say(b, "hi", "/who")
     assert h.take(a) == ["2.2.2.2:2 has arrived", "2.2.2.2:2: hi", "2.2.2.2:2: /who"]
     assert h.take(b) == ["You are 2.2.2.2:2", "2.2.2.2:2: hi", "2.2.2.2:2: /who"]
-    h.room.depart(b, Why.IDLE)
+    h.chat.depart(b, Why.IDLE)
     assert h.take(a) == ["2.2.2.2:2 has left"]  # no reason in --compat
 
 
@@ -76,7 +78,11 @@ def test_arrival_and_chat_in_one_batch_reach_each_client_in_order():
     h.say(a, "after")
     assert h.take(a) == [p.NAME_PROMPT, "You are ann", "Nobody else is here.", "ann: before",
                          "bob has arrived", "ann: after"]
-    assert h.take(b) == [p.NAME_PROMPT, "You are bob", "Also here (1): ann", "ann: after"]
+    # The newcomer's history holds what was said before it came, framed,
+    # and then live lines: "ann: before" once, "ann: after" once.
+    assert h.take(b) == [p.NAME_PROMPT, "You are bob", "Also here (1): ann",
+                         "--- last 1 line of #lobby ---", "ann: before", p.HISTORY_CLOSE,
+                         "ann: after"]
 
 
 def test_private_lines_are_interleaved_in_order_with_broadcasts():
@@ -108,7 +114,7 @@ def test_name_taken_and_freed_after_departure():
     c = h.connect("c-addr")
     h.say(c, "zED")
     assert h.take(c) == [p.NAME_PROMPT, "error: the name zED is taken", p.NAME_PROMPT_AGAIN]
-    h.room.depart(a, Why.EOF)
+    h.chat.depart(a, Why.EOF)
     h.say(c, "zED")
     assert h.take(c)[0] == "You are zED"
 
@@ -118,7 +124,7 @@ def test_too_long_lines_get_an_error_and_the_client_stays():
     a = named(h, "ann")
     h.say(a, p.TOO_LONG, "ok")
     assert h.take(a) == ["error: line longer than 10 bytes discarded", "ann: ok"]
-    assert a in h.room.connected
+    assert a in h.chat.connected
 
 
 def test_blank_lines_say_nothing_in_name_mode():
@@ -149,11 +155,11 @@ def test_every_departure_reason_is_told_to_the_others_and_the_client():
         h = Harness()
         watcher, x = named(h, "w"), named(h, "x")
         h.take(watcher)
-        h.room.depart(x, why)
-        h.room.depart(x, why)  # a second report of the same end changes nothing
+        h.chat.depart(x, why)
+        h.chat.depart(x, why)  # a second report of the same end changes nothing
         assert h.take(watcher) == [left]
         assert h.take(x) == ([farewell] if farewell else [])
-        assert h.room.counts["departures"] == 1
+        assert h.chat.counts["departures"] == 1
 
 
 def test_name_timeout_of_a_nameless_client_is_told_to_it_alone():
@@ -161,7 +167,7 @@ def test_name_timeout_of_a_nameless_client_is_told_to_it_alone():
     w = named(h, "w")
     n = h.connect("n-addr")
     h.take(n)
-    h.room.depart(n, Why.NAME_TIMEOUT)
+    h.chat.depart(n, Why.NAME_TIMEOUT)
     assert h.take(n) == ["error: no name given within 60 s; disconnecting"]
     assert h.take(w) == []
 
@@ -171,11 +177,11 @@ def test_shutdown_says_goodbye_to_everyone_without_departure_lines():
     a, b = named(h, "a"), named(h, "b")
     n = h.connect("n-addr")
     h.take(a), h.take(n)
-    h.room.shutdown()
+    h.chat.shutdown()
     assert h.take(a) == [p.SHUTDOWN]
     assert h.take(b) == [p.SHUTDOWN]
     assert h.take(n) == [p.SHUTDOWN]
-    assert not h.room.connected and not h.room.members
+    assert not h.chat.connected and not h.chat.names
 
 
 def test_lines_after_quit_in_the_same_chunk_are_ignored():
@@ -216,11 +222,11 @@ def test_held_back_arrivals_wait_for_the_merge_window():
     h.take(a)
     c = h.connect("c-addr")
     h.say(c, "c")
-    assert h.room.arrivals_due(h.now + 0.2) == pytest.approx(0.3)
+    assert h.chat.due(h.now + 0.2) == pytest.approx(0.3)
     assert h.take(a) == []  # still inside the window
     h.now += 0.5
     assert h.take(a) == ["c has arrived"]
-    assert h.room.arrivals_due(h.now) is None
+    assert h.chat.due(h.now) is None
 
 
 def test_a_single_arrival_in_a_big_room_keeps_the_exact_line():
@@ -240,9 +246,9 @@ def test_newcomer_that_leaves_before_its_announcement_is_never_mentioned():
     h.take(a)
     c = h.connect("c-addr")
     h.say(c, "c")
-    h.room.depart(c, Why.EOF)
+    h.chat.depart(c, Why.EOF)
     assert h.take(a) == []
-    assert "c" not in h.room.names()
+    assert "c" not in h.chat.lobby.names()
 
 
 def test_compat_never_merges_arrivals():

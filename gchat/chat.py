@@ -1,0 +1,276 @@
+"""The chat's state and rules: who is connected, under what name, in which
+room, and what each line and command does.  Pure: no sockets, no gevent,
+no clock.
+
+The hub (hub.py) owns one Chat and is the only caller; that is what makes
+the state safe without locks, as the seed's broadcaster goroutine is.  The
+Chat owns the names (unique across the server, whatever the room) and the
+rooms (rooms.py), each of which speaks through its own Fanout; it lists in
+`departures` the connections the hub must close once the batch is
+delivered, and in `dirty` the rooms with output to flush.
+
+A connection, as the chat sees it, is any object with a `who` attribute
+(its address, HOST:PORT) and writable `name` and `room` attributes (None
+until it has them; the chat alone sets them).  A client with no name yet
+is in no room; what it is told goes through the lobby's Fanout.
+"""
+from typing import Optional
+
+from gchat import protocol as p
+from gchat.room import LEFT_REASON, PEER_GONE, Why
+from gchat.rooms import RoomRegistry
+
+__all__ = ["Chat", "Why", "PEER_GONE"]
+
+
+class Chat:
+    """Connections, names, rooms and commands.  See the module docstring."""
+
+    def __init__(self, config, stats=None, clock=None):
+        """stats: a callable returning the counters /stats shows (the hub's);
+        clock: a callable returning the time (the event loop's, from the hub;
+        the chat never reads a clock of its own)."""
+        self.config = config
+        self._clock = clock or (lambda: 0.0)
+        self._stats = stats or (lambda: dict(self.counts))
+        self.compat = config.compat
+        self.connected = set()    # every conn that arrived and has not departed
+        self.silent = set()       # conns that have not sent a line yet
+        self.names = {}           # name_key -> conn, every named client in any room
+        self.departures = []      # (conn, Why) for the hub to close after flushing
+        self.dirty = []           # rooms with output for the hub to flush
+        self.holding = set()      # rooms holding back announcements (room.py)
+        self.rooms = RoomRegistry(config, self.dirty, self.holding)
+        self.lobby = self.rooms.lobby
+        self.counts = {"arrivals": 0, "departures": 0, "lines": 0, "too_long": 0, "errors": 0,
+                       "joins": 0}
+        self._commands = {
+            p.Chat: self._chat, p.Me: self._me, p.Nick: self._nick, p.Msg: self._msg,
+            p.Who: self._who, p.Quit: self._quit, p.Help: self._help, p.Stats: self._stats_command,
+            p.Join: self._join, p.ListRooms: self._list_rooms, p.Invalid: self._invalid,
+        }
+
+    # ------------------------------------------------------------------
+    # Events from the hub
+
+    def arrive(self, conn):
+        """A connection was accepted."""
+        self.connected.add(conn)
+        self.silent.add(conn)
+        if self.compat:
+            self._register(conn, conn.who)
+        else:
+            self.lobby.out.send(conn, p.NAME_PROMPT, member=False)
+
+    def lines(self, conn, lines):
+        """Lines (bytes, or protocol.TOO_LONG) that conn sent, in order."""
+        for line in lines:
+            if conn not in self.connected:
+                return  # it left in the middle of these lines (/quit)
+            if line is p.TOO_LONG:
+                self.counts["too_long"] += 1
+                self._error(conn, f"line longer than {self.config.max_line} bytes discarded")
+                continue
+            self.counts["lines"] += 1
+            text = p.decode(line)
+            if conn in self.silent:
+                self.silent.discard(conn)
+                if p.looks_like_http(text):
+                    self.depart(conn, Why.HTTP)
+                    return
+            if self.compat:
+                conn.room.say(p.render_chat(conn.name, text), keep=False)
+            elif conn.name is None:
+                self._choose_name(conn, text.strip())
+            elif text.strip():  # blank lines say nothing; the seed's mode keeps them
+                command = p.parse(text)
+                self._commands[type(command)](conn, command)
+
+    def depart(self, conn, why: str, detail: str = ""):
+        """Remove conn: the one place where a client leaves, whatever ended it."""
+        if conn not in self.connected:
+            return  # already gone (e.g. kicked, then its reader saw the close)
+        self.connected.discard(conn)
+        self.silent.discard(conn)
+        room = conn.room
+        if room is not None:
+            key = p.name_key(conn.name)
+            if self.names.get(key) is conn:
+                del self.names[key]
+            if why == Why.SHUTDOWN:
+                reason = None
+            else:
+                reason = detail if why == Why.QUIT else LEFT_REASON[why]
+            room.leave(conn, reason, moving=False, now=self._clock())
+            self.rooms.vacated(room)
+        farewell = self._farewell(why, detail)
+        if farewell and why not in PEER_GONE:
+            self._tell(conn, farewell)
+        self.departures.append((conn, why))
+        self.counts["departures"] += 1
+
+    def shutdown(self):
+        """Tell everyone the server is stopping, and let them all go."""
+        for conn in list(self.connected):
+            self.depart(conn, Why.SHUTDOWN)
+
+    # ------------------------------------------------------------------
+    # The hub's batch
+
+    def end_batch(self, now: float):
+        """The hub is about to flush: make the held announcements whose
+        merge window has passed."""
+        if self.holding:
+            window = self.config.arrival_merge_window
+            for room in [room for room in self.holding if now - room.held_since >= window]:
+                room.announce()
+
+    def due(self, now: float) -> Optional[float]:
+        """Seconds until some room's held announcements are due, or None."""
+        if not self.holding:
+            return None
+        return min(room.due(now) for room in self.holding)
+
+    def flush(self, deliver) -> int:
+        """Deliver every room's batch (deliver(conn, data) for each client
+        with output); returns the deliveries (lines x recipients)."""
+        dirty = self.dirty
+        rooms = dirty[:]
+        dirty.clear()
+        deliveries = 0
+        for room in rooms:
+            deliveries += room.out.flush(room.members, deliver)
+        return deliveries
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.dirty)
+
+    # ------------------------------------------------------------------
+
+    def _farewell(self, why, detail) -> Optional[str]:
+        if why == Why.SHUTDOWN:
+            return p.SHUTDOWN
+        if why == Why.SLOW:
+            return p.SENDQ_EXCEEDED
+        if why == Why.IDLE:
+            return p.render_idle(self.config.effective_idle_timeout)
+        if why == Why.NAME_TIMEOUT:
+            return p.render_name_timeout(self.config.name_timeout)
+        if why == Why.FAULT:
+            return p.render_error("internal server error; disconnecting")
+        if why == Why.QUIT:
+            return "Goodbye."
+        if why == Why.HTTP:
+            return p.NOT_HTTP
+        return None
+
+    def _tell(self, conn, line: str):
+        """One line to conn alone, in order with what its room says."""
+        room = conn.room or self.lobby
+        room.out.send(conn, line, member=room.receiving(conn))
+
+    def _error(self, conn, reason: str):
+        self.counts["errors"] += 1
+        self._tell(conn, p.render_error(reason))
+
+    def _register(self, conn, name: str):
+        """conn takes name (exercise 8.14) and enters the lobby, after its
+        greeting; the lobby's roster (exercise 8.12) and history follow."""
+        conn.name = name
+        self.names[p.name_key(name)] = conn
+        conn.room = self.lobby
+        self.counts["arrivals"] += 1
+        self.lobby.enter(conn, [p.render_you_are(name)], b"", self._clock())
+
+    def _choose_name(self, conn, name: str):
+        problem = p.validate_name(name)
+        if problem is None and p.name_key(name) in self.names:
+            problem = f"the name {name} is taken"
+        if problem is not None:
+            self._error(conn, problem)
+            self.lobby.out.send(conn, p.NAME_PROMPT_AGAIN, member=False)
+            return
+        self._register(conn, name)
+
+    # ------------------------------------------------------------------
+    # Commands of named clients, one method each
+
+    def _chat(self, conn, command):
+        conn.room.say(p.render_chat(conn.name, command.text), keep=True)
+
+    def _me(self, conn, command):
+        conn.room.say(p.render_me(conn.name, command.action), keep=True)
+
+    def _nick(self, conn, command):
+        new = command.name
+        problem = p.validate_name(new)
+        old_key, new_key = p.name_key(conn.name), p.name_key(new)
+        if problem is None and new_key != old_key and new_key in self.names:
+            problem = f"the name {new} is taken"
+        if problem is not None:
+            self._error(conn, problem)
+            return
+        if new == conn.name:
+            return
+        # The room sees the change, the renamed client included: that is
+        # its confirmation (IRC's NICK works the same way).
+        conn.room.say(p.render_nick(conn.name, new), keep=False)
+        del self.names[old_key]
+        self.names[new_key] = conn
+        conn.name = new
+
+    def _msg(self, conn, command):
+        target = self.names.get(p.name_key(command.target))
+        if target is None:
+            self._error(conn, f"no such user: {command.target}")
+            return
+        self._tell(target, p.render_private_to_recipient(conn.name, command.text))
+        if target is not conn:
+            self._tell(conn, p.render_private_to_sender(conn.name, target.name, command.text))
+
+    def _join(self, conn, command):
+        name = command.room[1:] if command.room.startswith("#") else command.room
+        problem = p.validate_room_name(name, self.config.room_name_max)
+        if problem is not None:
+            self._error(conn, problem)
+            return
+        old = conn.room
+        key = p.name_key(name)
+        if key == old.key:
+            self._error(conn, f"you are already in #{old.name}")
+            return
+        room = self.rooms.get(key)
+        if room is None:
+            room = self.rooms.create(name)
+            if room is None:
+                self._error(conn, f"too many rooms ({len(self.rooms)}); "
+                                  "join an existing one (/rooms lists them)")
+                return
+        now = self._clock()
+        carried = old.leave(conn, p.render_joined_reason(room.name), moving=True, now=now)
+        self.rooms.vacated(old)
+        conn.room = room
+        self.rooms.occupied(room)
+        room.enter(conn, [p.render_now_in(room.name)], carried, now)
+        self.counts["joins"] += 1
+
+    def _list_rooms(self, conn, command):
+        self._tell(conn, self.rooms.listing(conn.room, self.config.roster_limit))
+
+    def _who(self, conn, command):
+        room = conn.room
+        self._tell(conn, p.render_roster(room.names(), total=room.size, newcomer=False))
+
+    def _quit(self, conn, command):
+        self.depart(conn, Why.QUIT, command.reason)
+
+    def _help(self, conn, command):
+        for line in p.HELP_LINES:
+            self._tell(conn, line)
+
+    def _stats_command(self, conn, command):
+        self._tell(conn, p.render_stats(self._stats()))
+
+    def _invalid(self, conn, command):
+        self._error(conn, command.error)

@@ -1,0 +1,71 @@
+"""The registry of rooms: finding, making and dropping them within
+--max-rooms.  Pure: no sockets, no gevent, no clock.
+
+Every room counts against max_rooms, the lobby and the empty rooms too,
+because an empty room still holds its history.  The empty rooms are kept
+in the order in which they emptied, which is the order of their last use
+(nothing happens in an empty room).  When a new room is needed and
+max_rooms exist, the least recently used empty room is dropped, history
+and all; when none is empty the new room is refused.  The lobby is never
+dropped.
+"""
+from collections import OrderedDict
+from heapq import nlargest
+from typing import Optional
+
+from gchat import protocol as p
+from gchat.room import Room
+
+LOBBY = "lobby"
+
+
+class RoomRegistry:
+    def __init__(self, config, dirty: list, holding: set):
+        """dirty and holding: shared with every room (see Room)."""
+        self.config = config
+        self._dirty = dirty
+        self._holding = holding
+        self.rooms = {}            # name_key -> Room
+        self.empty = OrderedDict()  # name_key -> Room, least recently used first
+        self.dropped = 0           # empty rooms dropped to make way (for /stats)
+        self.lobby = self._make(LOBBY)
+
+    def __len__(self):
+        return len(self.rooms)
+
+    def get(self, key: str) -> Optional[Room]:
+        return self.rooms.get(key)
+
+    def _make(self, name: str) -> Room:
+        key = p.name_key(name)
+        room = self.rooms[key] = Room(name, key, self.config, self._dirty, self._holding)
+        return room
+
+    def create(self, name: str) -> Optional[Room]:
+        """A new room called name, or None when max_rooms rooms exist and
+        none of them is empty."""
+        if len(self.rooms) >= self.config.max_rooms:
+            if not self.empty:
+                return None
+            _, victim = self.empty.popitem(last=False)
+            del self.rooms[victim.key]
+            self.dropped += 1
+        return self._make(name)  # the caller puts someone in it at once
+
+    def occupied(self, room: Room):
+        """Someone is in room now."""
+        self.empty.pop(room.key, None)
+
+    def vacated(self, room: Room):
+        """Someone left room; if it is empty now it may be dropped later."""
+        if room.size == 0 and room is not self.lobby:
+            self.empty[room.key] = room
+            self.empty.move_to_end(room.key)
+
+    def listing(self, own: Room, limit: int) -> str:
+        """The /rooms line: own room first, then the fullest, at most limit
+        rooms shown, the total exact."""
+        others = (room for room in self.rooms.values() if room is not own)
+        shown = [own] + nlargest(limit - 1, others, key=lambda room: room.size)
+        return p.render_rooms([(room.name, room.size, room is own) for room in shown[:limit]],
+                              total=len(self.rooms))
