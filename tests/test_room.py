@@ -3,55 +3,9 @@ the real Chat, Room and Fanout, and the bytes each connection would be
 sent.  Rooms, history and moves: test_rooms.py."""
 import pytest
 
+from chat_harness import Harness, named
 from gchat import protocol as p
-from gchat.config import Config
-from gchat.chat import Chat, Why
-
-
-class Conn:
-    def __init__(self, who):
-        self.who = who
-        self.name = None
-        self.room = None
-
-    def __repr__(self):
-        return f"Conn({self.who})"
-
-
-class Harness:
-    def __init__(self, **config):
-        self.now = 100.0
-        self.chat = Chat(Config(**config), clock=lambda: self.now)
-        self.received = {}
-
-    def connect(self, who):
-        conn = Conn(who)
-        self.chat.arrive(conn)
-        return conn
-
-    def say(self, conn, *lines):
-        self.chat.lines(conn, [line.encode() if isinstance(line, str) else line for line in lines])
-
-    def flush(self):
-        def deliver(conn, data):
-            self.received[conn] = self.received.get(conn, b"") + data
-        self.chat.end_batch(self.now)  # as the hub does before each flush
-        self.chat.flush(deliver)
-        departed, self.chat.departures = self.chat.departures, []
-        return departed
-
-    def take(self, conn) -> list:
-        """Lines conn received since the last take."""
-        self.flush()
-        data = self.received.pop(conn, b"")
-        return data.decode().splitlines()
-
-
-def named(h, name):
-    conn = h.connect(name + "-addr")
-    h.say(conn, name)
-    h.take(conn)
-    return conn
+from gchat.chat import Why
 
 
 def test_compat_greeting_arrival_chat_and_leaving():
