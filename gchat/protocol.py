@@ -335,11 +335,15 @@ def render_arrived(who: str) -> str:
     return f"{who} has arrived"
 
 
+def _render_run(shown: list, total: int, verb: str) -> str:
+    """One line for a run of arrivals or departures: shown (perhaps only
+    the first of them) out of total."""
+    more = total - len(shown)
+    return f"{', '.join(shown)}{f' and {more} more' if more > 0 else ''} have {verb}"
+
+
 def render_arrivals(names: list, total: int) -> str:
-    """One line for a run of arrivals: names (perhaps only the first of
-    them) out of total."""
-    more = total - len(names)
-    return f"{', '.join(names)}{f' and {more} more' if more > 0 else ''} have arrived"
+    return _render_run(names, total, "arrived")
 
 
 def render_left(who: str, reason: str = "") -> str:
@@ -347,11 +351,9 @@ def render_left(who: str, reason: str = "") -> str:
 
 
 def render_departures(departures: list, total: int) -> str:
-    """One line for a run of departures: (name, reason) pairs (perhaps only
-    the first of them) out of total; each reason stays beside its name."""
-    shown = ", ".join(f"{name} ({reason})" if reason else name for name, reason in departures)
-    more = total - len(departures)
-    return f"{shown}{f' and {more} more' if more > 0 else ''} have left"
+    """Departures are (name, reason) pairs; each reason stays beside its name."""
+    return _render_run([f"{name} ({reason})" if reason else name for name, reason in departures],
+                       total, "left")
 
 
 def render_joined_reason(room: str) -> str:
