@@ -127,9 +127,8 @@ class Chat:
 
     def due(self, now: float) -> Optional[float]:
         """Seconds until some room's held announcements are due, or None."""
-        if not self.holding:
-            return None
-        return min(room.due(now) for room in self.holding)
+        waits = [wait for wait in (room.due(now) for room in self.holding) if wait is not None]
+        return min(waits) if waits else None
 
     def flush(self, deliver) -> int:
         """Deliver every room's batch (deliver(conn, data) for each client
@@ -225,6 +224,10 @@ class Chat:
         if target is None:
             self._error(conn, f"no such user: {command.target}")
             return
+        if target in target.room.arriving:
+            # Its roster and history first: it is told of the room before
+            # it is told anything in it.
+            target.room.announce()
         self._tell(target, p.render_private_to_recipient(conn.name, command.text))
         if target is not conn:
             self._tell(conn, p.render_private_to_sender(conn.name, target.name, command.text))

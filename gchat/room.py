@@ -128,6 +128,8 @@ class Room:
             self.out.departed(conn, member=receiving)
         if not receiving:
             self.arriving.pop(conn, None)  # never announced: nobody hears of it
+            if not self.arriving and not self.leaving:
+                self._holding.discard(self)  # nothing left to announce
             return carried
         big = not self.compat and self.size >= self.config.arrival_merge_threshold
         del self.members[conn]

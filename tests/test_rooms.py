@@ -341,3 +341,18 @@ def test_every_client_is_in_exactly_one_room_and_rooms_stay_within_bounds(steps)
         assert chat.rooms.get(conn.room.key) is conn.room
     for key, room in chat.rooms.empty.items():
         assert room.size == 0 and room is not chat.lobby and chat.rooms.get(key) is room
+
+
+def test_a_held_newcomer_that_leaves_ends_the_wait_and_a_message_to_one_announces_it():
+    h = Harness(arrival_merge_threshold=2, arrival_merge_window=5)
+    a, b = crowd(h, ["a", "b"])
+    c = h.connect("c-addr")
+    h.say(c, "c")
+    assert h.chat.due(h.now) == pytest.approx(5)
+    h.chat.depart(c, Why.EOF)  # never announced, and nothing else is held
+    assert h.chat.due(h.now) is None and not h.chat.holding
+    d = h.connect("d-addr")
+    h.say(d, "d")
+    h.say(a, "/msg d hi")
+    assert h.take(d) == [p.NAME_PROMPT, "You are d", "Also here (2): a, b", "a (private): hi"]
+    assert h.take(b) == ["d has arrived"]
