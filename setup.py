@@ -26,7 +26,11 @@ setup(
     # gchat-bench then says "scan: python" in its output.
     ext_modules=[Extension("gchat_bench._scan", ["bench/gchat_bench/_scan.c"],
                            optional=True)],
-    install_requires=["gevent>=23.9"],
+    # The chat page and its files (web.py serves every file in gchat/static).
+    package_data={"gchat": ["static/*"]},
+    # gevent for the server; h11, wsproto and prometheus-client, small and
+    # pure Python, so that --http works after a plain `pip install .`.
+    install_requires=["gevent>=23.9", "h11>=0.14", "wsproto>=1.2", "prometheus-client>=0.17"],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6"],
         "bench": ["hdrhistogram>=0.10", "psutil>=5.9", "tqdm>=4.60", "matplotlib>=3.5"],

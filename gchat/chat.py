@@ -43,7 +43,7 @@ class Chat:
         self.rooms = RoomRegistry(config, self.dirty, self.holding)
         self.lobby = self.rooms.lobby
         self.counts = {"arrivals": 0, "departures": 0, "lines": 0, "too_long": 0, "errors": 0,
-                       "joins": 0}
+                       "joins": 0, "bytes_out": 0}
         self._commands = {
             p.Chat: self._chat, p.Me: self._me, p.Nick: self._nick, p.Msg: self._msg,
             p.Who: self._who, p.Quit: self._quit, p.Help: self._help, p.Stats: self._stats_command,
@@ -138,7 +138,10 @@ class Chat:
         dirty.clear()
         deliveries = 0
         for room in rooms:
-            deliveries += room.out.flush(room.members, deliver)
+            out = room.out
+            before = out.sent_bytes
+            deliveries += out.flush(room.members, deliver)
+            self.counts["bytes_out"] += out.sent_bytes - before
         return deliveries
 
     @property

@@ -29,6 +29,18 @@ def _size(text: str) -> int:
     return value
 
 
+def _host_port(text: str) -> tuple:
+    """[HOST:]PORT; the host is None when not given (then --host's)."""
+    host, _, port = text.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not [HOST:]PORT: {text!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {number}")
+    return (host.strip("[]") or None, number)
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -101,6 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
                              "0 turns it off)")
     parser.add_argument("--room-name-max", type=int, default=d.room_name_max, metavar="CHARS",
                         help="longest room name, without the # (default %(default)s)")
+    parser.add_argument("--http", type=_host_port, default=None, metavar="[HOST:]PORT",
+                        help="serve the chat page, its WebSocket (/ws), /healthz and /metrics "
+                             "over HTTP on this port (0 picks a free one; default: off)")
+    parser.add_argument("--admin", type=_host_port, default=None, metavar="[HOST:]PORT",
+                        help="serve /healthz and /metrics on this port instead of --http's")
+    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                        help="a page origin (e.g. https://chat.example.org) that may open a "
+                             "WebSocket besides the server's own; repeatable")
+    parser.add_argument("--ws-max-message", type=_size, default=d.ws_max_message, metavar="BYTES",
+                        help="largest WebSocket message a client may send; a larger one closes "
+                             "with 1009 (default %(default)s)")
+    parser.add_argument("--http-header-timeout", type=_seconds, default=d.http_header_timeout,
+                        metavar="SECONDS",
+                        help="time an HTTP client has to send a request head (default %(default)g)")
     parser.add_argument("--close-linger", type=_seconds, default=d.close_linger, metavar="SECONDS",
                         help="time a disconnected client gets to receive its last lines "
                              "(default %(default)g)")
@@ -123,6 +149,12 @@ def default_max_clients(headroom: int) -> int:
     return max(1, soft - headroom)
 
 
+def _with_host(address, host):
+    if address is None:
+        return None
+    return (address[0] or host, address[1])
+
+
 def config_from_args(args) -> Config:
     max_clients = args.max_clients or default_max_clients(Config.fd_headroom)
     return Config(host=args.host, port=args.port, compat=args.compat,
@@ -134,6 +166,9 @@ def config_from_args(args) -> Config:
                   arrival_merge_threshold=args.arrival_merge_threshold,
                   arrival_merge_window=args.arrival_merge_window,
                   max_rooms=args.max_rooms, history=args.history,
+                  http=_with_host(args.http, args.host), admin=_with_host(args.admin, args.host),
+                  allow_origin=tuple(args.allow_origin), ws_max_message=args.ws_max_message,
+                  http_header_timeout=args.http_header_timeout,
                   room_name_max=args.room_name_max,
                   backlog=args.backlog, close_linger=args.close_linger,
                   shutdown_flush_timeout=args.shutdown_timeout)
@@ -168,6 +203,11 @@ def run(config: Config) -> int:
     stop_requested = Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, stop_requested.set)
+    # The HTTP ports are logged first: whoever waits for "listening on"
+    # (tests, scripts) then knows every port.
+    for name, port in (("http", server.http), ("admin", server.admin)):
+        if port is not None:
+            log.info("%s listening on %s:%s", name, *port.address[:2])
     host, port = server.address[:2]
     log.info("gchat %s listening on %s:%s%s", __version__, host, port,
              " (--compat)" if config.compat else "")

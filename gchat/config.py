@@ -126,6 +126,28 @@ class Config:
     # names of 50 bytes and Slack 80 characters; 32 keeps /rooms readable.
     room_name_max: int = 32
 
+    # The web face (web.py): (host, port) of the HTTP listener for the page,
+    # /ws and, unless admin is set, /healthz and /metrics; None: off.
+    http: tuple = None
+    # (host, port) of a listener for /healthz and /metrics alone, so that
+    # operators keep them off the public port; None: they stay on http.
+    admin: tuple = None
+    # Origins whose pages may open a WebSocket besides the server's own
+    # (the Host of the request); browsers send Origin, and checking it
+    # stops another site's page from chatting as its visitor.
+    allow_origin: tuple = ()
+    # Largest WebSocket message a client may send, in bytes; a larger one
+    # closes with 1009.  Sixteen lines of --max-line: a paste of several
+    # lines fits, a flood of megabytes does not get buffered.
+    ws_max_message: int = 64 * KIB
+    # Largest HTTP request head (h11's own default is 16 KiB as well;
+    # browsers send 1-2 KiB).  A larger one gets 431.
+    http_max_head: int = 16 * KIB
+    # Seconds an HTTP client has to send a whole request head (and a
+    # kept-alive one between requests) before it is closed, so that a
+    # client trickling its head holds a greenlet only this long.
+    http_header_timeout: float = 10.0
+
     # How long shutdown waits for queued output to drain before closing.
     shutdown_flush_timeout: float = 3.0
 
@@ -141,11 +163,12 @@ class Config:
         if self.slow_policy not in SLOW_POLICIES:
             raise ValueError(f"slow_policy must be one of {SLOW_POLICIES}, not {self.slow_policy!r}")
         for field in ("sendq", "max_line", "recv_size", "inbox_size", "roster_limit", "backlog",
-                      "arrival_merge_threshold", "max_rooms", "room_name_max"):
+                      "arrival_merge_threshold", "max_rooms", "room_name_max", "ws_max_message",
+                      "http_max_head"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"{field} must be positive")
         for field in ("name_timeout", "shutdown_flush_timeout", "close_linger",
-                      "arrival_merge_window"):
+                      "arrival_merge_window", "http_header_timeout"):
             if getattr(self, field) < 0:
                 raise ValueError(f"{field} must not be negative")
         if self.flood_rate is not None and self.flood_rate < 0:

@@ -52,7 +52,7 @@ class _View:
 class Fanout:
     """Collects one batch of output and delivers it in order."""
 
-    __slots__ = ("_parts", "_size", "_views", "lines", "_owner", "_dirty", "_queued")
+    __slots__ = ("_parts", "_size", "_views", "lines", "_owner", "_dirty", "_queued", "sent_bytes")
 
     def __init__(self, owner=None, dirty=None):
         """owner is appended to the list dirty when this Fanout gets the
@@ -61,6 +61,7 @@ class Fanout:
         self._size = 0
         self._views = {}
         self.lines = 0  # broadcast lines in this batch (for the stats)
+        self.sent_bytes = 0  # bytes handed to deliver, all batches (for the stats)
         self._owner = owner
         self._dirty = dirty
         self._queued = False
@@ -128,7 +129,10 @@ class Fanout:
 
     def flush(self, members, deliver) -> int:
         """Deliver the batch: the broadcast to every conn in members, plus
-        every view.  Returns the number of deliveries (lines x recipients)."""
+        every view.  Returns the number of deliveries: broadcast lines x
+        recipients, a member with a view of its own counted for the
+        broadcasts in its share.  sent_bytes adds up every byte handed
+        to deliver."""
         blob = b"".join(self._parts)
         views = self._views
         plain = 0
@@ -138,14 +142,20 @@ class Fanout:
                     continue
                 deliver(conn, blob)
                 plain += 1
+        deliveries = self.lines * plain
+        sent = len(blob) * plain
         for conn, view in views.items():
             data = view.render(blob)
             if data:
                 deliver(conn, data)
+                sent += len(data)
+                if view.start is not None:  # the broadcasts in its share count too
+                    stop = len(blob) if view.stop is None else view.stop
+                    deliveries += blob.count(b"\n", view.start, stop)
         self._parts = []
         self._size = 0
         self._views = {}
         self._queued = False
-        deliveries = self.lines * plain
         self.lines = 0
+        self.sent_bytes += sent
         return deliveries

@@ -8,6 +8,8 @@ waits on a client.  Connections it removes are closed only after the batch
 that says goodbye to them has been delivered.
 """
 import logging
+from bisect import bisect_left
+from time import perf_counter
 
 import gevent
 from gevent.event import Event
@@ -25,6 +27,30 @@ SHUTDOWN = "shutdown"  # conn and payload: None
 
 INBOX_FULL = 2  # the reason a reader waits in Hub.paused (server._INBOX)
 
+# Upper bounds of the buckets of two histograms kept per wake-up (not per
+# delivery) for the metrics: events handled in one batch, and seconds one
+# flush took.  Plain lists of counts, read at scrape time (metrics.py).
+BATCH_SIZE_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+FLUSH_SECONDS_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                        0.1, 0.25, 0.5, 1.0)
+
+
+class Histogram:
+    """Counts of observations per bucket (the last bucket is +Inf) and
+    their sum: what a Prometheus histogram exposes, for one observation
+    per batch at the cost of a bisect."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value):
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
 
 class Hub:
     def __init__(self, config):
@@ -40,6 +66,8 @@ class Hub:
         self.stopped = Event()  # set when shutdown has closed every client
         self.stats = {"deliveries": 0, "batches": 0, "events": 0, "slow_disconnects": 0,
                       "faults": 0}
+        self.batch_sizes = Histogram(BATCH_SIZE_BOUNDS)
+        self.flush_seconds = Histogram(FLUSH_SECONDS_BOUNDS)
         self._shutting_down = False
         self._batch_limit = config.inbox_size
 
@@ -55,8 +83,10 @@ class Hub:
         while True:
             # Held-back announcements (room.py) set a deadline for the next flush.
             due = chat.due(loop.now())
+            handled = 0
             try:
                 self._handle(inbox.get(timeout=due))
+                handled = 1
             except Empty:
                 pass
             # Drain everything that is already waiting: one flush (one send
@@ -67,7 +97,11 @@ class Hub:
                 except Empty:
                     break
                 self._handle(event)
+                handled += 1
+            started = perf_counter()
             self._flush()
+            self.flush_seconds.observe(perf_counter() - started)
+            self.batch_sizes.observe(handled)
             if self.paused:
                 paused, self.paused = self.paused, []
                 for conn in paused:

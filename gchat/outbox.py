@@ -19,6 +19,7 @@ from gchat import protocol as p
 
 
 class Outbox:
+    lines_dropped = 0  # every outbox's skipped lines, for the metrics
     __slots__ = ("limit", "drop_policy", "_send", "_wake", "_parked", "parked_bytes",
                  "missed", "dropped", "broken")
 
@@ -45,7 +46,7 @@ class Outbox:
             if self.parked_bytes + len(data) > self.limit and not force:
                 return self._over_limit(data)
             if self.missed:
-                self._park(p.render_missed(self.missed).encode() + b"\n")
+                self._park(self._notice(p.render_missed(self.missed)))
                 self.missed = 0
             self._park(data)
             return True
@@ -65,10 +66,19 @@ class Outbox:
     def _over_limit(self, data: bytes) -> bool:
         if not self.drop_policy:
             return False
-        lines = data.count(b"\n")
+        lines = self._lines_in(data)
         self.missed += lines
         self.dropped += lines
+        Outbox.lines_dropped += lines
         return True
+
+    def _lines_in(self, data: bytes) -> int:
+        """Lines in data as offered (a framing transport overrides this)."""
+        return data.count(b"\n")
+
+    def _notice(self, line: str) -> bytes:
+        """A line of the server's own, as it goes on the wire."""
+        return line.encode() + b"\n"
 
     def _park(self, data: bytes):
         self._parked.append(data)
@@ -96,7 +106,7 @@ class Outbox:
         # The hub may have parked more while this was being sent: keep it.
         del parked[0]
         if not parked and self.missed:  # caught up: now say what was skipped
-            self._park(p.render_missed(self.missed).encode() + b"\n")
+            self._park(self._notice(p.render_missed(self.missed)))
             self.missed = 0
 
     def abandon(self):

@@ -29,6 +29,7 @@ import gc
 import logging
 import os
 import socket
+from typing import Optional
 
 import gevent
 from gevent.event import Event
@@ -55,6 +56,9 @@ class Connection:
     __slots__ = ("sock", "who", "name", "room", "outbox", "last_heard", "_server", "_loop", "_inbox",
                  "_config", "_lines", "_bucket", "_held", "_paused", "_reader", "_writer",
                  "_deadline", "_resume", "_linger", "_name_deadline", "_closing", "_closed")
+
+    transport = "tcp"      # for the metrics: clients by transport
+    outbox_class = Outbox  # a transport that frames its output has its own
 
     def __init__(self, sock, address, server):
         self.sock = sock
@@ -88,7 +92,8 @@ class Connection:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.sndbuf)
         except OSError:
             pass  # not TCP (a test's socketpair); nothing to tune
-        self.outbox = Outbox(config.sendq, config.slow_policy, sock.send, self._start_writer)
+        self.outbox = self.outbox_class(config.sendq, config.slow_policy, sock.send,
+                                        self._start_writer)
         self._reader = loop.io(sock.fileno(), _READ)
 
     def __repr__(self):
@@ -116,13 +121,13 @@ class Connection:
             return
         try:
             if not data:
-                tail = self._lines.finish()
+                tail = self._at_eof()
                 if tail:
                     self._post(events.LINES, tail)
                 self._end(Why.EOF)
                 return
             self.last_heard = self._loop.now()
-            lines = self._lines.feed(data)
+            lines = self._lines_from(data)
             if lines:
                 if self._bucket is not None:
                     lines = self._within_allowance(lines)
@@ -135,6 +140,16 @@ class Connection:
             log.exception("error reading from %s", self.who)
             self._end(Why.FAULT)
 
+    def _lines_from(self, data: bytes) -> list:
+        """The lines that data completes (a transport of another framing,
+        websocket.py, overrides this and _at_eof)."""
+        return self._lines.feed(data)
+
+    def _at_eof(self) -> list:
+        """The unterminated last line, at end of input (the seed's Scanner
+        delivers it too)."""
+        return self._lines.finish()
+
     def _within_allowance(self, lines: list) -> list:
         """Flood control: the lines the token bucket allows now; the rest
         are held, and reading pauses until the bucket has refilled."""
@@ -143,6 +158,7 @@ class Connection:
             return lines
         self._held = lines[granted:]
         self._pause(_FLOOD)
+        self._server.flood_pauses += 1
         self._resume = self._loop.timer(self._bucket.wait())
         self._resume.start(self._release_held)
         return lines[:granted]
@@ -336,8 +352,12 @@ class ChatServer:
         self.hub, self.hub_greenlet = events.spawn_hub(config)
         self.hub.transport_stats = self.transport_stats
         self.server = _Listener((config.host, config.port), self._handle, config)
+        self.http = self.admin = None
+        self.web_ports = self._make_web_ports()
         self.max_clients = config.max_clients or (1 << 30)
         self.open = 0           # connections whose socket is open
+        self.by_transport = {"tcp": 0, "websocket": 0}  # the same, by transport
+        self.flood_pauses = 0   # readers paused over their flood allowance
         self.per_ip = {}        # IP address -> open connections from it
         self.refused = {"full": 0, "per_ip": 0}
         self.all_closed = Event()  # set when open drops to 0 during stop()
@@ -348,34 +368,70 @@ class ChatServer:
     def address(self) -> tuple:
         return self.server.address
 
+    @property
+    def stopping(self) -> bool:
+        """Shutdown has begun (/healthz then answers 503)."""
+        return self._stopping
+
     def start(self):
         self.server.start()
+        for port in self.web_ports:
+            port.start()
+
+    def _make_web_ports(self) -> list:
+        """The HTTP listeners of --http and --admin (web.py), if any."""
+        config = self.config
+        if config.http is None and config.admin is None:
+            return []
+        from gchat.metrics import make_metrics
+        from gchat.web import HttpPort
+        metrics = make_metrics(self)
+        ports = []
+        if config.http is not None:
+            self.http = HttpPort(self, config.http, page=True, operator=config.admin is None,
+                                 metrics=metrics)
+            ports.append(self.http)
+        if config.admin is not None:
+            self.admin = HttpPort(self, config.admin, page=False, operator=True, metrics=metrics)
+            ports.append(self.admin)
+        return ports
 
     def _handle(self, sock, address):
         """A new connection (in the event loop: never blocks)."""
-        ip = address[0]
+        refusal = self.refusal(address)
+        if refusal is not None:
+            _refuse(sock, refusal)
+            return
+        self.admit(Connection, sock, address)
+
+    def refusal(self, address) -> Optional[str]:
+        """The line that refuses a new client from address over the
+        connection limits (counted), or None when it may come in."""
         if self.open >= self.max_clients:
             self.refused["full"] += 1
-            _refuse(sock, SERVER_FULL)
-            return
-        from_ip = self.per_ip.get(ip, 0)
-        if self.config.max_per_ip and from_ip >= self.config.max_per_ip:
+            return SERVER_FULL
+        if self.config.max_per_ip and self.per_ip.get(address[0], 0) >= self.config.max_per_ip:
             self.refused["per_ip"] += 1
-            _refuse(sock, TOO_MANY_FROM_ADDRESS)
-            return
+            return TOO_MANY_FROM_ADDRESS
+        return None
+
+    def admit(self, factory, sock, address, *args):
+        """Make factory(sock, address, self, *args) a client of the hub."""
         try:
-            conn = Connection(sock, address, self)
+            conn = factory(sock, address, self, *args)
         except Exception:
             log.exception("cannot set up a connection from %s", address)
             sock.close()
             return
         self.open += 1
-        self.per_ip[ip] = from_ip + 1
+        self.by_transport[conn.transport] += 1
+        self.per_ip[address[0]] = self.per_ip.get(address[0], 0) + 1
         conn.start()
 
     def forget(self, conn):
         """conn's socket is closed (Connection._close_socket)."""
         self.open -= 1
+        self.by_transport[conn.transport] -= 1
         ip = conn.who.rpartition(":")[0].strip("[]")
         left = self.per_ip.pop(ip, 1) - 1
         if left:
@@ -418,6 +474,10 @@ class ChatServer:
         budget = self.config.shutdown_flush_timeout + 1.0
         self.hub.stopped.wait(budget)
         self.all_closed.wait(budget)
+        # The HTTP ports answered through the drain (/healthz: 503); now
+        # they go too.
+        for port in self.web_ports:
+            port.close()
 
 
 def _refuse(sock, line: str):

@@ -132,6 +132,8 @@ class GchatProcess:
         self.stderr_lines = []
         self._listening = threading.Event()
         self.port = None
+        self.http_port = None   # --http's port, from its log line
+        self.admin_port = None  # --admin's
         threading.Thread(target=self._drain_stderr, daemon=True).start()
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()
         if not self._listening.wait(20):
@@ -143,6 +145,10 @@ class GchatProcess:
         for raw in self.proc.stderr:
             line = raw.decode(errors="replace")
             self.stderr_lines.append(line)
+            http = re.search(r"(http|admin) listening on (\S+):(\d+)", line)
+            if http:
+                setattr(self, f"{http.group(1)}_port", int(http.group(3)))
+                continue
             match = re.search(r"listening on (\S+):(\d+)", line)
             if match and self.port is None:
                 self.port = int(match.group(2))

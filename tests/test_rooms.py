@@ -356,3 +356,21 @@ def test_a_held_newcomer_that_leaves_ends_the_wait_and_a_message_to_one_announce
     h.say(a, "/msg d hi")
     assert h.take(d) == [p.NAME_PROMPT, "You are d", "Also here (2): a, b", "a (private): hi"]
     assert h.take(b) == ["d has arrived"]
+
+
+def test_deliveries_and_bytes_are_counted_exactly_members_with_views_included():
+    """A member with a line of its own in a batch (a private line, an
+    error) still receives the batch's broadcasts, and they count."""
+    h = Harness()
+    a, b, c = crowd(h, ["ann", "bob", "cid"])
+    before = h.chat.counts["bytes_out"]
+    deliveries = []
+    h.say(a, "one", "/msg bob psst", "two")  # bob gets a view of its own
+    h.say(c, "/nosuch")                       # so does cid (an error)
+
+    def deliver(conn, data):
+        deliveries.append(data)
+
+    counted = h.chat.flush(deliver)
+    assert counted == 2 * 3  # two broadcast lines, three recipients
+    assert h.chat.counts["bytes_out"] - before == sum(map(len, deliveries))

@@ -1,0 +1,238 @@
+"""The HTTP/1.1 listeners: the chat page and its WebSocket (--http), and
+the operators' endpoints, /healthz and /metrics (on --http, or on --admin
+when that is given).
+
+h11 parses HTTP; wsproto makes the WebSocket handshake.  Each HTTP
+connection is served by a greenlet of its own, which never touches the
+hub's state: pages are bytes read once at start, and the metrics are read
+from the hub's counters.  A WebSocket upgrade hands the socket to a
+WsConnection (websocket.py), an event-loop client of the hub like a TCP
+one, and the greenlet ends with the HTTP parser's state.
+
+Hardening: a request head over Config.http_max_head gets 431 (h11's own
+bound, where h11 counts it); a malformed request 400, and the connection
+is closed; a client that has not sent a whole request head within
+Config.http_header_timeout seconds of its connection (or of its previous
+response, on a kept-alive connection) is closed.  A WebSocket handshake
+whose Origin is neither the Host's nor one of --allow-origin is refused
+with 403, against cross-site WebSocket hijacking; a handshake without
+Origin (a tool, not a browser) is allowed.
+"""
+import logging
+import mimetypes
+import socket
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlsplit
+
+import gevent
+import h11
+from gevent import Timeout
+from gevent import socket as gsocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, RejectConnection
+from wsproto.events import Request as WsRequest
+from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
+
+from gchat.websocket import WsConnection
+
+log = logging.getLogger("gchat")
+
+STATIC = Path(__file__).parent / "static"
+_RECV = 8192
+
+
+def load_pages(folder: Path = STATIC) -> dict:
+    """Every file directly in folder, as path -> (content type, bytes);
+    index.html is also "/"."""
+    pages = {}
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.is_file():
+                kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+                if kind.startswith("text/") or kind.endswith("javascript"):
+                    kind += "; charset=utf-8"
+                pages["/" + path.name] = (kind, path.read_bytes())
+    if "/index.html" in pages:
+        pages["/"] = pages["/index.html"]
+    return pages
+
+
+def origin_allowed(origin: Optional[str], host: Optional[str], allowed) -> bool:
+    """Whether a WebSocket handshake from origin may proceed: no Origin
+    (not a browser), the same host and port as the request's Host, or one
+    of allowed (exact origins, as the browser sends them)."""
+    if origin is None:
+        return True
+    if origin in allowed:
+        return True
+    if host is None:
+        return False
+    return urlsplit(origin).netloc.lower() == host.lower()
+
+
+class HttpPort:
+    """One HTTP listener.  page: it serves the page and /ws; operator: it
+    serves /healthz and /metrics."""
+
+    def __init__(self, chat_server, address, page: bool, operator: bool, metrics=None,
+                 listener_class=None, sock=None):
+        from gchat.server import _Listener  # the accept loop that outlives EMFILE
+        self.chat_server = chat_server
+        self.config = chat_server.config
+        self.page = page
+        self.operator = operator
+        self.metrics = metrics  # a callable returning (content type, bytes)
+        self.pages = load_pages() if page else {}
+        listener_class = listener_class or _Listener
+        self.listener = listener_class(sock if sock is not None else address, self._accept,
+                                       self.config)
+        self.connections = set()  # greenlets serving HTTP connections
+
+    @property
+    def address(self):
+        return self.listener.address
+
+    def start(self):
+        self.listener.start()
+
+    def close(self):
+        self.listener.close()
+        for greenlet in list(self.connections):
+            greenlet.kill(block=False)
+
+    def _accept(self, sock, address):
+        """In the event loop: one greenlet per HTTP connection."""
+        greenlet = gevent.spawn(self._serve, sock, address)
+        self.connections.add(greenlet)
+        greenlet.link(self.connections.discard)
+
+    # ------------------------------------------------------------------
+
+    def _serve(self, sock, address):
+        conn = gsocket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        http = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.http_max_head)
+        upgraded = False
+        try:
+            while True:
+                request = self._read_request(http, conn)
+                if request is None:
+                    return
+                upgraded = self._route(http, conn, request, address)
+                if upgraded or http.our_state is not h11.DONE or \
+                        http.their_state is not h11.DONE:
+                    return
+                http.start_next_cycle()
+        except h11.RemoteProtocolError as err:
+            self._refuse(http, conn, err.error_status_hint, str(err))
+        except Timeout:
+            log.debug("%s: no complete request head within %g s; closing", address,
+                      self.config.http_header_timeout)
+        except OSError:
+            pass
+        finally:
+            if not upgraded:
+                conn.close()
+
+    def _read_request(self, http, conn):
+        """The next request, its body read and ignored; None when the
+        client closed.  The whole head must come within the timeout."""
+        request = None
+        with Timeout(self.config.http_header_timeout):
+            while True:
+                event = http.next_event()
+                if event is h11.NEED_DATA:
+                    http.receive_data(conn.recv(_RECV))
+                elif isinstance(event, h11.Request):
+                    # h11 bounds only a head still incomplete; one that
+                    # arrived whole in a few reads is measured here.
+                    size = len(event.method) + len(event.target) + sum(
+                        len(name) + len(value) + 4 for name, value in event.headers)
+                    if size > self.config.http_max_head:
+                        raise h11.RemoteProtocolError("request head too large",
+                                                      error_status_hint=431)
+                    request = event
+                elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+                    return request
+                elif isinstance(event, h11.ConnectionClosed):
+                    return None
+                # h11.Data: a body nobody asked for, read and ignored
+
+    def _respond(self, http, conn, status: int, body: bytes, content_type="text/plain; charset=utf-8",
+                 headers=()):
+        head = [("content-type", content_type), ("content-length", str(len(body))),
+                ("cache-control", "no-store"), *headers]
+        data = http.send(h11.Response(status_code=status, headers=head))
+        data += http.send(h11.Data(data=body)) + http.send(h11.EndOfMessage())
+        conn.sendall(data)
+
+    def _refuse(self, http, conn, status: int, why: str):
+        """An error response, then the connection is closed."""
+        if http.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        try:
+            self._respond(http, conn, status, f"{status} {why}\n".encode(),
+                          headers=[("connection", "close")])
+        except (h11.LocalProtocolError, OSError):
+            pass
+
+    def _route(self, http, conn, request, address) -> bool:
+        """Answer request; True when the connection became a WebSocket."""
+        path = request.target.split(b"?", 1)[0].decode("ascii", "replace")
+        known = (self.page and (path == "/ws" or path in self.pages)) or \
+            (self.operator and path in ("/healthz", "/metrics"))
+        if not known:
+            self._respond(http, conn, 404, b"404 not found\n")
+            return False
+        if request.method != b"GET":
+            self._respond(http, conn, 405, b"405 method not allowed\n", headers=[("allow", "GET")])
+            return False
+        if path == "/healthz":
+            if self.chat_server.stopping:
+                self._respond(http, conn, 503, b"shutting down\n")
+            else:
+                self._respond(http, conn, 200, b"ok")
+        elif path == "/metrics":
+            content_type, body = self.metrics()
+            self._respond(http, conn, 200, body, content_type)
+        elif path == "/ws":
+            return self._upgrade(http, conn, request, address)
+        else:
+            content_type, body = self.pages[path]
+            self._respond(http, conn, 200, body, content_type)
+        return False
+
+    def _upgrade(self, http, conn, request, address) -> bool:
+        headers = {name.lower(): value for name, value in request.headers}
+        if b"websocket" not in headers.get(b"upgrade", b"").lower():
+            self._respond(http, conn, 426, b"426 a WebSocket upgrade is expected here\n",
+                          headers=[("upgrade", "websocket"), ("connection", "close")])
+            return False
+        origin = headers.get(b"origin")
+        host = headers.get(b"host")
+        if not origin_allowed(origin and origin.decode("latin-1"), host and host.decode("latin-1"),
+                              self.config.allow_origin):
+            log.info("%s: WebSocket from origin %r refused (host %r)", address, origin, host)
+            self._refuse(http, conn, 403, "origin not allowed")
+            return False
+        refusal = "server shutting down" if self.chat_server.stopping else \
+            self.chat_server.refusal(address)
+        if refusal is not None:
+            self._refuse(http, conn, 503, refusal)
+            return False
+        ws = WSConnection(ConnectionType.SERVER)
+        try:
+            ws.initiate_upgrade_connection(request.headers, request.target)
+            if not any(isinstance(event, WsRequest) for event in ws.events()):
+                raise WsRemoteProtocolError("no WebSocket request", RejectConnection())
+        except WsRemoteProtocolError as err:
+            self._refuse(http, conn, 400, f"bad WebSocket handshake: {err}")
+            return False
+        # No extensions are offered back: permessage-deflate is declined,
+        # since compression per connection would break the shared frames.
+        conn.sendall(ws.send(AcceptConnection()))
+        trailing, _ = http.trailing_data
+        raw = socket.socket(conn.family, conn.type, conn.proto, fileno=conn.detach())
+        raw.setblocking(False)
+        self.chat_server.admit(WsConnection, raw, address, ws.connection, bytes(trailing))
+        return True
