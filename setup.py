@@ -32,7 +32,9 @@ setup(
     # pure Python, so that --http works after a plain `pip install .`.
     install_requires=["gevent>=23.9", "h11>=0.14", "wsproto>=1.2", "prometheus-client>=0.17"],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6"],
+        # playwright drives Debian's Chromium (/usr/bin/chromium, which
+        # .ci/run installs); no `playwright install` is needed or used.
+        "test": ["pytest>=7", "hypothesis>=6", "playwright>=1.40"],
         "bench": ["hdrhistogram>=0.10", "psutil>=5.9", "tqdm>=4.60", "matplotlib>=3.5"],
     },
     entry_points={
