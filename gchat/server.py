@@ -99,10 +99,18 @@ class Connection:
     def __repr__(self):
         return f"<Connection {self.name or '-'} {self.who}>"
 
-    def start(self):
+    def start(self, initial: bytes = b""):
+        """Join the hub.  initial: bytes already read from the client by an
+        earlier stage (an HTTP upgrade, a PROXY header), read first."""
         self._post(events.ARRIVE, None)
         self._reader.start(self._on_readable)
         self._arm_deadline()
+        if initial:
+            self._loop.run_callback(self._received_early, initial)
+
+    def _received_early(self, data: bytes):
+        if not self._closing:
+            self._received(data)
 
     def _post(self, kind, payload):
         # The inbox is unbounded for put_nowait, which never waits; its
@@ -119,6 +127,10 @@ class Connection:
         except OSError:
             self._end(Why.ERROR)
             return
+        self._received(data)
+
+    def _received(self, data: bytes):
+        """Bytes from the client (b"": it closed): lines to the hub."""
         try:
             if not data:
                 tail = self._at_eof()
@@ -415,8 +427,9 @@ class ChatServer:
             return TOO_MANY_FROM_ADDRESS
         return None
 
-    def admit(self, factory, sock, address, *args):
-        """Make factory(sock, address, self, *args) a client of the hub."""
+    def admit(self, factory, sock, address, *args, initial: bytes = b""):
+        """Make factory(sock, address, self, *args) a client of the hub;
+        initial: bytes an earlier stage read from it."""
         try:
             conn = factory(sock, address, self, *args)
         except Exception:
@@ -426,7 +439,7 @@ class ChatServer:
         self.open += 1
         self.by_transport[conn.transport] += 1
         self.per_ip[address[0]] = self.per_ip.get(address[0], 0) + 1
-        conn.start()
+        conn.start(initial)
 
     def forget(self, conn):
         """conn's socket is closed (Connection._close_socket)."""

@@ -234,5 +234,5 @@ class HttpPort:
         trailing, _ = http.trailing_data
         raw = socket.socket(conn.family, conn.type, conn.proto, fileno=conn.detach())
         raw.setblocking(False)
-        self.chat_server.admit(WsConnection, raw, address, ws.connection, bytes(trailing))
+        self.chat_server.admit(WsConnection, raw, address, ws.connection, initial=bytes(trailing))
         return True

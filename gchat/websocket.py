@@ -30,7 +30,6 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.frame_protocol import CloseReason
 
-from gchat import hub as events
 from gchat.outbox import Outbox
 from gchat.room import Why
 from gchat.server import Connection
@@ -96,34 +95,13 @@ class WsConnection(Connection):
     transport = "websocket"
     outbox_class = WsOutbox
 
-    def __init__(self, sock, address, server, protocol=None, trailing: bytes = b""):
-        """protocol: the wsproto Connection of the handshake (web.py);
-        trailing: bytes the client sent after its upgrade request."""
+    def __init__(self, sock, address, server, protocol=None):
+        """protocol: the wsproto Connection of the handshake (web.py).
+        Bytes the client sent after its upgrade request come to start()."""
         super().__init__(sock, address, server)
         self._ws = protocol if protocol is not None else WsProtocol(ConnectionType.SERVER)
         self._message_bytes = 0
         self._closed_by_us = False
-        if trailing:
-            self._ws.receive_data(trailing)
-
-    def start(self):
-        super().start()
-        if self._ws is not None:
-            # What came with the upgrade request is read as if just received.
-            self._loop.run_callback(self._read_trailing)
-
-    def _read_trailing(self):
-        if not self._closing:
-            lines = self._lines_from(b"")
-            if lines:
-                self._post_lines(lines)
-
-    def _post_lines(self, lines):
-        # As the reader does: flood control first.
-        if self._bucket is not None:
-            lines = self._within_allowance(lines)
-        if lines:
-            self._post(events.LINES, lines)
 
     def _lines_from(self, data: bytes) -> list:
         ws = self._ws

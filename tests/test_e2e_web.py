@@ -240,3 +240,25 @@ def test_healthz_turns_503_while_shutdown_drains(start_gchat):
             break
     assert 503 in seen
     assert server.wait() == 0
+
+
+def test_frames_sent_with_the_upgrade_request_are_read(web):
+    """Bytes that follow the request head in the same packet belong to the
+    WebSocket: the server reads them first."""
+    import base64
+    import os
+    key = base64.b64encode(os.urandom(16))
+    head = (b"GET /ws HTTP/1.1\r\nHost: " + f"{HOST}:{web.http_port}".encode() +
+            b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + key +
+            b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    with socket.create_connection((HOST, web.http_port), timeout=10) as sock:
+        sock.sendall(head + masked_frame(0x1, b"early\n/who"))
+        data = b""
+        deadline = time.monotonic() + 10
+        while b"Here now (1): early" not in data and time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert b" 101 " in data.split(b"\r\n", 1)[0]
+    assert b"You are early" in data and b"Here now (1): early" in data
