@@ -41,6 +41,20 @@ def _host_port(text: str) -> tuple:
     return (host.strip("[]") or None, number)
 
 
+def _cidrs(text: str) -> tuple:
+    """Comma-separated networks, checked here so that a typo is an error."""
+    import ipaddress
+    nets = tuple(part.strip() for part in text.split(",") if part.strip())
+    try:
+        for net in nets:
+            ipaddress.ip_network(net, strict=False)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if not nets:
+        raise argparse.ArgumentTypeError("no network given")
+    return nets
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -127,6 +141,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--http-header-timeout", type=_seconds, default=d.http_header_timeout,
                         metavar="SECONDS",
                         help="time an HTTP client has to send a request head (default %(default)g)")
+    parser.add_argument("--tls-cert", default=None, metavar="FILE",
+                        help="PEM certificate chain: the line port speaks TLS (with --tls-key); "
+                             "SIGHUP reloads it")
+    parser.add_argument("--tls-key", default=None, metavar="FILE",
+                        help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", default=None, metavar="FILE",
+                        help="PEM CA bundle: clients must present a certificate it signed")
+    parser.add_argument("--tls-handshake-timeout", "--handshake-timeout", type=_seconds,
+                        default=d.handshake_timeout, metavar="SECONDS", dest="handshake_timeout",
+                        help="time a connection has for its PROXY header and TLS handshake "
+                             "(default %(default)g)")
+    parser.add_argument("--proxy-protocol", action="store_true",
+                        help="expect a PROXY protocol header (v1 or v2) on each connection")
+    parser.add_argument("--proxy-from", type=_cidrs, default=d.proxy_from, metavar="CIDRS",
+                        help="comma-separated networks allowed to send a PROXY header "
+                             "(default: loopback)")
     parser.add_argument("--close-linger", type=_seconds, default=d.close_linger, metavar="SECONDS",
                         help="time a disconnected client gets to receive its last lines "
                              "(default %(default)g)")
@@ -169,6 +199,9 @@ def config_from_args(args) -> Config:
                   http=_with_host(args.http, args.host), admin=_with_host(args.admin, args.host),
                   allow_origin=tuple(args.allow_origin), ws_max_message=args.ws_max_message,
                   http_header_timeout=args.http_header_timeout,
+                  tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                  handshake_timeout=args.handshake_timeout,
+                  proxy_protocol=args.proxy_protocol, proxy_from=tuple(args.proxy_from),
                   room_name_max=args.room_name_max,
                   backlog=args.backlog, close_linger=args.close_linger,
                   shutdown_flush_timeout=args.shutdown_timeout)

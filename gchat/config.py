@@ -148,6 +148,27 @@ class Config:
     # client trickling its head holds a greenlet only this long.
     http_header_timeout: float = 10.0
 
+    # TLS on the line port (tls.py): PEM files of the certificate chain and
+    # its key; both or neither.  SIGHUP reads them again.
+    tls_cert: str = None
+    tls_key: str = None
+    # A PEM bundle of CAs: when set, clients must present a certificate
+    # that one of them signed (mutual TLS); None: no client certificates.
+    tls_client_ca: str = None
+    # Seconds a new connection has to finish its opening stages (the PROXY
+    # header, the TLS handshake) before it is closed, so that a client
+    # that never finishes holds a descriptor only this long.  Browsers and
+    # load balancers finish in milliseconds; 10 s allows for a slow link.
+    handshake_timeout: float = 10.0
+
+    # The PROXY protocol (proxy_protocol.py): every connection starts with
+    # a v1 or v2 header from a load balancer, and the address it carries is
+    # the client's everywhere.  Only peers in proxy_from (CIDRs) may send
+    # one: anyone else could claim any address.  Loopback by default, where
+    # a local HAProxy runs.
+    proxy_protocol: bool = False
+    proxy_from: tuple = ("127.0.0.0/8", "::1/128")
+
     # How long shutdown waits for queued output to drain before closing.
     shutdown_flush_timeout: float = 3.0
 
@@ -168,7 +189,7 @@ class Config:
             if getattr(self, field) <= 0:
                 raise ValueError(f"{field} must be positive")
         for field in ("name_timeout", "shutdown_flush_timeout", "close_linger",
-                      "arrival_merge_window", "http_header_timeout"):
+                      "arrival_merge_window", "http_header_timeout", "handshake_timeout"):
             if getattr(self, field) < 0:
                 raise ValueError(f"{field} must not be negative")
         if self.flood_rate is not None and self.flood_rate < 0:
@@ -179,6 +200,10 @@ class Config:
             raise ValueError("max_clients must be positive")
         if self.max_per_ip < 0 or self.fd_headroom < 0:
             raise ValueError("max_per_ip and fd_headroom must not be negative")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key")
         if self.history < 0:
             raise ValueError("history must not be negative")
         if self.sndbuf < 0:

@@ -359,11 +359,20 @@ class ChatServer:
     """Listens, admits connections within the limits, runs the hub, and
     stops gracefully."""
 
-    def __init__(self, config):
+    def __init__(self, config, sockets=None):
+        """sockets: listening sockets to serve instead of binding, by name
+        ("line", "http", "admin"), as systemd's socket activation passes
+        them (systemd.py)."""
         self.config = config
+        self.sockets = sockets or {}
         self.hub, self.hub_greenlet = events.spawn_hub(config)
         self.hub.transport_stats = self.transport_stats
-        self.server = _Listener((config.host, config.port), self._handle, config)
+        self.connection_class = Connection
+        if config.tls_cert is not None:
+            from gchat.tls import TlsConnection
+            self.connection_class = TlsConnection
+        self.server = _Listener(self.sockets.get("line") or (config.host, config.port),
+                                self._handle, config)
         self.http = self.admin = None
         self.web_ports = self._make_web_ports()
         self.max_clients = config.max_clients or (1 << 30)
@@ -393,28 +402,43 @@ class ChatServer:
     def _make_web_ports(self) -> list:
         """The HTTP listeners of --http and --admin (web.py), if any."""
         config = self.config
-        if config.http is None and config.admin is None:
+        given = self.sockets
+        want_http = config.http is not None or "http" in given
+        want_admin = config.admin is not None or "admin" in given
+        if not want_http and not want_admin:
             return []
         from gchat.metrics import make_metrics
         from gchat.web import HttpPort
         metrics = make_metrics(self)
         ports = []
-        if config.http is not None:
-            self.http = HttpPort(self, config.http, page=True, operator=config.admin is None,
-                                 metrics=metrics)
+        if want_http:
+            self.http = HttpPort(self, config.http, page=True, operator=not want_admin,
+                                 metrics=metrics, sock=given.get("http"))
             ports.append(self.http)
-        if config.admin is not None:
-            self.admin = HttpPort(self, config.admin, page=False, operator=True, metrics=metrics)
+        if want_admin:
+            self.admin = HttpPort(self, config.admin, page=False, operator=True, metrics=metrics,
+                                  sock=given.get("admin"))
             ports.append(self.admin)
         return ports
 
     def _handle(self, sock, address):
-        """A new connection (in the event loop: never blocks)."""
+        """A new connection (in the event loop: never blocks).  With
+        --proxy-protocol its header is read first (proxy_protocol.py), and
+        the address it carries is the client's from then on."""
+        if self.config.proxy_protocol:
+            from gchat.proxy_protocol import ProxyHeaderReader
+            ProxyHeaderReader(sock, address, self.config, self._accepted).start()
+            return
+        self._accepted(sock, address, b"")
+
+    def _accepted(self, sock, address, initial: bytes):
+        """A connection whose client's address is known: within the limits
+        it joins the hub, over TLS with --tls-cert (tls.py)."""
         refusal = self.refusal(address)
         if refusal is not None:
             _refuse(sock, refusal)
             return
-        self.admit(Connection, sock, address)
+        self.admit(self.connection_class, sock, address, initial=initial)
 
     def refusal(self, address) -> Optional[str]:
         """The line that refuses a new client from address over the
