@@ -227,7 +227,11 @@ def run(config: Config) -> int:
 
     from gchat.server import ChatServer
 
-    server = ChatServer(config)
+    try:
+        server = ChatServer(config)
+    except (OSError, ValueError) as err:  # e.g. an unreadable TLS certificate
+        log.error("cannot start: %s", err)
+        return 1
     try:
         server.start()
     except OSError as err:
@@ -236,6 +240,8 @@ def run(config: Config) -> int:
     stop_requested = Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, stop_requested.set)
+    # SIGHUP reloads the TLS certificate (systemd's ExecReload sends it).
+    gevent.signal_handler(signal.SIGHUP, server.reload_tls)
     # The HTTP ports are logged first: whoever waits for "listening on"
     # (tests, scripts) then knows every port.
     for name, port in (("http", server.http), ("admin", server.admin)):

@@ -368,8 +368,10 @@ class ChatServer:
         self.hub, self.hub_greenlet = events.spawn_hub(config)
         self.hub.transport_stats = self.transport_stats
         self.connection_class = Connection
+        self.tls = None
         if config.tls_cert is not None:
-            from gchat.tls import TlsConnection
+            from gchat.tls import TlsConnection, TlsContext
+            self.tls = TlsContext(config)  # a bad file fails here, before listening
             self.connection_class = TlsConnection
         self.server = _Listener(self.sockets.get("line") or (config.host, config.port),
                                 self._handle, config)
@@ -377,7 +379,7 @@ class ChatServer:
         self.web_ports = self._make_web_ports()
         self.max_clients = config.max_clients or (1 << 30)
         self.open = 0           # connections whose socket is open
-        self.by_transport = {"tcp": 0, "websocket": 0}  # the same, by transport
+        self.by_transport = {"tcp": 0, "tls": 0, "websocket": 0}  # the same, by transport
         self.flood_pauses = 0   # readers paused over their flood allowance
         self.per_ip = {}        # IP address -> open connections from it
         self.refused = {"full": 0, "per_ip": 0}
@@ -388,6 +390,11 @@ class ChatServer:
     @property
     def address(self) -> tuple:
         return self.server.address
+
+    def reload_tls(self):
+        """SIGHUP: read the TLS certificate and key again (tls.py)."""
+        if self.tls is not None:
+            self.tls.reload()
 
     @property
     def stopping(self) -> bool:
