@@ -76,9 +76,14 @@ class Outbox:
         """Lines in data as offered (a framing transport overrides this)."""
         return data.count(b"\n")
 
+    def _wire(self, payload: bytes) -> bytes:
+        """payload as it goes on the wire (framing and TLS transports
+        override this, each calling the next: frame, then encrypt)."""
+        return payload
+
     def _notice(self, line: str) -> bytes:
         """A line of the server's own, as it goes on the wire."""
-        return line.encode() + b"\n"
+        return self._wire(line.encode() + b"\n")
 
     def _park(self, data: bytes):
         self._parked.append(data)

@@ -139,18 +139,30 @@ class Connection:
                 self._end(Why.EOF)
                 return
             self.last_heard = self._loop.now()
-            lines = self._lines_from(data)
-            if lines:
-                if self._bucket is not None:
-                    lines = self._within_allowance(lines)
-                if lines:
-                    self._post(events.LINES, lines)
-            if self._inbox.qsize() >= self._config.inbox_size:
-                self._pause(_INBOX)
-                self._server.hub.paused.append(self)
+            self._deliver(self._lines_from(data))
         except Exception:
             log.exception("error reading from %s", self.who)
             self._end(Why.FAULT)
+
+    def _deliver(self, lines: list):
+        """Lines to the hub, within the flood allowance; pause at a full inbox."""
+        if lines:
+            if self._bucket is not None:
+                lines = self._within_allowance(lines)
+            if lines:
+                self._post(events.LINES, lines)
+        if self._inbox.qsize() >= self._config.inbox_size:
+            self._pause(_INBOX)
+            self._server.hub.paused.append(self)
+
+    def _drain_pending(self):
+        """Lines a transport holds already decoded (an upgrade's leftovers)."""
+        if not self._closing:
+            try:
+                self._deliver(self._lines_from(b""))
+            except Exception:
+                log.exception("error reading from %s", self.who)
+                self._end(Why.FAULT)
 
     def _lines_from(self, data: bytes) -> list:
         """The lines that data completes (a transport of another framing,
@@ -264,6 +276,7 @@ class Connection:
         them for up to linger seconds, then close the socket."""
         if self._closing:
             return
+        self._before_close()
         self._closing = True
         self._reader.stop()
         self._cancel_deadline()
@@ -273,6 +286,11 @@ class Connection:
             self._linger.start(self._close_socket)
         else:
             self._close_socket()
+
+    def _before_close(self):
+        """Last words of the transport before its socket goes (a WebSocket
+        close frame, TLS's close_notify); each transport adds its own and
+        calls the next."""
 
     def _close_socket(self):
         if self._closed:
@@ -458,11 +476,11 @@ class ChatServer:
             return TOO_MANY_FROM_ADDRESS
         return None
 
-    def admit(self, factory, sock, address, *args, initial: bytes = b""):
-        """Make factory(sock, address, self, *args) a client of the hub;
-        initial: bytes an earlier stage read from it."""
+    def admit(self, factory, sock, address, *args, initial: bytes = b"", **kwargs):
+        """Make factory(sock, address, self, *args, **kwargs) a client of
+        the hub; initial: bytes an earlier stage read from it."""
         try:
-            conn = factory(sock, address, self, *args)
+            conn = factory(sock, address, self, *args, **kwargs)
         except Exception:
             log.exception("cannot set up a connection from %s", address)
             sock.close()

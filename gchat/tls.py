@@ -21,9 +21,11 @@ import logging
 import ssl
 
 from gchat import hub as events
+from gchat import protocol as p
 from gchat.outbox import Outbox
 from gchat.room import Why
 from gchat.server import Connection
+from gchat.websocket import WS_SLOTS, WsLayer, WsOutbox
 
 log = logging.getLogger("gchat")
 
@@ -82,35 +84,45 @@ class TlsOutbox(Outbox):
             Outbox.offer(self, ciphertext, force=True)
 
     def _notice_line(self) -> bytes:
-        from gchat import protocol as p
-        line = self._encrypt(p.render_missed(self.missed).encode() + b"\n")
+        line = self._notice(p.render_missed(self.missed))
         self.missed = 0
         return line
 
-    def _notice(self, line: str) -> bytes:
-        return self._encrypt(line.encode() + b"\n")
+    def _wire(self, payload: bytes) -> bytes:
+        return self._encrypt(super()._wire(payload))
 
 
-class TlsConnection(Connection):
-    """A client over TLS.  See the module docstring."""
+TLS_SLOTS = ("_tls", "_incoming", "_outgoing", "_handshaken", "_handshake_timer")
 
-    __slots__ = ("_tls", "_incoming", "_outgoing", "_handshaken", "_handshake_timer",
-                 "_plain_tail")
-    transport = "tls"
-    outbox_class = TlsOutbox
 
-    def __init__(self, sock, address, server):
-        super().__init__(sock, address, server)
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._tls = server.tls.context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+class TlsLayer:
+    """What a Connection does differently over TLS.  A mixin with no state
+    of its own (its slots are the concrete class's, TLS_SLOTS), so that a
+    WebSocket layer can stack on it (TlsWsConnection)."""
+
+    __slots__ = ()
+
+    def __init__(self, sock, address, server, *args, tls=None):
+        """tls: (SSLObject, incoming BIO, outgoing BIO) of a handshake an
+        earlier stage did (https, web.py); None: the handshake is ahead."""
+        super().__init__(sock, address, server, *args)
+        if tls is None:
+            self._incoming = ssl.MemoryBIO()
+            self._outgoing = ssl.MemoryBIO()
+            self._tls = server.tls.context.wrap_bio(self._incoming, self._outgoing,
+                                                    server_side=True)
+        else:
+            self._tls, self._incoming, self._outgoing = tls
         self.outbox._encrypt = self._encrypt
-        self._handshaken = False
+        self._handshaken = tls is not None
         self._handshake_timer = None
-        self._plain_tail = b""
 
     def start(self, initial: bytes = b""):
         """Read the handshake; the client joins the hub once it is done."""
+        if self._handshaken:
+            super().start(initial)
+            self._loop.run_callback(self._drain_pending)  # what the BIO already holds
+            return
         self._reader.start(self._on_readable)
         self._handshake_timer = self._loop.timer(self._config.handshake_timeout)
         self._handshake_timer.start(self._handshake_expired)
@@ -193,15 +205,18 @@ class TlsConnection(Connection):
         pending = self._outgoing.read()  # e.g. TLS 1.3 session tickets
         if pending:
             self.outbox.offer_raw(pending)
-        return self._lines.feed(b"".join(chunks)) if chunks else []
+        # The plaintext goes on to the next layer: lines, or WebSocket frames.
+        return super()._lines_from(b"".join(chunks))
 
     def _end_once(self, why):
         if not self._closing:
             self._end(why)
 
-    def close(self, linger: float):
-        """Say close_notify after the last lines, then close."""
-        if not self._closing and self._handshaken:
+    def _before_close(self):
+        """close_notify after the last lines (and after the layer above
+        has said its last, e.g. a WebSocket close frame)."""
+        super()._before_close()
+        if self._handshaken:
             try:
                 self._tls.unwrap()
             except (ssl.SSLError, ValueError):
@@ -210,4 +225,78 @@ class TlsConnection(Connection):
         if self._handshake_timer is not None:
             self._handshake_timer.close()
             self._handshake_timer = None
-        super().close(linger)
+
+
+class TlsConnection(TlsLayer, Connection):
+    """A client over TLS.  See the module docstring."""
+
+    __slots__ = TLS_SLOTS
+    transport = "tls"
+    outbox_class = TlsOutbox
+
+
+class TlsWsOutbox(WsOutbox, TlsOutbox):
+    """Frames, then encrypts (each class's _wire calls the next)."""
+
+    __slots__ = ()
+
+
+class TlsWsConnection(TlsLayer, WsLayer, Connection):
+    """A WebSocket client over https: TLS below, WebSocket frames above,
+    lines on top.  Its handshake and upgrade were done by web.py."""
+
+    __slots__ = TLS_SLOTS + WS_SLOTS
+    transport = "websocket"
+    outbox_class = TlsWsOutbox
+
+
+class TlsStream:
+    """TLS over a blocking gevent socket, for the HTTP greenlets of an
+    https port: the same MemoryBIO machinery, so that after an upgrade the
+    connection goes on as a TlsWsConnection with the same SSLObject."""
+
+    def __init__(self, sock, context):
+        self.sock = sock
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+
+    @property
+    def state(self) -> tuple:
+        return self.tls, self.incoming, self.outgoing
+
+    def _flush(self):
+        data = self.outgoing.read()
+        if data:
+            self.sock.sendall(data)
+
+    def handshake(self):
+        """Raises ssl.SSLError on a bad handshake, EOFError on a close."""
+        while True:
+            try:
+                self.tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self._flush()
+                data = self.sock.recv(_READ_SIZE)
+                if not data:
+                    raise EOFError("closed during the TLS handshake")
+                self.incoming.write(data)
+            else:
+                self._flush()
+                return
+
+    def recv(self, size: int) -> bytes:
+        while True:
+            try:
+                return self.tls.read(size)
+            except ssl.SSLWantReadError:
+                data = self.sock.recv(_READ_SIZE)
+                if not data:
+                    return b""
+                self.incoming.write(data)
+            except ssl.SSLZeroReturnError:
+                return b""
+
+    def sendall(self, data: bytes):
+        self.tls.write(data)
+        self._flush()

@@ -113,18 +113,23 @@ class HttpPort:
         conn = gsocket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
         http = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.http_max_head)
         upgraded = False
+        stream = conn  # what h11's bytes go through: the socket, or TLS over it
         try:
+            if self.chat_server.tls is not None:
+                stream = self._tls_handshake(conn, address)
+                if stream is None:
+                    return
             while True:
-                request = self._read_request(http, conn)
+                request = self._read_request(http, stream)
                 if request is None:
                     return
-                upgraded = self._route(http, conn, request, address)
+                upgraded = self._route(http, stream, request, address)
                 if upgraded or http.our_state is not h11.DONE or \
                         http.their_state is not h11.DONE:
                     return
                 http.start_next_cycle()
         except h11.RemoteProtocolError as err:
-            self._refuse(http, conn, err.error_status_hint, str(err))
+            self._refuse(http, stream, err.error_status_hint, str(err))
         except Timeout:
             log.debug("%s: no complete request head within %g s; closing", address,
                       self.config.http_header_timeout)
@@ -133,6 +138,23 @@ class HttpPort:
         finally:
             if not upgraded:
                 conn.close()
+
+    def _tls_handshake(self, conn, address):
+        """https: the TLS handshake (tls.TlsStream), within the handshake
+        timeout; None when it failed (logged)."""
+        from gchat.tls import TlsStream
+        stream = TlsStream(conn, self.chat_server.tls.context)
+        try:
+            with Timeout(self.config.handshake_timeout):
+                stream.handshake()
+        except Timeout:
+            log.info("%s: no TLS handshake within %g s; closing", address,
+                     self.config.handshake_timeout)
+            return None
+        except (OSError, EOFError) as err:  # ssl.SSLError is an OSError
+            log.info("%s: TLS handshake failed: %s", address, err)
+            return None
+        return stream
 
     def _read_request(self, http, conn):
         """The next request, its body read and ignored; None when the
@@ -232,7 +254,17 @@ class HttpPort:
         # since compression per connection would break the shared frames.
         conn.sendall(ws.send(AcceptConnection()))
         trailing, _ = http.trailing_data
-        raw = socket.socket(conn.family, conn.type, conn.proto, fileno=conn.detach())
+        sock = getattr(conn, "sock", conn)  # under TLS, conn is a TlsStream
+        raw = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
         raw.setblocking(False)
-        self.chat_server.admit(WsConnection, raw, address, ws.connection, initial=bytes(trailing))
+        if sock is conn:
+            self.chat_server.admit(WsConnection, raw, address, ws.connection,
+                                   initial=bytes(trailing))
+        else:
+            # wss: the same TLS session goes on, event-driven, under the
+            # WebSocket; what h11 had decrypted beyond the head is its first.
+            from gchat.tls import TlsWsConnection
+            ws.connection.receive_data(bytes(trailing))
+            self.chat_server.admit(TlsWsConnection, raw, address, ws.connection,
+                                   tls=conn.state)
         return True

@@ -75,25 +75,28 @@ class WsOutbox(Outbox):
         else:
             frame = frame_text(data)
             WsOutbox._last_blob, WsOutbox._last_frame = data, frame
-        return Outbox.offer(self, frame, force)
+        return super().offer(frame, force)  # over TLS: encrypted next (tls.py)
 
     def offer_control(self, frame: bytes):
         """A frame wsproto made (pong, close), in order with the rest."""
-        Outbox.offer(self, frame, force=True)
+        super().offer(frame, force=True)
 
     def _lines_in(self, data: bytes) -> int:
         return data.count(b"\n", _header_size(data))
 
-    def _notice(self, line: str) -> bytes:
-        return frame_text(line.encode() + b"\n")
+    def _wire(self, payload: bytes) -> bytes:
+        return super()._wire(frame_text(payload))
 
 
-class WsConnection(Connection):
-    """A client over WebSocket, after the HTTP upgrade (web.py)."""
+WS_SLOTS = ("_ws", "_message_bytes", "_closed_by_us")
 
-    __slots__ = ("_ws", "_message_bytes", "_closed_by_us")
-    transport = "websocket"
-    outbox_class = WsOutbox
+
+class WsLayer:
+    """What a Connection does differently over WebSocket.  A mixin with no
+    state of its own (its slots are the concrete class's, WS_SLOTS), so
+    that TLS can stack under it (tls.TlsWsConnection)."""
+
+    __slots__ = ()
 
     def __init__(self, sock, address, server, protocol=None):
         """protocol: the wsproto Connection of the handshake (web.py).
@@ -162,13 +165,21 @@ class WsConnection(Connection):
         if not self._closing:
             self._end(why)
 
-    def close(self, linger: float):
+    def _before_close(self):
         """The hub lets the client go: a close frame after its last lines."""
-        if not self._closing and not self._closed_by_us:
+        if not self._closed_by_us:
             self._closed_by_us = True
             try:
                 self.outbox.offer_control(self._ws.send(
                     CloseConnection(code=CloseReason.NORMAL_CLOSURE)))
-            except Exception:
+            except Exception:  # the state does not allow a close frame any more
                 pass
-        super().close(linger)
+        super()._before_close()
+
+
+class WsConnection(WsLayer, Connection):
+    """A client over WebSocket, after the HTTP upgrade (web.py)."""
+
+    __slots__ = WS_SLOTS
+    transport = "websocket"
+    outbox_class = WsOutbox

@@ -49,11 +49,15 @@ def pki(tmp_path):
 class TlsClient:
     """A line client over TLS (Python's ssl module, blocking, deadlines)."""
 
-    def __init__(self, port, ca, cert=None, key=None, timeout=DEFAULT_TIMEOUT):
+    def __init__(self, port, ca, cert=None, key=None, timeout=DEFAULT_TIMEOUT, rcvbuf=None):
         context = ssl.create_default_context(cafile=str(ca))
         if cert:
             context.load_cert_chain(str(cert), str(key))
-        raw = socket.create_connection((HOST, port), timeout=timeout)
+        raw = socket.socket()
+        if rcvbuf:  # before connecting, so that the window stays small
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        raw.settimeout(timeout)
+        raw.connect((HOST, port))
         self.sock = context.wrap_socket(raw, server_hostname=HOST)
         self.buffer = b""
 
@@ -222,3 +226,75 @@ def test_the_context_asks_for_tls_1_2_at_least_and_verifies_client_certificates(
     mutual = TlsContext(Config(tls_cert=str(pki["cert"]), tls_key=str(pki["key"]),
                                tls_client_ca=str(pki["ca"]))).context
     assert mutual.verify_mode == ssl.CERT_REQUIRED
+
+
+def https_get(port, ca, path):
+    context = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection((HOST, port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=HOST) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+                         "Connection: close\r\n\r\n".encode())
+            data = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return data
+                data += chunk
+
+
+def test_http_becomes_https_and_wss_in_the_same_rooms(start_gchat, pki):
+    from ws_client import WsClient
+    server = start_gchat("--tls-cert", str(pki["cert"]), "--tls-key", str(pki["key"]),
+                         "--http", "0", "--tls-handshake-timeout", "1")
+    health = https_get(server.http_port, pki["ca"], "/healthz")
+    assert health.startswith(b"HTTP/1.1 200") and health.endswith(b"ok")
+    line_client = TlsClient(server.port, pki["ca"]).named("liner")
+    context = ssl.create_default_context(cafile=str(pki["ca"]))
+    browser = WsClient(HOST, server.http_port, ssl_context=context)
+    browser.expect(r".*name\?")
+    browser.say("webber")
+    browser.expect("You are webber")
+    browser.expect(r"Also here \(1\): liner")
+    line_client.expect("webber has arrived")
+    line_client.say("to the web, encrypted")
+    browser.expect("liner: to the web, encrypted")
+    line_client.expect("liner: to the web, encrypted")
+    browser.say("and back\nin two lines")
+    line_client.expect("webber: and back")
+    line_client.expect("webber: in two lines")
+    browser.say("/quit")
+    browser.expect("Goodbye.", skip=True)
+    assert browser.wait_closed() == 1000  # the close frame, inside TLS
+    line_client.expect("webber has left")
+    plain = socket.create_connection((HOST, server.http_port), timeout=10)
+    plain.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # http to the https port
+    assert closed_soon(plain)
+    server.wait_for_log(r"TLS handshake failed")
+
+
+def test_a_slow_tls_client_under_the_drop_policy_is_told_what_it_missed(start_gchat, pki):
+    """Skipped lines are never encrypted, and the notice is encrypted in
+    its turn: the client's TLS stream stays valid throughout."""
+    server = start_gchat("--tls-cert", str(pki["cert"]), "--tls-key", str(pki["key"]),
+                         "--slow-policy", "drop", "--sendq", "20000", "--sndbuf", "4096",
+                         "--flood-rate", "0")
+    slow = TlsClient(server.port, pki["ca"], rcvbuf=4096).named("slow")
+    talker = TlsClient(server.port, pki["ca"]).named("talker")
+    slow.expect("talker has arrived")
+    for i in range(300):  # the talker reads none of it either: it is slow too
+        talker.say(f"{i:04d} " + "z" * 400)
+    # The slow client reads now: every line either arrives, in order, or
+    # is counted in a notice; none goes missing unannounced.
+    chats, skipped = [], 0
+    while len(chats) + skipped < 300:
+        line = slow.line()
+        notice = re.fullmatch(r"error: you were too slow to read; (\d+) messages were skipped",
+                              line)
+        if notice:
+            skipped += int(notice.group(1))
+        elif line.startswith("talker: 0"):
+            chats.append(int(line.split()[1]))
+    assert skipped > 0 and len(chats) + skipped == 300
+    assert chats == sorted(chats)
+    talker.say("the end")  # caught up: this one is not skipped
+    slow.expect("talker: the end")

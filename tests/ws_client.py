@@ -18,8 +18,10 @@ class WsClient:
     """A WebSocket client that reads whole lines of the line protocol."""
 
     def __init__(self, host, port, origin=None, extensions=(), timeout=DEFAULT_TIMEOUT,
-                 extra_headers=()):
+                 extra_headers=(), ssl_context=None):
         self.sock = socket.create_connection((host, port), timeout=timeout)
+        if ssl_context is not None:  # wss
+            self.sock = ssl_context.wrap_socket(self.sock, server_hostname=host)
         self.ws = WSConnection(ConnectionType.CLIENT)
         headers = list(extra_headers)
         if origin is not None:
@@ -48,7 +50,9 @@ class WsClient:
             data = self.sock.recv(65536)
         except socket.timeout:
             raise TimeoutError(f"nothing more within the deadline; buffered {self.buffer[-300:]!r}")
-        except ConnectionResetError:
+        except (ConnectionResetError, OSError) as err:
+            if isinstance(err, socket.timeout):
+                raise
             data = b""
         if not data:
             self.eof = True
