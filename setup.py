@@ -30,7 +30,9 @@ setup(
     package_data={"gchat": ["static/*"]},
     # gevent for the server; h11, wsproto and prometheus-client, small and
     # pure Python, so that --http works after a plain `pip install .`.
-    install_requires=["gevent>=23.9", "h11>=0.14", "wsproto>=1.2", "prometheus-client>=0.17"],
+    # tomli is Python 3.11's tomllib for --config on older Pythons.
+    install_requires=["gevent>=23.9", "h11>=0.14", "wsproto>=1.2", "prometheus-client>=0.17",
+                      "tomli>=1.1; python_version<'3.11'"],
     extras_require={
         # playwright drives Debian's Chromium (/usr/bin/chromium, which
         # .ci/run installs); no `playwright install` is needed or used.

@@ -7,8 +7,9 @@ import logging
 import signal
 import sys
 
-from gchat import __version__
+from gchat import __version__, config_file, logs
 from gchat.config import SLOW_POLICIES, Config
+from gchat.protocol import format_address
 
 log = logging.getLogger("gchat")
 
@@ -41,6 +42,12 @@ def _host_port(text: str) -> tuple:
     return (host.strip("[]") or None, number)
 
 
+# The inverses, for --print-config, which writes each option as the text
+# its type reads back (config_file.dump).
+_host_port.unparse = lambda value: (format_address(*value) if value[0] is not None
+                                    else str(value[1]))
+
+
 def _cidrs(text: str) -> tuple:
     """Comma-separated networks, checked here so that a typo is an error."""
     import ipaddress
@@ -53,6 +60,9 @@ def _cidrs(text: str) -> tuple:
     if not nets:
         raise argparse.ArgumentTypeError("no network given")
     return nets
+
+
+_cidrs.unparse = ", ".join
 
 
 def _seconds(text: str) -> float:
@@ -167,6 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="stderr log level (default %(default)s)")
+    parser.add_argument("--log-format", default="text", choices=logs.LOG_FORMATS,
+                        help="stderr log format: text, or json for one JSON object per line "
+                             "with the fields time, level, logger, event and, when known, "
+                             "addr, name, room, reason (default %(default)s)")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="read options from a TOML file: the long options as keys, "
+                             "without '--' (idle-timeout = 120, compat = true, allow-origin "
+                             "= [\"https://a\"]); the command line overrides the file")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the effective options (defaults, --config's and the "
+                             "command line's) as a TOML file that --config reads, and exit")
     return parser
 
 
@@ -209,49 +230,69 @@ def config_from_args(args) -> Config:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # --config's file becomes the parser's defaults; the command line wins.
+    args, source = config_file.parse_args(parser, argv)
     try:
         config = config_from_args(args)
     except ValueError as err:
-        parser.error(str(err))
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        parser.error(source.explain(str(err), args) if source else str(err))
+    if args.print_config:
+        # After config_from_args, so that what is printed is known to start.
+        sys.stdout.write(config_file.dump(
+            parser, args, f"gchat {__version__}: the effective options; "
+                          "`gchat --config FILE` reads this file back."))
+        return 0
+    logs.setup(args.log_level, args.log_format)
     return run(config)
 
 
 def run(config: Config) -> int:
     # gevent is imported here, not at module level, so that `gchat --help`
     # answers fast and argument errors need no event loop.
+    import os
+
     import gevent
     from gevent.event import Event
 
+    from gchat import systemd
     from gchat.server import ChatServer
 
     try:
-        server = ChatServer(config)
+        # The ports systemd bound for us (socket activation), served
+        # instead of binding; {} otherwise.
+        sockets = systemd.listen_sockets(os.environ)
+        server = ChatServer(config, sockets=sockets)
     except (OSError, ValueError) as err:  # e.g. an unreadable TLS certificate
         log.error("cannot start: %s", err)
         return 1
     try:
         server.start()
     except OSError as err:
-        log.error("cannot listen on %s:%s: %s", config.host, config.port, err)
+        log.error("cannot listen on %s: %s", format_address(config.host, config.port), err)
         return 1
     stop_requested = Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, stop_requested.set)
     # SIGHUP reloads the TLS certificate (systemd's ExecReload sends it).
     gevent.signal_handler(signal.SIGHUP, server.reload_tls)
+    if sockets:
+        log.info("socket activation: serving the %s socket(s) systemd passed",
+                 ", ".join(sorted(sockets)))
     # The HTTP ports are logged first: whoever waits for "listening on"
     # (tests, scripts) then knows every port.
     for name, port in (("http", server.http), ("admin", server.admin)):
         if port is not None:
-            log.info("%s listening on %s:%s", name, *port.address[:2])
-    host, port = server.address[:2]
-    log.info("gchat %s listening on %s:%s%s", __version__, host, port,
-             " (--compat)" if config.compat else "")
+            where = format_address(*port.address[:2])  # [::1]:8080, as clients are logged
+            log.info("%s listening on %s", name, where, extra=logs.fields(addr=where))
+    where = format_address(*server.address[:2])
+    log.info("gchat %s listening on %s%s", __version__, where,
+             " (--compat)" if config.compat else "", extra=logs.fields(addr=where))
+    # READY=1 only now that every port is serving (Type=notify).
+    notifier = systemd.attach(server)
     stop_requested.wait()
     log.info("shutting down: closing %d clients", len(server.hub.chat.connected))
+    notifier.stopping(f"shutting down: closing {len(server.hub.chat.connected)} clients")
     server.stop()
+    notifier.close()
     log.info("stopped; %s", " ".join(f"{k}={v}" for k, v in server.hub.snapshot().items()))
     return 0

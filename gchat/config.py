@@ -159,6 +159,10 @@ class Config:
     # header, the TLS handshake) before it is closed, so that a client
     # that never finishes holds a descriptor only this long.  Browsers and
     # load balancers finish in milliseconds; 10 s allows for a slow link.
+    # 0 turns the limit off.  (A PROXY header itself is bounded by its
+    # protocol: 107 bytes for v1, 16 + 65,535 for v2, and only peers in
+    # proxy_from may send one.)  Connections still in these stages are not
+    # counted against max_clients: this timeout is what bounds them.
     handshake_timeout: float = 10.0
 
     # The PROXY protocol (proxy_protocol.py): every connection starts with
@@ -168,6 +172,12 @@ class Config:
     # a local HAProxy runs.
     proxy_protocol: bool = False
     proxy_from: tuple = ("127.0.0.0/8", "::1/128")
+
+    # Under systemd (systemd.py): seconds between checks of the client and
+    # room counts, sent as STATUS= when they changed.  2 s keeps `systemctl
+    # status` current for a reader, and a datagram every 2 s at most is
+    # nothing to systemd.
+    notify_status_interval: float = 2.0
 
     # How long shutdown waits for queued output to drain before closing.
     shutdown_flush_timeout: float = 3.0
@@ -185,7 +195,7 @@ class Config:
             raise ValueError(f"slow_policy must be one of {SLOW_POLICIES}, not {self.slow_policy!r}")
         for field in ("sendq", "max_line", "recv_size", "inbox_size", "roster_limit", "backlog",
                       "arrival_merge_threshold", "max_rooms", "room_name_max", "ws_max_message",
-                      "http_max_head"):
+                      "http_max_head", "notify_status_interval"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"{field} must be positive")
         for field in ("name_timeout", "shutdown_flush_timeout", "close_linger",

@@ -16,6 +16,7 @@ from gevent.event import Event
 from gevent.queue import Empty, Queue
 
 from gchat.chat import PEER_GONE, Chat, Why
+from gchat.logs import fields as log_fields
 
 log = logging.getLogger("gchat")
 
@@ -24,6 +25,9 @@ ARRIVE = "arrive"      # payload: None
 LINES = "lines"        # payload: list of lines (bytes or protocol.TOO_LONG)
 LEAVE = "leave"        # payload: a room.Why
 SHUTDOWN = "shutdown"  # conn and payload: None
+# payload: a callable, called here so that it runs only while the hub's
+# loop turns (systemd.py's watchdog ping stops when the hub is stuck).
+WATCHDOG = "watchdog"
 
 INBOX_FULL = 2  # the reason a reader waits in Hub.paused (server._INBOX)
 
@@ -119,9 +123,11 @@ class Hub:
                 was_named = conn.name is not None
                 chat.lines(conn, payload)
                 if not was_named and conn.name is not None:
-                    log.info("%s is %s", conn.who, conn.name)
+                    log.info("%s is %s", conn.who, conn.name,
+                             extra=log_fields(addr=conn.who, name=conn.name,
+                                              room=conn.room and f"#{conn.room.name}"))
             elif kind is ARRIVE:
-                log.info("connection from %s", conn.who)
+                log.info("connection from %s", conn.who, extra=log_fields(addr=conn.who))
                 chat.arrive(conn)
                 if self._shutting_down:  # accepted just before the listener closed
                     chat.depart(conn, Why.SHUTDOWN)
@@ -130,6 +136,8 @@ class Hub:
             elif kind is SHUTDOWN:
                 self._shutting_down = True
                 chat.shutdown()
+            elif kind is WATCHDOG:
+                payload()
         except Exception:
             # One client's bad event must not stop the broadcaster.
             self.stats["faults"] += 1
@@ -173,7 +181,9 @@ class Hub:
 
     def _log_departure(self, conn, why):
         log.info("%s left (%s, %s)%s", conn.name or conn.who, conn.who, why,
-                 f", {conn.outbox.dropped} lines dropped" if conn.outbox.dropped else "")
+                 f", {conn.outbox.dropped} lines dropped" if conn.outbox.dropped else "",
+                 extra=log_fields(addr=conn.who, name=conn.name, reason=why,
+                                  room=conn.room and f"#{conn.room.name}"))
 
     def snapshot(self) -> dict:
         """Counters for /stats and the logs."""

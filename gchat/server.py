@@ -322,10 +322,13 @@ class _Listener(StreamServer):
     """
 
     def __init__(self, address, handle, config):
-        super().__init__(address, handle, backlog=config.backlog, spawn=None)
+        """address: (host, port) to bind, or a listening socket to serve
+        (socket activation), whose backlog its creator chose."""
+        self._resume = None  # close() reads it, and gevent closes on a bad listener
+        backlog = None if hasattr(address, "accept") else config.backlog
+        super().__init__(address, handle, backlog=backlog, spawn=None)
         self._backoff_min = self._backoff = config.accept_backoff_min
         self._backoff_max = config.accept_backoff_max
-        self._resume = None
         self.accept_pauses = 0
 
     def do_read(self):

@@ -124,8 +124,9 @@ class TlsLayer:
             self._loop.run_callback(self._drain_pending)  # what the BIO already holds
             return
         self._reader.start(self._on_readable)
-        self._handshake_timer = self._loop.timer(self._config.handshake_timeout)
-        self._handshake_timer.start(self._handshake_expired)
+        if self._config.handshake_timeout:  # 0 turns the limit off
+            self._handshake_timer = self._loop.timer(self._config.handshake_timeout)
+            self._handshake_timer.start(self._handshake_expired)
         if initial:
             self._loop.run_callback(self._received_early, initial)
 
@@ -175,8 +176,9 @@ class TlsLayer:
             self._abort()
             return False
         self._handshaken = True
-        self._handshake_timer.close()
-        self._handshake_timer = None
+        if self._handshake_timer is not None:
+            self._handshake_timer.close()
+            self._handshake_timer = None
         self.outbox.offer_raw(self._outgoing.read())
         return True
 

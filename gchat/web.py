@@ -145,7 +145,7 @@ class HttpPort:
         from gchat.tls import TlsStream
         stream = TlsStream(conn, self.chat_server.tls.context)
         try:
-            with Timeout(self.config.handshake_timeout):
+            with Timeout(self.config.handshake_timeout or None):  # 0: no limit
                 stream.handshake()
         except Timeout:
             log.info("%s: no TLS handshake within %g s; closing", address,
