@@ -158,12 +158,21 @@ class Hub:
             departures, chat.departures = chat.departures, []
             leaving = {conn for conn, _ in departures}
             overflowed = []
+            faulty = []
 
             def deliver(conn, data):
-                if conn in leaving:
-                    conn.outbox.offer(data, force=True)
-                elif not conn.outbox.offer(data):
-                    overflowed.append(conn)
+                try:
+                    if conn in leaving:
+                        conn.outbox.offer(data, force=True)
+                    elif not conn.outbox.offer(data):
+                        overflowed.append(conn)
+                except Exception:
+                    # One client's transport failing must not stop the
+                    # broadcaster (nor the batch for the others).
+                    self.stats["faults"] += 1
+                    log.exception("error delivering to %s; disconnecting it", conn.who)
+                    conn.outbox.broken = True
+                    faulty.append(conn)
 
             self.stats["deliveries"] += chat.flush(deliver)
             self.stats["batches"] += 1
@@ -178,6 +187,8 @@ class Hub:
             for conn in overflowed:
                 self.stats["slow_disconnects"] += 1
                 chat.depart(conn, Why.SLOW)
+            for conn in faulty:
+                chat.depart(conn, Why.FAULT)
 
     def _log_departure(self, conn, why):
         log.info("%s left (%s, %s)%s", conn.name or conn.who, conn.who, why,

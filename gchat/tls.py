@@ -143,7 +143,13 @@ class TlsLayer:
         self.close(0)
 
     def _encrypt(self, plaintext: bytes) -> bytes:
-        self._tls.write(plaintext)
+        try:
+            self._tls.write(plaintext)
+        except (ssl.SSLError, ValueError):
+            # The session failed (its reader ends the client): nothing more
+            # can be sent on it, so output is discarded from now on.
+            self.outbox.broken = True
+            return b""
         return self._outgoing.read()
 
     def _received(self, data: bytes):

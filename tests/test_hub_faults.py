@@ -100,3 +100,41 @@ class TestInboxBound:
                 sender, n = text.split()
                 seen[int(sender)].append(int(n))
         assert all(seen[i] == list(range(300)) for i in range(3))
+
+
+@pytest.fixture
+def faulty_outbox(monkeypatch):
+    """Handing output to one client's outbox raises (a transport's bug),
+    for the client whose name is "victim", once it is named."""
+    from gchat.outbox import Outbox
+    real_offer = Outbox.offer
+    victims = set()
+
+    def offer(self, data, force=False):
+        if self in victims:
+            raise RuntimeError("planted transport fault")
+        return real_offer(self, data, force)
+
+    monkeypatch.setattr(Outbox, "offer", offer)
+    return victims
+
+
+def test_fault_while_delivering_to_one_client_disconnects_it_alone(
+        faulty_outbox, inprocess_server, caplog):
+    import gc
+
+    from gchat.server import Connection
+    caplog.set_level(logging.ERROR, logger="gchat")
+    a = named_client("127.0.0.1", inprocess_server, "a")
+    victim = named_client("127.0.0.1", inprocess_server, "victim")
+    a.expect("victim has arrived")
+    conn = next(o for o in gc.get_objects()
+                if isinstance(o, Connection) and o.name == "victim")
+    faulty_outbox.add(conn.outbox)
+    a.say("this batch breaks victim's transport")
+    a.expect("a: this batch breaks victim's transport")  # a still gets the batch
+    a.expect(r"victim has left \(server error\)")
+    victim.closed_after()
+    a.say("still served")
+    a.expect("a: still served")
+    assert any("error delivering to" in r.getMessage() for r in caplog.records)
