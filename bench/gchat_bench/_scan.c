@@ -98,24 +98,37 @@ latency_bucket(long long us)
     return (Py_ssize_t)(HDR_EXACT + (shift - 1) * HDR_HALF + ((us >> shift) - HDR_HALF));
 }
 
+/* The body of scan_run and scan_rooms.  rooms == 0: scan_run (every
+ * sender is a slot of nxt).  rooms > 0: the receiver is in room `room`;
+ * sender s is in room s % rooms and is slot s / rooms of nxt; a line from a
+ * sender of another room is counted in *leaked and nowhere else; s >=
+ * senders is stale. */
 static PyObject *
-scan_run(PyObject *self, PyObject *args)
+scan_common(PyObject *args, int with_rooms)
 {
     Py_buffer buf, prefix, nxt, buckets;
     Py_ssize_t start, end, nsend, nbuckets;
-    long long now_ns, own;
+    long long now_ns, own, rooms = 0, room = -1, senders = 0;
     long long matched = 0, received = 0, in_order = 0, own_count = 0, stale = 0;
+    long long leaked = 0;
     long long resume = -1, ooo_sender = -1, ooo_seq = -1;
     PyObject *result = NULL;
-    (void)self;
 
-    if (!PyArg_ParseTuple(args, "y*nny*w*w*LL", &buf, &start, &end, &prefix,
-                          &nxt, &buckets, &now_ns, &own))
+    if (with_rooms) {
+        if (!PyArg_ParseTuple(args, "y*nny*w*w*LLLLL", &buf, &start, &end, &prefix,
+                              &nxt, &buckets, &now_ns, &own, &rooms, &room, &senders))
+            return NULL;
+    } else if (!PyArg_ParseTuple(args, "y*nny*w*w*LL", &buf, &start, &end, &prefix,
+                                 &nxt, &buckets, &now_ns, &own))
         return NULL;
     clamp_range(&start, &end, buf.len);
     if (nxt.itemsize != 8 || buckets.itemsize != 8 || prefix.len == 0) {
         PyErr_SetString(PyExc_ValueError,
                         "scan_run: nxt and buckets must be int64 buffers, prefix non-empty");
+        goto done;
+    }
+    if (with_rooms && rooms < 1) {
+        PyErr_SetString(PyExc_ValueError, "scan_rooms: rooms must be at least 1");
         goto done;
     }
     nsend = nxt.len / 8;
@@ -128,7 +141,7 @@ scan_run(PyObject *self, PyObject *args)
         while (p < stop) {
             const char *m = memmem(p, (size_t)(stop - p), prefix.buf, (size_t)prefix.len);
             const char *q;
-            long long s, seq, t;
+            long long s, seq, t, slot;
             int rs, rq, rt;
             Py_ssize_t b;
             if (m == NULL)
@@ -141,9 +154,21 @@ scan_run(PyObject *self, PyObject *args)
             }
             p = q;
             matched++;
-            if (rs == 2 || rq == 2 || rt == 2 || s >= nsend) {
+            if (rs == 2 || rq == 2 || rt == 2 || s >= (with_rooms ? senders : nsend)) {
                 stale++;
                 continue;
+            }
+            slot = s;
+            if (with_rooms) {
+                if (s % rooms != room) {
+                    leaked++;
+                    continue;
+                }
+                slot = s / rooms;
+                if (slot >= nsend) {
+                    stale++;
+                    continue;
+                }
             }
             b = latency_bucket(now_ns - t >= 0 ? (now_ns - t) / 1000 : -1);
             if (b < nbuckets)
@@ -151,25 +176,50 @@ scan_run(PyObject *self, PyObject *args)
             received++;
             if (s == own)
                 own_count++;
-            if (seq == next_seq[s]) {
-                next_seq[s] = seq + 1;
+            if (seq == next_seq[slot]) {
+                next_seq[slot] = seq + 1;
                 in_order++;
             } else {
                 resume = (long long)(p - base);
-                ooo_sender = s;
+                ooo_sender = slot;
                 ooo_seq = seq;
                 break;
             }
         }
     }
-    result = Py_BuildValue("(LLLLLLLL)", matched, received, in_order, own_count, stale,
-                           resume, ooo_sender, ooo_seq);
+    if (with_rooms)
+        result = Py_BuildValue("(LLLLLLLLL)", matched, received, in_order, own_count, stale,
+                               resume, ooo_sender, ooo_seq, leaked);
+    else
+        result = Py_BuildValue("(LLLLLLLL)", matched, received, in_order, own_count, stale,
+                               resume, ooo_sender, ooo_seq);
 done:
     PyBuffer_Release(&buf);
     PyBuffer_Release(&prefix);
     PyBuffer_Release(&nxt);
     PyBuffer_Release(&buckets);
     return result;
+}
+
+static PyObject *
+scan_run(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return scan_common(args, 0);
+}
+
+/* scan_rooms(buf, start, end, prefix, nxt, buckets, now_ns, own, rooms,
+ *            room, senders)
+ *   -> (matched, received, in_order, own_count, stale, resume, slot, seq, leaked)
+ * scan_run for a receiver of room `room` (gchat-bench --rooms): nxt has one
+ * slot per sender of that room (sender s is slot s / rooms), the sender
+ * returned out of order is that slot, and `leaked` counts this phase's
+ * lines from senders of other rooms.  stats.scan_rooms_py is the reference. */
+static PyObject *
+scan_rooms(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return scan_common(args, 1);
 }
 
 /* census(buf, start, end) -> (newlines, markers, sync_markers, errors)
@@ -224,6 +274,9 @@ static PyMethodDef scan_methods[] = {
     {"scan_run", scan_run, METH_VARARGS,
      "scan_run(buf, start, end, prefix, nxt, buckets, now_ns, own) -> "
      "(matched, received, in_order, own, stale, out_of_order); see _scan.c"},
+    {"scan_rooms", scan_rooms, METH_VARARGS,
+     "scan_rooms(buf, start, end, prefix, nxt, buckets, now_ns, own, rooms, room, senders) "
+     "-> scan_run's tuple plus leaked; see _scan.c"},
     {NULL, NULL, 0, NULL}
 };
 

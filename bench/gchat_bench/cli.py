@@ -17,7 +17,7 @@ import shlex
 import sys
 from typing import Optional
 
-from gchat_bench.runner import SCENARIOS, Options, run_scenario
+from gchat_bench.runner import SCENARIOS, Options, run_scenario, wait_for_idle
 from gchat_bench.servers import (BenchError, Server, baseline_command, check_loopback,
                                  gchat_command, spawn_argv)
 
@@ -32,9 +32,10 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                     "thousands of simulated clients.",
         epilog="Write --spawn with '=': --spawn='--compat --sendq 65536', or --spawn= "
                "for gchat's defaults. Without --target or --spawn, gchat is spawned "
-               "with its defaults. Two more scenarios have options of their own: "
+               "with its defaults. Three more scenarios have options of their own: "
                "`gchat-bench soak --help` (churn while senders send; nothing may be "
-               "lost) and `gchat-bench fuzz --help` (garbage from many clients).")
+               "lost), `gchat-bench fuzz --help` (garbage from many clients) and "
+               "`gchat-bench history --help` (server CPU per /join for a room's history).")
     ap.add_argument("scenario", choices=SCENARIOS + ("compare",),
                     help="fanout: open-loop fixed rate; saturate: closed loop, highest "
                          "deliveries/s; join: connect storm until quiet; idle: memory per "
@@ -43,8 +44,8 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
     ap.add_argument("--clients", default=DEFAULTS["clients"],
                     help="clients, or a comma list for a sweep (default 1000; "
                          "at most ~19000: 20000 open files per process)")
-    ap.add_argument("--senders", type=int, default=DEFAULTS["senders"],
-                    help="clients that send (default 10)")
+    ap.add_argument("--senders", type=int, default=None,
+                    help="clients that send (default 10; with --rooms: every client)")
     ap.add_argument("--rate", type=float, default=DEFAULTS["rate"],
                     help="messages/s of all senders together, open loop (default 100)")
     ap.add_argument("--duration", type=float, default=DEFAULTS["duration"],
@@ -68,6 +69,14 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                          "gchat_bench.baselines.seed_port'")
     ap.add_argument("--compat", action="store_true",
                     help="speak the seed protocol (implied by --compat in --spawn)")
+    ap.add_argument("--rooms", metavar="K[,K...]", default=None,
+                    help="name mode: after naming, client i joins room i %% K (K rooms "
+                         "of clients/K); chat, loss and leaks are counted per room. "
+                         "A comma list runs a sweep. fanout, saturate, join, idle")
+    ap.add_argument("--offered-deliveries", metavar="D", type=float, default=None,
+                    help="open loop: instead of --rate, send rate = D / room size "
+                         "(clients/rooms, or clients without --rooms), so that every "
+                         "point of a sweep offers D deliveries/s")
     ap.add_argument("--scenario", dest="compare_scenario", default="fanout",
                     choices=SCENARIOS, help="compare: the scenario to run (default fanout)")
     ap.add_argument("--baselines", default=None,
@@ -84,6 +93,14 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                     help="handshakes in progress per worker (default 200)")
     ap.add_argument("--drain-timeout", type=float, default=60.0,
                     help="longest wait for in-flight messages after sending (default 60)")
+    ap.add_argument("--max-other-load", metavar="PCT", type=float, default=None,
+                    help="shared machine: before each run wait for an idle machine; "
+                         "discard a run in which CPU that neither the server nor the "
+                         "generator used (host_other_cpu_pct) exceeded PCT%% of the "
+                         "machine, and run it again (at most --retries times). Discarded "
+                         "runs are still printed with --json, marked 'discarded'")
+    ap.add_argument("--retries", type=int, default=5,
+                    help="with --max-other-load: re-runs per setting (default 5)")
     ap.add_argument("--json", action="store_true",
                     help="print one JSON object per run on stdout (the table goes to stderr)")
     ap.add_argument("--plot", metavar="FILE.png",
@@ -171,6 +188,10 @@ def main(argv: Optional[list] = None) -> int:
         # Churn and garbage: their own runner (chaos.py), their own options.
         from gchat_bench import chaos
         return chaos.main(args)
+    if args and args[0] == "history":
+        # The CPU cost of a room's history on /join (history.py).
+        from gchat_bench import history
+        return history.main(args[1:])
     a = parse_args(argv)
     try:
         return _main(a)
@@ -199,38 +220,77 @@ def _main(a: argparse.Namespace) -> int:
         raise BenchError("--server-pid goes with --target")
     if a.repeat < 1:
         raise BenchError("--repeat must be at least 1")
+    try:
+        room_counts = [int(x) for x in str(a.rooms).split(",") if x.strip()] if a.rooms else [0]
+    except ValueError:
+        raise BenchError("--rooms wants K or K,K,...")
+    if a.rooms and (not room_counts or min(room_counts) < 1):
+        raise BenchError("--rooms wants K or K,K,... with every K at least 1")
+    if a.rooms and compat:
+        raise BenchError("--rooms needs name mode: the seed protocol (--compat, and "
+                         "compare, which runs it) has no rooms")
+    if a.offered_deliveries is not None and a.offered_deliveries <= 0:
+        raise BenchError("--offered-deliveries must be positive")
     specs = server_specs(a, compat)
 
     out = sys.stderr if a.json else sys.stdout
     runs = []
-    for n in counts:
-        for rep in range(a.repeat):
-            for spec in specs:
-                opts = Options(scenario=scenario, clients=n, senders=min(a.senders, n),
-                               rate=a.rate, duration=a.duration, size=a.size,
-                               window=a.window, slow_clients=a.slow_clients,
-                               workers=a.workers, compat=compat, source_addrs=a.source_addrs,
-                               connect_concurrency=a.connect_concurrency,
-                               drain_timeout=a.drain_timeout, progress=a.progress)
-                opts.validate()
-                print("gchat-bench: %s against %s, %d clients (run %d/%d)"
-                      % (scenario, spec.name, n, rep + 1, a.repeat), file=sys.stderr)
-                server = spec.start()
-                try:
-                    res = run_scenario(opts, server)
-                finally:
-                    server.stop()
-                res["repeat_index"] = rep
-                if server.exit_code not in (None, 0):
-                    res["server_exit_code"] = server.exit_code
-                runs.append(res)
-                if a.json:
-                    print(json.dumps(res), flush=True)
+    for n, k, rep, spec in [(n, k, rep, spec) for n in counts for rep in range(a.repeat)
+                            for k in room_counts for spec in specs]:
+        # With rooms every client sends unless --senders says otherwise.
+        senders = a.senders if a.senders is not None else (n if k else DEFAULTS["senders"])
+        rate = a.rate
+        if a.offered_deliveries is not None:
+            rate = a.offered_deliveries / (n / k if k else n)
+        opts = Options(scenario=scenario, clients=n, senders=min(senders, n),
+                       rate=rate, duration=a.duration, size=a.size,
+                       window=a.window, slow_clients=a.slow_clients,
+                       workers=a.workers, compat=compat, source_addrs=a.source_addrs,
+                       connect_concurrency=a.connect_concurrency,
+                       drain_timeout=a.drain_timeout, progress=a.progress, rooms=k)
+        opts.validate()
+        attempt = 0
+        while True:
+            if a.max_other_load is not None:
+                waited = wait_for_idle()
+                if waited > 5.5:
+                    print("gchat-bench: waited %.0f s for an idle machine" % waited,
+                          file=sys.stderr)
+            print("gchat-bench: %s against %s, %d clients%s (run %d/%d%s)"
+                  % (scenario, spec.name, n, " in %d rooms" % k if k else "",
+                     rep + 1, a.repeat, ", attempt %d" % (attempt + 1) if attempt else ""),
+                  file=sys.stderr)
+            server = spec.start()
+            try:
+                res = run_scenario(opts, server)
+            finally:
+                server.stop()
+            res["repeat_index"] = rep
+            if server.exit_code not in (None, 0):
+                res["server_exit_code"] = server.exit_code
+            other = res.get("host_other_cpu_pct")
+            if (a.max_other_load is not None and other is not None
+                    and other > a.max_other_load):
+                if attempt < a.retries:
+                    attempt += 1
+                    res["discarded"] = ("others used %.0f%% of the machine (over "
+                                        "--max-other-load %g)" % (other, a.max_other_load))
+                    print("gchat-bench: run discarded: %s" % res["discarded"], file=sys.stderr)
+                    if a.json:
+                        print(json.dumps(res), flush=True)
+                    continue
+                res["machine_busy"] = True
+            if a.max_other_load is not None:
+                res["attempts"] = attempt + 1
+            break
+        runs.append(res)
+        if a.json:
+            print(json.dumps(res), flush=True)
 
     # Medians per (server, clients); ratios of the first server to the others.
     groups: dict = {}
     for r in runs:
-        groups.setdefault((r["clients"], r["server"]), []).append(r)
+        groups.setdefault((r["clients"], r.get("rooms", 0), r["server"]), []).append(r)
     summary = [report.median_result(g) if len(g) > 1 else g[0] for g in groups.values()]
     if a.scenario == "compare":
         for s in summary:
@@ -262,12 +322,27 @@ def _main(a: argparse.Namespace) -> int:
         notes.append("messages were lost (lost > 0)")
     if any(r.get("disconnected") for r in runs):
         notes.append("receivers were disconnected by the server during the run")
+    if any(r.get("machine_busy") for r in runs):
+        notes.append("some runs stayed over --max-other-load after --retries attempts "
+                     "(machine_busy): others' load is in their latencies")
+    if any(r.get("leaked") for r in runs):
+        notes.append("lines reached clients of another room (leaked > 0): %s"
+                     % next(r.get("leak_samples") for r in runs if r.get("leaked")))
     for n_ in notes:
         print("note: " + n_, file=out)
-    if a.plot:
+    if a.plot and len(room_counts) > 1:
+        from gchat_bench.plot import plot_rooms
+        title = "gchat-bench %s: %s clients in %s rooms, %s, size=%dB duration=%gs%s" % (
+            scenario, a.clients, a.rooms,
+            ("%g deliveries/s offered" % a.offered_deliveries if a.offered_deliveries
+             else "rate=%g/s" % a.rate), a.size, a.duration,
+            " (median of %d)" % a.repeat if a.repeat > 1 else "")
+        plot_rooms(summary, a.plot, title)
+        print("plot written to %s" % a.plot, file=sys.stderr)
+    elif a.plot:
         from gchat_bench.plot import plot_sweep
         title = "gchat-bench %s: senders=%d rate=%g/s size=%dB duration=%gs%s" % (
-            scenario, a.senders, a.rate, a.size, a.duration,
+            scenario, a.senders if a.senders is not None else DEFAULTS["senders"], a.rate, a.size, a.duration,
             " (median of %d)" % a.repeat if a.repeat > 1 else "")
         plot_sweep(summary, a.plot, title)
         print("plot written to %s" % a.plot, file=sys.stderr)

@@ -81,3 +81,62 @@ def plot_sweep(results: list, path: str, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_rooms(results: list, path: str, title: str = "") -> None:
+    """The rooms sweep (--rooms K,K,...): x = room size (clients / rooms),
+    log scale.  Left: the server's CPU time per delivery (the cost curve);
+    middle: latency p50 and p99; right: deliveries/s and what was offered."""
+    servers = list(dict.fromkeys(r["server"] for r in results))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for si, srv in enumerate(servers):
+        rows = sorted((r for r in results if r["server"] == srv and r.get("rooms")),
+                      key=lambda r: r["room_size"])
+        xs = [r["room_size"] for r in rows]
+        col = colors[si % len(colors)]
+        pts = [(x, r["server_cpu_us_per_delivery"]) for x, r in zip(xs, rows)
+               if r.get("server_cpu_us_per_delivery")]
+        if pts:
+            ax1.plot(*zip(*pts), "-", marker="o", color=col, label=srv)
+            rooms = {r["room_size"]: r["rooms"] for r in rows}
+            for x, y in pts:
+                ax1.annotate("%.1f us\n(%d rooms)" % (y, rooms[x]), (x, y),
+                             textcoords="offset points", xytext=(4, 6), fontsize=8)
+            ax1.set_ylim(0, max(y for _, y in pts) * 1.3)
+        for key, label, style in (("p50_ms", "p50", "-"), ("p99_ms", "p99", "-.")):
+            pts = [(x, r[key]) for x, r in zip(xs, rows) if r.get(key)]
+            if pts:
+                ax2.plot(*zip(*pts), style, marker="o", ms=4, color=col,
+                         label="%s %s" % (srv, label))
+        pts = [(x, r["deliveries_per_s"]) for x, r in zip(xs, rows) if r.get("deliveries_per_s")]
+        if pts:
+            ax3.plot(*zip(*pts), "-", marker="o", color=col, label=srv)
+        sat = [(x, r["deliveries_per_s"]) for x, r in zip(xs, rows)
+               if r.get("generator_saturated") and r.get("deliveries_per_s")]
+        if sat:
+            ax3.plot(*zip(*sat), "x", ms=10, color="red", label="%s: generator saturated" % srv)
+    offered = sorted({(r["room_size"], r["rate"] * r["room_size"])
+                      for r in results if r.get("offered") and r.get("rate") and r.get("rooms")})
+    if offered:
+        ax3.plot(*zip(*offered), ":", color="gray", label="offered (rate x room size)")
+    for ax in (ax1, ax2, ax3):
+        ax.set_xscale("log")
+        ax.set_xlabel("clients per room (log)")
+        ax.grid(True, which="both", alpha=0.3)
+    ax1.set_ylabel("server CPU us / delivery")
+    ax1.set_title("server CPU per delivery")
+    ax1.legend(fontsize=8)
+    ax2.set_yscale("log")
+    ax2.set_ylabel("latency (ms), send to receive")
+    ax2.set_title("latency")
+    ax2.legend(fontsize=8)
+    ax3.set_ylabel("deliveries / s")
+    ax3.set_ylim(bottom=0)
+    ax3.set_title("throughput")
+    ax3.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

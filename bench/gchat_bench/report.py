@@ -69,6 +69,10 @@ def table(results: list) -> str:
     cols = list(COLUMNS)
     for scen in dict.fromkeys(r["scenario"] for r in results):
         cols += [c for c in EXTRA.get(scen, []) if c not in cols]
+    if any(r.get("rooms") for r in results):
+        # Rooms: how many, and lines that reached a client of another room.
+        cols.insert(2, ("rooms", "rooms", "d"))
+        cols.insert(cols.index(("dup", "duplicated", "d")), ("leaked", "leaked", "d"))
     if any(r.get("runs", 1) > 1 for r in results):
         cols.insert(2, ("runs", "runs", "d"))
     rows = [[h for h, _, _ in cols]]
@@ -91,7 +95,7 @@ def median_result(runs: list) -> dict:
     loss are summed (one lost message in any run matters).
     """
     out = dict(runs[0])
-    summed = {"lost", "duplicated", "reordered", "disconnected", "connect_errors"}
+    summed = {"lost", "duplicated", "reordered", "disconnected", "connect_errors", "leaked"}
     for k in runs[0]:
         vals = [r.get(k) for r in runs]
         if k in summed:

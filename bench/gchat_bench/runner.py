@@ -29,6 +29,8 @@ from gchat_bench.servers import (BenchError, RssSampler, Server, die_with_parent
 from gchat_bench.stats import SCAN_IMPL, MIN_SIZE, merge_encoded, percentiles_ms
 
 SCENARIOS = ("fanout", "saturate", "join", "idle", "slow")
+# Scenarios that can spread the clients over rooms (--rooms).
+ROOM_SCENARIOS = ("fanout", "saturate", "join", "idle")
 
 # A worker that used this share of one core during a measured phase was
 # (near enough) busy all the time: its clients' latencies include its own
@@ -65,6 +67,7 @@ class Options:
     slow_clients: int = 10         # slow: clients that never read
     workers: int = 0               # 0: one per core, at most one per 50 clients
     compat: bool = False
+    rooms: int = 0                 # >0: clients spread over this many rooms (name mode)
     source_addrs: int = 0          # 0: automatic
     connect_concurrency: int = 200 # handshakes in progress per worker
     connect_timeout: float = 60.0
@@ -87,6 +90,27 @@ class Options:
             raise BenchError("--rate must be positive")
         if self.size < MIN_SIZE:
             raise BenchError("--size must be at least %d (the marker needs room)" % MIN_SIZE)
+        if self.rooms:
+            if self.compat:
+                raise BenchError("--rooms needs name mode: the seed protocol (--compat, "
+                                 "and compare, which runs it) has no rooms")
+            if self.scenario not in ROOM_SCENARIOS:
+                raise BenchError("--rooms works with %s, not %s"
+                                 % (", ".join(ROOM_SCENARIOS), self.scenario))
+            if not 1 <= self.rooms <= self.clients:
+                raise BenchError("--rooms must be between 1 and --clients "
+                                 "(every room needs a member)")
+
+
+def wait_for_idle(busy_pct: float = 15.0, window: float = 5.0, timeout: float = 600.0) -> float:
+    """Wait until the whole machine was under busy_pct % busy for `window`
+    seconds (at most `timeout`); return the seconds waited.  On a shared
+    machine someone else's load shows up as the server's latency."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if psutil.cpu_percent(interval=window) < busy_pct:
+            break
+    return time.monotonic() - t0
 
 
 def cpu_of(pids: list) -> list:
@@ -137,6 +161,7 @@ class WorkerPool:
                 # Sender j is client j: spread round-robin over the workers.
                 "sender_of": {str(j): j for j in range(w, senders, nw)},
                 "size": opts.size, "source_addrs": srcs, "name_prefix": prefix,
+                "rooms": opts.rooms,
             }
             p = subprocess.Popen([sys.executable, "-m", "gchat_bench.worker"],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -277,6 +302,13 @@ class Window:
 
 
 def base_result(opts: Options, server: Server) -> dict:
+    res = _base_result(opts, server)
+    if opts.rooms:
+        res.update(rooms=opts.rooms, room_size=opts.clients / opts.rooms, leaked=0)
+    return res
+
+
+def _base_result(opts: Options, server: Server) -> dict:
     return {
         "scenario": opts.scenario, "server": server.name,
         "mode": "compat" if opts.compat else "name",
@@ -322,7 +354,9 @@ def connect(pool: WorkerPool, opts: Options, which: str, count: int, res: dict) 
 
 def settle(pool: WorkerPool, opts: Options, k: int, timeout: Optional[float] = None) -> dict:
     """Send sync marker k from one client and wait until all readers saw it."""
-    args = [{"k": k, "send": i == 0, "timeout": timeout or opts.settle_timeout}
+    # With rooms every worker sends the markers of the rooms it leads.
+    args = [{"k": k, "send": i == 0 or bool(opts.rooms),
+             "timeout": timeout or opts.settle_timeout}
             for i in range(pool.n)]
     # A join storm can take a while to deliver: show clients that are done.
     bar = Bar(opts.progress, "settle", total=opts.clients, unit="cl")
@@ -331,10 +365,14 @@ def settle(pool: WorkerPool, opts: Options, k: int, timeout: Optional[float] = N
                             bar=bar, bar_key="synced")
     finally:
         bar.close()
-    return {"missing": sum(r["missing"] for r in reps),
-            "seen": sum(r["seen"] for r in reps),
-            "t_done": max(r["t_done"] for r in reps),
-            "lines": sum(r["lines"] for r in reps)}
+    out = {"missing": sum(r["missing"] for r in reps),
+           "seen": sum(r["seen"] for r in reps),
+           "t_done": max(r["t_done"] for r in reps),
+           "lines": sum(r["lines"] for r in reps)}
+    if opts.rooms:
+        out["leaked"] = sum(r["leaked"] for r in reps)
+        out["leak_samples"] = [x for r in reps for x in r["leak_samples"]][:10]
+    return out
 
 
 def measure_phase(pool: WorkerPool, server: Server, opts: Options, closed: bool) -> dict:
@@ -378,7 +416,15 @@ def measure_phase(pool: WorkerPool, server: Server, opts: Options, closed: bool)
     receivers = sum(r["receivers"] for r in dr)
     unique = sum(r["unique"] for r in dr)
     received = sum(r["received"] for r in dr)
-    expected = total_sent * receivers
+    if opts.rooms:
+        # Per room: a sender's line is owed to every member of its room.
+        members: dict = {}
+        for r in dr:
+            for room, n in r["receivers_by_room"].items():
+                members[int(room)] = members.get(int(room), 0) + n
+        expected = sum(n * members.get(int(sid) % opts.rooms, 0) for sid, n in sent_by.items())
+    else:
+        expected = total_sent * receivers
     offered = None if closed else sum(r["offered"] for r in sent_r)
     blocked = sum(r["blocked"] for r in sent_r)
     span = (last_rx - t0) / 1e9 if last_rx > t0 else None
@@ -406,6 +452,9 @@ def measure_phase(pool: WorkerPool, server: Server, opts: Options, closed: bool)
         "host_cpu_pct": cpu["host_cpu_pct"],
         "host_other_cpu_pct": cpu["host_other_cpu_pct"],
     }
+    if opts.rooms:
+        out["leaked"] = sum(r["leaked"] for r in dr)
+        out["leak_samples"] = [x for r in dr for x in r["leak_samples"]][:10]
     out.update(percentiles_ms(hist))
     short = offered is not None and total_sent < SHORTFALL * offered
     out["send_shortfall"] = bool(short)
@@ -453,6 +502,7 @@ def run_scenario(opts: Options, server: Server) -> dict:
         res["connected"] = conn["ok"]
         s = settle(pool, opts, 1)
         res["settle_missing"] = s["missing"]
+        _leaks(res, s)
         res["senders"] = opts.senders
         res["join_s"] = (s["t_done"] - t_start) / 1e9
         if opts.scenario == "fanout":
@@ -496,6 +546,7 @@ def _join(pool, server, opts, res, rss_before) -> dict:
         s = settle(pool, opts, 1)
     join_s = (s["t_done"] - t_start) / 1e9
     cpu = win.finish(wall=join_s)
+    _leaks(res, s)
     res.update(percentiles_ms(conn["hist"]))
     res.update({
         "connected": conn["ok"],
@@ -547,6 +598,7 @@ def _idle(pool, server, opts, res, rss_before) -> dict:
     cpu = win.finish()
     # Still there?  Every client must see one more marker.
     s = settle(pool, opts, 2, timeout=60)
+    _leaks(res, s)
     res.update({
         "sent": 1, "expected": conn["ok"], "received": s["seen"], "lost": s["missing"],
         "server_rss_mb": statistics.median(samples) / 2 ** 20 if samples else None,
@@ -561,6 +613,14 @@ def _idle(pool, server, opts, res, rss_before) -> dict:
     _rss_per_client(res, server, rss_before, conn["ok"],
                     statistics.median(samples) if samples else None)
     return res
+
+
+def _leaks(res: dict, reply: dict) -> None:
+    """Fold the leak count of a settle (cumulative per worker) into res."""
+    if "leaked" in reply:
+        res["leaked"] = max(res.get("leaked", 0), reply["leaked"])
+        if reply["leak_samples"]:
+            res["leak_samples"] = reply["leak_samples"]
 
 
 def _rss_per_client(res, server, before, n, after=None) -> None:

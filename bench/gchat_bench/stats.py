@@ -125,6 +125,46 @@ def scan_run_py(buf, start: int, end: int, prefix: bytes, nxt, buckets,
     return matched, received, in_order, own_count, stale, -1, -1, -1
 
 
+def scan_rooms_py(buf, start: int, end: int, prefix: bytes, nxt, buckets,
+                  now_ns: int, own: int, rooms: int, room: int, senders: int) -> tuple:
+    """scan_run_py for a receiver in room ``room`` of ``rooms`` (--rooms).
+
+    Sender s (a client index) is in room ``s % rooms`` and is the
+    ``s // rooms``-th sender of it, so ``nxt`` holds one slot per sender of
+    one room, not one per sender of the run.  A line of this phase from a
+    sender of another room reached a client it was never meant for: it is
+    counted in ``leaked`` (the ninth value) and nowhere else.  ``senders``
+    is the run's number of senders (a larger sender id is stale).  The
+    out-of-order sender returned is the local index (``s // rooms``), the
+    one ``nxt`` and SeqTracker use.  The reference for _scan.scan_rooms.
+    """
+    matched = received = in_order = own_count = stale = leaked = 0
+    nsend = len(nxt)
+    for m in _fields_after(prefix).finditer(buf, start, end):
+        s, q, t = m.groups()
+        matched += 1
+        if max(len(s), len(q), len(t)) > MAX_DIGITS or int(s) >= senders:
+            stale += 1
+            continue
+        s, q = int(s), int(q)
+        if s % rooms != room:
+            leaked += 1
+            continue
+        ls = s // rooms
+        if ls >= nsend:
+            stale += 1
+            continue
+        buckets[latency_bucket((now_ns - int(t)) // 1000)] += 1
+        received += 1
+        if s == own:
+            own_count += 1
+        if q != nxt[ls]:
+            return matched, received, in_order, own_count, stale, m.end(), ls, q, leaked
+        nxt[ls] = q + 1
+        in_order += 1
+    return matched, received, in_order, own_count, stale, -1, -1, -1, leaked
+
+
 def census_py(buf, start: int, end: int) -> tuple:
     """(newlines, markers, sync_markers, errors) in buf[start:end]: counts of
     b"\n", b"~", b"~S" and b"error:".  The reference for _scan.census."""
@@ -137,10 +177,10 @@ def census_py(buf, start: int, end: int) -> tuple:
 try:
     if os.environ.get("GCHAT_BENCH_SCAN") == "python":
         raise ImportError("GCHAT_BENCH_SCAN=python")
-    from gchat_bench._scan import census, scan_run
+    from gchat_bench._scan import census, scan_rooms, scan_run
     SCAN_IMPL = "C"
 except ImportError:         # built without a C compiler: same results, slower
-    census, scan_run = census_py, scan_run_py
+    census, scan_run, scan_rooms = census_py, scan_run_py, scan_rooms_py
     SCAN_IMPL = "python"
 
 
@@ -160,6 +200,23 @@ def make_payload(run: int, sender: int, seq: int, send_ns: int, size: int) -> by
 def sync_payload(k: int) -> bytes:
     """The line a client sends for sync marker ``k``."""
     return b"~S%d \n" % k
+
+
+# With --rooms every room needs its own sync marker: ~S<k>.<room>.  (SYNC_RE
+# still finds its k, so census and the plain path count it as a sync line.)
+ROOM_SYNC_RE = re.compile(rb"~S(\d+)\.(\d+) ")
+
+
+def room_sync_payload(k: int, room: int) -> bytes:
+    """The line a member of room ``room`` sends for sync marker ``k``."""
+    return b"~S%d.%d \n" % (k, room)
+
+
+def room_name(prefix: bytes, room: int) -> bytes:
+    """The name of bench room ``room`` (index, 0..rooms-1) of one run: the
+    run's name prefix (random per run, so a reused server's old rooms and
+    their history are not met again) and the index; at most 32 chars."""
+    return b"%sr%d" % (prefix, room)
 
 
 class LatencyRecorder:

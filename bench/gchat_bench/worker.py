@@ -32,6 +32,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import resource
 import select
 import socket
@@ -44,8 +45,9 @@ import gevent.event
 import gevent.pool
 from gevent.socket import wait_read, wait_write
 
-from gchat_bench.stats import (SYNC_RE, LatencyRecorder, SeqTracker, census, latency_bucket,
-                               make_payload, run_prefix, scan_run, sync_payload)
+from gchat_bench.stats import (ROOM_SYNC_RE, SYNC_RE, LatencyRecorder, SeqTracker, census,
+                               latency_bucket, make_payload, room_name, room_sync_payload,
+                               run_prefix, scan_rooms, scan_run, sync_payload)
 
 # Read size per ready socket.  Big reads amortise the syscall over many
 # lines, but not above 64 KiB: CPython allocates the whole size for every
@@ -74,7 +76,14 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 # send queue (what the slow scenario tests) fills instead of our kernel.
 SLOW_RCVBUF = 4096
 
-PROMPT, WELCOME, READY, CLOSED = range(4)
+PROMPT, WELCOME, READY, CLOSED, JOINING, ROSTER = range(6)
+# With --rooms, after the roster line of a /join: the next line may open a
+# history block (HIST_MAYBE), or the client is inside one (HIST_IN).
+HIST_NONE, HIST_MAYBE, HIST_IN = range(3)
+HISTORY_OPEN = b"--- last "
+HISTORY_END = b"--- end of history ---"
+# Leaked lines kept as examples (client, its room, sender, sender's room).
+LEAK_SAMPLES = 5
 
 
 class Client:
@@ -82,7 +91,7 @@ class Client:
 
     __slots__ = ("idx", "sock", "fd", "state", "name", "attempt", "tail",
                  "tracker", "sync", "t_sync", "sender_id", "credits", "event",
-                 "ready", "t_start", "t_ready", "slow", "error")
+                 "ready", "t_start", "t_ready", "slow", "error", "room", "hist")
 
     def __init__(self, idx: int, slow: bool):
         self.idx = idx
@@ -103,6 +112,8 @@ class Client:
         self.t_ready = 0
         self.slow = slow
         self.error = ""
+        self.room = -1          # --rooms: index of the client's room
+        self.hist = HIST_NONE   # --rooms: where it is in a history block
 
 
 def emit(obj: dict) -> None:
@@ -138,6 +149,25 @@ class Worker:
         self.source_addrs = cfg.get("source_addrs") or []
         self.name_prefix = cfg["name_prefix"].encode()
         self.clients = [Client(i, False) for i in cfg["clients"]]
+        # --rooms K: client i joins room i % K after naming; sender s is in
+        # room s % K.  A receiver tracks only its own room's senders, so
+        # SeqTracker has one slot per sender of a room (slot s // K).
+        self.rooms = cfg.get("rooms", 0)
+        self.track_size = self.senders_total
+        self.leaked = 0          # lines (data or sync) from another room, whole run
+        self.leak_samples: list = []
+        if self.rooms:
+            self.track_size = max(1, -(-self.senders_total // self.rooms))
+            for c in self.clients:
+                c.room = c.idx % self.rooms
+            mine = {c.idx: c for c in self.clients}
+            # A room's sync marker is sent by the worker that holds client
+            # r (the room's first member); members[r]: its clients here.
+            self.members: dict = {}
+            for c in self.clients:
+                self.members.setdefault(c.room, []).append(c)
+            self.lead_rooms = [r for r in range(self.rooms) if r in mine]
+            self.scan = self.scan_rooms
         self.slow_clients = [Client(i, True) for i in cfg.get("slow", [])]
         self.by_fd: dict = {}
         self.ep = select.epoll()
@@ -207,7 +237,7 @@ class Worker:
             c.tail = tail if len(tail) <= MAX_TAIL else tail[-4096:]
         else:
             c.tail = b""
-        if c.state == READY:
+        if c.state == READY and not c.hist:
             # The common case: one C pass counts everything scan needs.
             counts = census(data, 0, end)
             self.lines += counts[0]
@@ -216,9 +246,11 @@ class Worker:
             return
         # (The tail held no "\n", so data[:end] has every new one.)
         self.lines += data.count(b"\n", 0, end)
-        start = self.handshake(c, data, end, now)
+        start = 0 if c.state == READY else self.handshake(c, data, end, now)
         if c.state != READY or c.slow:
             return
+        if c.hist:
+            start = self.skip_history(c, data, start, end)
         if end > start:
             self.scan(c, data, start, end, now, census(data, start, end))
 
@@ -234,16 +266,52 @@ class Worker:
                     self.send_name(c)
             elif c.state == WELCOME:
                 if line.startswith(b"You are "):
+                    if self.rooms:
+                        # Named, in the lobby: move to the bench room.
+                        c.state = JOINING
+                        self.send_line(c, b"/join %s\n" % room_name(self.name_prefix, c.room))
+                        continue
                     self.on_ready(c, now)
                     return pos
                 if line.startswith(b"error:") and not self.compat:
                     # Name refused (taken or invalid): the prompt follows.
                     c.attempt += 1
                     c.state = PROMPT
+            elif c.state == JOINING:
+                # Lobby lines (its roster, history, arrivals) until the join
+                # is confirmed; an error here is the /join refused.
+                if line.startswith(b"You are now in #"):
+                    c.state = ROSTER
+                elif line.startswith(b"error:"):
+                    c.error = "join refused: %s" % line[:200].decode("utf-8", "replace")
+                    self.close(c)
+                    return end
+            elif c.state == ROSTER:
+                # The room's roster line; a history block may follow.
+                self.on_ready(c, now)
+                c.hist = HIST_MAYBE
+                return pos
         if c.state == PROMPT and c.tail and b"name" in c.tail.lower():
             # A prompt that does not end in "\n" ("Your name? ").
             c.tail = b""
             self.send_name(c)
+        return pos
+
+    def skip_history(self, c: Client, data: bytes, pos: int, end: int) -> int:
+        """After a /join's roster: step over a history block
+        (``--- last N lines of #ROOM ---`` ... ``--- end of history ---``)
+        if one comes; return where the live lines start in data[pos:end]."""
+        while pos < end and c.hist:
+            nl = data.index(b"\n", pos)
+            line = data[pos:nl].rstrip(b"\r")
+            if c.hist == HIST_MAYBE:
+                if not line.startswith(HISTORY_OPEN):
+                    c.hist = HIST_NONE      # no history: this is a live line
+                    return pos
+                c.hist = HIST_IN
+            elif line == HISTORY_END:
+                c.hist = HIST_NONE
+            pos = nl + 1
         return pos
 
     def send_name(self, c: Client) -> None:
@@ -251,7 +319,10 @@ class Worker:
         if c.attempt:
             c.name += b"_%d" % c.attempt
         c.state = WELCOME
-        line = c.name + b"\n"
+        self.send_line(c, c.name + b"\n")
+
+    def send_line(self, c: Client, line: bytes) -> None:
+        """Send a handshake line (name, /join) without blocking."""
         try:
             # Called from the reader's watcher callback, which must not
             # block: a fresh socket takes a name whole; if not, a greenlet
@@ -284,7 +355,7 @@ class Worker:
                 pass
             self.by_fd.pop(c.fd, None)
         else:
-            c.tracker = SeqTracker(self.senders_total)
+            c.tracker = SeqTracker(self.track_size)
         c.ready.set()
 
     def scan(self, c: Client, buf: bytes, start: int, end: int, now: int,
@@ -336,6 +407,71 @@ class Worker:
         if own and c.event is not None:
             c.credits += own
             c.event.set()
+
+    def scan_rooms(self, c: Client, buf: bytes, start: int, end: int, now: int,
+                   counts: tuple) -> None:
+        """scan() for --rooms: sync markers and data lines of the client's
+        own room only; those of another room count as leaked."""
+        _, markers, sync_markers, errors = counts
+        self.errors += errors
+        if not markers:
+            return
+        if sync_markers:
+            markers -= len(SYNC_RE.findall(buf, start, end))
+            for k, r in ROOM_SYNC_RE.findall(buf, start, end):
+                if int(r) != c.room:
+                    self.leaked += 1
+                    self.note_leak(c, -1, int(r))
+                    continue
+                k = int(k)
+                if k > c.sync:
+                    c.sync = k
+                    c.t_sync = now
+        prefix = self.run_prefix
+        if prefix is None:
+            self.stale += markers
+            return
+        tr = c.tracker
+        nxt, buckets, sid = tr.nxt, self.lat.buckets, c.sender_id
+        rooms, room, senders = self.rooms, c.room, self.senders_total
+        received = own = leaked = 0
+        pos = start
+        while True:
+            matched, got, in_order, mine, stale, resume, s, q, lk = scan_rooms(
+                buf, pos, end, prefix, nxt, buckets, now, sid, rooms, room, senders)
+            markers -= matched - stale
+            tr.unique += in_order
+            self.unique_total += in_order
+            received += got
+            own += mine
+            leaked += lk
+            if resume < 0:
+                break
+            before = tr.unique
+            tr.out_of_order(s, q)
+            self.unique_total += tr.unique - before
+            pos = resume
+        self.stale += markers
+        tr.received += received
+        if leaked:
+            self.leaked += leaked
+            if len(self.leak_samples) < LEAK_SAMPLES:
+                for m in re.finditer(re.escape(prefix) + rb"(\d+) ", buf[start:end]):
+                    s = int(m.group(1))
+                    if s % rooms != room:
+                        self.note_leak(c, s, s % rooms)
+        if received:
+            if not self.first_rx:
+                self.first_rx = now
+            self.last_rx = now
+        if own and c.event is not None:
+            c.credits += own
+            c.event.set()
+
+    def note_leak(self, c: Client, sender: int, sender_room: int) -> None:
+        if len(self.leak_samples) < LEAK_SAMPLES:
+            self.leak_samples.append({"client": c.idx, "room": c.room,
+                                      "sender": sender, "sender_room": sender_room})
 
     def close(self, c: Client) -> None:
         """Forget a client: the one place a client is removed."""
@@ -445,7 +581,18 @@ class Worker:
         k = msg["k"]
         self.sync_target = k
         deadline = time.monotonic() + msg.get("timeout", 60.0)
-        if msg.get("send"):
+        if msg.get("send") and self.rooms:
+            # Every room needs its own marker, sent by one of its members.
+            for r in self.lead_rooms:
+                for c in sorted(self.members[r], key=lambda c: c.idx):
+                    if c.state != READY:
+                        continue
+                    try:
+                        send_all(c.sock, room_sync_payload(k, r))
+                        break
+                    except OSError:
+                        continue
+        elif msg.get("send"):
             for c in self.readers():
                 try:
                     send_all(c.sock, sync_payload(k))
@@ -458,8 +605,12 @@ class Worker:
                 break
             gevent.sleep(0.01)
         done = [c.t_sync for c in self.readers() if c.sync >= k]
-        return {"missing": len(waiting), "seen": len(done),
-                "t_done": max(done, default=0), "lines": self.lines}
+        reply = {"missing": len(waiting), "seen": len(done),
+                 "t_done": max(done, default=0), "lines": self.lines}
+        if self.rooms:
+            reply["leaked"] = self.leaked
+            reply["leak_samples"] = self.leak_samples
+        return reply
 
     # --------------------------------------------------------------- send
 
@@ -487,7 +638,9 @@ class Worker:
             n = min((min(now + EARLY_NS, end - 1) - start) // interval + 1 - k, MAX_BATCH)
             us = max(0, now - due) // 1000
             lag.buckets[latency_bucket(us)] += 1
-            buf = b"".join([make_payload(run, sid, j, max(start + j * interval, now), size)
+            # min: an overdue line keeps its schedule (its lateness is
+            # latency), one sent early carries the real time (not a future one).
+            buf = b"".join([make_payload(run, sid, j, min(start + j * interval, now), size)
                             for j in range(k, k + n)])
             if not self.send_batch(c, buf, n, k + n):
                 return
@@ -545,7 +698,7 @@ class Worker:
         self.sent_by = {}
         for c in self.clients:
             if c.tracker is not None:
-                c.tracker = SeqTracker(self.senders_total)
+                c.tracker = SeqTracker(self.track_size)
         self.unique_total = 0
         self.armed = msg["run"]
         return {}
@@ -601,9 +754,17 @@ class Worker:
         deadline = time.monotonic_ns() + int(msg.get("timeout", 30.0) * 1e9)
         last, t_progress = -1, time.monotonic_ns()
         complete = False
+        room_sent = None
+        if self.rooms:
+            # Each reader is owed what the senders of its own room sent.
+            room_sent = [0] * self.rooms
+            for sid, n in (msg.get("sent_by") or {}).items():
+                room_sent[int(sid) % self.rooms] += n
         while True:
             readers = self.readers()
-            if self.unique_total >= total * len(readers):
+            owed = (total * len(readers) if room_sent is None
+                    else sum(room_sent[c.room] for c in readers))
+            if self.unique_total >= owed:
                 complete = True
                 break
             now = time.monotonic_ns()
@@ -617,8 +778,15 @@ class Worker:
         self.run_prefix = None   # later lines of this phase count as stale
         samples = []
         if not complete:
-            samples = self.loss_samples(readers, msg.get("sent_by") or {})
-        return {
+            samples = self.loss_samples(readers, msg.get("sent_by") or {}, rooms=self.rooms)
+        extra = {}
+        if self.rooms:
+            by_room: dict = {}
+            for c in readers:
+                by_room[c.room] = by_room.get(c.room, 0) + 1
+            extra = {"receivers_by_room": by_room, "leaked": self.leaked,
+                     "leak_samples": self.leak_samples}
+        return {**extra,
             "receivers": len(readers),
             "unique": sum(t.unique for t in trs),
             "received": sum(t.received for t in trs),
@@ -636,19 +804,25 @@ class Worker:
         }
 
     @staticmethod
-    def loss_samples(readers, sent_by: dict, limit: int = 5) -> list:
-        """A few (client, sender, first missing seqs) to say what was lost."""
+    def loss_samples(readers, sent_by: dict, limit: int = 5, rooms: int = 0) -> list:
+        """A few (client, sender, first missing seqs) to say what was lost;
+        with rooms, only of the senders of each client's own room."""
         out = []
         for c in readers:
             tr = c.tracker
             for s, total in sent_by.items():
                 s = int(s)
-                miss = sorted(tr.missing.get(s, ()))[:3]
-                if len(miss) < 3 and tr.nxt[s] < total:
-                    miss += list(range(tr.nxt[s], min(total, tr.nxt[s] + 3 - len(miss))))
+                slot = s
+                if rooms:
+                    if s % rooms != c.room:
+                        continue        # not owed to this client
+                    slot = s // rooms
+                miss = sorted(tr.missing.get(slot, ()))[:3]
+                if len(miss) < 3 and tr.nxt[slot] < total:
+                    miss += list(range(tr.nxt[slot], min(total, tr.nxt[slot] + 3 - len(miss))))
                 if miss:
                     out.append({"client": c.idx, "sender": s, "missing": miss,
-                                "sent": total, "next": tr.nxt[s]})
+                                "sent": total, "next": tr.nxt[slot]})
                     if len(out) >= limit:
                         return out
         return out
