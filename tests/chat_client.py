@@ -122,7 +122,36 @@ def named_client(host, port, name, **kw) -> ChatClient:
     return client
 
 
-class GchatProcess:
+class LoggedProcess:
+    """A subprocess whose stderr lines are kept (self.proc, self.stderr_lines):
+    wait for a log line with a deadline, stop it with SIGTERM."""
+
+    def stderr_text(self) -> str:
+        return "".join(self.stderr_lines)
+
+    def wait_for_log(self, pattern, timeout=DEFAULT_TIMEOUT) -> str:
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < deadline:
+            lines = self.stderr_lines
+            for line in lines[seen:]:
+                if re.search(pattern, line):
+                    return line
+            seen = len(lines)
+            time.sleep(0.02)  # polling a log we do not control; bounded by deadline
+        raise TimeoutError(f"no log line matching {pattern!r}:\n{self.stderr_text()}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class GchatProcess(LoggedProcess):
     """The `gchat` console script, started on a free port."""
 
     def __init__(self, *args, command=None, env=None):
@@ -154,21 +183,6 @@ class GchatProcess:
                 self.port = int(match.group(2))
                 self._listening.set()
 
-    def stderr_text(self) -> str:
-        return "".join(self.stderr_lines)
-
-    def wait_for_log(self, pattern, timeout=DEFAULT_TIMEOUT) -> str:
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while time.monotonic() < deadline:
-            lines = self.stderr_lines
-            for line in lines[seen:]:
-                if re.search(pattern, line):
-                    return line
-            seen = len(lines)
-            time.sleep(0.02)  # polling a log we do not control; bounded by deadline
-        raise TimeoutError(f"no log line matching {pattern!r}:\n{self.stderr_text()}")
-
     def client(self, **kw) -> ChatClient:
         return ChatClient(self.host, self.port, **kw)
 
@@ -181,14 +195,6 @@ class GchatProcess:
     def wait(self, timeout=DEFAULT_TIMEOUT) -> int:
         return self.proc.wait(timeout)
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def gchat_executable() -> str:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from chat_client import DEFAULT_TIMEOUT, ChatClient, gchat_executable, named_client
+from chat_client import (DEFAULT_TIMEOUT, ChatClient, LoggedProcess, gchat_executable,
+                         named_client)
 from ws_client import WsClient, http_request
 
 from gchat.systemd import STATUS_INTERVAL
@@ -90,7 +91,7 @@ class NotifySocket:
         self.sock.close()
 
 
-class Activated:
+class Activated(LoggedProcess):
     """systemd-socket-activate listening on free ports, named by --fdname,
     that starts the gchat console script on the first connection."""
 
@@ -136,30 +137,6 @@ class Activated:
     def _drain_stderr(self):
         for raw in self.proc.stderr:
             self.stderr_lines.append(raw.decode(errors="replace"))
-
-    def stderr_text(self) -> str:
-        return "".join(self.stderr_lines)
-
-    def wait_for_log(self, pattern, timeout=DEFAULT_TIMEOUT) -> str:
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while time.monotonic() < deadline:
-            lines = self.stderr_lines
-            for line in lines[seen:]:
-                if re.search(pattern, line):
-                    return line
-            seen = len(lines)
-            time.sleep(0.02)  # polling a log we do not control; bounded by deadline
-        raise TimeoutError(f"no log line matching {pattern!r}:\n{self.stderr_text()}")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture
