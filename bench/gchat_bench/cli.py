@@ -18,6 +18,7 @@ import sys
 from typing import Optional
 
 from gchat_bench.runner import SCENARIOS, Options, run_scenario, wait_for_idle
+from gchat_bench.transports import TRANSPORTS, spawn_options
 from gchat_bench.servers import (BenchError, Server, baseline_command, check_loopback,
                                  gchat_command, spawn_argv)
 
@@ -101,6 +102,19 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                          "runs are still printed with --json, marked 'discarded'")
     ap.add_argument("--retries", type=int, default=5,
                     help="with --max-other-load: re-runs per setting (default 5)")
+    tr = ap.add_mutually_exclusive_group()
+    tr.add_argument("--ws", dest="transports", action="store_const", const="ws",
+                    help="clients speak WebSocket to gchat's --http port (GET /ws; a "
+                         "spawned gchat gets --http 0; with --target give the --http port)")
+    tr.add_argument("--tls", dest="transports", action="store_const", const="tls",
+                    help="clients speak TLS (a spawned gchat gets a self-signed "
+                         "certificate made for the run)")
+    tr.add_argument("--transports", dest="transports", metavar="T[,T...]",
+                    help="comma list of tcp, ws, tls: run each setting over each, "
+                         "interleaved; the table adds ratios to the first")
+    ap.add_argument("--scrape-metrics", metavar="SECONDS", type=float, default=0.0,
+                    help="saturate: GET /metrics on the --http port every SECONDS "
+                         "during the measured phase (spawn with --http 0)")
     ap.add_argument("--json", action="store_true",
                     help="print one JSON object per run on stdout (the table goes to stderr)")
     ap.add_argument("--plot", metavar="FILE.png",
@@ -140,14 +154,17 @@ class ServerSpec:
         return Server.spawn(self.name, self.argv)
 
 
-def server_specs(a: argparse.Namespace, compat: bool) -> list:
-    """The servers of this invocation, gchat (or the one asked for) first."""
+def server_specs(a: argparse.Namespace, compat: bool, transport: str = "tcp") -> list:
+    """The servers of this invocation, gchat (or the one asked for) first.
+    Over another transport than tcp the name says so (gchat+ws)."""
+    suffix = "" if transport == "tcp" else "+" + transport
     if a.target:
-        first = ServerSpec("target", target=parse_target(a.target), pid=a.server_pid)
+        first = ServerSpec("target" + suffix, target=parse_target(a.target), pid=a.server_pid)
     else:
         cmd = shlex.split(a.server_cmd) if a.server_cmd else gchat_command()
-        name = server_name(cmd) if a.server_cmd else "gchat"
-        first = ServerSpec(name, argv=spawn_argv(cmd, a.spawn or "", compat))
+        name = (server_name(cmd) if a.server_cmd else "gchat") + suffix
+        first = ServerSpec(name, argv=spawn_argv(
+            cmd, spawn_options(transport, a.spawn or ""), compat))
     specs = [first]
     if a.scenario == "compare":
         from gchat_bench.baselines import BASELINES
@@ -171,7 +188,7 @@ def run_spawned(opts: Options, spawn: str = "", server_cmd: Optional[list] = Non
         opts.compat = True
     cmd = server_cmd or gchat_command()
     server = Server.spawn(name or (server_name(cmd) if server_cmd else "gchat"),
-                          spawn_argv(cmd, spawn, opts.compat))
+                          spawn_argv(cmd, spawn_options(opts.transport, spawn), opts.compat))
     try:
         res = run_scenario(opts, server)
     finally:
@@ -231,12 +248,29 @@ def _main(a: argparse.Namespace) -> int:
                          "compare, which runs it) has no rooms")
     if a.offered_deliveries is not None and a.offered_deliveries <= 0:
         raise BenchError("--offered-deliveries must be positive")
-    specs = server_specs(a, compat)
+    transports = [t.strip() for t in (a.transports or "tcp").split(",") if t.strip()]
+    for t in transports:
+        if t not in TRANSPORTS:
+            raise BenchError("unknown transport %r (have: %s)" % (t, ", ".join(TRANSPORTS)))
+    if len(set(transports)) != len(transports):
+        raise BenchError("--transports: each transport once")
+    if transports != ["tcp"] and (compat or a.scenario == "compare"):
+        raise BenchError("--ws/--tls speak gchat's name mode: not with --compat or compare")
+    if len(transports) > 1 and a.target:
+        raise BenchError("--transports with several transports needs a spawned server")
+    if a.scrape_metrics < 0:
+        raise BenchError("--scrape-metrics must not be negative")
+    try:
+        tspecs = [(t, server_specs(a, compat, t)) for t in transports]
+    except RuntimeError as e:   # no openssl for the certificate
+        raise BenchError(str(e))
+    specs = tspecs[0][1]
 
     out = sys.stderr if a.json else sys.stdout
     runs = []
-    for n, k, rep, spec in [(n, k, rep, spec) for n in counts for rep in range(a.repeat)
-                            for k in room_counts for spec in specs]:
+    for n, k, rep, spec, transport in [(n, k, rep, spec, t) for n in counts
+                                       for rep in range(a.repeat) for k in room_counts
+                                       for t, tsp in tspecs for spec in tsp]:
         # With rooms every client sends unless --senders says otherwise.
         senders = a.senders if a.senders is not None else (n if k else DEFAULTS["senders"])
         rate = a.rate
@@ -247,7 +281,8 @@ def _main(a: argparse.Namespace) -> int:
                        window=a.window, slow_clients=a.slow_clients,
                        workers=a.workers, compat=compat, source_addrs=a.source_addrs,
                        connect_concurrency=a.connect_concurrency,
-                       drain_timeout=a.drain_timeout, progress=a.progress, rooms=k)
+                       drain_timeout=a.drain_timeout, progress=a.progress, rooms=k,
+                       transport=transport, scrape_metrics=a.scrape_metrics)
         opts.validate()
         attempt = 0
         while True:
@@ -298,10 +333,27 @@ def _main(a: argparse.Namespace) -> int:
                 for b in summary:
                     if b["clients"] == s["clients"] and b["server"] != s["server"]:
                         s["vs_" + b["server"]] = report.ratios(s, b)
+    if len(tspecs) > 1:
+        # Each transport against the first one, measured in this invocation.
+        base_name = tspecs[0][1][0].name
+        for s in summary:
+            for b in summary:
+                if (b["server"] == base_name and s["server"] != base_name
+                        and b["clients"] == s["clients"]
+                        and b.get("rooms", 0) == s.get("rooms", 0)):
+                    s["vs_" + base_name] = report.ratios(s, b)
     if a.json and a.repeat > 1:
         for s in summary:
             print(json.dumps(s), flush=True)
     print(report.table(summary), file=out)
+    if len(tspecs) > 1:
+        base_name = tspecs[0][1][0].name
+        for s in summary:
+            if s["server"] != base_name:
+                bases = [b for b in summary if b["server"] == base_name
+                         and b["clients"] == s["clients"]
+                         and b.get("rooms", 0) == s.get("rooms", 0)]
+                print(report.ratio_table(s, bases), file=out)
     if a.scenario == "compare":
         for s in summary:
             if s["server"] == specs[0].name:

@@ -17,6 +17,7 @@ import selectors
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from gchat_bench.servers import (BenchError, RssSampler, Server, die_with_parent,
                                  process_cpu_s)
+from gchat_bench.transports import TRANSPORTS
 from gchat_bench.stats import SCAN_IMPL, MIN_SIZE, merge_encoded, percentiles_ms
 
 SCENARIOS = ("fanout", "saturate", "join", "idle", "slow")
@@ -75,6 +77,8 @@ class Options:
     drain_quiet: float = 5.0
     drain_timeout: float = 60.0
     progress: Optional[bool] = None  # None: when stderr is a terminal
+    transport: str = "tcp"         # "tcp", "ws" (gchat's --http port) or "tls"
+    scrape_metrics: float = 0.0    # >0: GET /metrics on the --http port this often (s)
 
     def validate(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -88,6 +92,10 @@ class Options:
                 raise BenchError("--duration must be positive")
         if self.scenario in ("fanout", "slow") and self.rate <= 0:
             raise BenchError("--rate must be positive")
+        if self.transport not in TRANSPORTS:
+            raise BenchError("unknown transport %r" % self.transport)
+        if self.transport != "tcp" and self.compat:
+            raise BenchError("--ws and --tls speak gchat's name mode, not --compat")
         if self.size < MIN_SIZE:
             raise BenchError("--size must be at least %d (the marker needs room)" % MIN_SIZE)
         if self.rooms:
@@ -151,9 +159,17 @@ class WorkerPool:
         senders = opts.senders if opts.scenario in ("fanout", "saturate", "slow") else 0
         prefix = "b%04x_" % random.getrandbits(16)
         self.procs = []
+        port = server.port
+        if opts.transport == "ws" and server.proc is not None:
+            # A spawned gchat: its --http port; a --target is that port already.
+            if server.http_port is None:
+                raise BenchError("--ws: the server printed no 'http listening on' line "
+                                 "(spawn gchat with --http 0; with --target give the "
+                                 "--http port)")
+            port = server.http_port
         for w in range(nw):
             cfg = {
-                "host": server.host, "port": server.port,
+                "host": server.host, "port": port, "transport": opts.transport,
                 "mode": "compat" if opts.compat else "name",
                 "clients": list(range(w, n, nw)),
                 "slow": list(range(n + w, n + n_slow, nw)),
@@ -493,6 +509,10 @@ def run_scenario(opts: Options, server: Server) -> dict:
     pool = WorkerPool(server, opts, n_slow=n_slow)
     res["workers"] = pool.n
     res["source_addrs"] = len(pool.source_addrs) or 1
+    res["transport"] = opts.transport
+    scraper = None
+    if opts.scrape_metrics:
+        scraper = MetricsScraper(server, opts.scrape_metrics)
     try:
         if opts.scenario == "join":
             return _join(pool, server, opts, res, rss_before)
@@ -512,6 +532,8 @@ def run_scenario(opts: Options, server: Server) -> dict:
             _rss_per_client(res, server, rss_before, conn["ok"])
         elif opts.scenario == "saturate":
             res["window"] = opts.window
+            if scraper:
+                scraper.start()
             m = measure_phase(pool, server, opts, closed=True)
             m["rate"] = m["send_rate"]   # closed loop: the rate it reached
             res.update(m)
@@ -534,7 +556,65 @@ def run_scenario(opts: Options, server: Server) -> dict:
             res["generator_saturated"] = res["generator_saturated"] or control["generator_saturated"]
         return res
     finally:
+        if scraper:
+            res.update(scraper.stop())
         pool.close()
+
+
+class MetricsScraper:
+    """GET /metrics on the server's --http port every `interval` seconds in
+    a thread, as Prometheus would (one keep-alive connection, reopened on
+    error), for as long as the measured phase runs."""
+
+    def __init__(self, server: Server, interval: float):
+        if server.http_port is None:
+            raise BenchError("--scrape-metrics: the server has no --http port "
+                             "(spawn gchat with --http 0)")
+        self.addr = (server.host, server.http_port)
+        self.interval = interval
+        self.ok = self.errors = 0
+        self.times: list = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True, name="scraper")
+
+    def start(self) -> None:
+        self._t.start()
+
+    def _run(self) -> None:
+        import http.client
+        conn = None
+        nxt = time.monotonic()
+        while not self._stop.is_set():
+            t = time.monotonic()
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(*self.addr, timeout=5)
+                conn.request("GET", "/metrics")
+                r = conn.getresponse()
+                body = r.read()
+                if r.status == 200 and b"gchat_deliveries_total" in body:
+                    self.ok += 1
+                    self.times.append(time.monotonic() - t)
+                else:
+                    self.errors += 1
+            except (OSError, http.client.HTTPException):
+                self.errors += 1
+                if conn is not None:
+                    conn.close()
+                conn = None
+            nxt += self.interval
+            self._stop.wait(max(0.0, nxt - time.monotonic()))
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> dict:
+        if self._t.is_alive():
+            self._stop.set()
+            self._t.join()
+        return {"metrics_scrapes": self.ok, "metrics_scrape_errors": self.errors,
+                "metrics_scrape_ms_p50": (statistics.median(self.times) * 1e3
+                                          if self.times else None),
+                "scrape_interval_s": self.interval}
 
 
 def _join(pool, server, opts, res, rss_before) -> dict:

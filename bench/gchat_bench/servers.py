@@ -25,6 +25,7 @@ from typing import Optional
 
 import psutil
 
+HTTP_RE = re.compile(r"\bhttp\s*$")
 LISTENING_RE = re.compile(r"listening on \[?([0-9A-Za-z.:_-]+?)\]?:(\d+)\b")
 # How long a server may take to print "listening on": imports of gevent
 # and a cold disk on a busy machine take seconds, not minutes.
@@ -153,6 +154,7 @@ class Server:
         self.proc = proc
         self.argv = argv
         self.exit_code: Optional[int] = None
+        self.http_port: Optional[int] = None   # gchat --http: its port
         self.stderr_tail: collections.deque = collections.deque(maxlen=30)
         self._ps = None
         if pid is not None:
@@ -172,6 +174,7 @@ class Server:
             raise BenchError("cannot start %s: %s" % (shlex.join(argv), e))
         tail: collections.deque = collections.deque(maxlen=30)
         found: dict = {}
+        http: dict = {}
         ready = threading.Event()
 
         def drain():
@@ -180,7 +183,10 @@ class Server:
                 tail.append(line)
                 if not found:
                     m = LISTENING_RE.search(line)
-                    if m:
+                    if m and HTTP_RE.search(line[:m.start()]):
+                        # gchat's "http listening on" comes before the line port's.
+                        http["port"] = int(m.group(2))
+                    elif m and not re.search(r"\badmin\s*$", line[:m.start()]):
                         found["host"], found["port"] = m.group(1), int(m.group(2))
                         ready.set()
             ready.set()
@@ -194,6 +200,7 @@ class Server:
                              % (name, proc.returncode, shlex.join(argv), "\n".join(tail)))
         srv = cls(name, found["host"], found["port"], pid=proc.pid, proc=proc, argv=argv)
         srv.stderr_tail = tail
+        srv.http_port = http.get("port")
         return srv
 
     def check_alive(self) -> None:

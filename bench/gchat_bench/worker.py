@@ -45,6 +45,7 @@ import gevent.event
 import gevent.pool
 from gevent.socket import wait_read, wait_write
 
+from gchat_bench.transports import Closed, TransportError, client_context, make_transport
 from gchat_bench.stats import (ROOM_SYNC_RE, SYNC_RE, LatencyRecorder, SeqTracker, census,
                                latency_bucket, make_payload, room_name, room_sync_payload,
                                run_prefix, scan_rooms, scan_run, sync_payload)
@@ -91,7 +92,7 @@ class Client:
 
     __slots__ = ("idx", "sock", "fd", "state", "name", "attempt", "tail",
                  "tracker", "sync", "t_sync", "sender_id", "credits", "event",
-                 "ready", "t_start", "t_ready", "slow", "error", "room", "hist")
+                 "ready", "t_start", "t_ready", "slow", "error", "room", "hist", "tx")
 
     def __init__(self, idx: int, slow: bool):
         self.idx = idx
@@ -114,6 +115,7 @@ class Client:
         self.error = ""
         self.room = -1          # --rooms: index of the client's room
         self.hist = HIST_NONE   # --rooms: where it is in a history block
+        self.tx = None          # --ws/--tls: transports.WsTransport/TlsTransport
 
 
 def emit(obj: dict) -> None:
@@ -142,6 +144,9 @@ class Worker:
     def __init__(self, cfg: dict):
         self.cfg = cfg
         self.addr = (cfg["host"], cfg["port"])
+        # "tcp", "ws" (cfg["port"] is then gchat's --http port) or "tls".
+        self.transport = cfg.get("transport", "tcp")
+        self.tls_ctx = client_context() if self.transport == "tls" else None
         self.compat = cfg["mode"] == "compat"
         self.size = cfg["size"]
         self.senders_total = cfg["senders_total"]
@@ -216,6 +221,19 @@ class Worker:
                 c.error = "recv: %s" % e
                 data = b""
             try:
+                if data and c.tx is not None:
+                    try:
+                        data = c.tx.decode(data)
+                        if not data:
+                            continue        # only part of a frame or record so far
+                    except Closed as e:
+                        # A close frame / close_notify: the data before it, then EOF.
+                        if e.args[0]:
+                            self.on_data(c, e.args[0])
+                        data = b""
+                    except TransportError as e:
+                        c.error = "%s: %s" % (self.transport, e)
+                        data = b""
                 if data:
                     self.on_data(c, data)
                 else:
@@ -323,6 +341,8 @@ class Worker:
 
     def send_line(self, c: Client, line: bytes) -> None:
         """Send a handshake line (name, /join) without blocking."""
+        if c.tx is not None:
+            line = c.tx.encode(line)
         try:
             # Called from the reader's watcher callback, which must not
             # block: a fresh socket takes a name whole; if not, a greenlet
@@ -336,6 +356,12 @@ class Worker:
             return
         if n < len(line):
             gevent.spawn(self.send_rest, c, line[n:])
+
+    @staticmethod
+    def send_to(c: Client, buf: bytes) -> None:
+        """send_all of line bytes through the client's transport: one
+        WebSocket frame (or TLS write) per call, so per send batch."""
+        send_all(c.sock, c.tx.encode(buf) if c.tx is not None else buf)
 
     def send_rest(self, c: Client, data: bytes) -> None:
         try:
@@ -521,13 +547,24 @@ class Worker:
             err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 raise OSError(err, os.strerror(err))
+            early = b""
+            if self.transport != "tcp":
+                # The WebSocket upgrade or TLS handshake, before the epoll
+                # reader sees the socket; early: line bytes that came with it.
+                c.tx = make_transport(self.transport, self.tls_ctx)
+                try:
+                    early = c.tx.handshake(s, self.addr[0], self.addr[1], timeout)
+                except Closed:
+                    raise OSError("closed by the server during the handshake")
             c.fd = s.fileno()
             self.by_fd[c.fd] = c
             self.ep.register(c.fd, select.EPOLLIN)
-        except OSError as e:
+        except (OSError, socket.timeout) as e:
             c.error = "connect: %s" % e
             self.close(c)
             return
+        if early:
+            self.on_data(c, early)
         if not c.ready.wait(timeout) and c.state != READY:
             try:
                 local = "%s:%d" % c.sock.getsockname()[:2]
@@ -588,14 +625,14 @@ class Worker:
                     if c.state != READY:
                         continue
                     try:
-                        send_all(c.sock, room_sync_payload(k, r))
+                        self.send_to(c, room_sync_payload(k, r))
                         break
                     except OSError:
                         continue
         elif msg.get("send"):
             for c in self.readers():
                 try:
-                    send_all(c.sock, sync_payload(k))
+                    self.send_to(c, sync_payload(k))
                     break
                 except OSError:
                     continue
@@ -650,7 +687,7 @@ class Worker:
         """Send n lines of a sender, the last numbered upto - 1, and count
         them; False (and the client closed) if the send failed."""
         try:
-            send_all(c.sock, buf)
+            self.send_to(c, buf)
         except OSError as e:
             c.error = "send: %s" % e
             self.close(c)
