@@ -173,10 +173,9 @@ class Config:
     proxy_protocol: bool = False
     proxy_from: tuple = ("127.0.0.0/8", "::1/128")
 
-    # Under systemd (systemd.py): seconds between checks of the client and
-    # room counts, sent as STATUS= when they changed.  2 s keeps `systemctl
-    # status` current for a reader, and a datagram every 2 s at most is
-    # nothing to systemd.
+    # Under systemd (systemd.py): seconds between STATUS= messages with the
+    # client and room counts.  2 s keeps `systemctl status` current for a
+    # reader, and a datagram every 2 s is nothing to systemd.
     notify_status_interval: float = 2.0
 
     # How long shutdown waits for queued output to drain before closing.

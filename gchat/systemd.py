@@ -226,10 +226,10 @@ class Notifier:
         self.send(("READY", 1), ("STATUS", status))
 
     def status(self, status: str):
-        """STATUS=, when it changed since the last one sent."""
-        if status != self._last_status:
-            self._last_status = status
-            self.send(("STATUS", status))
+        """STATUS=, every time: systemd shows the last one, and a status
+        that keeps coming says the server keeps serving."""
+        self._last_status = status
+        self.send(("STATUS", status))
 
     def watchdog(self):
         self.send(("WATCHDOG", 1))
@@ -279,7 +279,7 @@ class Notifier:
 
 def attach(server, environ=None) -> Notifier:
     """Tell systemd that server (a started ChatServer) is serving: READY=1
-    with STATUS=, STATUS= as the counts change, WATCHDOG=1 from the hub's
+    with STATUS=, STATUS= every notify_status_interval, WATCHDOG=1 from the hub's
     loop when the unit has WatchdogSec=.  The returned Notifier's
     stopping() says STOPPING=1.  A no-op Notifier without NOTIFY_SOCKET."""
     environ = os.environ if environ is None else environ

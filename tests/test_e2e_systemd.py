@@ -178,6 +178,8 @@ def test_activated_line_port_serves_chat_and_says_ready(activate):
     bob.expect("alice: hello, activated")
     # STATUS= follows the count, within a status interval.
     server.notify.expect(r"STATUS=2 clients, 1 room", timeout=STATUS_INTERVAL + 5)
+    # ... and keeps coming every few seconds while nothing changes.
+    server.notify.expect(r"STATUS=2 clients, 1 room", timeout=STATUS_INTERVAL + 5)
     server.wait_for_log(r"socket activation: serving the line socket")
     server.wait_for_log(rf"gchat \S+ listening on 127\.0\.0\.1:{server.port}\b")
     with pytest.raises(ConnectionRefusedError):
