@@ -13,7 +13,27 @@ import time
 DEFAULT_TIMEOUT = 10.0
 
 
-class ChatClient:
+class LineExpectations:
+    """expect() and lines() for any client with line(timeout) and a
+    default timeout (ChatClient; ws_client.WsClient)."""
+
+    def lines(self, count, timeout=None) -> list:
+        deadline = time.monotonic() + (timeout or self.timeout)
+        return [self.line(max(deadline - time.monotonic(), 0.001)) for _ in range(count)]
+
+    def expect(self, pattern, timeout=None, skip=False) -> str:
+        """The next line, which must match pattern (a regex, fully); with
+        skip, lines before the first match are passed over."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            line = self.line(max(deadline - time.monotonic(), 0.001))
+            if re.fullmatch(pattern, line):
+                return line
+            if not skip:
+                raise AssertionError(f"expected {pattern!r}, got {line!r}")
+
+
+class ChatClient(LineExpectations):
     """A blocking TCP client that reads whole lines, with deadlines."""
 
     def __init__(self, host, port, timeout=DEFAULT_TIMEOUT, rcvbuf=None):
@@ -61,21 +81,6 @@ class ChatClient:
             self._fill(deadline)
         line, _, self.buffer = self.buffer.partition(b"\n")
         return line.decode("utf-8")
-
-    def lines(self, count, timeout=None) -> list:
-        deadline = time.monotonic() + (timeout or self.timeout)
-        return [self.line(max(deadline - time.monotonic(), 0.001)) for _ in range(count)]
-
-    def expect(self, pattern, timeout=None, skip=False) -> str:
-        """The next line, which must match pattern (a regex, fully); with
-        skip, lines before the first match are passed over."""
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while True:
-            line = self.line(max(deadline - time.monotonic(), 0.001))
-            if re.fullmatch(pattern, line):
-                return line
-            if not skip:
-                raise AssertionError(f"expected {pattern!r}, got {line!r}")
 
     def closed_after(self, timeout=None) -> list:
         """Read until the server closes the connection; the lines read."""

@@ -11,10 +11,12 @@ from wsproto.connection import ConnectionType
 from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Message, Ping, Pong,
                             RejectConnection, RejectData, Request, TextMessage)
 
+from chat_client import LineExpectations
+
 DEFAULT_TIMEOUT = 10.0
 
 
-class WsClient:
+class WsClient(LineExpectations):
     """A WebSocket client that reads whole lines of the line protocol."""
 
     def __init__(self, host, port, origin=None, extensions=(), timeout=DEFAULT_TIMEOUT,
@@ -108,16 +110,6 @@ class WsClient:
             self._pump(deadline)
         line, _, self.buffer = self.buffer.partition("\n")
         return line
-
-    def expect(self, pattern, timeout=None, skip=False) -> str:
-        import re
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while True:
-            line = self.line(max(deadline - time.monotonic(), 0.001))
-            if re.fullmatch(pattern, line):
-                return line
-            if not skip:
-                raise AssertionError(f"expected {pattern!r}, got {line!r}")
 
     def wait_closed(self, timeout=None) -> int:
         """Read until the server has closed; the close code it sent."""
