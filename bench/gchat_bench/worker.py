@@ -404,13 +404,26 @@ class Worker:
         if prefix is None:
             self.stale += markers
             return
+        self._scan_data(c, buf, start, end, now, markers, prefix, by_room=False)
+
+    def _scan_data(self, c: Client, buf: bytes, start: int, end: int, now: int,
+                   markers: int, prefix: bytes, by_room: bool) -> int:
+        """The data lines of this run in buf[start:end], through the C scan
+        (scan_run; scan_rooms with --rooms), with the tracker's slow path for
+        lines out of order, the counters and the senders' credits.  markers:
+        the marker lines not yet accounted for.  Returns the lines of
+        another room (with --rooms)."""
         tr = c.tracker
         nxt, buckets, sid = tr.nxt, self.lat.buckets, c.sender_id
-        received = own = 0
+        scan_fn = scan_rooms if by_room else scan_run
+        extra = (self.rooms, c.room, self.senders_total) if by_room else ()
+        received = own = leaked = 0
         pos = start
         while True:
-            matched, got, in_order, mine, stale, resume, s, q = scan_run(
-                buf, pos, end, prefix, nxt, buckets, now, sid)
+            result = scan_fn(buf, pos, end, prefix, nxt, buckets, now, sid, *extra)
+            matched, got, in_order, mine, stale, resume, s, q = result[:8]
+            if by_room:
+                leaked += result[8]
             # Markers that are not this phase's data lines: another run's.
             markers -= matched - stale
             tr.unique += in_order
@@ -433,6 +446,7 @@ class Worker:
         if own and c.event is not None:
             c.credits += own
             c.event.set()
+        return leaked
 
     def scan_rooms(self, c: Client, buf: bytes, start: int, end: int, now: int,
                    counts: tuple) -> None:
@@ -457,42 +471,15 @@ class Worker:
         if prefix is None:
             self.stale += markers
             return
-        tr = c.tracker
-        nxt, buckets, sid = tr.nxt, self.lat.buckets, c.sender_id
-        rooms, room, senders = self.rooms, c.room, self.senders_total
-        received = own = leaked = 0
-        pos = start
-        while True:
-            matched, got, in_order, mine, stale, resume, s, q, lk = scan_rooms(
-                buf, pos, end, prefix, nxt, buckets, now, sid, rooms, room, senders)
-            markers -= matched - stale
-            tr.unique += in_order
-            self.unique_total += in_order
-            received += got
-            own += mine
-            leaked += lk
-            if resume < 0:
-                break
-            before = tr.unique
-            tr.out_of_order(s, q)
-            self.unique_total += tr.unique - before
-            pos = resume
-        self.stale += markers
-        tr.received += received
+        leaked = self._scan_data(c, buf, start, end, now, markers, prefix, by_room=True)
         if leaked:
             self.leaked += leaked
             if len(self.leak_samples) < LEAK_SAMPLES:
+                rooms, room = self.rooms, c.room
                 for m in re.finditer(re.escape(prefix) + rb"(\d+) ", buf[start:end]):
                     s = int(m.group(1))
                     if s % rooms != room:
                         self.note_leak(c, s, s % rooms)
-        if received:
-            if not self.first_rx:
-                self.first_rx = now
-            self.last_rx = now
-        if own and c.event is not None:
-            c.credits += own
-            c.event.set()
 
     def note_leak(self, c: Client, sender: int, sender_room: int) -> None:
         if len(self.leak_samples) < LEAK_SAMPLES:
