@@ -21,7 +21,7 @@ from gchat_bench.cli import run_spawned
 from gchat_bench.runner import Options, base_result
 from gchat_bench.servers import Server
 from gchat_bench.stats import (LAT_BUCKETS, SeqTracker, make_payload, room_sync_payload,
-                               run_prefix, scan_rooms_py, sync_payload)
+                               run_prefix, scan_rooms_py)
 from gchat_bench.worker import PROMPT, READY, WELCOME, Worker
 
 RUN = 987654321

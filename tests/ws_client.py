@@ -8,7 +8,7 @@ import time
 
 from wsproto import WSConnection
 from wsproto.connection import ConnectionType
-from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Message, Ping, Pong,
+from wsproto.events import (AcceptConnection, CloseConnection, Message, Ping,
                             RejectConnection, RejectData, Request, TextMessage)
 
 from chat_client import LineExpectations

@@ -156,7 +156,9 @@ def recv_some(sock, timeout: float) -> bytes:
         return data
 
 
-def send_raw(sock, data: bytes) -> None:
+def send_all(sock, data) -> None:
+    """sendall on a non-blocking socket that yields to gevent when full
+    (the worker's senders use it too)."""
     view = memoryview(data)
     while view:
         try:
@@ -175,7 +177,7 @@ class WsTransport:
 
     def handshake(self, sock, host: str, port: int, timeout: float) -> bytes:
         key = base64.b64encode(os.urandom(16))
-        send_raw(sock, b"GET /ws HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+        send_all(sock, b"GET /ws HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                        b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                        b"Sec-WebSocket-Version: 13\r\n\r\n" % (host.encode(), port, key))
         buf = b""
@@ -228,13 +230,13 @@ class TlsTransport:
             except ssl.SSLWantReadError:
                 pending = self.out.read()
                 if pending:
-                    send_raw(sock, pending)
+                    send_all(sock, pending)
                 self.inc.write(recv_some(sock, timeout))
             except ssl.SSLError as e:
                 raise TransportError("TLS handshake: %s" % e)
         pending = self.out.read()
         if pending:
-            send_raw(sock, pending)
+            send_all(sock, pending)
         # Application data that came with the last handshake bytes.
         return self.decode(b"")
 

@@ -45,7 +45,8 @@ import gevent.event
 import gevent.pool
 from gevent.socket import wait_read, wait_write
 
-from gchat_bench.transports import Closed, TransportError, client_context, make_transport
+from gchat_bench.transports import (Closed, TransportError, client_context, make_transport,
+                                    send_all)
 from gchat_bench.stats import (ROOM_SYNC_RE, SYNC_RE, LatencyRecorder, SeqTracker, census,
                                latency_bucket, make_payload, room_name, room_sync_payload,
                                run_prefix, scan_rooms, scan_run, sync_payload)
@@ -124,18 +125,6 @@ def emit(obj: dict) -> None:
     while data:
         n = os.write(1, data)
         data = data[n:]
-
-
-def send_all(sock, buf) -> None:
-    """sendall on a non-blocking socket that yields to gevent when full."""
-    view = memoryview(buf)
-    while view:
-        try:
-            n = sock.send(view)
-        except BlockingIOError:
-            wait_write(sock.fileno())
-            continue
-        view = view[n:]
 
 
 class Worker:
