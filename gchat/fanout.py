@@ -66,10 +66,6 @@ class Fanout:
         self._dirty = dirty
         self._queued = False
 
-    @property
-    def pending(self) -> bool:
-        return bool(self._parts or self._views)
-
     def _mark(self):
         self._queued = True
         if self._dirty is not None:

@@ -193,7 +193,6 @@ class Notifier:
         self.failed = 0
         self._sock = None
         self._timers = []
-        self._last_status = None
         self._ping_due = False  # a watchdog ping waits in the hub's inbox
         if address is not None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -222,13 +221,11 @@ class Notifier:
         return True
 
     def ready(self, status: str):
-        self._last_status = status
         self.send(("READY", 1), ("STATUS", status))
 
     def status(self, status: str):
         """STATUS=, every time: systemd shows the last one, and a status
         that keeps coming says the server keeps serving."""
-        self._last_status = status
         self.send(("STATUS", status))
 
     def watchdog(self):
