@@ -37,6 +37,9 @@ setup(
         # playwright drives Debian's Chromium (/usr/bin/chromium, which
         # .ci/run installs); no `playwright install` is needed or used.
         "test": ["pytest>=7", "hypothesis>=6", "playwright>=1.40"],
+        # A cluster of nodes over Redis (--redis, --workers): redis-py, with
+        # hiredis parsing replies in C (redis-py picks it up by itself).
+        "cluster": ["redis>=5", "hiredis>=2"],
         "bench": ["hdrhistogram>=0.10", "psutil>=5.9", "tqdm>=4.60", "matplotlib>=3.5"],
     },
     entry_points={

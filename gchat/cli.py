@@ -167,6 +167,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--proxy-from", type=_cidrs, default=d.proxy_from, metavar="CIDRS",
                         help="comma-separated networks allowed to send a PROXY header "
                              "(default: loopback)")
+    parser.add_argument("--redis", default=None, metavar="URL",
+                        help="join a cluster of gchat nodes over Redis: "
+                             "redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS "
+                             "(needs pip install 'gchat[cluster]'; default: one process)")
+    parser.add_argument("--cluster", default=d.cluster, metavar="NAME",
+                        help="the cluster's name, the prefix of its Redis keys "
+                             "(default %(default)s)")
+    parser.add_argument("--node-timeout", type=_seconds, default=d.node_timeout,
+                        metavar="SECONDS",
+                        help="a node silent this long is declared lost and its members "
+                             "leave (default %(default)g)")
+    parser.add_argument("--bus-backlog", type=int, default=d.bus_backlog, metavar="LINES",
+                        help="lines a node holds while Redis is down; past it senders are "
+                             "told their line was not sent (default %(default)s)")
+    parser.add_argument("--bus-replay-window", type=_seconds, default=d.bus_replay_window,
+                        metavar="SECONDS",
+                        help="how long a node keeps what it published, to publish it again "
+                             "if Redis restarts empty (default %(default)g)")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="run N worker processes sharing the port (SO_REUSEPORT), "
+                             "restarted if they die; needs --redis (default: one process)")
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="set SO_REUSEPORT on the listening sockets (what --workers "
+                             "gives its workers)")
     parser.add_argument("--close-linger", type=_seconds, default=d.close_linger, metavar="SECONDS",
                         help="time a disconnected client gets to receive its last lines "
                              "(default %(default)g)")
@@ -224,6 +248,9 @@ def config_from_args(args) -> Config:
                   handshake_timeout=args.handshake_timeout,
                   proxy_protocol=args.proxy_protocol, proxy_from=tuple(args.proxy_from),
                   room_name_max=args.room_name_max,
+                  redis=args.redis, cluster=args.cluster, node_timeout=args.node_timeout,
+                  bus_backlog=args.bus_backlog, bus_replay_window=args.bus_replay_window,
+                  reuse_port=args.reuse_port,
                   backlog=args.backlog, close_linger=args.close_linger,
                   shutdown_flush_timeout=args.shutdown_timeout)
 

@@ -178,6 +178,51 @@ class Config:
     # reader, and a datagram every 2 s is nothing to systemd.
     notify_status_interval: float = 2.0
 
+    # A cluster of nodes over Redis (bus/): the Redis URL
+    # (redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS); None: one
+    # process, no bus, nothing changes.
+    redis: str = None
+    # The cluster's name: every Redis key starts with it, so that several
+    # clusters (or a test and a deployment) can share one Redis.
+    cluster: str = "gchat"
+    # Seconds after which a node whose heartbeat key has expired is
+    # declared lost, and its members are shown leaving everywhere.  A node
+    # renews its key five times per period, so a lost node is noticed
+    # within 5-6 s, while a node stalled for up to 4 s (a GC pause, a
+    # SIGSTOP, a busy hub) is not declared lost.  Redis Sentinel's
+    # down-after-milliseconds and Centrifugo's node info TTL are of the
+    # same order.
+    node_timeout: float = 5.0
+    # Lines (chat lines and other operations) a node may hold while Redis
+    # is unreachable.  Each is at most max_line bytes, so 10,000 bound the
+    # held bytes at 40 MiB, and hold about a minute of a busy room.  Past
+    # it a sender gets "error: ... not sent"; nothing is dropped silently.
+    bus_backlog: int = 10_000
+    # Seconds for which a node keeps what it published, to publish it
+    # again if Redis comes back without the cluster's data.  Every live
+    # node reads within node_timeout (or is declared lost), so six times
+    # that is ample; the bound below caps its memory.
+    bus_replay_window: float = 30.0
+    # Entries kept for replay at most, whatever their age (an entry is one
+    # hub batch): 20,000 batches bound that memory at a few tens of MiB.
+    bus_replay_entries: int = 20_000
+    # Largest entry a node reads from the bus, in bytes; a larger one is
+    # logged and skipped (another program wrote it).  A batch of the
+    # largest inbox (10,000 events) of short lines fits in a few MiB.
+    bus_max_entry: int = 8 * MIB
+    # Entries the stream keeps (XADD MAXLEN ~): a reader stalled for longer
+    # than it takes the cluster to publish this many batches loses its
+    # place.  100,000 batches is minutes of the busiest room here, a few
+    # hundred MiB of Redis memory at most.
+    bus_stream_max: int = 100_000
+    # Entries read per XREAD: many per call, so that one round trip serves
+    # a burst (the issue measured redis-py at ~15,000 calls/s).
+    bus_read_count: int = 1000
+    # SO_REUSEPORT on the listening sockets: set by the --workers
+    # supervisor (workers.py) for its workers, so that they share one port
+    # and the kernel spreads connections over them.
+    reuse_port: bool = False
+
     # How long shutdown waits for queued output to drain before closing.
     shutdown_flush_timeout: float = 3.0
 
@@ -194,7 +239,9 @@ class Config:
             raise ValueError(f"slow_policy must be one of {SLOW_POLICIES}, not {self.slow_policy!r}")
         for field in ("sendq", "max_line", "recv_size", "inbox_size", "roster_limit", "backlog",
                       "arrival_merge_threshold", "max_rooms", "room_name_max", "ws_max_message",
-                      "http_max_head", "notify_status_interval"):
+                      "http_max_head", "notify_status_interval", "node_timeout", "bus_backlog",
+                      "bus_replay_window", "bus_replay_entries", "bus_max_entry",
+                      "bus_stream_max", "bus_read_count"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"{field} must be positive")
         for field in ("name_timeout", "shutdown_flush_timeout", "close_linger",
