@@ -79,7 +79,7 @@ class Chat:
                     self.depart(conn, Why.HTTP)
                     return
             if self.compat:
-                conn.room.say(p.render_chat(conn.name, text), keep=False)
+                self._speak(conn, p.render_chat(conn.name, text), keep=False)
             elif conn.name is None:
                 self._choose_name(conn, text.strip())
             elif text.strip():  # blank lines say nothing; the seed's mode keeps them
@@ -92,22 +92,27 @@ class Chat:
             return  # already gone (e.g. kicked, then its reader saw the close)
         self.connected.discard(conn)
         self.silent.discard(conn)
-        room = conn.room
-        if room is not None:
-            key = p.name_key(conn.name)
-            if self.names.get(key) is conn:
-                del self.names[key]
-            if why == Why.SHUTDOWN:
-                reason = None
-            else:
-                reason = detail if why == Why.QUIT else LEFT_REASON[why]
-            room.leave(conn, reason, moving=False, now=self._clock())
-            self.rooms.vacated(room)
+        if conn.room is not None:
+            self._leave_room(conn, why, detail)
         farewell = self._farewell(why, detail)
         if farewell and why not in PEER_GONE:
             self._tell(conn, farewell)
         self.departures.append((conn, why))
         self.counts["departures"] += 1
+
+    def _leave_room(self, conn, why: str, detail: str):
+        """conn, which has a name and a room, leaves them (cluster.py
+        publishes the departure instead)."""
+        room = conn.room
+        key = p.name_key(conn.name)
+        if self.names.get(key) is conn:
+            del self.names[key]
+        if why == Why.SHUTDOWN:
+            reason = None
+        else:
+            reason = detail if why == Why.QUIT else LEFT_REASON[why]
+        room.leave(conn, reason, moving=False, now=self._clock())
+        self.rooms.vacated(room)
 
     def shutdown(self):
         """Tell everyone the server is stopping, and let them all go."""
@@ -198,11 +203,15 @@ class Chat:
     # ------------------------------------------------------------------
     # Commands of named clients, one method each
 
+    def _speak(self, conn, line: str, keep: bool):
+        """line from conn to its room (cluster.py publishes it instead)."""
+        conn.room.say(line, keep=keep)
+
     def _chat(self, conn, command):
-        conn.room.say(p.render_chat(conn.name, command.text), keep=True)
+        self._speak(conn, p.render_chat(conn.name, command.text), keep=True)
 
     def _me(self, conn, command):
-        conn.room.say(p.render_me(conn.name, command.action), keep=True)
+        self._speak(conn, p.render_me(conn.name, command.action), keep=True)
 
     def _nick(self, conn, command):
         new = command.name

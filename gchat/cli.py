@@ -4,6 +4,7 @@ This is the only module that reads argv; everything else takes a Config.
 """
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -263,6 +264,14 @@ def main(argv=None) -> int:
         config = config_from_args(args)
     except ValueError as err:
         parser.error(source.explain(str(err), args) if source else str(err))
+    if args.workers < 0:
+        parser.error("--workers must not be negative (0, the default, is one process)")
+    if args.workers and not args.redis:
+        parser.error("--workers needs --redis URL: the workers are separate processes, and "
+                     "only the Redis bus lets a client on one worker see those on another")
+    if args.workers and os.environ.get("LISTEN_PID") == str(os.getpid()):
+        parser.error("--workers cannot serve sockets passed by systemd (LISTEN_FDS): "
+                     "the workers bind the port themselves, with SO_REUSEPORT")
     if args.print_config:
         # After config_from_args, so that what is printed is known to start.
         sys.stdout.write(config_file.dump(
@@ -270,25 +279,55 @@ def main(argv=None) -> int:
                           "`gchat --config FILE` reads this file back."))
         return 0
     logs.setup(args.log_level, args.log_format)
-    return run(config)
+    from gchat import workers
+    if args.workers:
+        return workers.supervise(config, sys.argv[1:] if argv is None else argv, args.workers,
+                                 os.environ)
+    # A worker of a --workers supervisor (workers.py), or None.
+    worker = workers.WorkerLink.from_environ(os.environ)
+    if worker is not None:
+        _name_worker_in_logs(worker.index)
+    return run(config, worker)
 
 
-def run(config: Config) -> int:
+def _name_worker_in_logs(index: int):
+    """Every log record of worker 2 comes from the logger "gchat.worker2"
+    (the text format's name, the JSON format's logger), since all the
+    workers write to the supervisor's stderr."""
+    make_record = logging.getLogRecordFactory()
+
+    def record(*args, **kwargs):
+        rec = make_record(*args, **kwargs)
+        rec.name = f"{rec.name}.worker{index}"
+        return rec
+
+    logging.setLogRecordFactory(record)
+
+
+def run(config: Config, worker=None) -> int:
+    """Serve until SIGINT or SIGTERM; worker: the link of a --workers
+    worker to its supervisor (workers.WorkerLink), None otherwise."""
     # gevent is imported here, not at module level, so that `gchat --help`
     # answers fast and argument errors need no event loop.
-    import os
-
     import gevent
     from gevent.event import Event
 
     from gchat import systemd
     from gchat.server import ChatServer
 
+    bus = histories = None
+    if config.redis:
+        from gchat.bus import open_bus
+        try:
+            bus, histories = open_bus(config)
+        except RuntimeError as err:
+            log.error("cannot start: %s", err)
+            return 1
     try:
         # The ports systemd bound for us (socket activation), served
         # instead of binding; {} otherwise.
         sockets = systemd.listen_sockets(os.environ)
-        server = ChatServer(config, sockets=sockets)
+        server = ChatServer(config, sockets=sockets, bus=bus)
     except (OSError, ValueError) as err:  # e.g. an unreadable TLS certificate
         log.error("cannot start: %s", err)
         return 1
@@ -297,6 +336,11 @@ def run(config: Config) -> int:
     except OSError as err:
         log.error("cannot listen on %s: %s", format_address(config.host, config.port), err)
         return 1
+    if bus is not None:
+        server.hub.chat.load_histories(histories)
+        bus.start(server.hub.put)
+        log.info("node %s joined cluster %s (%d rooms with history)", bus.node,
+                 config.cluster, len(histories))
     stop_requested = Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, stop_requested.set)
@@ -306,20 +350,27 @@ def run(config: Config) -> int:
         log.info("socket activation: serving the %s socket(s) systemd passed",
                  ", ".join(sorted(sockets)))
     # The HTTP ports are logged first: whoever waits for "listening on"
-    # (tests, scripts) then knows every port.
+    # (tests, scripts) then knows every port.  A worker says "serving on":
+    # its supervisor says "listening on" once every worker serves.
+    listening = "listening" if worker is None else "serving"
     for name, port in (("http", server.http), ("admin", server.admin)):
         if port is not None:
             where = format_address(*port.address[:2])  # [::1]:8080, as clients are logged
-            log.info("%s listening on %s", name, where, extra=logs.fields(addr=where))
+            log.info("%s %s on %s", name, listening, where, extra=logs.fields(addr=where))
     where = format_address(*server.address[:2])
-    log.info("gchat %s listening on %s%s", __version__, where,
+    log.info("gchat %s %s on %s%s", __version__, listening, where,
              " (--compat)" if config.compat else "", extra=logs.fields(addr=where))
     # READY=1 only now that every port is serving (Type=notify).
     notifier = systemd.attach(server)
+    if worker is not None:
+        worker.ready()
+        worker.on_supervisor_gone(stop_requested.set)
     stop_requested.wait()
     log.info("shutting down: closing %d clients", len(server.hub.chat.connected))
     notifier.stopping(f"shutting down: closing {len(server.hub.chat.connected)} clients")
     server.stop()
+    if bus is not None:
+        bus.close(config.shutdown_flush_timeout)
     notifier.close()
     log.info("stopped; %s", " ".join(f"{k}={v}" for k, v in server.hub.snapshot().items()))
     return 0

@@ -25,6 +25,10 @@ ARRIVE = "arrive"      # payload: None
 LINES = "lines"        # payload: list of lines (bytes or protocol.TOO_LONG)
 LEAVE = "leave"        # payload: a room.Why
 SHUTDOWN = "shutdown"  # conn and payload: None
+# From the cluster's bus (bus/redis_bus.py), only with --redis:
+BUS = "bus"            # payload: entries read from the stream (new, in order)
+CLAIMED = "claimed"    # conn: who asked; payload: (name, error or None)
+RESYNC = "resync"      # Redis came back empty: say again who is here
 # payload: a callable, called here so that it runs only while the hub's
 # loop turns (systemd.py's watchdog ping stops when the hub is stuck).
 WATCHDOG = "watchdog"
@@ -57,15 +61,22 @@ class Histogram:
 
 
 class Hub:
-    def __init__(self, config):
+    def __init__(self, config, bus=None):
+        """bus: the cluster's bus (bus/redis_bus.RedisBus), None alone."""
         self.config = config
+        self.bus = bus
         # Unbounded, so that readers (event-loop callbacks) can always put
         # without waiting; a reader that finds config.inbox_size events
         # queued pauses itself and waits in `paused` for the hub to drain.
         self.inbox = Queue()
         self.paused = []
         self._loop = gevent.get_hub().loop
-        self.chat = Chat(config, stats=self.snapshot, clock=self._loop.now)
+        if bus is None:
+            self.chat = Chat(config, stats=self.snapshot, clock=self._loop.now)
+        else:
+            from gchat.cluster import ClusterChat
+            self.chat = ClusterChat(config, bus.node, stats=self.snapshot, clock=self._loop.now)
+            self.chat.backlog = lambda: bus.held_lines
         self.transport_stats = None  # set by the server: a callable for /stats
         self.stopped = Event()  # set when shutdown has closed every client
         self.stats = {"deliveries": 0, "batches": 0, "events": 0, "slow_disconnects": 0,
@@ -105,6 +116,11 @@ class Hub:
             started = perf_counter()
             self._flush()
             self.flush_seconds.observe(perf_counter() - started)
+            if self.bus is not None:
+                # One entry per batch: what this batch's clients did.
+                ops, requests = chat.take()
+                if ops or requests:
+                    chat.sent(self.bus.submit(ops, requests))
             self.batch_sizes.observe(handled)
             if self.paused:
                 paused, self.paused = self.paused, []
@@ -136,6 +152,12 @@ class Hub:
             elif kind is SHUTDOWN:
                 self._shutting_down = True
                 chat.shutdown()
+            elif kind is BUS:
+                chat.apply(payload)
+            elif kind is CLAIMED:
+                chat.claimed(conn, *payload)
+            elif kind is RESYNC:
+                chat.resync()
             elif kind is WATCHDOG:
                 payload()
         except Exception:
@@ -204,9 +226,11 @@ class Hub:
                  **chat.counts, **self.stats, "inbox": self.inbox.qsize()}
         if self.transport_stats is not None:
             stats.update(self.transport_stats())
+        if self.bus is not None:
+            stats.update(self.bus.snapshot())
         return stats
 
 
-def spawn_hub(config) -> tuple:
-    hub = Hub(config)
+def spawn_hub(config, bus=None) -> tuple:
+    hub = Hub(config, bus)
     return hub, gevent.spawn(hub.run)

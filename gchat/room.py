@@ -7,6 +7,11 @@ seed's broadcaster goroutine is.  A room speaks through its own Fanout
 (fanout.py): one rendered batch per room, the same bytes for each member.
 
 A connection, as a room sees it, is any object with a `name` attribute.
+
+In a cluster (cluster.py) a room also has members that this node does not
+serve: `remote` holds them (cluster.Remote objects), counted in its size,
+its roster and /who, but never delivered to; their arrivals and departures
+are announced like local ones (enter_remote, leave_remote).
 """
 from collections import deque
 from itertools import chain, islice
@@ -63,6 +68,8 @@ class Room:
         self.members = {}    # conn -> None: who receives the broadcasts, in order of arrival
         self.arriving = {}   # conn -> None: newcomers held back, not yet announced
         self.leaving = []    # (name, reason) of departures held back
+        self.remote = {}     # Remote -> None: members served by other nodes (cluster.py)
+        self.remote_arriving = []  # those of them whose arrival is held back
         self.held_since = 0.0
         self._holding = holding
         history = 0 if config.compat else config.history
@@ -75,10 +82,10 @@ class Room:
     @property
     def size(self) -> int:
         """Everyone in the room, announced or not."""
-        return len(self.members) + len(self.arriving)
+        return len(self.members) + len(self.arriving) + len(self.remote)
 
     def names(self) -> list:
-        return [conn.name for conn in chain(self.members, self.arriving)]
+        return [conn.name for conn in chain(self.members, self.arriving, self.remote)]
 
     def receiving(self, conn) -> bool:
         """Whether conn gets this room's broadcasts at this point."""
@@ -88,7 +95,7 @@ class Room:
 
     def say(self, line: str, keep: bool):
         """line to everyone here; keep: it goes into the history too."""
-        if self.arriving or self.leaving:
+        if self._held():
             self.announce()
         data = self.out.broadcast(line)
         if keep and self.history is not None:
@@ -107,7 +114,7 @@ class Room:
             self._hold(now)
             self.arriving[conn] = None
             return
-        if self.arriving or self.leaving:
+        if self._held():
             self.announce()
         if not self.compat:
             self._welcome(conn, exclude=None)
@@ -128,7 +135,7 @@ class Room:
             self.out.departed(conn, member=receiving)
         if not receiving:
             self.arriving.pop(conn, None)  # never announced: nobody hears of it
-            if not self.arriving and not self.leaving:
+            if not self._held():
                 self._holding.discard(self)  # nothing left to announce
             return carried
         big = not self.compat and self.size >= self.config.arrival_merge_threshold
@@ -142,8 +149,40 @@ class Room:
             self.say(p.render_left(conn.name, "" if self.compat else reason), keep=False)
         return carried
 
+    def enter_remote(self, member, now: float):
+        """A member served by another node comes in: the members here hear
+        of it, as of a local arrival (held back the same way)."""
+        big = not self.compat and self.size >= self.config.arrival_merge_threshold
+        self.remote[member] = None
+        if big:
+            self._hold(now)
+            self.remote_arriving.append(member)
+            return
+        if self._held():
+            self.announce()
+        self.out.broadcast(p.render_arrived(member.name))
+
+    def leave_remote(self, member, reason, now: float):
+        """A member served by another node goes; reason as for leave()."""
+        del self.remote[member]
+        if member in self.remote_arriving:
+            self.remote_arriving.remove(member)  # never announced: nobody hears of it
+            if not self._held():
+                self._holding.discard(self)
+            return
+        if reason is None:
+            return
+        if not self.compat and self.size + 1 >= self.config.arrival_merge_threshold:
+            self._hold(now)
+            self.leaving.append((member.name, reason))
+        else:
+            self.say(p.render_left(member.name, "" if self.compat else reason), keep=False)
+
+    def _held(self) -> bool:
+        return bool(self.arriving or self.leaving or self.remote_arriving)
+
     def _hold(self, now: float):
-        if not self.arriving and not self.leaving:
+        if not self._held():
             self.held_since = now
             self._holding.add(self)
 
@@ -152,6 +191,7 @@ class Room:
         self._holding.discard(self)
         leaving, self.leaving = self.leaving, []
         arriving, self.arriving = self.arriving, {}
+        remote, self.remote_arriving = self.remote_arriving, []
         out = self.out
         limit = self.config.roster_limit
         if leaving:
@@ -159,13 +199,14 @@ class Room:
                 out.broadcast(p.render_left(*leaving[0]))
             else:
                 out.broadcast(p.render_departures(leaving[:limit], len(leaving)))
-        if not arriving:
+        if not arriving and not remote:
             return
-        if len(arriving) == 1:
-            out.broadcast(p.render_arrived(next(iter(arriving)).name))
+        count = len(arriving) + len(remote)
+        names = [c.name for c in islice(chain(remote, arriving), limit)]
+        if count == 1:
+            out.broadcast(p.render_arrived(names[0]))
         else:
-            out.broadcast(p.render_arrivals([c.name for c in islice(arriving, limit)],
-                                            len(arriving)))
+            out.broadcast(p.render_arrivals(names, count))
         # Each newcomer's roster counts the others of its own run too.
         self.members.update(arriving)
         for conn in arriving:
@@ -174,7 +215,7 @@ class Room:
 
     def due(self, now: float):
         """Seconds until held announcements must be made, or None."""
-        if not self.arriving and not self.leaving:
+        if not self._held():
             return None
         return max(0.0, self.held_since + self.config.arrival_merge_window - now)
 
@@ -183,7 +224,8 @@ class Room:
         everyone present but itself (exclude, when it is already among the
         members), at most roster_limit names, the count exact."""
         limit = self.config.roster_limit
-        others = (c.name for c in chain(self.members, self.arriving) if c is not exclude)
+        others = (c.name for c in chain(self.members, self.arriving, self.remote)
+                  if c is not exclude)
         shown = list(islice(others, limit))
         total = self.size - (exclude is not None)
         self.out.send(conn, p.render_roster(shown, total=total, newcomer=True), member=False)

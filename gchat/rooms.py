@@ -52,6 +52,16 @@ class RoomRegistry:
             self.dropped += 1
         return self._make(name)  # the caller puts someone in it at once
 
+    def ensure(self, name: str) -> Room:
+        """The room called name, made if need be even past max_rooms: in a
+        cluster (cluster.py) every node mirrors the rooms the others made,
+        and the node that made one checked the limit against the same
+        rooms."""
+        room = self.rooms.get(p.name_key(name))
+        if room is None:
+            room = self.create(name) or self._make(name)
+        return room
+
     def occupied(self, room: Room):
         """Someone is in room now."""
         self.empty.pop(room.key, None)

@@ -329,7 +329,27 @@ class _Listener(StreamServer):
         super().__init__(address, handle, backlog=backlog, spawn=None)
         self._backoff_min = self._backoff = config.accept_backoff_min
         self._backoff_max = config.accept_backoff_max
+        self._reuse_port = config.reuse_port
         self.accept_pauses = 0
+
+    def get_listener(self, address, backlog=None, family=None):
+        """gevent's listener, or with --reuse-port (the --workers
+        supervisor's workers, workers.py) the same made by hand, since
+        SO_REUSEPORT must be set before bind: every process that sets it
+        may bind the port, and the kernel spreads connections over them."""
+        if not self._reuse_port:
+            return super().get_listener(address, backlog, family)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gevent does
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+            sock.listen(backlog if backlog is not None else self.backlog)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def do_read(self):
         try:
@@ -380,13 +400,13 @@ class ChatServer:
     """Listens, admits connections within the limits, runs the hub, and
     stops gracefully."""
 
-    def __init__(self, config, sockets=None):
+    def __init__(self, config, sockets=None, bus=None):
         """sockets: listening sockets to serve instead of binding, by name
         ("line", "http", "admin"), as systemd's socket activation passes
-        them (systemd.py)."""
+        them (systemd.py); bus: the cluster's bus (--redis), None alone."""
         self.config = config
         self.sockets = sockets or {}
-        self.hub, self.hub_greenlet = events.spawn_hub(config)
+        self.hub, self.hub_greenlet = events.spawn_hub(config, bus)
         self.hub.transport_stats = self.transport_stats
         self.connection_class = Connection
         self.tls = None

@@ -1,0 +1,520 @@
+"""The chat of one node in a cluster (--redis).  Pure: no Redis, no gevent.
+
+Every node holds the whole cluster's rooms, names and histories, and every
+node applies the same entries in the same order: the order of the bus's
+stream (bus/redis_bus.py).  That is the seed's one broadcaster, spread out:
+one order per room, whichever node a member is on.
+
+So a node does not act on its own clients' lines and commands at once.  It
+publishes them (one bus entry per hub batch, `outgoing`) and acts when it
+reads them back, in the stream's order, like everyone else's:
+
+- a line is said to its room when its "say" comes back, on every node;
+- a name is claimed in Redis first (a request to the bus, answered by a
+  claimed() event: atomic, so two nodes can never hand out one name), and
+  the client is named, greeted and given its roster and history when its
+  "enter" comes back; what it types meanwhile is held and replayed;
+- /join, /nick and departures likewise.
+
+Members served by other nodes are `Remote` objects: in their room's
+`remote` set, counted in rosters, /who and /rooms, never delivered to.  A
+local client that disconnects leaves its room's delivery list at once (its
+socket is gone) but stays there as a Remote of this node until its
+"leave" comes back, so that every node announces the departure at the same
+point of the room's order.
+
+Nodes learn of each other from the stream: a node that starts publishes
+"hello", and every node answers with "present", the members it holds as
+its own published operations describe them (`published`), which a reader
+that applied every earlier entry of that node already has, and a reader
+that started later takes as the truth.  A node that stops or is lost
+("lost", published by whichever survivor first finds its heartbeat key
+expired) has its members leave everywhere, at the same point of the
+order; applying it twice changes nothing.
+"""
+import logging
+from collections import deque
+
+from gchat import protocol as p
+from gchat.chat import Chat
+from gchat.room import LEFT_REASON, Why
+
+log = logging.getLogger("gchat")
+
+# What the others see after "NAME has left" when a node goes.
+NODE_LOST = "server lost"
+NODE_STOPPED = "server stopped"
+BUS_DOWN = "the cluster's bus (Redis) is unavailable; your line was not sent"
+CLAIM_PENDING = "wait: your name is still being checked"
+
+
+class Remote:
+    """A member this node does not serve: on another node, or a local
+    client that has left but whose departure has not come back yet."""
+
+    __slots__ = ("name", "node", "room")
+
+    def __init__(self, name: str, node: str, room=None):
+        self.name = name
+        self.node = node
+        self.room = room
+
+    @property
+    def who(self) -> str:
+        return f"{self.name}@{self.node}"
+
+    def __repr__(self):
+        return f"<Remote {self.who}>"
+
+
+class ClusterChat(Chat):
+    """A Chat whose changes go through the bus.  See the module docstring."""
+
+    def __init__(self, config, node: str, stats=None, clock=None):
+        super().__init__(config, stats=stats, clock=clock)
+        self.node = node
+        self.outgoing = []    # operations of this batch: the bus's next entry
+        self.requests = []    # ("claim", conn, name) and ("release", key) for the bus
+        self.claims = {}      # conn -> (name, renaming): asked the bus, no answer yet
+        self.entering = {}    # name_key -> conn: its "enter" is out, not back yet
+        self.held = {}        # conn -> lines it typed while its name was settled
+        self.published = {}   # name_key -> [name, room]: our members, as we published them
+        self.nodes = {}       # node id -> set of its Remotes (ours: the departed)
+        self.lost = set()     # nodes whose departure was applied
+        self.backlog = lambda: 0  # lines the bus holds unpublished (the hub sets it)
+        self._queued_lines = 0
+        # A client's own order: what it is told here (a /who, an error)
+        # waits until what it published before has come back.
+        self._senders = set()  # conns that published in this batch
+        self.awaiting = deque()  # (seq, conns) of our entries not back yet
+        self.inflight = {}     # conn -> our entries not back yet that it is in
+        self.deferred = {}     # conn -> lines for it alone, waiting for those
+        self.counts.update(bus_refused=0, bus_ops_skipped=0)
+        self._apply = {"enter": self._apply_enter, "join": self._apply_join,
+                       "leave": self._apply_leave, "say": self._apply_say,
+                       "nick": self._apply_nick, "msg": self._apply_msg,
+                       "hello": self._apply_hello, "present": self._apply_present,
+                       "lost": self._apply_lost}
+
+    # ------------------------------------------------------------------
+    # For the hub and the bus
+
+    def take(self) -> tuple:
+        """This batch's operations and requests, for the bus."""
+        ops, requests = self.outgoing, self.requests
+        self.outgoing, self.requests = [], []
+        self._queued_lines = 0
+        return ops, requests
+
+    def sent(self, seq: int):
+        """The bus took this batch's operations as our entry seq."""
+        senders, self._senders = self._senders, set()
+        if not senders:
+            return
+        self.awaiting.append((seq, senders))
+        inflight = self.inflight
+        for conn in senders:
+            inflight[conn] = inflight.get(conn, 0) + 1
+
+    def _came_back(self, seq: int):
+        """Our entry seq (and any before it) has been applied."""
+        awaiting = self.awaiting
+        while awaiting and awaiting[0][0] <= seq:
+            for conn in awaiting.popleft()[1]:
+                left = self.inflight.pop(conn) - 1
+                if left:
+                    self.inflight[conn] = left
+                else:
+                    for line in self.deferred.pop(conn, ()):
+                        super()._tell(conn, line)
+
+    def _tell(self, conn, line: str):
+        if (conn in self.inflight or conn in self._senders) and conn in self.connected:
+            self.deferred.setdefault(conn, []).append(line)
+        else:
+            super()._tell(conn, line)
+
+    def apply(self, entries):
+        """Entries read from the bus (new ones, in the stream's order)."""
+        now = self._clock()
+        for entry in entries:
+            for op in entry.ops:
+                try:
+                    self._apply[op[0]](entry.node, now, *op[1:])
+                except Exception:
+                    # Checked by entry.decode, so this is a bug or a
+                    # state this node cannot reach: skip the operation,
+                    # never the broadcaster.
+                    self.counts["bus_ops_skipped"] += 1
+                    log.exception("cannot apply %s from node %s; skipped", op[0], entry.node)
+            if entry.node == self.node and self.awaiting:
+                self._came_back(entry.seq)
+
+    def claimed(self, conn, name: str, error):
+        """The bus's answer to a claim: error is None when conn got name."""
+        _, renaming = self.claims.pop(conn, (name, False))
+        key = p.name_key(name)
+        if conn not in self.connected:
+            if error is None:
+                self.requests.append(("release", key))
+            return
+        if renaming:
+            if error is not None:
+                self._error(conn, error)
+            elif conn.name is not None and conn.room is not None:
+                old_key = p.name_key(conn.name)
+                entry = self.published.pop(old_key, [name, conn.room.name])
+                self.published[key] = [name, entry[1]]
+                self._publish(["nick", conn.name, name], conn)
+            else:
+                self.requests.append(("release", key))
+            return
+        if error is not None:
+            self._error(conn, error)
+            self.lobby.out.send(conn, p.NAME_PROMPT_AGAIN, member=False)
+            held = self.held.pop(conn, [])
+            if held:
+                self.lines(conn, held)
+            return
+        self._publish_enter(conn, name)
+
+    def load_histories(self, histories: dict):
+        """The rooms' histories as Redis keeps them, for a node that starts
+        after they were written ({room name: [encoded lines]})."""
+        for name, lines in histories.items():
+            room = self._room(name)
+            if room.history is not None:
+                room.history.extend(lines)
+
+    def resync(self):
+        """Redis came back without the cluster's data: say again who is here."""
+        self._publish_present()
+
+    # ------------------------------------------------------------------
+    # Local events, published instead of applied
+
+    def arrive(self, conn):
+        self.connected.add(conn)
+        self.silent.add(conn)
+        if self.compat:
+            # The seed's names are addresses, unique without asking Redis.
+            self.held[conn] = []
+            self._publish_enter(conn, conn.who)
+        else:
+            self.lobby.out.send(conn, p.NAME_PROMPT, member=False)
+
+    def lines(self, conn, lines):
+        for index, line in enumerate(lines):
+            if conn in self.held:
+                self._hold(conn, lines[index:])
+                return
+            super().lines(conn, [line])
+
+    def _hold(self, conn, lines):
+        """Lines conn typed before its name was settled, kept in order
+        (at most flood_burst of them: a human types ahead a line or two)."""
+        held = self.held[conn]
+        for line in lines:
+            if len(held) < self.config.flood_burst:
+                held.append(line)
+            else:
+                self._error(conn, CLAIM_PENDING)
+
+    def _publish(self, op, conn=None):
+        """op into this batch's entry; conn: the client it is from."""
+        self.outgoing.append(op)
+        if conn is not None:
+            self._senders.add(conn)
+
+    def _publish_enter(self, conn, name):
+        key = p.name_key(name)
+        self.entering[key] = conn
+        self.published[key] = [name, self.lobby.name]
+        self._publish(["enter", name, self.lobby.name])
+
+    def _choose_name(self, conn, name: str):
+        problem = p.validate_name(name)
+        key = p.name_key(name)
+        if problem is None and (key in self.names or key in self.entering):
+            problem = f"the name {name} is taken"
+        if problem is not None:
+            self._error(conn, problem)
+            self.lobby.out.send(conn, p.NAME_PROMPT_AGAIN, member=False)
+            return
+        self.claims[conn] = (name, False)
+        self.held[conn] = []
+        self.requests.append(("claim", conn, name))
+
+    def _leave_room(self, conn, why: str, detail: str):
+        """conn's socket is gone: it stops receiving now, and stays a
+        Remote of this node until its "leave" comes back."""
+        room = conn.room
+        key = p.name_key(conn.name)
+        room.leave(conn, None, moving=False, now=self._clock())
+        ghost = Remote(conn.name, self.node, room)
+        room.remote[ghost] = None
+        if self.names.get(key) is conn:
+            self.names[key] = ghost
+        self.nodes.setdefault(self.node, set()).add(ghost)
+        self._publish_leave(key, conn.name, why, detail)
+
+    def _publish_leave(self, key, name, why, detail):
+        if why == Why.SHUTDOWN:
+            reason = NODE_STOPPED
+        else:
+            reason = detail if why == Why.QUIT else LEFT_REASON[why]
+        self.published.pop(key, None)
+        self._publish(["leave", name, reason])
+
+    def depart(self, conn, why: str, detail: str = ""):
+        deferred = self.deferred.pop(conn, ())
+        for line in deferred:  # its last lines, before its farewell
+            super()._tell(conn, line)
+        self._senders.discard(conn)
+        if self.inflight.pop(conn, None):
+            for _, conns in self.awaiting:
+                conns.discard(conn)
+        if conn in self.connected and conn.room is None:
+            # Not named yet: a claim may be out (claimed() releases the
+            # name), or its "enter" (then its "leave" must follow it).
+            self.held.pop(conn, None)
+            for key, waiting in list(self.entering.items()):
+                if waiting is conn:
+                    name = self.published.get(key, [conn.who])[0]
+                    self._publish_leave(key, name, why, detail)
+        super().depart(conn, why, detail)
+
+    def _speak(self, conn, line: str, keep: bool):
+        if not self._room_for_line(conn):
+            return
+        self._queued_lines += 1
+        self._publish(["say", conn.room.name, line, keep], conn)
+
+    def _room_for_line(self, conn) -> bool:
+        """Whether the bus can take one more line; if not, conn is told."""
+        if self.backlog() + self._queued_lines < self.config.bus_backlog:
+            return True
+        self.counts["bus_refused"] += 1
+        self._error(conn, BUS_DOWN)
+        return False
+
+    def _nick(self, conn, command):
+        new = command.name
+        problem = p.validate_name(new)
+        old_key, new_key = p.name_key(conn.name), p.name_key(new)
+        if problem is None and new_key != old_key and (new_key in self.names
+                                                      or new_key in self.entering):
+            problem = f"the name {new} is taken"
+        if problem is not None:
+            self._error(conn, problem)
+            return
+        if new == conn.name:
+            return
+        if new_key == old_key:  # only its spelling changes: nothing to claim
+            self.published[old_key] = [new, self.published.get(old_key, [new, conn.room.name])[1]]
+            self._publish(["nick", conn.name, new], conn)
+            return
+        self.claims[conn] = (new, True)
+        self.requests.append(("claim", conn, new))
+
+    def _msg(self, conn, command):
+        target = self.names.get(p.name_key(command.target))
+        if isinstance(target, Remote) and target.node == self.node:
+            target = None  # it has left; its departure is on its way
+        if not isinstance(target, Remote):
+            if target is None:
+                self._error(conn, f"no such user: {command.target}")
+            else:
+                super()._msg(conn, command)
+            return
+        if not self._room_for_line(conn):
+            return
+        self._queued_lines += 1
+        self._publish(["msg", conn.name, target.name, command.text], conn)
+        self._tell(conn, p.render_private_to_sender(conn.name, target.name, command.text))
+
+    def _join(self, conn, command):
+        name = command.room[1:] if command.room.startswith("#") else command.room
+        problem = p.validate_room_name(name, self.config.room_name_max)
+        if problem is not None:
+            self._error(conn, problem)
+            return
+        key = p.name_key(name)
+        if key == conn.room.key:
+            self._error(conn, f"you are already in #{conn.room.name}")
+            return
+        room = self.rooms.get(key)
+        if room is None and len(self.rooms) >= self.config.max_rooms and not self.rooms.empty:
+            self._error(conn, f"too many rooms ({len(self.rooms)}); "
+                              "join an existing one (/rooms lists them)")
+            return
+        name = room.name if room is not None else name
+        own = p.name_key(conn.name)
+        if own in self.published:
+            self.published[own][1] = name
+        self._publish(["join", conn.name, name], conn)
+
+    # ------------------------------------------------------------------
+    # Applying the bus's entries: the same on every node
+
+    def _room(self, name: str):
+        room = self.rooms.ensure(name)
+        if room.size == 0:
+            self.rooms.vacated(room)  # made for a line or a history: droppable
+        return room
+
+    def _member(self, node: str, name: str):
+        """The member called name if node serves it, else None (a stale
+        operation: the name has changed hands since)."""
+        member = self.names.get(p.name_key(name))
+        if member is None:
+            return None
+        owner = member.node if isinstance(member, Remote) else self.node
+        return member if owner == node else None
+
+    def _add_remote(self, member, room):
+        member.room = room
+        room.remote[member] = None
+        self.rooms.occupied(room)
+        self.names[p.name_key(member.name)] = member
+        self.nodes.setdefault(member.node, set()).add(member)
+
+    def _drop_remote(self, member, reason, now):
+        """member leaves: announced with reason, or silently if None."""
+        room = member.room
+        if reason is None:
+            room.remote.pop(member, None)
+            if member in room.remote_arriving:
+                room.remote_arriving.remove(member)
+        else:
+            room.leave_remote(member, reason, now)
+        self.rooms.vacated(room)
+        key = p.name_key(member.name)
+        if self.names.get(key) is member:
+            del self.names[key]
+        self.nodes.get(member.node, set()).discard(member)
+
+    def _apply_enter(self, node, now, name, room_name):
+        key = p.name_key(name)
+        room = self.rooms.ensure(room_name)
+        conn = self.entering.pop(key, None) if node == self.node else None
+        if conn is not None and conn in self.connected:
+            conn.name = name
+            self.names[key] = conn
+            conn.room = room
+            self.rooms.occupied(room)
+            self.counts["arrivals"] += 1
+            room.enter(conn, [p.render_you_are(name)], b"", now)
+            held = self.held.pop(conn, [])
+            if held:
+                self.lines(conn, held)
+            return
+        if key in self.names:
+            old = self.names[key]
+            if isinstance(old, Remote):
+                # Only after Redis lost its data can two nodes have handed
+                # out one name; the later claim is the one Redis holds now.
+                log.warning("%s entered from node %s while held by node %s", name, node,
+                            old.node)
+                self._drop_remote(old, None, now)
+            else:
+                log.warning("%s entered from node %s while held here; ignored", name, node)
+                return
+        member = Remote(name, node)
+        self._add_remote(member, room)
+        room.enter_remote(member, now)
+
+    def _apply_join(self, node, now, name, room_name):
+        member = self._member(node, name)
+        if member is None:
+            return
+        old, room = member.room, self.rooms.ensure(room_name)
+        if room is old:
+            return
+        reason = p.render_joined_reason(room.name)
+        self.counts["joins"] += 1
+        if isinstance(member, Remote):
+            old.leave_remote(member, reason, now)
+            self.rooms.vacated(old)
+            self.nodes[member.node].discard(member)
+            self._add_remote(member, room)
+            room.enter_remote(member, now)
+            return
+        carried = old.leave(member, reason, moving=True, now=now)
+        self.rooms.vacated(old)
+        member.room = room
+        self.rooms.occupied(room)
+        room.enter(member, [p.render_now_in(room.name)], carried, now)
+
+    def _apply_leave(self, node, now, name, reason):
+        member = self._member(node, name)
+        if not isinstance(member, Remote):
+            return  # unknown, or (a bug) still connected here
+        self._drop_remote(member, reason, now)
+        if node == self.node:
+            self.requests.append(("release", p.name_key(name)))
+
+    def _apply_say(self, node, now, room_name, line, keep):
+        self._room(room_name).say(line, keep=keep)
+
+    def _apply_nick(self, node, now, old, new):
+        member = self._member(node, old)
+        if member is None:
+            return
+        old_key, new_key = p.name_key(old), p.name_key(new)
+        del self.names[old_key]
+        self.names[new_key] = member
+        member.room.say(p.render_nick(old, new), keep=False)
+        member.name = new
+        if node == self.node and old_key != new_key:
+            self.requests.append(("release", old_key))
+
+    def _apply_msg(self, node, now, sender, target, text):
+        conn = self.names.get(p.name_key(target))
+        if conn is None or isinstance(conn, Remote) or conn not in self.connected:
+            return
+        if conn in conn.room.arriving:
+            conn.room.announce()  # its roster first, as Chat._msg does
+        self._tell(conn, p.render_private_to_recipient(sender, text))
+
+    def _apply_hello(self, node, now):
+        if node != self.node:
+            self.nodes.setdefault(node, set())
+            self.lost.discard(node)
+            self._publish_present()
+
+    def _publish_present(self):
+        self._publish(["present", True, [list(pair) for pair in self.published.values()]])
+
+    def _apply_present(self, node, now, _full, pairs):
+        """node's members are pairs: made so here silently (this is a
+        state transfer, not news: each arrival was announced when it
+        happened)."""
+        if node == self.node:
+            return
+        self.lost.discard(node)
+        wanted = {p.name_key(name): (name, room) for name, room in pairs}
+        for member in list(self.nodes.get(node, ())):
+            key = p.name_key(member.name)
+            if wanted.get(key, (None, None))[1] != member.room.name or key not in wanted:
+                self._drop_remote(member, None, now)
+            else:
+                del wanted[key]
+        for key, (name, room_name) in wanted.items():
+            if key in self.names:
+                continue  # held by another member here: the stream's order decides
+            self._add_remote(Remote(name, node), self._room(room_name))
+
+    def _apply_lost(self, node, now, lost, reason):
+        if lost == self.node:
+            # We were stalled past --node-timeout and the others let our
+            # members go: claim our names again and tell them who is here.
+            log.warning("this node was declared lost by node %s; rejoining", node)
+            self.requests.append(("reassert",))
+            self._publish_present()
+            return
+        if lost in self.lost:
+            return
+        self.lost.add(lost)
+        for member in list(self.nodes.pop(lost, ())):
+            self._drop_remote(member, reason, now)
