@@ -149,6 +149,11 @@ class Chat:
             self.counts["bytes_out"] += out.sent_bytes - before
         return deliveries
 
+    def named_here(self) -> int:
+        """Clients of this process that have a name (in a cluster `names`
+        also holds the other nodes' members)."""
+        return len(self.names)
+
     @property
     def pending(self) -> bool:
         return bool(self.dirty)

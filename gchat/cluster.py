@@ -178,6 +178,9 @@ class ClusterChat(Chat):
             return
         self._publish_enter(conn, name)
 
+    def named_here(self) -> int:
+        return sum(1 for conn in self.connected if conn.room is not None)
+
     def load_histories(self, histories: dict):
         """The rooms' histories as Redis keeps them, for a node that starts
         after they were written ({room name: [encoded lines]})."""
@@ -295,7 +298,9 @@ class ClusterChat(Chat):
         if self.backlog() + self._queued_lines < self.config.bus_backlog:
             return True
         self.counts["bus_refused"] += 1
-        self._error(conn, BUS_DOWN)
+        self.counts["errors"] += 1
+        # At once, not after its held lines: the sender must know now.
+        Chat._tell(self, conn, p.render_error(BUS_DOWN))
         return False
 
     def _nick(self, conn, command):

@@ -221,12 +221,13 @@ class Hub:
     def snapshot(self) -> dict:
         """Counters for /stats and the logs."""
         chat = self.chat
-        stats = {"clients": len(chat.connected), "members": len(chat.names),
+        stats = {"clients": len(chat.connected), "members": chat.named_here(),
                  "rooms": len(chat.rooms), "rooms_dropped": chat.rooms.dropped,
                  **chat.counts, **self.stats, "inbox": self.inbox.qsize()}
         if self.transport_stats is not None:
             stats.update(self.transport_stats())
         if self.bus is not None:
+            stats["cluster_members"] = len(chat.names)  # every node's, as this one knows
             stats.update(self.bus.snapshot())
         return stats
 

@@ -54,7 +54,7 @@ class GchatCollector:
         members = GaugeMetricFamily(
             "gchat_members", "Clients by state: named (in a room) or naming (not yet named).",
             labels=["state"])
-        named = len(chat.names)
+        named = chat.named_here()
         members.add_metric(["named"], named)
         members.add_metric(["naming"], len(chat.connected) - named)
         yield members
@@ -87,10 +87,38 @@ class GchatCollector:
                        server.server.accept_pauses)
         yield _counter("gchat_refused", "Connections refused over --max-clients or "
                        "--max-per-ip.", sum(server.refused.values()))
+        if hub.bus is not None:
+            yield from _bus_families(hub.bus.snapshot())
         yield _histogram("gchat_batch_events", "Events handled per wake-up of the hub.",
                          hub.batch_sizes)
         yield _histogram("gchat_flush_seconds", "Seconds one flush of a batch took.",
                          hub.flush_seconds)
+
+
+# The cluster's bus (--redis): /stats's bus_* counters, as Prometheus
+# families (gauges for states and sizes, counters for events).
+BUS_GAUGES = {"bus_up": "1 while Redis answers, 0 during an outage.",
+              "bus_pending": "Entries waiting to be published.",
+              "bus_held_lines": "Chat lines held while Redis is down (bounded by --bus-backlog).",
+              "bus_window": "Published entries kept to publish again if Redis loses its data.",
+              "nodes": "Nodes of the cluster this node knows to be alive, itself included."}
+BUS_COUNTERS = {"bus_outages": "Times Redis became unreachable.",
+                "bus_recoveries": "Times Redis came back.",
+                "bus_data_lost": "Times Redis came back without the cluster's data.",
+                "bus_published": "Entries published (one per hub batch).",
+                "bus_republished": "Entries published again after Redis lost its data.",
+                "bus_read": "Entries read from the stream.",
+                "bus_duplicates": "Entries read again and skipped (already applied).",
+                "bus_bad_entries": "Entries that did not parse, skipped.",
+                "bus_nodes_lost": "Nodes this node declared lost."}
+
+
+def _bus_families(snapshot: dict):
+    for key, documentation in BUS_GAUGES.items():
+        name = "gchat_cluster_nodes" if key == "nodes" else f"gchat_{key}"
+        yield _gauge(name, documentation, snapshot[key])
+    for key, documentation in BUS_COUNTERS.items():
+        yield _counter(f"gchat_{key}", documentation, snapshot[key])
 
 
 def make_metrics(chat_server):
