@@ -34,3 +34,17 @@ def gchat(start_gchat):
 def compat(start_gchat):
     """A gchat server in --compat mode."""
     return start_gchat("--compat")
+
+
+@pytest.fixture
+def redis_server():
+    """A redis-server of its own on a free port (RedisServer: .url, .kill(),
+    .start() again on the same port), stopped after the test.  A missing
+    redis-server is an error, not a skip: the cluster's tests must run."""
+    from redis_server import RedisServer
+    server = RedisServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
