@@ -339,6 +339,10 @@ def run(config: Config, worker=None) -> int:
     if bus is not None:
         server.hub.chat.load_histories(histories)
         bus.start(server.hub.put)
+        from gchat.workers import PREDECESSOR_ENV
+        predecessor = os.environ.pop(PREDECESSOR_ENV, None)
+        if predecessor:
+            bus.retire(predecessor)
         log.info("node %s joined cluster %s (%d rooms with history)", bus.node,
                  config.cluster, len(histories))
     stop_requested = Event()
@@ -363,7 +367,7 @@ def run(config: Config, worker=None) -> int:
     # READY=1 only now that every port is serving (Type=notify).
     notifier = systemd.attach(server)
     if worker is not None:
-        worker.ready()
+        worker.ready(bus.node if bus is not None else None)
         worker.on_supervisor_gone(stop_requested.set)
     stop_requested.wait()
     log.info("shutting down: closing %d clients", len(server.hub.chat.connected))

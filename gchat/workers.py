@@ -94,6 +94,11 @@ WORKER_ENV = "GCHAT_WORKER"
 LINK_ENV = "GCHAT_WORKER_FD"
 # What a worker writes on its link once it serves.
 READY = b"R"
+# The node id of the worker that last ran in a slot, given to the one that
+# replaces it, which declares it lost at once (bus/redis_bus.py: retire):
+# its clients are reconnecting, and must find their names free, not wait
+# --node-timeout for the heartbeat to expire.
+PREDECESSOR_ENV = "GCHAT_PREDECESSOR"
 
 # A worker that dies is started again after this long: a one-off death (an
 # OOM kill, a stray kill -9) is repaired at once.
@@ -169,6 +174,7 @@ class Worker:
         self.proc = None         # subprocess.Popen while it runs
         self.link = None         # the supervisor's end of the socketpair
         self.ready = False       # it said it serves
+        self.node = None         # its cluster node id, as it said when ready
         self.started = 0.0       # time.monotonic() at its start
         self.delay = RESTART_DELAY_MIN  # before the next restart
         self.due = None          # time.monotonic() of a pending restart
@@ -290,6 +296,8 @@ class Supervisor:
         env = {k: v for k, v in self.environ.items() if k not in _NOT_FOR_WORKERS}
         env[WORKER_ENV] = str(worker.index)
         env[LINK_ENV] = str(theirs.fileno())
+        if worker.node is not None:
+            env[PREDECESSOR_ENV] = worker.node
         try:
             worker.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, env=env,
                                            pass_fds=(theirs.fileno(),))
@@ -322,8 +330,10 @@ class Supervisor:
             # The worker is exiting; its exit is reaped by poll().
             self._close_link(worker)
             return
-        if READY in data and not worker.ready:
+        if data.startswith(READY) and not worker.ready:
             worker.ready = True
+            node = data[len(READY):].strip().decode("ascii", "replace")
+            worker.node = node or None
             if self.serving:
                 log.info("worker %d (pid %d) serving again", worker.index, worker.pid)
 
@@ -454,10 +464,10 @@ class WorkerLink:
             return None
         return cls(int(index), int(fd))
 
-    def ready(self):
-        """Tell the supervisor this worker serves."""
+    def ready(self, node=None):
+        """Tell the supervisor this worker serves (as cluster node node)."""
         try:
-            self.sock.send(READY)
+            self.sock.send(READY + (node or "").encode("ascii") + b"\n")
         except OSError:
             pass  # the supervisor is gone; on_supervisor_gone() says so
 

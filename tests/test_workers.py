@@ -306,3 +306,22 @@ def test_bus_a_dead_workers_clients_leave_and_come_back(start_workers):
     back = named_client(server.host, server.port, name)
     watcher.expect(rf"{name} has arrived", skip=True, timeout=DEADLINE)
     back.close()
+
+
+def test_bus_a_restarted_worker_frees_its_predecessors_names_at_once(start_workers):
+    """The worker that replaces a dead one declares it lost as it starts:
+    its clients, reconnecting, find their names free long before the dead
+    node's heartbeat (--node-timeout 60 here) would have expired."""
+    server = start_workers(2, "--node-timeout", "60")
+    by_worker = clients_on_every_worker(
+        server, lambda i: named_client(server.host, server.port, f"v{i}"))
+    (victim, lost), (_, watcher) = sorted(by_worker.items())
+    name = re.search(r"You are (\S+)", lost.raw.decode()).group(1)
+    started = time.monotonic()
+    psutil.Process(victim).kill()
+    lost.closed_after(DEADLINE)
+    watcher.expect(rf"{name} has left \(server lost\)", skip=True, timeout=DEADLINE)
+    back = named_client(server.host, server.port, name)
+    watcher.expect(rf"{name} has arrived", skip=True, timeout=DEADLINE)
+    assert time.monotonic() - started < 30
+    back.close()

@@ -473,6 +473,9 @@ class RedisBus:
                 for key in self.unreleased:
                     self._release(keys=keys, args=[key, self.node], client=pipe)
                 if any(r[0] == "reassert" for r in requests):
+                    # Declared lost while alive (stalled): the marker must
+                    # not stop a real loss from being published later.
+                    pipe.delete(self.keys.lost(self.node))
                     for key in self.names:
                         self._claim(keys=keys, args=[key, self.node], client=pipe)
                 results = pipe.execute()
@@ -513,6 +516,16 @@ class RedisBus:
             for node, alive in zip(peers, replies[2:]):
                 if not alive:
                     self._declare_lost(node)
+
+    def retire(self, node: str):
+        """node was this worker slot's previous process, dead (workers.py):
+        declare it lost now instead of after --node-timeout."""
+        try:
+            self.redis.delete(self.keys.node(node))
+        except (RedisError, OSError) as err:
+            self._fail(err)
+            return
+        self._declare_lost(node)
 
     def _declare_lost(self, node):
         self.lost.add(node)
