@@ -74,21 +74,27 @@ class ClusterChat(Chat):
         super().__init__(config, stats=stats, clock=clock)
         self.node = node
         self.outgoing = []    # operations of this batch: the bus's next entry
-        self.requests = []    # ("claim", conn, name) and ("release", key) for the bus
+        self.requests = []    # ("claim", conn, name), ("release", key), ("reassert",)
         self.claims = {}      # conn -> (name, renaming): asked the bus, no answer yet
+        self.claiming = {}    # name_key -> conn: the same, by name
         self.entering = {}    # name_key -> conn: its "enter" is out, not back yet
-        self.held = {}        # conn -> lines it typed while its name was settled
-        self.published = {}   # name_key -> [name, room]: our members, as we published them
-        self.nodes = {}       # node id -> set of its Remotes (ours: the departed)
+        self.published = {}   # conn -> [name, room]: our members, as we published them
+        self.nodes = {}       # node id -> {Remote: None}, in order (ours: the departed)
         self.lost = set()     # nodes whose departure was applied
         self.backlog = lambda: 0  # lines the bus holds unpublished (the hub sets it)
         self._queued_lines = 0
-        # A client's own order: what it is told here (a /who, an error)
-        # waits until what it published before has come back.
-        self._senders = set()  # conns that published in this batch
+        # One client, one order.  A client whose last claim or operation
+        # has not come back yet is busy: what it types meanwhile is held
+        # and handled once it has, so that each line and command acts on
+        # the state its earlier ones made (a line after /join goes to the
+        # new room; /who after /join answers for it), and every answer
+        # comes in the order of the lines that asked.  A burst so costs a
+        # round trip, and the held lines then go out as one entry.
+        self.busy = {}           # conn -> lines held while it is busy
+        self._held = 0           # lines held over all clients (the outage bound)
+        self._senders = set()    # conns that published in this batch
         self.awaiting = deque()  # (seq, conns) of our entries not back yet
-        self.inflight = {}     # conn -> our entries not back yet that it is in
-        self.deferred = {}     # conn -> lines for it alone, waiting for those
+        self.inflight = {}       # conn -> how many of those it is in
         self.counts.update(bus_refused=0, bus_ops_skipped=0)
         self._apply = {"enter": self._apply_enter, "join": self._apply_join,
                        "leave": self._apply_leave, "say": self._apply_say,
@@ -107,7 +113,8 @@ class ClusterChat(Chat):
         return ops, requests
 
     def sent(self, seq: int):
-        """The bus took this batch's operations as our entry seq."""
+        """The bus took this batch's operations; seq is the sequence
+        number of its (last) entry."""
         senders, self._senders = self._senders, set()
         if not senders:
             return
@@ -115,24 +122,6 @@ class ClusterChat(Chat):
         inflight = self.inflight
         for conn in senders:
             inflight[conn] = inflight.get(conn, 0) + 1
-
-    def _came_back(self, seq: int):
-        """Our entry seq (and any before it) has been applied."""
-        awaiting = self.awaiting
-        while awaiting and awaiting[0][0] <= seq:
-            for conn in awaiting.popleft()[1]:
-                left = self.inflight.pop(conn) - 1
-                if left:
-                    self.inflight[conn] = left
-                else:
-                    for line in self.deferred.pop(conn, ()):
-                        super()._tell(conn, line)
-
-    def _tell(self, conn, line: str):
-        if (conn in self.inflight or conn in self._senders) and conn in self.connected:
-            self.deferred.setdefault(conn, []).append(line)
-        else:
-            super()._tell(conn, line)
 
     def apply(self, entries):
         """Entries read from the bus (new ones, in the stream's order)."""
@@ -150,36 +139,38 @@ class ClusterChat(Chat):
             if entry.node == self.node and self.awaiting:
                 self._came_back(entry.seq)
 
+    def _came_back(self, seq: int):
+        """Our entries up to seq have been applied."""
+        awaiting = self.awaiting
+        while awaiting and awaiting[0][0] <= seq:
+            for conn in awaiting.popleft()[1]:
+                left = self.inflight.pop(conn, 1) - 1
+                if left:
+                    self.inflight[conn] = left
+                else:
+                    self._maybe_free(conn)
+
     def claimed(self, conn, name: str, error):
         """The bus's answer to a claim: error is None when conn got name."""
         _, renaming = self.claims.pop(conn, (name, False))
         key = p.name_key(name)
+        if self.claiming.get(key) is conn:
+            del self.claiming[key]
         if conn not in self.connected:
             if error is None:
                 self.requests.append(("release", key))
             return
-        if renaming:
-            if error is not None:
-                self._error(conn, error)
-            elif conn.name is not None and conn.room is not None:
-                old_key = p.name_key(conn.name)
-                entry = self.published.pop(old_key, [name, conn.room.name])
-                self.published[key] = [name, entry[1]]
-                self._publish(["nick", conn.name, name], conn)
-            else:
-                self.requests.append(("release", key))
-            return
         if error is not None:
             self._error(conn, error)
-            self.lobby.out.send(conn, p.NAME_PROMPT_AGAIN, member=False)
-            held = self.held.pop(conn, [])
-            if held:
-                self.lines(conn, held)
-            return
-        self._publish_enter(conn, name)
-
-    def named_here(self) -> int:
-        return sum(1 for conn in self.connected if conn.room is not None)
+            if not renaming:
+                self.lobby.out.send(conn, p.NAME_PROMPT_AGAIN, member=False)
+        elif renaming:
+            published = self.published[conn]
+            old, published[0] = published[0], name
+            self._publish(["nick", old, name], conn)
+        else:
+            self._publish_enter(conn, name)
+        self._maybe_free(conn)
 
     def load_histories(self, histories: dict):
         """The rooms' histories as Redis keeps them, for a node that starts
@@ -189,9 +180,15 @@ class ClusterChat(Chat):
             if room.history is not None:
                 room.history.extend(lines)
 
-    def resync(self):
-        """Redis came back without the cluster's data: say again who is here."""
+    def resync(self, first_seq: int):
+        """Redis came back without the cluster's data; our entries from
+        first_seq on are published again, the older ones never come back.
+        Say again who is here."""
+        self._came_back(first_seq - 1)
         self._publish_present()
+
+    def named_here(self) -> int:
+        return sum(1 for conn in self.connected if conn.room is not None)
 
     # ------------------------------------------------------------------
     # Local events, published instead of applied
@@ -201,114 +198,144 @@ class ClusterChat(Chat):
         self.silent.add(conn)
         if self.compat:
             # The seed's names are addresses, unique without asking Redis.
-            self.held[conn] = []
             self._publish_enter(conn, conn.who)
         else:
             self.lobby.out.send(conn, p.NAME_PROMPT, member=False)
 
     def lines(self, conn, lines):
+        busy = self.busy
         for index, line in enumerate(lines):
-            if conn in self.held:
+            if conn in busy:
                 self._hold(conn, lines[index:])
                 return
             super().lines(conn, [line])
 
     def _hold(self, conn, lines):
-        """Lines conn typed before its name was settled, kept in order
-        (at most flood_burst of them: a human types ahead a line or two)."""
-        held = self.held[conn]
+        held = self.busy[conn]
         for line in lines:
-            if len(held) < self.config.flood_burst:
+            if self._room_for_line(conn, self._held):
                 held.append(line)
-            else:
-                self._error(conn, CLAIM_PENDING)
+                self._held += 1
+
+    def _set_busy(self, conn):
+        if conn not in self.busy:
+            self.busy[conn] = []
+
+    def _maybe_free(self, conn):
+        """conn is busy no more if nothing of its is out: handle what it
+        typed meanwhile."""
+        if conn in self.claims or conn in self.inflight or conn in self._senders:
+            return
+        if conn.room is None and conn in self.published:
+            return  # its "enter" is out
+        held = self.busy.pop(conn, None)
+        if held:
+            self._held -= len(held)
+            if conn in self.connected:
+                self.lines(conn, held)
 
     def _publish(self, op, conn=None):
-        """op into this batch's entry; conn: the client it is from."""
+        """op into this batch's entry; conn: the client it is from, busy
+        until it comes back."""
         self.outgoing.append(op)
         if conn is not None:
             self._senders.add(conn)
+            self._set_busy(conn)
 
     def _publish_enter(self, conn, name):
         key = p.name_key(name)
         self.entering[key] = conn
-        self.published[key] = [name, self.lobby.name]
+        self.published[conn] = [name, self.lobby.name]
+        self._set_busy(conn)
         self._publish(["enter", name, self.lobby.name])
+
+    def _taken(self, key) -> bool:
+        return key in self.names or key in self.entering or key in self.claiming
+
+    def _claim(self, conn, name, renaming):
+        self.claims[conn] = (name, renaming)
+        self.claiming[p.name_key(name)] = conn
+        self._set_busy(conn)
+        self.requests.append(("claim", conn, name))
 
     def _choose_name(self, conn, name: str):
         problem = p.validate_name(name)
-        key = p.name_key(name)
-        if problem is None and (key in self.names or key in self.entering):
+        if problem is None and self._taken(p.name_key(name)):
             problem = f"the name {name} is taken"
         if problem is not None:
             self._error(conn, problem)
             self.lobby.out.send(conn, p.NAME_PROMPT_AGAIN, member=False)
             return
-        self.claims[conn] = (name, False)
-        self.held[conn] = []
-        self.requests.append(("claim", conn, name))
+        self._claim(conn, name, renaming=False)
+
+    def depart(self, conn, why: str, detail: str = ""):
+        if conn not in self.connected:
+            return
+        held = self.busy.pop(conn, None)
+        if held:
+            # What it sent before it went still counts, as on one server:
+            # handled now, on the state it published.
+            self._held -= len(held)
+            if conn in self.published:
+                for line in held:
+                    super().lines(conn, [line])
+                    if conn not in self.connected:
+                        return  # a /quit among them
+        self._senders.discard(conn)
+        if self.inflight.pop(conn, None):
+            for _, conns in self.awaiting:
+                conns.discard(conn)
+        if conn.room is None and conn in self.published:
+            # Its "enter" is out: its "leave" follows it.
+            self._publish_leave(conn, why, detail)
+        super().depart(conn, why, detail)
 
     def _leave_room(self, conn, why: str, detail: str):
         """conn's socket is gone: it stops receiving now, and stays a
         Remote of this node until its "leave" comes back."""
         room = conn.room
         key = p.name_key(conn.name)
+        held_back = conn in room.arriving  # never announced yet
         room.leave(conn, None, moving=False, now=self._clock())
         ghost = Remote(conn.name, self.node, room)
         room.remote[ghost] = None
+        if held_back:
+            # Announced with the others of its run, or (if it leaves first)
+            # never, as on every other node.
+            room.remote_arriving.append(ghost)
+            self.holding.add(room)
         if self.names.get(key) is conn:
             self.names[key] = ghost
-        self.nodes.setdefault(self.node, set()).add(ghost)
-        self._publish_leave(key, conn.name, why, detail)
+        self.nodes.setdefault(self.node, {})[ghost] = None
+        self._publish_leave(conn, why, detail)
 
-    def _publish_leave(self, key, name, why, detail):
+    def _publish_leave(self, conn, why, detail):
         if why == Why.SHUTDOWN:
             reason = NODE_STOPPED
         else:
             reason = detail if why == Why.QUIT else LEFT_REASON[why]
-        self.published.pop(key, None)
+        name = self.published.pop(conn)[0]
         self._publish(["leave", name, reason])
 
-    def depart(self, conn, why: str, detail: str = ""):
-        deferred = self.deferred.pop(conn, ())
-        for line in deferred:  # its last lines, before its farewell
-            super()._tell(conn, line)
-        self._senders.discard(conn)
-        if self.inflight.pop(conn, None):
-            for _, conns in self.awaiting:
-                conns.discard(conn)
-        if conn in self.connected and conn.room is None:
-            # Not named yet: a claim may be out (claimed() releases the
-            # name), or its "enter" (then its "leave" must follow it).
-            self.held.pop(conn, None)
-            for key, waiting in list(self.entering.items()):
-                if waiting is conn:
-                    name = self.published.get(key, [conn.who])[0]
-                    self._publish_leave(key, name, why, detail)
-        super().depart(conn, why, detail)
-
     def _speak(self, conn, line: str, keep: bool):
-        if not self._room_for_line(conn):
-            return
-        self._queued_lines += 1
-        self._publish(["say", conn.room.name, line, keep], conn)
+        if self._room_for_line(conn):
+            self._queued_lines += 1
+            self._publish(["say", self.published[conn][1], line, keep], conn)
 
-    def _room_for_line(self, conn) -> bool:
+    def _room_for_line(self, conn, held: int = 0) -> bool:
         """Whether the bus can take one more line; if not, conn is told."""
-        if self.backlog() + self._queued_lines < self.config.bus_backlog:
+        if self.backlog() + self._queued_lines + held < self.config.bus_backlog:
             return True
         self.counts["bus_refused"] += 1
         self.counts["errors"] += 1
-        # At once, not after its held lines: the sender must know now.
-        Chat._tell(self, conn, p.render_error(BUS_DOWN))
+        self._tell(conn, p.render_error(BUS_DOWN))
         return False
 
     def _nick(self, conn, command):
         new = command.name
         problem = p.validate_name(new)
         old_key, new_key = p.name_key(conn.name), p.name_key(new)
-        if problem is None and new_key != old_key and (new_key in self.names
-                                                      or new_key in self.entering):
+        if problem is None and new_key != old_key and self._taken(new_key):
             problem = f"the name {new} is taken"
         if problem is not None:
             self._error(conn, problem)
@@ -316,27 +343,25 @@ class ClusterChat(Chat):
         if new == conn.name:
             return
         if new_key == old_key:  # only its spelling changes: nothing to claim
-            self.published[old_key] = [new, self.published.get(old_key, [new, conn.room.name])[1]]
+            self.published[conn][0] = new
             self._publish(["nick", conn.name, new], conn)
             return
-        self.claims[conn] = (new, True)
-        self.requests.append(("claim", conn, new))
+        self._claim(conn, new, renaming=True)
 
     def _msg(self, conn, command):
+        # Through the bus even to a member of this node, so that it reaches
+        # its recipient in order with everything else it is sent.
         target = self.names.get(p.name_key(command.target))
-        if isinstance(target, Remote) and target.node == self.node:
-            target = None  # it has left; its departure is on its way
-        if not isinstance(target, Remote):
-            if target is None:
-                self._error(conn, f"no such user: {command.target}")
-            else:
-                super()._msg(conn, command)
+        if target is None or (isinstance(target, Remote) and target.node == self.node):
+            # (A Remote of ours has left; its departure is on its way.)
+            self._error(conn, f"no such user: {command.target}")
             return
         if not self._room_for_line(conn):
             return
         self._queued_lines += 1
         self._publish(["msg", conn.name, target.name, command.text], conn)
-        self._tell(conn, p.render_private_to_sender(conn.name, target.name, command.text))
+        if target is not conn:
+            self._tell(conn, p.render_private_to_sender(conn.name, target.name, command.text))
 
     def _join(self, conn, command):
         name = command.room[1:] if command.room.startswith("#") else command.room
@@ -354,9 +379,7 @@ class ClusterChat(Chat):
                               "join an existing one (/rooms lists them)")
             return
         name = room.name if room is not None else name
-        own = p.name_key(conn.name)
-        if own in self.published:
-            self.published[own][1] = name
+        self.published[conn][1] = name
         self._publish(["join", conn.name, name], conn)
 
     # ------------------------------------------------------------------
@@ -382,7 +405,7 @@ class ClusterChat(Chat):
         room.remote[member] = None
         self.rooms.occupied(room)
         self.names[p.name_key(member.name)] = member
-        self.nodes.setdefault(member.node, set()).add(member)
+        self.nodes.setdefault(member.node, {})[member] = None
 
     def _drop_remote(self, member, reason, now):
         """member leaves: announced with reason, or silently if None."""
@@ -397,7 +420,7 @@ class ClusterChat(Chat):
         key = p.name_key(member.name)
         if self.names.get(key) is member:
             del self.names[key]
-        self.nodes.get(member.node, set()).discard(member)
+        self.nodes.get(member.node, {}).pop(member, None)
 
     def _apply_enter(self, node, now, name, room_name):
         key = p.name_key(name)
@@ -410,9 +433,7 @@ class ClusterChat(Chat):
             self.rooms.occupied(room)
             self.counts["arrivals"] += 1
             room.enter(conn, [p.render_you_are(name)], b"", now)
-            held = self.held.pop(conn, [])
-            if held:
-                self.lines(conn, held)
+            self._maybe_free(conn)
             return
         if key in self.names:
             old = self.names[key]
@@ -441,7 +462,6 @@ class ClusterChat(Chat):
         if isinstance(member, Remote):
             old.leave_remote(member, reason, now)
             self.rooms.vacated(old)
-            self.nodes[member.node].discard(member)
             self._add_remote(member, room)
             room.enter_remote(member, now)
             return
@@ -484,7 +504,7 @@ class ClusterChat(Chat):
 
     def _apply_hello(self, node, now):
         if node != self.node:
-            self.nodes.setdefault(node, set())
+            self.nodes.setdefault(node, {})
             self.lost.discard(node)
             self._publish_present()
 

@@ -28,7 +28,7 @@ SHUTDOWN = "shutdown"  # conn and payload: None
 # From the cluster's bus (bus/redis_bus.py), only with --redis:
 BUS = "bus"            # payload: entries read from the stream (new, in order)
 CLAIMED = "claimed"    # conn: who asked; payload: (name, error or None)
-RESYNC = "resync"      # Redis came back empty: say again who is here
+RESYNC = "resync"      # Redis came back empty; payload: our first seq published again
 # payload: a callable, called here so that it runs only while the hub's
 # loop turns (systemd.py's watchdog ping stops when the hub is stuck).
 WATCHDOG = "watchdog"
@@ -157,7 +157,7 @@ class Hub:
             elif kind is CLAIMED:
                 chat.claimed(conn, *payload)
             elif kind is RESYNC:
-                chat.resync()
+                chat.resync(payload)
             elif kind is WATCHDOG:
                 payload()
         except Exception:

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import time
 
-import pytest
 import redis
 
 from chat_client import DEFAULT_TIMEOUT, gchat_executable

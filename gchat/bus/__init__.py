@@ -31,16 +31,17 @@ def open_bus(config):
     """Reach the cluster's Redis before serving: (bus, histories), where
     histories is {room name: [history lines]}.  Raises RuntimeError with
     one line saying what is wrong."""
-    try:
-        import redis  # noqa: F401  (the extra's first part)
-    except ImportError:
-        raise RuntimeError(EXTRA_MISSING) from None
     # redis-py talks through the socket module (and ssl for rediss://):
-    # patched, its calls wait cooperatively instead of stopping the loop.
+    # patched before redis-py is imported, its calls wait cooperatively
+    # instead of stopping the loop.
     from gevent import monkey
     monkey.patch_socket()
     if config.redis.startswith("rediss:"):
         monkey.patch_ssl()
+    try:
+        import redis  # noqa: F401  (the extra's first part)
+    except ImportError:
+        raise RuntimeError(EXTRA_MISSING) from None
     from gchat.bus.redis_bus import BusError, RedisBus
     try:
         bus = RedisBus(config)

@@ -80,7 +80,8 @@ def decode(fields: dict, max_bytes: int) -> Entry:
         node = fields[b"n"].decode("ascii")
         seq = int(fields[b"s"])
         ops = json.loads(raw)
-    except (KeyError, ValueError, UnicodeDecodeError) as err:
+    except (KeyError, ValueError, UnicodeDecodeError, RecursionError) as err:
+        # RecursionError: JSON nested deeper than the parser's stack.
         raise BadEntry(f"does not parse: {err}") from None
     if not node or seq < 1:
         raise BadEntry("no node id or sequence number")
@@ -92,7 +93,8 @@ def decode(fields: dict, max_bytes: int) -> Entry:
 
 
 def _check(op):
-    if not isinstance(op, list) or not op or op[0] not in OPERATIONS:
+    if not isinstance(op, list) or not op or not isinstance(op[0], str) \
+            or op[0] not in OPERATIONS:
         raise BadEntry(f"unknown operation {str(op)[:60]}")
     types = OPERATIONS[op[0]]
     args = op[1:]

@@ -97,6 +97,11 @@ return 1
 """
 # KEYS: heartbeat, lost marker, the node's names, names, stream;
 # ARGV: node id, marker TTL, stream max length, then the entry's fields.
+# KEYS: heartbeat, lost marker, the node's names, names, stream, lost counter;
+# ARGV: node id, marker TTL, stream max length, then the entry's fields but
+# its sequence number, which is the node's count of losses: every survivor
+# that runs this publishes the same entry (the marker lets only one), and a
+# node lost again after it came back gets a new one, not a copy.
 LOST = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then return 0 end
@@ -104,7 +109,8 @@ for _, name in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   if redis.call('HGET', KEYS[4], name) == ARGV[1] then redis.call('HDEL', KEYS[4], name) end
 end
 redis.call('DEL', KEYS[3])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+local seq = redis.call('INCR', KEYS[6])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 's', seq, unpack(ARGV, 4))
 return 1
 """
 # What a node reads at start, in one atomic step: where the stream ends
@@ -121,6 +127,9 @@ return out
 """
 # The node id under which a node's "lost" entry is published.
 LOST_PREFIX = "~"
+# The sequence number of a stopping node's own "lost" entry: above any count
+# of losses, so that a survivor's later LOST entry for it is a copy.
+STOPPED_SEQ = 1 << 40
 # Seconds a LOST marker is kept: long past any heartbeat, so that the
 # departure is published once.
 LOST_MARK_TTL = 3600
@@ -149,6 +158,9 @@ class Keys:
 
     def lost(self, node: str) -> str:
         return f"{self.prefix}:lost:{node}"
+
+    def losses(self, node: str) -> str:
+        return f"{self.prefix}:losses:{node}"
 
 
 class RedisBus:
@@ -230,7 +242,7 @@ class RedisBus:
         # The others let this node's members go at this point of the order
         # (those who left already left); under the id that a survivor's
         # LOST script would use, so that only one of the two is applied.
-        self.pending.append([0, encode(LOST_PREFIX + self.node, 1,
+        self.pending.append([0, encode(LOST_PREFIX + self.node, STOPPED_SEQ,
                                        [["lost", self.node, NODE_STOPPED]]), 0, []])
         self._wake_writer.set()
         deadline = time.monotonic() + timeout
@@ -257,24 +269,35 @@ class RedisBus:
     # From the hub
 
     def submit(self, ops: list, requests: list) -> int:
-        """One hub batch: its operations become one entry (its sequence
-        number is returned); its requests (claims, releases) go to the
-        claimer."""
+        """One hub batch: its operations become one entry (or several, if
+        one would pass half of bus_max_entry, what every reader accepts);
+        the sequence number of the last is returned.  Its requests (claims,
+        releases) go to the claimer."""
         if ops:
-            self.seq += 1
-            lines = 0
-            history = []
-            for op in ops:
-                if op[0] == "say" or op[0] == "msg":
-                    lines += 1
-                    if op[0] == "say" and op[3]:
-                        history.append((op[1], op[2]))
-            self.pending.append([self.seq, encode(self.node, self.seq, ops), lines, history])
-            self.held_lines += lines
+            for part in self._parts(ops):
+                self.seq += 1
+                lines = 0
+                history = []
+                for op in part:
+                    if op[0] == "say" or op[0] == "msg":
+                        lines += 1
+                        if op[0] == "say" and op[3]:
+                            history.append((op[1], op[2]))
+                self.pending.append([self.seq, encode(self.node, self.seq, part), lines, history])
+                self.held_lines += lines
             self._wake_writer.set()
         for request in requests:
             self._requests.put(request)
         return self.seq
+
+    def _parts(self, ops: list) -> list:
+        """ops in pieces that each encode to at most half of bus_max_entry
+        (one piece, but for a batch of thousands of long lines)."""
+        size = len(encode(self.node, 1, ops)["o"].encode("utf-8"))
+        if size <= self.config.bus_max_entry // 2 or len(ops) == 1:
+            return [ops]
+        half = len(ops) // 2
+        return self._parts(ops[:half]) + self._parts(ops[half:])
 
     def snapshot(self) -> dict:
         """Counters for /stats."""
@@ -340,6 +363,7 @@ class RedisBus:
         self.stats["bus_republished"] += len(keep)
         self.pending.extendleft(reversed([item[:4] for item in keep]))
         self.window.clear()
+        first = self.pending[0][0] if self.pending else self.seq + 1
         self.unreleased.clear()  # nothing is held any more
         taken = 0
         for key in list(self.names):
@@ -352,7 +376,7 @@ class RedisBus:
         self.last_id = "0-0"
         self.lost.clear()
         if self._put is not None:
-            self._put(RESYNC)
+            self._put(RESYNC, None, first)
 
     def _beat(self):
         ttl = int(self.config.node_timeout * 1000)
@@ -400,6 +424,7 @@ class RedisBus:
                                 self.lost.add(op[1])
                     elif entry.node != self.node:
                         self.peers[entry.node] = None
+                        self.lost.discard(entry.node)  # declared lost, but alive
                     if self.dedupe.fresh(entry):
                         entries.append(entry)
                     else:
@@ -449,47 +474,67 @@ class RedisBus:
             window.popleft()
 
     def _claim_loop(self):
+        """Claims, releases and re-claims, in the order the hub asked (a
+        name released and claimed again in one drain stays claimed), all
+        waiting ones in one round trip."""
         keys = [self.keys.names, self.keys.node_names(self.node)]
+        unavailable = "cannot take a name now: the cluster's Redis is unavailable; try again"
         while not self._closing:
             requests = [self._requests.get()]
             while not self._requests.empty():
                 requests.append(self._requests.get())
-            claims = [r for r in requests if r[0] == "claim"]
             for request in requests:
                 if request[0] == "release":
                     self.names.discard(request[1])
-                    self.unreleased.add(request[1])
-                elif request[0] == "reassert":
-                    self.lost.clear()
+                    self.unreleased.add(request[1])  # until Redis has done it
+            claims = [r for r in requests if r[0] == "claim"]
             if not self.up.is_set():
                 for _, conn, name in claims:
-                    self._put(CLAIMED, conn, (name, "cannot take a name now: the cluster's "
-                                                    "Redis is unavailable; try again"))
+                    self._put(CLAIMED, conn, (name, unavailable))
                 continue
             try:
                 pipe = self.redis.pipeline(transaction=False)
-                for _, conn, name in claims:
-                    self._claim(keys=keys, args=[name_key(name), self.node], client=pipe)
-                for key in self.unreleased:
+                older = self.unreleased - {r[1] for r in requests if r[0] == "release"}
+                for key in older:  # asked for during an outage
                     self._release(keys=keys, args=[key, self.node], client=pipe)
-                if any(r[0] == "reassert" for r in requests):
-                    # Declared lost while alive (stalled): the marker must
-                    # not stop a real loss from being published later.
-                    pipe.delete(self.keys.lost(self.node))
-                    for key in self.names:
-                        self._claim(keys=keys, args=[key, self.node], client=pipe)
+                reasserted = []
+                for request in requests:
+                    if request[0] == "claim":
+                        self._claim(keys=keys, args=[name_key(request[2]), self.node],
+                                    client=pipe)
+                    elif request[0] == "release":
+                        self._release(keys=keys, args=[request[1], self.node], client=pipe)
+                    elif request[0] == "reassert":
+                        # Declared lost while alive (stalled): claim the names
+                        # again, and clear the marker, so that a real loss
+                        # later is published.
+                        pipe.delete(self.keys.lost(self.node))
+                        reasserted = list(self.names)
+                        for key in reasserted:
+                            self._claim(keys=keys, args=[key, self.node], client=pipe)
                 results = pipe.execute()
             except (RedisError, OSError) as err:
                 self._fail(err)
                 for _, conn, name in claims:
-                    self._put(CLAIMED, conn, (name, "cannot take a name now: the cluster's "
-                                                    "Redis is unavailable; try again"))
+                    self._put(CLAIMED, conn, (name, unavailable))
                 continue
             self.unreleased.clear()
-            for (_, conn, name), ok in zip(claims, results):
-                if ok:
-                    self.names.add(name_key(name))
-                self._put(CLAIMED, conn, (name, None if ok else f"the name {name} is taken"))
+            replies = iter(results[len(older):])
+            for request in requests:
+                if request[0] == "claim":
+                    _, conn, name = request
+                    ok = next(replies)
+                    if ok:
+                        self.names.add(name_key(name))
+                    self._put(CLAIMED, conn, (name, None if ok else f"the name {name} is taken"))
+                elif request[0] == "release":
+                    next(replies)
+                elif request[0] == "reassert":
+                    next(replies)  # the DEL
+                    taken = sum(1 for _ in reasserted if not next(replies))
+                    if taken:
+                        log.warning("%d of this node's names were taken by others while it "
+                                    "was declared lost", taken)
 
     def _heart_loop(self):
         keys = self.keys
@@ -532,11 +577,12 @@ class RedisBus:
         # Not under this node's id and sequence: whichever survivor
         # publishes it, it is the same entry, and readers apply it once.
         fields = encode(LOST_PREFIX + node, 1, [["lost", node, NODE_LOST]])
+        del fields["s"]  # the script numbers it
         keys = self.keys
         try:
             published = self._lost(
                 keys=[keys.node(node), keys.lost(node), keys.node_names(node), keys.names,
-                      keys.stream],
+                      keys.stream, keys.losses(node)],
                 args=[node, LOST_MARK_TTL, self.config.bus_stream_max,
                       *[x for pair in fields.items() for x in pair]])
         except (RedisError, OSError) as err:
