@@ -2,7 +2,9 @@
 
     gchat-bench SCENARIO [--clients N[,N...]] [--senders S] [--rate R]
                 [--duration SECONDS] [--size BYTES]
-                [--target HOST:PORT [--server-pid PID] | --spawn=OPTIONS]
+                [--target HOST:PORT[,HOST:PORT...] [--server-pid PID[,PID...]]
+                 [--redis-pid PID] | --spawn=OPTIONS]
+                [--spawn-cluster N] [--spawn-workers K]
                 [--compat] [--json] [--plot FILE.png] [--repeat R]
 
 See bench/README.md for the scenarios and what each figure means.
@@ -17,10 +19,11 @@ import shlex
 import sys
 from typing import Optional
 
+from gchat_bench.cluster import parse_pids, parse_targets
 from gchat_bench.runner import SCENARIOS, Options, run_scenario, wait_for_idle
 from gchat_bench.transports import TRANSPORTS, spawn_options
-from gchat_bench.servers import (BenchError, Server, baseline_command, check_loopback,
-                                 gchat_command, spawn_argv)
+from gchat_bench.servers import (BenchError, Cluster, Server, baseline_command,
+                                 check_loopback, gchat_command, spawn_argv)
 
 DEFAULTS = {"clients": "1000", "senders": 10, "rate": 100.0, "duration": 10.0,
             "size": 64, "window": 4, "slow_clients": 10}
@@ -33,7 +36,14 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                     "thousands of simulated clients.",
         epilog="Write --spawn with '=': --spawn='--compat --sendq 65536', or --spawn= "
                "for gchat's defaults. Without --target or --spawn, gchat is spawned "
-               "with its defaults. Three more scenarios have options of their own: "
+               "with its defaults. A cluster: --spawn-cluster N starts its own "
+               "redis-server (free port, no persistence) and N gchat nodes "
+               "(gchat --redis URL --port 0 OPTIONS), and deals the clients over "
+               "them; --spawn-workers K starts gchat --workers K --redis URL (one "
+               "port); both together: N nodes of K workers. The table and JSON then "
+               "give the CPU of every node and of redis-server (node0_cpu_pct, ..., "
+               "redis_cpu_pct); us/dlv is their sum. --target H:P1,H:P2 loads "
+               "nodes already running. Three more scenarios have options of their own: "
                "`gchat-bench soak --help` (churn while senders send; nothing may be "
                "lost), `gchat-bench fuzz --help` (garbage from many clients) and "
                "`gchat-bench history --help` (server CPU per /join for a room's history).")
@@ -44,7 +54,8 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                          "one scenario against gchat --compat and the baselines")
     ap.add_argument("--clients", default=DEFAULTS["clients"],
                     help="clients, or a comma list for a sweep (default 1000; "
-                         "at most ~19000: 20000 open files per process)")
+                         "at most ~19000 per server process: 20000 open files "
+                         "per process; more over a cluster)")
     ap.add_argument("--senders", type=int, default=None,
                     help="clients that send (default 10; with --rooms: every client)")
     ap.add_argument("--rate", type=float, default=DEFAULTS["rate"],
@@ -58,12 +69,32 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
     ap.add_argument("--slow-clients", type=int, default=DEFAULTS["slow_clients"],
                     help="slow: clients that never read (default 10)")
     where = ap.add_mutually_exclusive_group()
-    where.add_argument("--target", metavar="HOST:PORT",
-                       help="a server already running (loopback only)")
+    where.add_argument("--target", metavar="HOST:PORT[,HOST:PORT...]",
+                       help="a server already running (loopback only); a comma list: "
+                            "the nodes of a cluster, client i on node i %% N (within "
+                            "each room with --rooms)")
     where.add_argument("--spawn", metavar="OPTIONS",
-                       help="start gchat on a free port with OPTIONS (one argument)")
-    ap.add_argument("--server-pid", type=int,
-                    help="with --target: the server's pid, for its CPU and RSS")
+                       help="start gchat on a free port with OPTIONS (one argument); "
+                            "with --spawn-cluster/--spawn-workers, every node gets them")
+    ap.add_argument("--server-pid", metavar="PID[,PID...]",
+                    help="with --target: the server's pid, for its CPU and RSS; with "
+                         "several targets one pid per target (CPU and RSS of each "
+                         "include its child processes)")
+    ap.add_argument("--redis-pid", type=int, metavar="PID",
+                    help="with --target: the cluster's redis-server, for its CPU")
+    ap.add_argument("--spawn-cluster", type=int, metavar="N", default=0,
+                    help="spawn redis-server on a free loopback port (--save '' "
+                         "--appendonly no) and N gchat nodes on it (gchat --redis URL "
+                         "--port 0 OPTIONS), each on its own port; the clients are "
+                         "dealt over the nodes; reports the CPU of each node and of "
+                         "redis-server")
+    ap.add_argument("--spawn-workers", type=int, metavar="K", default=0,
+                    help="spawn gchat --workers K --redis URL (K processes on one port, "
+                         "SO_REUSEPORT) and its redis-server; CPU and RSS are summed "
+                         "over the supervisor's processes. With --spawn-cluster N: "
+                         "N such nodes")
+    ap.add_argument("--redis-server", metavar="PATH", default=None,
+                    help="the redis-server the cluster forms spawn (default: on PATH)")
     ap.add_argument("--server-cmd", metavar="CMD",
                     help="spawn this command instead of gchat (it gets --host H "
                          "--port 0 and OPTIONS), e.g. 'python -m "
@@ -86,7 +117,8 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                     help="run each setting R times (servers interleaved); "
                          "the table shows medians")
     ap.add_argument("--workers", type=int, default=0,
-                    help="generator processes (default: one per core)")
+                    help="generator processes (default: one per core, or more so "
+                         "that none holds more clients than its open-file limit)")
     ap.add_argument("--source-addrs", type=int, default=0,
                     help="spread clients over K source addresses 127.0.0.1.. "
                          "(default: one per 10000 clients)")
@@ -135,6 +167,16 @@ def parse_target(s: str) -> tuple:
     return host, int(port)
 
 
+def cluster_name(base: str, nodes: int, server_workers: int) -> str:
+    """gchat-2n (2 nodes), gchat-w4 (one node of 4 workers), gchat-2n-w4."""
+    name = base
+    if nodes:
+        name += "-%dn" % nodes
+    if server_workers:
+        name += "-w%d" % server_workers
+    return name
+
+
 def server_name(cmd: list) -> str:
     if "-m" in cmd:
         return cmd[cmd.index("-m") + 1].rsplit(".", 1)[-1]
@@ -154,17 +196,62 @@ class ServerSpec:
         return Server.spawn(self.name, self.argv)
 
 
+class ClusterSpec(ServerSpec):
+    """A cluster for one run: spawned (its own redis-server and `nodes`
+    nodes of argv, each with `server_workers` workers if set) or already
+    running (targets, with their pids and redis-server's if given)."""
+
+    def __init__(self, name: str, argv: Optional[list] = None, nodes: int = 1,
+                 server_workers: int = 0, redis_path: Optional[str] = None,
+                 targets: Optional[list] = None, pids: Optional[list] = None,
+                 redis_pid: Optional[int] = None):
+        super().__init__(name, argv=argv)
+        self.nodes, self.server_workers, self.redis_path = nodes, server_workers, redis_path
+        self.targets, self.pids, self.redis_pid = targets, pids, redis_pid
+
+    def start(self) -> Cluster:
+        if self.targets:
+            pids = self.pids or [None] * len(self.targets)
+            nodes = [Server("%s/node%d" % (self.name, i), h, p, pid=pid, tree=True)
+                     for i, ((h, p), pid) in enumerate(zip(self.targets, pids))]
+            redis = (Server("redis", "", 0, pid=self.redis_pid)
+                     if self.redis_pid is not None else None)
+            return Cluster(self.name, nodes, redis)
+        return Cluster.spawn(self.name, self.argv, self.nodes, self.server_workers,
+                             self.redis_path)
+
+
+def record_exit(res: dict, server) -> None:
+    """Put a stopped server's non-zero exit code (each node's, for a
+    cluster) into its result."""
+    if server.exit_code not in (None, 0):
+        res["server_exit_code"] = server.exit_code
+        if isinstance(server, Cluster):
+            res["server_exit_codes"] = server.exit_codes
+
+
 def server_specs(a: argparse.Namespace, compat: bool, transport: str = "tcp") -> list:
     """The servers of this invocation, gchat (or the one asked for) first.
     Over another transport than tcp the name says so (gchat+ws)."""
     suffix = "" if transport == "tcp" else "+" + transport
-    if a.target:
-        first = ServerSpec("target" + suffix, target=parse_target(a.target), pid=a.server_pid)
+    if a.target and ("," in a.target or a.redis_pid is not None):
+        targets = parse_targets(a.target)
+        pids = parse_pids(a.server_pid, len(targets)) if a.server_pid else None
+        name = cluster_name("target", len(targets) if len(targets) > 1 else 0, 0)
+        first = ClusterSpec(name + suffix, targets=targets, pids=pids, redis_pid=a.redis_pid)
+    elif a.target:
+        pid = parse_pids(a.server_pid, 1)[0] if a.server_pid else None
+        first = ServerSpec("target" + suffix, target=parse_target(a.target), pid=pid)
     else:
         cmd = shlex.split(a.server_cmd) if a.server_cmd else gchat_command()
-        name = (server_name(cmd) if a.server_cmd else "gchat") + suffix
-        first = ServerSpec(name, argv=spawn_argv(
-            cmd, spawn_options(transport, a.spawn or ""), compat))
+        name = (server_name(cmd) if a.server_cmd else "gchat")
+        argv = spawn_argv(cmd, spawn_options(transport, a.spawn or ""), compat)
+        if a.spawn_cluster or a.spawn_workers:
+            first = ClusterSpec(cluster_name(name, a.spawn_cluster, a.spawn_workers) + suffix,
+                                argv=argv, nodes=a.spawn_cluster or 1,
+                                server_workers=a.spawn_workers, redis_path=a.redis_server)
+        else:
+            first = ServerSpec(name + suffix, argv=argv)
     specs = [first]
     if a.scenario == "compare":
         from gchat_bench.baselines import BASELINES
@@ -178,24 +265,42 @@ def server_specs(a: argparse.Namespace, compat: bool, transport: str = "tcp") ->
 
 
 def run_spawned(opts: Options, spawn: str = "", server_cmd: Optional[list] = None,
-                name: Optional[str] = None) -> dict:
+                name: Optional[str] = None, nodes: int = 0, server_workers: int = 0,
+                redis_path: Optional[str] = None) -> dict:
     """Spawn a server (gchat unless server_cmd), run one scenario, stop it.
 
     The Python API behind ``gchat-bench SCENARIO --spawn=...`` for one run;
     ``--compat`` in spawn implies the seed protocol, as on the command line.
+    nodes / server_workers: a cluster, as --spawn-cluster / --spawn-workers.
     """
     if "--compat" in shlex.split(spawn):
         opts.compat = True
     cmd = server_cmd or gchat_command()
-    server = Server.spawn(name or (server_name(cmd) if server_cmd else "gchat"),
-                          spawn_argv(cmd, spawn_options(opts.transport, spawn), opts.compat))
+    base = name or (server_name(cmd) if server_cmd else "gchat")
+    argv = spawn_argv(cmd, spawn_options(opts.transport, spawn), opts.compat)
+    if nodes or server_workers:
+        check_cluster_options(nodes, server_workers, spawn)
+        server = Cluster.spawn(name or cluster_name(base, nodes, server_workers), argv,
+                               nodes or 1, server_workers, redis_path)
+    else:
+        server = Server.spawn(base, argv)
     try:
         res = run_scenario(opts, server)
     finally:
         server.stop()
-    if server.exit_code not in (None, 0):
-        res["server_exit_code"] = server.exit_code
+    record_exit(res, server)
     return res
+
+
+def check_cluster_options(nodes: int, server_workers: int, spawn: str) -> None:
+    """The cluster forms add --redis and --workers themselves."""
+    if nodes < 0 or server_workers < 0:
+        raise BenchError("--spawn-cluster and --spawn-workers must not be negative")
+    given = [o.split("=")[0] for o in shlex.split(spawn or "")]
+    for opt in ("--redis", "--workers"):
+        if opt in given:
+            raise BenchError("--spawn-cluster/--spawn-workers set %s themselves: leave it "
+                             "out of --spawn" % opt)
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -235,6 +340,13 @@ def _main(a: argparse.Namespace) -> int:
     compat = a.compat or a.scenario == "compare" or "--compat" in shlex.split(a.spawn or "")
     if a.server_pid and not a.target:
         raise BenchError("--server-pid goes with --target")
+    if a.redis_pid is not None and not a.target:
+        raise BenchError("--redis-pid goes with --target (a spawned cluster's "
+                         "redis-server is measured anyway)")
+    if (a.spawn_cluster or a.spawn_workers) and a.target:
+        raise BenchError("--spawn-cluster/--spawn-workers spawn the servers: not with --target")
+    if a.spawn_cluster or a.spawn_workers:
+        check_cluster_options(a.spawn_cluster, a.spawn_workers, a.spawn)
     if a.repeat < 1:
         raise BenchError("--repeat must be at least 1")
     try:
@@ -301,8 +413,7 @@ def _main(a: argparse.Namespace) -> int:
             finally:
                 server.stop()
             res["repeat_index"] = rep
-            if server.exit_code not in (None, 0):
-                res["server_exit_code"] = server.exit_code
+            record_exit(res, server)
             other = res.get("host_other_cpu_pct")
             if (a.max_other_load is not None and other is not None
                     and other > a.max_other_load):
@@ -377,6 +488,9 @@ def _main(a: argparse.Namespace) -> int:
     if any(r.get("machine_busy") for r in runs):
         notes.append("some runs stayed over --max-other-load after --retries attempts "
                      "(machine_busy): others' load is in their latencies")
+    if any("nodes" in r and "redis_cpu_s" not in r for r in runs):
+        notes.append("server CPU (us/dlv, srv%) is the nodes' only: redis-server's is "
+                     "unknown (give --redis-pid with --target)")
     if any(r.get("leaked") for r in runs):
         notes.append("lines reached clients of another room (leaked > 0): %s"
                      % next(r.get("leak_samples") for r in runs if r.get("leaked")))

@@ -75,6 +75,13 @@ def table(results: list) -> str:
         cols.insert(cols.index(("dup", "duplicated", "d")), ("leaked", "leaked", "d"))
     if any(r.get("runs", 1) > 1 for r in results):
         cols.insert(2, ("runs", "runs", "d"))
+    if any("nodes" in r for r in results):
+        # A cluster: srv% and us/dlv are the sums over its processes; the
+        # CPU of each node (with its workers) and of redis-server follow.
+        at = cols.index(("srv%", "server_cpu_pct", ".0f")) + 1
+        nmax = max(r.get("nodes", 0) for r in results)
+        cols[at:at] = ([("n%d%%" % i, "node%d_cpu_pct" % i, ".0f") for i in range(nmax)]
+                       + [("redis%", "redis_cpu_pct", ".0f")])
     rows = [[h for h, _, _ in cols]]
     for r in results:
         rows.append([fmt(r.get(k), f) for _, k, f in cols])

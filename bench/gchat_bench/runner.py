@@ -6,6 +6,9 @@ clients, moves them through the phases together (connect, settle, send,
 drain) and turns their counts into one result dict per run.  Around each
 measured phase it reads the CPU time of the server, of every worker and of
 the whole machine, so a result says whether the generator was the limit.
+Against a cluster (servers.Cluster) the clients are dealt over its nodes
+(cluster.node_of) and the server's CPU is also reported node by node and
+for redis-server.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import json
 import math
 import os
 import random
+import resource
 import selectors
 import statistics
 import subprocess
@@ -25,7 +29,8 @@ from typing import Optional
 import psutil
 from tqdm import tqdm
 
-from gchat_bench.servers import (BenchError, RssSampler, Server, die_with_parent,
+from gchat_bench.cluster import expected_deliveries, part_cpu, room_members, spread
+from gchat_bench.servers import (BenchError, Cluster, RssSampler, Server, die_with_parent,
                                  process_cpu_s)
 from gchat_bench.transports import TRANSPORTS
 from gchat_bench.stats import SCAN_IMPL, MIN_SIZE, merge_encoded, percentiles_ms
@@ -53,6 +58,10 @@ CLIENTS_PER_SOURCE = 10000
 # Workers start the first send this long after the command, so that all of
 # them have read it and start together.
 START_LEAD_S = 0.3
+# Descriptors a worker keeps for itself (epoll, pipes, the interpreter's
+# files) besides one per client: with more clients than the open-file limit
+# minus this per worker, the default number of workers grows.
+WORKER_SPARE_FDS = 1000
 
 
 @dataclass
@@ -139,6 +148,35 @@ def host_busy() -> tuple:
     return busy, psutil.cpu_count() or 1
 
 
+def per_worker_clients() -> int:
+    """Clients one worker process can hold: its open-file limit (the hard
+    one: workers raise theirs to it) minus what it needs for itself."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(hard - WORKER_SPARE_FDS, 1)
+
+
+def node_addresses(server, transport: str) -> list:
+    """[(host, port)] the clients connect to: one per node of a cluster.
+
+    --ws: a spawned gchat's --http port (read from its log); a --target is
+    that port already.
+    """
+    nodes = server.nodes if isinstance(server, Cluster) else [server]
+    out = []
+    for node in nodes:
+        port = node.port
+        if transport == "ws" and node.proc is not None:
+            if node.http_port is None:
+                raise BenchError("--ws: the server printed no 'http listening on' line "
+                                 "(spawn gchat with --http 0; with --target give the "
+                                 "--http port)")
+            port = node.http_port
+        out.append((node.host, port))
+    return out
+
+
 class WorkerPool:
     """The worker processes of one run and the line protocol to them."""
 
@@ -146,30 +184,24 @@ class WorkerPool:
         self.server = server
         self.opts = opts
         n = opts.clients
-        nw = opts.workers or max(1, min(os.cpu_count() or 1, math.ceil(n / 50)))
-        self.n = nw
         total = n + n_slow
+        nw = opts.workers or max(1, min(os.cpu_count() or 1, math.ceil(n / 50)),
+                                 math.ceil(total / per_worker_clients()))
+        self.n = nw
+        nodes = node_addresses(server, opts.transport)
         nsrc = opts.source_addrs or math.ceil(total / CLIENTS_PER_SOURCE)
         srcs = []
         if nsrc > 1 or opts.source_addrs:
-            if ":" in server.host:
+            if any(":" in host for host, _ in nodes):
                 raise BenchError("--source-addrs needs an IPv4 loopback target")
             srcs = ["127.0.%d.%d" % ((i + 1) // 256, (i + 1) % 256) for i in range(nsrc)]
         self.source_addrs = srcs
         senders = opts.senders if opts.scenario in ("fanout", "saturate", "slow") else 0
         prefix = "b%04x_" % random.getrandbits(16)
         self.procs = []
-        port = server.port
-        if opts.transport == "ws" and server.proc is not None:
-            # A spawned gchat: its --http port; a --target is that port already.
-            if server.http_port is None:
-                raise BenchError("--ws: the server printed no 'http listening on' line "
-                                 "(spawn gchat with --http 0; with --target give the "
-                                 "--http port)")
-            port = server.http_port
         for w in range(nw):
             cfg = {
-                "host": server.host, "port": port, "transport": opts.transport,
+                "host": nodes[0][0], "port": nodes[0][1], "transport": opts.transport,
                 "mode": "compat" if opts.compat else "name",
                 "clients": list(range(w, n, nw)),
                 "slow": list(range(n + w, n + n_slow, nw)),
@@ -179,6 +211,9 @@ class WorkerPool:
                 "size": opts.size, "source_addrs": srcs, "name_prefix": prefix,
                 "rooms": opts.rooms,
             }
+            if len(nodes) > 1:
+                # Client i connects to nodes[cluster.node_of(i, len(nodes), rooms)].
+                cfg["nodes"] = nodes
             p = subprocess.Popen([sys.executable, "-m", "gchat_bench.worker"],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  preexec_fn=die_with_parent)
@@ -287,7 +322,9 @@ class Window:
     def __init__(self, server: Server, pool: WorkerPool):
         self.server, self.pool = server, pool
         self.t0 = time.monotonic()
-        self.srv0 = server.cpu_s()
+        # A cluster: the CPU of each process of each part (node, redis).
+        self.parts0 = server.cpu_by_part() if isinstance(server, Cluster) else None
+        self.srv0 = server.cpu_s() if self.parts0 is None else 0.0
         self.gen0 = cpu_of(pool.pids)
         self.host0, self.ncpu = host_busy()
 
@@ -295,14 +332,24 @@ class Window:
         """Figures for the interval; wall (s) overrides the elapsed time
         for the generator's share of a core (see measure_phase)."""
         elapsed = time.monotonic() - self.t0
-        srv1 = self.server.cpu_s()
+        parts = None
+        if self.parts0 is not None:
+            parts = part_cpu(self.parts0, self.server.cpu_by_part(), wall or elapsed)
+            srv1 = parts.pop("server_cpu_s")
+        else:
+            srv1 = self.server.cpu_s()
         gen = [b - a for a, b in zip(self.gen0, cpu_of(self.pool.pids))]
         host1, _ = host_busy()
         w = max(wall or elapsed, 1e-6)
         srv = None if self.srv0 is None or srv1 is None else srv1 - self.srv0
         host_s = host1 - self.host0
         mine = sum(gen) + (srv or 0.0)
-        return {
+        if parts is not None:
+            # The cluster's other processes (redis, a node whose pid is
+            # known but not in the sum) are not "other load" either.
+            mine = sum(gen) + sum(v for k, v in parts.items()
+                                  if k.endswith("_cpu_s") and k != "nodes_cpu_s" and v)
+        out = {
             "elapsed": elapsed,
             "server_cpu_s": srv,
             "server_cpu_pct": None if srv is None else 100.0 * srv / w,
@@ -315,6 +362,26 @@ class Window:
             "host_other_cpu_pct": max(0.0, 100.0 * (host_s - mine) / (max(elapsed, 1e-6) * self.ncpu)),
             "generator_cores": sum(gen) / w,
         }
+        if parts is not None:
+            out["server_cpu_max_process_pct"] = parts.pop("server_cpu_max_process_pct")
+            out["parts"] = parts
+        return out
+
+
+def cluster_cpu(cpu: dict, deliveries) -> dict:
+    """A cluster's CPU keys for a result (nothing for one server): each
+    part's CPU seconds and % of a core, the busiest process's %, and the
+    nodes' and redis-server's CPU per delivery (server_cpu_us_per_delivery
+    is their sum)."""
+    parts = cpu.get("parts")
+    if parts is None:
+        return {}
+    out = dict(parts, server_cpu_max_process_pct=cpu["server_cpu_max_process_pct"])
+    for k in ("nodes", "redis"):
+        v = parts.get(k + "_cpu_s")
+        if v is not None and deliveries:
+            out[k + "_cpu_us_per_delivery"] = v * 1e6 / deliveries
+    return out
 
 
 def base_result(opts: Options, server: Server) -> dict:
@@ -361,6 +428,9 @@ def connect(pool: WorkerPool, opts: Options, which: str, count: int, res: dict) 
     if errs:
         samples = [s for r in reps for s in r["error_samples"]][:3]
         res.setdefault("connect_error_samples", samples)
+    if which == "normal" and reps and "by_node" in reps[0]:
+        # A cluster: clients that got through on each node (cluster.node_of).
+        res["node_connected"] = [sum(col) for col in zip(*(r["by_node"] for r in reps))]
     if which == "normal" and ok == 0:
         raise BenchError("no client got through the handshake: %s"
                          % res.get("connect_error_samples"))
@@ -432,15 +502,10 @@ def measure_phase(pool: WorkerPool, server: Server, opts: Options, closed: bool)
     receivers = sum(r["receivers"] for r in dr)
     unique = sum(r["unique"] for r in dr)
     received = sum(r["received"] for r in dr)
-    if opts.rooms:
-        # Per room: a sender's line is owed to every member of its room.
-        members: dict = {}
-        for r in dr:
-            for room, n in r["receivers_by_room"].items():
-                members[int(room)] = members.get(int(room), 0) + n
-        expected = sum(n * members.get(int(sid) % opts.rooms, 0) for sid, n in sent_by.items())
-    else:
-        expected = total_sent * receivers
+    # Every line is owed to every reader (with rooms: every member of the
+    # sender's room) still connected, whichever node each is on.
+    members = room_members([r["receivers_by_room"] for r in dr]) if opts.rooms else None
+    expected = expected_deliveries(sent_by, receivers, opts.rooms, members)
     offered = None if closed else sum(r["offered"] for r in sent_r)
     blocked = sum(r["blocked"] for r in sent_r)
     span = (last_rx - t0) / 1e9 if last_rx > t0 else None
@@ -468,6 +533,7 @@ def measure_phase(pool: WorkerPool, server: Server, opts: Options, closed: bool)
         "host_cpu_pct": cpu["host_cpu_pct"],
         "host_other_cpu_pct": cpu["host_other_cpu_pct"],
     }
+    out.update(cluster_cpu(cpu, received))
     if opts.rooms:
         out["leaked"] = sum(r["leaked"] for r in dr)
         out["leak_samples"] = [x for r in dr for x in r["leak_samples"]][:10]
@@ -493,7 +559,9 @@ def saturated(cpu: dict) -> bool:
     """
     if cpu["generator_cpu_pct"] >= 100 * SATURATED_CPU:
         return True
-    srv = cpu.get("server_cpu_pct")
+    # A cluster (several processes) is its own limit when one of its
+    # processes is: the busiest one stands for "the server" here.
+    srv = cpu.get("server_cpu_max_process_pct", cpu.get("server_cpu_pct"))
     return bool(cpu["host_cpu_pct"] >= 100 * HOST_FULL
                 and cpu["generator_cores"] >= GENERATOR_SIGNIFICANT
                 and srv is not None and srv < 100 * SATURATED_CPU)
@@ -510,6 +578,12 @@ def run_scenario(opts: Options, server: Server) -> dict:
     res["workers"] = pool.n
     res["source_addrs"] = len(pool.source_addrs) or 1
     res["transport"] = opts.transport
+    if isinstance(server, Cluster):
+        # Where the clients went (cluster.node_of), and what the server is.
+        res["nodes"] = len(server.nodes)
+        res["server_workers"] = server.server_workers
+        res["node_clients"] = spread(opts.clients, len(server.nodes), opts.rooms)
+        res["node_ports"] = [p for _, p in node_addresses(server, opts.transport)]
     scraper = None
     if opts.scrape_metrics:
         scraper = MetricsScraper(server, opts.scrape_metrics)
@@ -558,6 +632,12 @@ def run_scenario(opts: Options, server: Server) -> dict:
     finally:
         if scraper:
             res.update(scraper.stop())
+        if isinstance(server, Cluster):
+            res["server_processes"] = server.processes()
+            res["server_pids"] = server.pids()
+            if server.redis is not None:
+                r = server.redis.rss_bytes()
+                res["redis_rss_mb"] = r / 2 ** 20 if r else None
         pool.close()
 
 
@@ -648,6 +728,7 @@ def _join(pool, server, opts, res, rss_before) -> dict:
         "server_cpu_pct": cpu["server_cpu_pct"],
         "generator_saturated": saturated(cpu),
     })
+    res.update(cluster_cpu(cpu, s["lines"]))
     _rss_per_client(res, server, rss_before, conn["ok"])
     return res
 
@@ -690,6 +771,7 @@ def _idle(pool, server, opts, res, rss_before) -> dict:
         "host_other_cpu_pct": cpu["host_other_cpu_pct"],
         "generator_saturated": saturated(cpu),
     })
+    res.update(cluster_cpu(cpu, None))
     _rss_per_client(res, server, rss_before, conn["ok"],
                     statistics.median(samples) if samples else None)
     return res

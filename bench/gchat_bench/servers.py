@@ -6,6 +6,11 @@ whole run (a server that logs every connection must never block on a full
 pipe) and the last lines are kept for error messages.  CPU time and RSS
 come from psutil with the server's pid: CPU time per delivery is the
 figure that stays steady on a shared machine, wall time is not.
+
+A cluster (several gchat nodes on one redis-server, each node possibly a
+``--workers`` supervisor with its worker processes) is one ``Cluster``: it
+answers the same questions as a ``Server`` (where to connect, CPU, RSS,
+alive?) summed over all of its processes, and also node by node.
 """
 from __future__ import annotations
 
@@ -17,9 +22,12 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +40,17 @@ LISTENING_RE = re.compile(r"listening on \[?([0-9A-Za-z.:_-]+?)\]?:(\d+)\b")
 START_TIMEOUT = 30.0
 # SIGTERM, then this long for a graceful exit before SIGKILL.
 STOP_TIMEOUT = 10.0
+# The child processes of a --workers supervisor are looked up again at most
+# this often for RSS samples (psutil walks /proc: ~2 ms a time); CPU
+# readings at the edges of a measured phase always look them up afresh.
+CHILDREN_CACHE_S = 1.0
+# Polling interval while waiting for a supervisor's workers to listen.
+LISTEN_POLL_S = 0.05
+# redis-server prints this when it accepts connections (Redis 5 to 7).
+REDIS_READY_RE = re.compile(r"Ready to accept connections")
+# Attempts at a free port for redis-server (it cannot take port 0): the
+# port is free when chosen and, rarely, taken before redis binds it.
+REDIS_PORT_ATTEMPTS = 3
 
 
 def die_with_parent() -> None:
@@ -142,21 +161,55 @@ def spawn_argv(cmd: list, options: str, compat: bool, host: str = "127.0.0.1") -
     return argv + opts
 
 
+def _watch_log(proc: subprocess.Popen, stream, name: str, tail: collections.deque,
+               on_line) -> threading.Event:
+    """Read a child's log for its whole life in a thread (a server that logs
+    every connection must never block on a full pipe), keep the last lines
+    in tail, call on_line(line) on each; the event is set by on_line or at
+    end of file."""
+    done = threading.Event()
+
+    def drain():
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            tail.append(line)
+            if not done.is_set() and on_line(line):
+                done.set()
+        done.set()
+
+    threading.Thread(target=drain, daemon=True, name="log-" + name).start()
+    return done
+
+
 class Server:
-    """A server under test: where it listens and, if known, its pid."""
+    """A server under test: where it listens and, if known, its pid.
+
+    tree: the server is a process tree (a ``gchat --workers`` supervisor
+    and its workers): CPU and RSS are summed over the pid and all its
+    descendants, and stop() kills any descendant left behind.
+    """
 
     def __init__(self, name: str, host: str, port: int, pid: Optional[int] = None,
-                 proc: Optional[subprocess.Popen] = None, argv: Optional[list] = None):
+                 proc: Optional[subprocess.Popen] = None, argv: Optional[list] = None,
+                 tree: bool = False):
         self.name = name
         self.host = host
         self.port = port
         self.pid = pid
         self.proc = proc
         self.argv = argv
+        self.tree = tree
         self.exit_code: Optional[int] = None
         self.http_port: Optional[int] = None   # gchat --http: its port
         self.stderr_tail: collections.deque = collections.deque(maxlen=30)
         self._ps = None
+        self._signalled = False
+        # tree: descendants as psutil.Process objects (they check the pid's
+        # start time, so a reused pid is never mistaken for ours), every pid
+        # seen (a worker restarted by its supervisor is a new pid).
+        self._children: list = []
+        self._children_at = -1e9
+        self.seen_pids: set = set()
         if pid is not None:
             try:
                 self._ps = psutil.Process(pid)
@@ -164,8 +217,16 @@ class Server:
                 raise BenchError("no process with --server-pid %d" % pid)
 
     @classmethod
-    def spawn(cls, name: str, argv: list) -> "Server":
+    def spawn(cls, name: str, argv: list, tree: bool = False) -> "Server":
         """Start argv and wait for its "listening on HOST:PORT" line."""
+        return cls.launch(name, argv, tree)()
+
+    @classmethod
+    def launch(cls, name: str, argv: list, tree: bool = False):
+        """Start argv; return a function that waits for its "listening on
+        HOST:PORT" line and returns the Server (so that several servers
+        start at once).  Call it from the thread that called launch: the
+        child dies with that thread (PR_SET_PDEATHSIG is per thread)."""
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -175,33 +236,35 @@ class Server:
         tail: collections.deque = collections.deque(maxlen=30)
         found: dict = {}
         http: dict = {}
-        ready = threading.Event()
 
-        def drain():
-            for raw in proc.stderr:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                tail.append(line)
-                if not found:
-                    m = LISTENING_RE.search(line)
-                    if m and HTTP_RE.search(line[:m.start()]):
-                        # gchat's "http listening on" comes before the line port's.
-                        http["port"] = int(m.group(2))
-                    elif m and not re.search(r"\badmin\s*$", line[:m.start()]):
-                        found["host"], found["port"] = m.group(1), int(m.group(2))
-                        ready.set()
-            ready.set()
+        def on_line(line: str) -> bool:
+            m = LISTENING_RE.search(line)
+            if m and HTTP_RE.search(line[:m.start()]):
+                # gchat's "http listening on" comes before the line port's.
+                http["port"] = int(m.group(2))
+            elif m and not re.search(r"\badmin\s*$", line[:m.start()]):
+                found["host"], found["port"] = m.group(1), int(m.group(2))
+                return True
+            return False
 
-        threading.Thread(target=drain, daemon=True, name="stderr-" + name).start()
-        ready.wait(START_TIMEOUT)
-        if not found:
-            proc.kill()
-            proc.wait()
-            raise BenchError("%s did not print 'listening on HOST:PORT' (exit %s): %s\n%s"
-                             % (name, proc.returncode, shlex.join(argv), "\n".join(tail)))
-        srv = cls(name, found["host"], found["port"], pid=proc.pid, proc=proc, argv=argv)
-        srv.stderr_tail = tail
-        srv.http_port = http.get("port")
-        return srv
+        ready = _watch_log(proc, proc.stderr, name, tail, on_line)
+        t0 = time.monotonic()
+
+        def wait() -> "Server":
+            ready.wait(max(0.0, START_TIMEOUT - (time.monotonic() - t0)))
+            if not found:
+                proc.kill()
+                proc.wait()
+                raise BenchError("%s did not print 'listening on HOST:PORT' (exit %s): %s\n%s"
+                                 % (name, proc.returncode, shlex.join(argv), "\n".join(tail)))
+            srv = cls(name, found["host"], found["port"], pid=proc.pid, proc=proc, argv=argv,
+                      tree=tree)
+            srv.stderr_tail = tail
+            srv.http_port = http.get("port")
+            return srv
+
+        wait.proc = proc
+        return wait
 
     def check_alive(self) -> None:
         """Raise if a spawned server has died under load."""
@@ -209,10 +272,39 @@ class Server:
             raise BenchError("server %s exited with code %s during the run:\n%s"
                              % (self.name, self.proc.returncode, "\n".join(self.stderr_tail)))
 
+    def children(self, fresh: bool = True) -> list:
+        """tree: the live descendants (psutil.Process); [] otherwise.
+        fresh=False may answer from a list at most CHILDREN_CACHE_S old."""
+        if not self.tree or self._ps is None:
+            return []
+        now = time.monotonic()
+        if fresh or now - self._children_at > CHILDREN_CACHE_S:
+            try:
+                self._children = self._ps.children(recursive=True)
+            except psutil.Error:
+                self._children = []
+            self._children_at = now
+            self.seen_pids.update(c.pid for c in self._children)
+        return self._children
+
+    def cpu_by_pid(self) -> dict:
+        """{pid: CPU seconds so far} of the server's processes ({} if unknown)."""
+        if self.pid is None:
+            return {}
+        out = {}
+        for pid in [self.pid] + [c.pid for c in self.children()]:
+            cpu = process_cpu_s(pid)
+            if cpu is not None:
+                out[pid] = cpu
+        return out
+
     def cpu_s(self) -> Optional[float]:
         """User+system CPU seconds of the server so far (None if unknown)."""
         if self.pid is None:
             return None
+        if self.tree:
+            by_pid = self.cpu_by_pid()
+            return sum(by_pid.values()) if by_pid else None
         return process_cpu_s(self.pid)
 
     def rss_bytes(self) -> Optional[int]:
@@ -220,25 +312,266 @@ class Server:
         if self._ps is None:
             return None
         try:
-            return self._ps.memory_info().rss
+            total = self._ps.memory_info().rss
         except psutil.Error:
             return None
+        for c in self.children(fresh=False):
+            try:
+                total += c.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def wait_workers_listening(self, k: int, timeout: float = START_TIMEOUT) -> None:
+        """tree: wait until k descendants of the supervisor listen on the
+        line port (each worker binds it with SO_REUSEPORT, or inherits the
+        socket): before that the kernel would send a client to a worker
+        that is not there yet, or the load would fall on fewer workers."""
+        deadline = time.monotonic() + timeout
+        while True:
+            listening = 0
+            for c in self.children():
+                try:
+                    conns = c.net_connections(kind="tcp")
+                except psutil.Error:
+                    continue
+                if any(x.status == psutil.CONN_LISTEN and x.laddr and x.laddr.port == self.port
+                       for x in conns):
+                    listening += 1
+            if listening >= k:
+                return
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise BenchError("%s: %d of %d workers listen on port %d after %.0f s:\n%s"
+                                 % (self.name, listening, k, self.port, timeout,
+                                    "\n".join(self.stderr_tail)))
+            time.sleep(LISTEN_POLL_S)
+
+    def terminate(self) -> None:
+        """Send SIGTERM once (stop() then waits); no-op if not spawned."""
+        if self.proc is None or self._signalled or self.proc.poll() is not None:
+            return
+        self.children()     # know every descendant before they may be orphaned
+        self._signalled = True
+        try:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
     def stop(self) -> None:
-        """SIGTERM a spawned server, wait for it, record its exit code."""
+        """SIGTERM a spawned server, wait for it, record its exit code;
+        tree: then SIGKILL any descendant still running."""
         if self.proc is None or self.exit_code is not None:
             return
         if self.proc.poll() is None:
-            try:
-                os.kill(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            self.terminate()
             try:
                 self.proc.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         self.exit_code = self.proc.returncode
+        for c in self._children:
+            try:
+                c.kill()        # psutil: only if it is still the same process
+            except psutil.Error:
+                pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (for servers that cannot take 0)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def redis_binary(path: Optional[str] = None) -> str:
+    """The redis-server to spawn: path, or redis-server on PATH, or
+    /usr/sbin and /usr/bin."""
+    for cand in ([path] if path else [shutil.which("redis-server"),
+                                      "/usr/bin/redis-server", "/usr/sbin/redis-server"]):
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    raise BenchError("no redis-server %s(the cluster forms spawn one: apt-get install "
+                     "redis-server, or --redis-server PATH)" % ("at %s " % path if path else ""))
+
+
+class RedisServer(Server):
+    """A redis-server of its own for one run: a free loopback port, no
+    persistence (``--save '' --appendonly no``: it writes no file, so its
+    --dir is the system's temporary directory and a bench killed hard
+    leaves nothing behind)."""
+
+    @property
+    def url(self) -> str:
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        return "redis://%s:%d/0" % (host, self.port)
+
+    @classmethod
+    def spawn_redis(cls, binary: Optional[str] = None, host: str = "127.0.0.1",
+                    name: str = "redis") -> "RedisServer":
+        """Start redis-server and wait for "Ready to accept connections"."""
+        exe = redis_binary(binary)
+        tail: collections.deque = collections.deque(maxlen=30)
+        for _ in range(REDIS_PORT_ATTEMPTS):
+            port = free_port(host)
+            argv = [exe, "--port", str(port), "--bind", host, "--save", "",
+                    "--appendonly", "no", "--dir", tempfile.gettempdir(), "--daemonize", "no",
+                    "--logfile", "", "--protected-mode", "yes"]
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        preexec_fn=die_with_parent)
+            except OSError as e:
+                raise BenchError("cannot start %s: %s" % (exe, e))
+            tail = collections.deque(maxlen=30)
+            seen: list = []
+
+            def on_line(line: str, seen=seen) -> bool:
+                if REDIS_READY_RE.search(line):
+                    seen.append(line)
+                return bool(seen)
+
+            ready = _watch_log(proc, proc.stdout, name, tail, on_line)
+            ready.wait(START_TIMEOUT)
+            if proc.poll() is None and seen:
+                srv = cls(name, host, port, pid=proc.pid, proc=proc, argv=argv)
+                srv.stderr_tail = tail
+                return srv
+            proc.kill()
+            proc.wait()
+            if not any("in use" in x for x in tail):
+                break           # not a port race: say why
+        raise BenchError("redis-server did not get ready (exit %s): %s\n%s"
+                         % (proc.returncode, shlex.join(argv), "\n".join(tail)))
+
+
+class Cluster:
+    """Several processes that together are the server under test: gchat
+    nodes (each a Server; a ``--workers`` supervisor is one node whose CPU
+    and RSS include its workers) and, if known, their redis-server.
+
+    It has what the runner asks of a Server: name, host/port/http_port
+    (node 0's), check_alive, cpu_s and rss_bytes (sums: CPU over nodes and
+    redis-server, RSS over the gchat processes), stop, exit_code; plus
+    addresses() for every node and cpu_by_part() for the CPU of each.
+    """
+
+    def __init__(self, name: str, nodes: list, redis: Optional[Server] = None,
+                 server_workers: int = 0):
+        if not nodes:
+            raise BenchError("a cluster needs at least one node")
+        self.name = name
+        self.nodes = nodes
+        self.redis = redis
+        self.server_workers = server_workers
+        n0 = nodes[0]
+        self.host, self.port, self.http_port = n0.host, n0.port, n0.http_port
+        self.proc, self.pid = n0.proc, n0.pid
+        self.stderr_tail = n0.stderr_tail
+        self.exit_code: Optional[int] = None
+        self.exit_codes: dict = {}
+
+    @classmethod
+    def spawn(cls, name: str, argv: list, nodes: int, server_workers: int = 0,
+              redis_path: Optional[str] = None) -> "Cluster":
+        """Start redis-server, then `nodes` copies of argv with ``--redis
+        URL`` (and ``--workers K`` if server_workers), each on its own port
+        (argv has --port 0), all at once; wait until every node listens
+        (and, with workers, until each node's K workers do)."""
+        redis = RedisServer.spawn_redis(redis_path)
+        started: list = []
+        waits: list = []
+        try:
+            extra = ["--redis", redis.url]
+            if server_workers:
+                extra += ["--workers", str(server_workers)]
+            # All nodes start at once (gevent's imports take a second each).
+            for i in range(nodes):
+                waits.append(Server.launch("%s/node%d" % (name, i), argv + extra,
+                                           tree=bool(server_workers)))
+            errors = []
+            for w in waits:
+                try:
+                    started.append(w())
+                except BenchError as e:
+                    errors.append(e)
+            if errors:
+                raise errors[0]
+            if server_workers:
+                for n in started:
+                    n.wait_workers_listening(server_workers)
+            return cls(name, started, redis, server_workers)
+        except BaseException:
+            for n in started:
+                n.terminate()
+            for n in started:
+                n.stop()
+            for w in waits:     # launched, not yet (or never) listening
+                if w.proc.poll() is None:
+                    w.proc.kill()
+                    w.proc.wait()
+            redis.stop()
+            raise
+
+    def parts(self) -> list:
+        """[(name, Server)]: node0, node1, ..., then redis if known."""
+        out = [("node%d" % i, n) for i, n in enumerate(self.nodes)]
+        if self.redis is not None:
+            out.append(("redis", self.redis))
+        return out
+
+    def addresses(self, http: bool = False) -> list:
+        """(host, port) of every node in order; http: of their --http ports
+        (None for a node that has none)."""
+        return [(n.host, n.http_port if http else n.port) for n in self.nodes]
+
+    def check_alive(self) -> None:
+        for _, p in self.parts():
+            p.check_alive()
+
+    def cpu_by_part(self) -> dict:
+        """{part: {pid: CPU seconds}} ({} for a part whose pid is unknown)."""
+        return {name: p.cpu_by_pid() for name, p in self.parts()}
+
+    def cpu_s(self) -> Optional[float]:
+        """CPU seconds of every node and of redis-server together; None if
+        a part's pid is unknown (a partial sum would flatter the server)."""
+        parts = self.cpu_by_part()
+        if any(not v for v in parts.values()):
+            return None
+        return sum(sum(v.values()) for v in parts.values())
+
+    def rss_bytes(self) -> Optional[int]:
+        """RSS of the gchat processes (every node, every worker), summed."""
+        vals = [n.rss_bytes() for n in self.nodes]
+        if any(v is None for v in vals):
+            return None
+        return sum(vals)
+
+    def processes(self) -> dict:
+        """{part: number of processes now} (a supervisor plus its workers)."""
+        return {name: (1 + len(p.children())) if p.pid is not None else None
+                for name, p in self.parts()}
+
+    def pids(self) -> dict:
+        """{part: [pids]}: each part's process and every descendant seen."""
+        return {name: [p.pid] + sorted(p.seen_pids - {p.pid})
+                for name, p in self.parts() if p.pid is not None}
+
+    def stop(self) -> None:
+        """SIGTERM every node at once, wait for them, then stop redis-server
+        (nodes leave the cluster while it is still there)."""
+        for n in self.nodes:
+            n.terminate()
+        for n in self.nodes:
+            n.stop()
+        if self.redis is not None:
+            self.redis.stop()
+        self.exit_codes = {name: p.exit_code for name, p in self.parts()
+                           if p.proc is not None}
+        bad = [c for c in self.exit_codes.values() if c not in (None, 0)]
+        self.exit_code = bad[0] if bad else (0 if self.exit_codes else None)
 
 
 class RssSampler:

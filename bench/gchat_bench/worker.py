@@ -45,6 +45,7 @@ import gevent.event
 import gevent.pool
 from gevent.socket import wait_read, wait_write
 
+from gchat_bench.cluster import node_of
 from gchat_bench.transports import (Closed, TransportError, client_context, make_transport,
                                     send_all)
 from gchat_bench.stats import (ROOM_SYNC_RE, SYNC_RE, LatencyRecorder, SeqTracker, census,
@@ -133,6 +134,9 @@ class Worker:
     def __init__(self, cfg: dict):
         self.cfg = cfg
         self.addr = (cfg["host"], cfg["port"])
+        # A cluster: every node's address; client i connects to
+        # nodes[node_of(i, len(nodes), rooms)] (see addr_of).
+        self.nodes = [tuple(a) for a in cfg.get("nodes") or [self.addr]]
         # "tcp", "ws" (cfg["port"] is then gchat's --http port) or "tls".
         self.transport = cfg.get("transport", "tcp")
         self.tls_ctx = client_context() if self.transport == "tls" else None
@@ -499,10 +503,15 @@ class Worker:
 
     # ------------------------------------------------------------ connect
 
+    def addr_of(self, c: Client) -> tuple:
+        """The (host, port) client c connects to: its node of a cluster."""
+        return self.nodes[node_of(c.idx, len(self.nodes), self.rooms)]
+
     def connect_one(self, c: Client, timeout: float) -> None:
         c.t_start = time.monotonic_ns()
         c.state = WELCOME if self.compat else PROMPT
-        s = socket.socket(socket.AF_INET6 if ":" in self.addr[0] else socket.AF_INET)
+        addr = self.addr_of(c)
+        s = socket.socket(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET)
         c.sock = s
         try:
             s.setblocking(False)
@@ -515,7 +524,7 @@ class Worker:
                 except OSError:
                     pass
                 s.bind((self.source_addrs[c.idx % len(self.source_addrs)], 0))
-            err = s.connect_ex(self.addr)
+            err = s.connect_ex(addr)
             if err not in (0, errno.EINPROGRESS):
                 raise OSError(err, os.strerror(err))
             wait_write(s.fileno(), timeout=timeout,
@@ -529,7 +538,7 @@ class Worker:
                 # reader sees the socket; early: line bytes that came with it.
                 c.tx = make_transport(self.transport, self.tls_ctx)
                 try:
-                    early = c.tx.handshake(s, self.addr[0], self.addr[1], timeout)
+                    early = c.tx.handshake(s, addr[0], addr[1], timeout)
                 except Closed:
                     raise OSError("closed by the server during the handshake")
             c.fd = s.fileno()
@@ -573,9 +582,16 @@ class Worker:
             if c.idx in self.sender_of:
                 c.sender_id = self.sender_of[c.idx]
         errs = [c.error for c in todo if c.state != READY]
-        return {"ok": len(ok), "errors": len(errs), "error_samples": errs[:3],
-                "hist": rec.encoded(),
-                "t_last_ready": max([c.t_ready for c in ok], default=0)}
+        reply = {"ok": len(ok), "errors": len(errs), "error_samples": errs[:3],
+                 "hist": rec.encoded(),
+                 "t_last_ready": max([c.t_ready for c in ok], default=0)}
+        if len(self.nodes) > 1:
+            # A cluster: how many got through on each node.
+            by_node = [0] * len(self.nodes)
+            for c in ok:
+                by_node[node_of(c.idx, len(self.nodes), self.rooms)] += 1
+            reply["by_node"] = by_node
+        return reply
 
     # --------------------------------------------------------------- sync
 
