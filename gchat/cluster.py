@@ -427,6 +427,9 @@ class ClusterChat(Chat):
         room = self.rooms.ensure(room_name)
         conn = self.entering.pop(key, None) if node == self.node else None
         if conn is not None and conn in self.connected:
+            # The string it published, not the copy the entry decoded to:
+            # one string per name per client.
+            name = self.published[conn][0] if conn in self.published else name
             conn.name = name
             self.names[key] = conn
             conn.room = room

@@ -192,6 +192,7 @@ class RedisBus:
         self.last_id = "0-0"
         self.up = Event()
         self.up_since = 0.0
+        self.down_since = 0.0
         self._wake_writer = Event()
         self._requests = Queue()
         self._put = None
@@ -327,6 +328,7 @@ class RedisBus:
         if not self.up.is_set():
             return
         self.up.clear()
+        self.down_since = time.monotonic()
         self.stats["bus_outages"] += 1
         log.error("lost the cluster's Redis: %s; holding entries (bound: %d lines)",
                   why, self.config.bus_backlog)
@@ -357,9 +359,9 @@ class RedisBus:
         """Redis came back empty: claim our names again, publish the window
         again before what waits, read the new stream from its start."""
         self.stats["bus_data_lost"] += 1
-        now = time.monotonic()
-        keep = [item for item in self.window
-                if now - item[4] <= self.config.bus_replay_window]
+        # What was published within the window before Redis was lost.
+        horizon = self.down_since - self.config.bus_replay_window
+        keep = [item for item in self.window if item[4] >= horizon]
         self.stats["bus_republished"] += len(keep)
         self.pending.extendleft(reversed([item[:4] for item in keep]))
         self.window.clear()
@@ -542,7 +544,8 @@ class RedisBus:
         while not self._closing:
             gevent.sleep(interval)
             if not self.up.is_set():
-                continue
+                continue  # the window is what an outage may need again
+            self._trim_window(time.monotonic())  # when nothing is published too
             peers = [node for node in self.peers if node not in self.lost]
             try:
                 pipe = self.redis.pipeline(transaction=False)

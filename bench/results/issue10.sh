@@ -1,0 +1,29 @@
+#!/bin/bash
+# Measures the cluster goals of issue 10 (bench/RESULTS.md, "A cluster over
+# Redis (issue 10)"): one .jsonl and one .txt per command, in this folder,
+# i10_*.  Each cluster form spawns its own redis-server on a free loopback
+# port and its own nodes, and reports the CPU of each node and of
+# redis-server.
+#
+#   bench/results/issue10.sh                       # everything
+#   bench/results/issue10.sh i10_bus_1node ...     # only the commands named
+set -u
+cd "$(dirname "$0")"
+ulimit -n 20000
+ONLY=" $* "
+want() { [ "$ONLY" = "  " ] || [[ "$ONLY" == *" $1 "* ]]; }
+run() { name=$1; shift; want "$name" || return 0
+        echo "== $name: gchat-bench $* ($(date -u +%H:%M:%S))" >&2
+        s=$(date +%s)
+        gchat-bench "$@" --json > "$name.jsonl" 2> "$name.txt"
+        echo "   rc=$? $(( $(date +%s) - s )) s" >&2; }
+# The bus costs little: 1,000 clients, 200 lines/s, one room; one process
+# without Redis, one node with Redis, two nodes (goal: p50 +<= 2 ms, summed
+# CPU per delivery, nodes + redis-server, <= x1.5 of the single process).
+# --flood-rate 0: 10 senders at 20 lines/s each are over the default 10/s.
+run i10_bus_alone   fanout --clients 1000 --rate 200 --duration 10 --spawn "--flood-rate 0" --repeat 3
+run i10_bus_1node   fanout --clients 1000 --rate 200 --duration 10 --spawn "--flood-rate 0" --spawn-cluster 1 --repeat 3
+run i10_bus_2nodes  fanout --clients 1000 --rate 200 --duration 10 --spawn "--flood-rate 0" --spawn-cluster 2 --repeat 3
+# Idle memory per connection must not grow with --redis.
+run i10_idle_alone  idle --clients 10000 --duration 5 --spawn "" --repeat 3
+run i10_idle_node   idle --clients 10000 --duration 5 --spawn "" --spawn-cluster 1 --repeat 3
