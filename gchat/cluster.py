@@ -82,6 +82,7 @@ class ClusterChat(Chat):
         self.nodes = {}       # node id -> {Remote: None}, in order (ours: the departed)
         self.lost = set()     # nodes whose departure was applied
         self.backlog = lambda: 0  # lines the bus holds unpublished (the hub sets it)
+        self.bus_up = lambda: True  # whether Redis answers (the hub sets it)
         self._queued_lines = 0
         # One client, one order.  A client whose last claim or operation
         # has not come back yet is busy: what it types meanwhile is held
@@ -211,9 +212,12 @@ class ClusterChat(Chat):
             super().lines(conn, [line])
 
     def _hold(self, conn, lines):
+        """Lines of a busy client, for later.  While Redis answers, its
+        busy time is a round trip and its reader's pace bounds them; during
+        an outage they count against bus_backlog with what the bus holds."""
         held = self.busy[conn]
         for line in lines:
-            if self._room_for_line(conn, self._held):
+            if self.bus_up() or self._room_for_line(conn, self._held):
                 held.append(line)
                 self._held += 1
 

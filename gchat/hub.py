@@ -77,6 +77,7 @@ class Hub:
             from gchat.cluster import ClusterChat
             self.chat = ClusterChat(config, bus.node, stats=self.snapshot, clock=self._loop.now)
             self.chat.backlog = lambda: bus.held_lines
+            self.chat.bus_up = bus.up.is_set
         self.transport_stats = None  # set by the server: a callable for /stats
         self.stopped = Event()  # set when shutdown has closed every client
         self.stats = {"deliveries": 0, "batches": 0, "events": 0, "slow_disconnects": 0,

@@ -699,10 +699,20 @@ def test_a_full_bus_refuses_lines_says_so_and_publishes_nothing():
     assert h.chat("A").counts["bus_refused"] == 3
 
 
+def test_while_redis_answers_a_burst_past_the_backlog_is_held_not_refused():
+    h = Cluster(bus_backlog=3)
+    ann, bob = h.named("A", "ann"), h.named("B", "bob")
+    settled(h, ann, bob)
+    h.say(ann, "1", "2", "3", "4", "5")
+    assert h.take(bob) == ["ann: 1", "ann: 2", "ann: 3", "ann: 4", "ann: 5"]
+    assert h.take(ann) == ["ann: 1", "ann: 2", "ann: 3", "ann: 4", "ann: 5"]
+
+
 def test_the_bus_backlog_counts_the_lines_of_the_batch():
     h = Cluster(bus_backlog=3)
     ann, bob = h.named("A", "ann"), h.named("B", "bob")
     settled(h, ann, bob)
+    h.chat("A").bus_up = lambda: False  # an outage, as far as the bound goes
     h.say(ann, "1", "2", "3", "4")
     # The refusal at once, not after the lines the bus took.
     assert h.take_now(ann) == [f"error: {BUS_DOWN}"]

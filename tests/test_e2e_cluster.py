@@ -296,3 +296,26 @@ def test_without_the_cluster_extra_redis_names_it(tmp_path):
 
 def gchat_path():
     return gchat_executable()
+
+
+def test_the_outage_bound_holds_after_a_restart_that_republished(start_gchat, redis_server):
+    # Republishing the window must not loosen --bus-backlog for the next outage.
+    a = node(start_gchat, redis_server, "--bus-backlog", "3")
+    alice = a.named("alice")
+    for i in range(10):  # with Redis up, a burst past the bound goes through
+        alice.say(f"up {i}")
+    assert [alice.expect(r"alice: up \d", skip=True)] + alice.lines(9) == \
+        [f"alice: up {i}" for i in range(10)]
+    redis_server.kill()
+    a.wait_for_log(r"lost the cluster's Redis")
+    redis_server.start()
+    a.wait_for_log(r"Redis is back without the cluster's data")
+    until(lambda: stats(alice)["bus_held_lines"] == "0", what="nothing held")
+    redis_server.kill()
+    until(lambda: stats(alice)["bus_up"] == "0", what="the second outage")
+    for i in range(5):
+        alice.say(f"down {i}")
+    assert len([alice.expect(r"error: .*not sent", skip=True) for _ in range(2)]) == 2
+    redis_server.start()
+    assert [alice.expect(r"alice: down \d", skip=True, timeout=15)] + alice.lines(2) == \
+        ["alice: down 0", "alice: down 1", "alice: down 2"]

@@ -58,10 +58,19 @@ class Entry(NamedTuple):
     ops: list
 
 
+def dumps(ops: list) -> str:
+    """The operations field of an entry."""
+    return json.dumps(ops, ensure_ascii=False, separators=(",", ":"))
+
+
+def fields(node: str, seq: int, text: str) -> dict:
+    """The stream fields of one entry whose operations dumps() gave text."""
+    return {"v": FORMAT, "n": node, "s": seq, "o": text}
+
+
 def encode(node: str, seq: int, ops: list) -> dict:
     """The stream fields of one entry."""
-    return {"v": FORMAT, "n": node, "s": seq,
-            "o": json.dumps(ops, ensure_ascii=False, separators=(",", ":"))}
+    return fields(node, seq, dumps(ops))
 
 
 def decode(fields: dict, max_bytes: int) -> Entry:

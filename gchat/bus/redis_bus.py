@@ -63,7 +63,7 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.retry import Retry
 
 from gchat.cluster import NODE_LOST, NODE_STOPPED
-from gchat.bus.entry import BadEntry, Deduper, decode, encode
+from gchat.bus.entry import BadEntry, Deduper, decode, dumps, encode, fields
 from gchat.hub import BUS, CLAIMED, RESYNC
 from gchat.protocol import name_key
 
@@ -181,8 +181,10 @@ class RedisBus:
         self._snapshot = self.redis.register_script(SNAPSHOT)
         self.epoch = None
         self.seq = 0
-        self.pending = deque()   # [seq, fields, lines, history] not yet published
-        self.window = deque()    # [seq, fields, lines, history, time] published
+        # Entries as (seq, node id, operations as JSON, chat lines, history
+        # lines): small tuples, since an outage or the window holds many.
+        self.pending = deque()   # entries not yet published, in order
+        self.window = deque()    # (time published, entry): kept for a resync
         self.held_lines = 0      # chat lines in pending (the hub's bound)
         self.names = set()       # name keys this node holds in Redis
         self.unreleased = set()  # names to free once Redis answers again
@@ -243,8 +245,8 @@ class RedisBus:
         # The others let this node's members go at this point of the order
         # (those who left already left); under the id that a survivor's
         # LOST script would use, so that only one of the two is applied.
-        self.pending.append([0, encode(LOST_PREFIX + self.node, STOPPED_SEQ,
-                                       [["lost", self.node, NODE_STOPPED]]), 0, []])
+        self.pending.append((STOPPED_SEQ, LOST_PREFIX + self.node,
+                             dumps([["lost", self.node, NODE_STOPPED]]), 0, ()))
         self._wake_writer.set()
         deadline = time.monotonic() + timeout
         while (self.pending and self.up.is_set()) and time.monotonic() < deadline:
@@ -275,7 +277,7 @@ class RedisBus:
         the sequence number of the last is returned.  Its requests (claims,
         releases) go to the claimer."""
         if ops:
-            for part in self._parts(ops):
+            for part, text in self._parts(ops):
                 self.seq += 1
                 lines = 0
                 history = []
@@ -284,7 +286,7 @@ class RedisBus:
                         lines += 1
                         if op[0] == "say" and op[3]:
                             history.append((op[1], op[2]))
-                self.pending.append([self.seq, encode(self.node, self.seq, part), lines, history])
+                self.pending.append((self.seq, self.node, text, lines, tuple(history)))
                 self.held_lines += lines
             self._wake_writer.set()
         for request in requests:
@@ -292,11 +294,12 @@ class RedisBus:
         return self.seq
 
     def _parts(self, ops: list) -> list:
-        """ops in pieces that each encode to at most half of bus_max_entry
-        (one piece, but for a batch of thousands of long lines)."""
-        size = len(encode(self.node, 1, ops)["o"].encode("utf-8"))
-        if size <= self.config.bus_max_entry // 2 or len(ops) == 1:
-            return [ops]
+        """ops in pieces (with their JSON) that each encode to at most half
+        of bus_max_entry: one piece, but for a batch of thousands of long
+        lines."""
+        text = dumps(ops)
+        if len(ops) == 1 or len(text.encode("utf-8")) <= self.config.bus_max_entry // 2:
+            return [(ops, text)]
         half = len(ops) // 2
         return self._parts(ops[:half]) + self._parts(ops[half:])
 
@@ -361,9 +364,10 @@ class RedisBus:
         self.stats["bus_data_lost"] += 1
         # What was published within the window before Redis was lost.
         horizon = self.down_since - self.config.bus_replay_window
-        keep = [item for item in self.window if item[4] >= horizon]
+        keep = [item for published, item in self.window if published >= horizon]
         self.stats["bus_republished"] += len(keep)
-        self.pending.extendleft(reversed([item[:4] for item in keep]))
+        self.pending.extendleft(reversed(keep))
+        self.held_lines += sum(item[3] for item in keep)  # they count as held again
         self.window.clear()
         first = self.pending[0][0] if self.pending else self.seq + 1
         self.unreleased.clear()  # nothing is held any more
@@ -376,7 +380,6 @@ class RedisBus:
             log.warning("%d of this node's names were taken by others while Redis was down",
                         taken)
         self.last_id = "0-0"
-        self.lost.clear()
         if self._put is not None:
             self._put(RESYNC, None, first)
 
@@ -447,8 +450,9 @@ class RedisBus:
                 try:
                     pipe = self.redis.pipeline(transaction=True)
                     pipe.get(keys.epoch)
-                    for _, fields, _, lines in batch:
-                        pipe.xadd(keys.stream, fields, maxlen=maxlen, approximate=True)
+                    for seq, node, text, _, lines in batch:
+                        pipe.xadd(keys.stream, fields(node, seq, text), maxlen=maxlen,
+                                  approximate=True)
                         for room, line in lines:
                             if history:
                                 room_key = name_key(room)
@@ -462,8 +466,8 @@ class RedisBus:
                 now = time.monotonic()
                 for _ in batch:
                     item = self.pending.popleft()
-                    self.held_lines -= item[2]
-                    self.window.append(item + [now])
+                    self.held_lines -= item[3]
+                    self.window.append((now, item))
                 self.stats["bus_published"] += len(batch)
                 self._trim_window(now)
                 if not self._epoch_ok(replies[0]):
@@ -472,7 +476,7 @@ class RedisBus:
     def _trim_window(self, now):
         window = self.window
         horizon = now - self.config.bus_replay_window
-        while window and (window[0][4] < horizon or len(window) > self.config.bus_replay_entries):
+        while window and (window[0][0] < horizon or len(window) > self.config.bus_replay_entries):
             window.popleft()
 
     def _claim_loop(self):
@@ -579,15 +583,15 @@ class RedisBus:
         self.lost.add(node)
         # Not under this node's id and sequence: whichever survivor
         # publishes it, it is the same entry, and readers apply it once.
-        fields = encode(LOST_PREFIX + node, 1, [["lost", node, NODE_LOST]])
-        del fields["s"]  # the script numbers it
+        lost = encode(LOST_PREFIX + node, 1, [["lost", node, NODE_LOST]])
+        del lost["s"]  # the script numbers it
         keys = self.keys
         try:
             published = self._lost(
                 keys=[keys.node(node), keys.lost(node), keys.node_names(node), keys.names,
                       keys.stream, keys.losses(node)],
                 args=[node, LOST_MARK_TTL, self.config.bus_stream_max,
-                      *[x for pair in fields.items() for x in pair]])
+                      *[x for pair in lost.items() for x in pair]])
         except (RedisError, OSError) as err:
             self.lost.discard(node)
             self._fail(err)
