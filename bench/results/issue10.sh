@@ -27,3 +27,7 @@ run i10_bus_2nodes  fanout --clients 1000 --rate 200 --duration 10 --spawn "--fl
 # Idle memory per connection must not grow with --redis.
 run i10_idle_alone  idle --clients 10000 --duration 5 --spawn "" --repeat 3
 run i10_idle_node   idle --clients 10000 --duration 5 --spawn "" --spawn-cluster 1 --repeat 3
+# The same below the generator's saturation: 50 lines/s (p50 comparable).
+run i10_bus50_alone  fanout --clients 1000 --rate 50 --duration 10 --spawn "--flood-rate 0" --repeat 3
+run i10_bus50_1node  fanout --clients 1000 --rate 50 --duration 10 --spawn "--flood-rate 0" --spawn-cluster 1 --repeat 3
+run i10_bus50_2nodes fanout --clients 1000 --rate 50 --duration 10 --spawn "--flood-rate 0" --spawn-cluster 2 --repeat 3

@@ -414,10 +414,10 @@ class RedisBus:
                 continue
             entries = []
             for _, items in reply or ():
-                for entry_id, fields in items:
+                for entry_id, raw in items:
                     self.last_id = entry_id
                     try:
-                        entry = decode(fields, max_entry)
+                        entry = decode(raw, max_entry)
                     except BadEntry as err:
                         self.stats["bus_bad_entries"] += 1
                         log.warning("skipped bus entry %s: %s", entry_id.decode(), err)
