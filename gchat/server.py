@@ -33,6 +33,7 @@ from typing import Optional
 
 import gevent
 from gevent.event import Event
+from gevent.monkey import get_original
 from gevent.server import StreamServer
 from greenlet import greenlet
 
@@ -44,6 +45,12 @@ from gchat.room import Why
 from gchat.timeouts import next_wait
 
 log = logging.getLogger("gchat")
+
+# The standard library's socket class, even once --redis has patched the
+# socket module for redis-py (bus/__init__.py): a client's socket is a plain
+# one, waited on by its Connection's own watchers; gevent's socket class
+# would add two watchers and some hundred bytes to every connection.
+PlainSocket = get_original("socket", "socket")
 
 _READ, _WRITE = 1, 2  # libev event masks
 # Why a reader is paused (bit flags): over its flood allowance; inbox full.
@@ -339,7 +346,7 @@ class _Listener(StreamServer):
         may bind the port, and the kernel spreads connections over them."""
         if not self._reuse_port:
             return super().get_listener(address, backlog, family)
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = PlainSocket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gevent does
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -365,7 +372,7 @@ class _Listener(StreamServer):
         # A plain non-blocking socket: the Connection's own watchers wait
         # on it, so gevent's socket wrapper (and its two watchers) would
         # be memory for nothing.
-        sock = socket.socket(self.socket.family, socket.SOCK_STREAM, 0, fileno=fd)
+        sock = PlainSocket(self.socket.family, socket.SOCK_STREAM, 0, fileno=fd)
         sock.setblocking(False)
         return sock, address
 

@@ -20,7 +20,6 @@ Origin (a tool, not a browser) is allowed.
 """
 import logging
 import mimetypes
-import socket
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
@@ -34,6 +33,7 @@ from wsproto.events import AcceptConnection, RejectConnection
 from wsproto.events import Request as WsRequest
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
+from gchat.server import PlainSocket
 from gchat.websocket import WsConnection
 
 log = logging.getLogger("gchat")
@@ -255,7 +255,7 @@ class HttpPort:
         conn.sendall(ws.send(AcceptConnection()))
         trailing, _ = http.trailing_data
         sock = getattr(conn, "sock", conn)  # under TLS, conn is a TlsStream
-        raw = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        raw = PlainSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
         raw.setblocking(False)
         if sock is conn:
             self.chat_server.admit(WsConnection, raw, address, ws.connection,

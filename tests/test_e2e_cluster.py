@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import redis
@@ -319,3 +320,32 @@ def test_the_outage_bound_holds_after_a_restart_that_republished(start_gchat, re
     redis_server.start()
     assert [alice.expect(r"alice: down \d", skip=True, timeout=15)] + alice.lines(2) == \
         ["alice: down 0", "alice: down 1", "alice: down 2"]
+
+
+def test_client_sockets_stay_plain_once_redis_py_patched_the_socket_module(tmp_path):
+    # --redis monkey-patches the socket module for redis-py; a client's
+    # socket must still be the standard library's (no gevent wrapper and
+    # its watchers: the idle memory per connection must not grow).
+    script = tmp_path / "check.py"
+    script.write_text(
+        "import socket\n"
+        "from gevent import monkey\n"
+        "monkey.patch_socket()\n"
+        "import gevent.socket\n"
+        "from gchat.config import Config\n"
+        "from gchat.server import _Listener\n"
+        "listener = _Listener(('127.0.0.1', 0), lambda *a: None, Config())\n"
+        "listener.init_socket()\n"
+        "client = socket.create_connection(listener.socket.getsockname())\n"
+        "import time\n"
+        "deadline = time.monotonic() + 5\n"
+        "got = None\n"
+        "while got is None and time.monotonic() < deadline:\n"
+        "    got = listener.do_read()\n"
+        "sock = got[0]\n"
+        "assert socket.socket is gevent.socket.socket\n"
+        "assert type(sock) is monkey.get_original('socket', 'socket'), type(sock)\n"
+        "print('plain')\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0 and proc.stdout.strip() == "plain", proc.stderr
