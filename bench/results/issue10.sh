@@ -31,3 +31,9 @@ run i10_idle_node   idle --clients 10000 --duration 5 --spawn "" --spawn-cluster
 run i10_bus50_alone  fanout --clients 1000 --rate 50 --duration 10 --spawn "--flood-rate 0" --repeat 3
 run i10_bus50_1node  fanout --clients 1000 --rate 50 --duration 10 --spawn "--flood-rate 0" --spawn-cluster 1 --repeat 3
 run i10_bus50_2nodes fanout --clients 1000 --rate 50 --duration 10 --spawn "--flood-rate 0" --spawn-cluster 2 --repeat 3
+# Past one process's file limit: 40,000 clients in one room over --workers 4
+# (goals: the join storm quiet within 30 s; at 1 line/s p99 <= 1 s; 0 lost;
+# at most 4 KiB of RSS per connection, summed over the workers).
+run i10_w4_join   join   --clients 40000 --spawn "" --spawn-workers 4
+run i10_w4_fanout fanout --clients 40000 --rate 1 --duration 20 --spawn "" --spawn-workers 4
+run i10_w4_idle   idle   --clients 40000 --duration 5 --spawn "" --spawn-workers 4

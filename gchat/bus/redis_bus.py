@@ -20,7 +20,9 @@ Exactly once, in order, across a Redis restart:
 - every entry carries the node id and a per-node sequence number, and
   readers drop what they applied already (entry.Deduper);
 - a node keeps what it published for bus_replay_window seconds (at most
-  bus_replay_entries entries): reading its own entry back proves nothing
+  bus_replay_entries entries; only entries with chat or private lines,
+  since every node says again who is where after a resync): reading its
+  own entry back proves nothing
   about the others, one of which may have been stopped (SIGSTOP) when
   Redis died;
 - KEY:epoch holds a random value, set by the first node that finds it
@@ -467,7 +469,12 @@ class RedisBus:
                 for _ in batch:
                     item = self.pending.popleft()
                     self.held_lines -= item[3]
-                    self.window.append((now, item))
+                    if item[3]:
+                        # Only entries with lines are kept to publish again:
+                        # who is where, the rest, is said again by every
+                        # node's "present" after a resync, so a join storm
+                        # does not fill the window.
+                        self.window.append((now, item))
                 self.stats["bus_published"] += len(batch)
                 self._trim_window(now)
                 if not self._epoch_ok(replies[0]):
