@@ -37,3 +37,16 @@ run i10_bus50_2nodes fanout --clients 1000 --rate 50 --duration 10 --spawn "--fl
 run i10_w4_join   join   --clients 40000 --spawn "" --spawn-workers 4
 run i10_w4_fanout fanout --clients 40000 --rate 1 --duration 20 --spawn "" --spawn-workers 4
 run i10_w4_idle   idle   --clients 40000 --duration 5 --spawn "" --spawn-workers 4
+# What --workers gives 10,000 clients at 20 lines/s on these 2 cores: one
+# process against two workers (and their redis-server).
+run i10_10k_one   fanout --clients 10000 --rate 20 --duration 10 --spawn "--flood-rate 0" --repeat 3
+run i10_10k_w2    fanout --clients 10000 --rate 20 --duration 10 --spawn "--flood-rate 0" --spawn-workers 2 --repeat 3
+# What one stream costs a node (no members: the entries are applied, and
+# delivered to nobody), and where one Redis saturates (one pipelined
+# publisher, as fast as it can; entries of 1 and of 20 lines).
+cost() { name=$1; shift; want "$name" || return 0
+         echo "== $name: python -m gchat_bench.bus_cost $*" >&2
+         python -m gchat_bench.bus_cost "$@" > "$name.json" 2>&1; }
+cost i10_cost_1000  --rate 1000 --duration 10 --lines 1 --nodes 2
+cost i10_cost_max1  --rate 0 --duration 10 --lines 1 --nodes 1
+cost i10_cost_max20 --rate 0 --duration 10 --lines 20 --nodes 1
