@@ -50,3 +50,10 @@ cost() { name=$1; shift; want "$name" || return 0
 cost i10_cost_1000  --rate 1000 --duration 10 --lines 1 --nodes 2
 cost i10_cost_max1  --rate 0 --duration 10 --lines 1 --nodes 1
 cost i10_cost_max20 --rate 0 --duration 10 --lines 20 --nodes 1
+# Nothing lost under chaos: 2 minutes over 2 nodes, churning clients; Redis
+# killed and restarted (empty) twice, one node killed and restarted once.
+soak() { name=$1; shift; want "$name" || return 0
+         echo "== $name: python -m gchat_bench.cluster_soak $*" >&2
+         python -m gchat_bench.cluster_soak "$@" > "$name.json" 2> "$name.txt"
+         echo "   rc=$?" >&2; }
+soak i10_soak --duration 120 --clients 200 --nodes 2 --json
