@@ -194,14 +194,10 @@ class ClusterChat(Chat):
     # ------------------------------------------------------------------
     # Local events, published instead of applied
 
-    def arrive(self, conn):
-        self.connected.add(conn)
-        self.silent.add(conn)
-        if self.compat:
-            # The seed's names are addresses, unique without asking Redis.
-            self._publish_enter(conn, conn.who)
-        else:
-            self.lobby.out.send(conn, p.NAME_PROMPT, member=False)
+    def _register(self, conn, name: str):
+        # --compat: the seed's names are addresses, unique without asking
+        # Redis; conn is registered when its "enter" comes back.
+        self._publish_enter(conn, name)
 
     def lines(self, conn, lines):
         busy = self.busy
@@ -285,6 +281,7 @@ class ClusterChat(Chat):
                     super().lines(conn, [line])
                     if conn not in self.connected:
                         return  # a /quit among them
+            self.busy.pop(conn, None)  # what those lines published made it busy again
         self._senders.discard(conn)
         if self.inflight.pop(conn, None):
             for _, conns in self.awaiting:

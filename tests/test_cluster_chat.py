@@ -801,3 +801,16 @@ def test_a_node_that_came_back_after_being_declared_lost_can_be_lost_again():
     assert h.take(ann) == ["bob has left (server lost)"]
     h.say(ann, "/who")
     assert h.take(ann) == ["Here now (1): ann"]
+
+
+def test_a_client_that_leaves_with_lines_held_leaves_nothing_behind():
+    h = Cluster()
+    ann, bob = h.named("A", "ann"), h.named("B", "bob")
+    settled(h, ann, bob)
+    h.say(ann, "one", "two", "three")  # two and three wait for one
+    chat = h.chat("A")
+    assert chat.busy.get(ann) == [b"two", b"three"]
+    h.disconnect(ann)
+    assert h.take(bob) == ["ann: one", "ann: two", "ann: three", "ann has left"]
+    assert ann not in chat.busy and ann not in chat.inflight and chat._held == 0
+    assert not chat.awaiting or all(ann not in conns for _, conns in chat.awaiting)

@@ -57,3 +57,5 @@ soak() { name=$1; shift; want "$name" || return 0
          python -m gchat_bench.cluster_soak "$@" > "$name.json" 2> "$name.txt"
          echo "   rc=$?" >&2; }
 soak i10_soak --duration 120 --clients 200 --nodes 2 --json
+# The one-process figures are kept (no --redis: nothing of the bus runs).
+run i10_regress_saturate saturate --clients 1000 --duration 5 --window 16 --spawn "" --repeat 3
