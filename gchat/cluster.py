@@ -525,10 +525,13 @@ class ClusterChat(Chat):
         wanted = {p.name_key(name): (name, room) for name, room in pairs}
         for member in list(self.nodes.get(node, ())):
             key = p.name_key(member.name)
-            if wanted.get(key, (None, None))[1] != member.room.name or key not in wanted:
+            name, room = wanted.pop(key, (None, None))
+            if room is None or p.name_key(room) != member.room.key:
                 self._drop_remote(member, None, now)
+                if room is not None:
+                    wanted[key] = (name, room)  # in another room: made again below
             else:
-                del wanted[key]
+                member.name = name  # the spelling may have changed
         for key, (name, room_name) in wanted.items():
             if key in self.names:
                 continue  # held by another member here: the stream's order decides

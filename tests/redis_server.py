@@ -28,11 +28,14 @@ class RedisServer:
     kill() is a crash (SIGKILL); start() again comes back on the same
     port, empty; stop() ends it for good and removes its directory."""
 
-    def __init__(self, password=None, executable=None):
+    def __init__(self, password=None, executable=None, tls=None):
+        """tls: (certificate, key, CA) files: it then speaks TLS only
+        (rediss://), on its one port."""
         self.executable = executable or shutil.which("redis-server")
         if self.executable is None:
             raise RuntimeError("redis-server not found on PATH (apt-get install redis-server)")
         self.password = password
+        self.tls = tls
         self.host = "127.0.0.1"
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="gchat-redis-")
@@ -43,9 +46,13 @@ class RedisServer:
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}{self.host}:{self.port}/0?ssl_ca_certs={self.tls[2]}"
         return f"redis://{auth}{self.host}:{self.port}/0"
 
     def client(self, **kw) -> redis.Redis:
+        if self.tls:
+            kw.update(ssl=True, ssl_ca_certs=str(self.tls[2]))
         return redis.Redis(host=self.host, port=self.port, password=self.password, **kw)
 
     def start(self, timeout=START_TIMEOUT):
@@ -68,7 +75,10 @@ class RedisServer:
             time.sleep(POLL_INTERVAL)  # bounded by the deadline: the port frees itself
 
     def _spawn(self):
-        argv = [self.executable, "--port", str(self.port), "--bind", self.host,
+        port = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls[0]),
+                "--tls-key-file", str(self.tls[1]), "--tls-ca-cert-file", str(self.tls[2]),
+                "--tls-auth-clients", "no"] if self.tls else ["--port", str(self.port)]
+        argv = [self.executable, *port, "--bind", self.host,
                 "--save", "", "--appendonly", "no", "--dir", self.dir,
                 "--logfile", self.log_path, "--daemonize", "no"]
         if self.password:

@@ -349,3 +349,24 @@ def test_client_sockets_stay_plain_once_redis_py_patched_the_socket_module(tmp_p
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=30)
     assert proc.returncode == 0 and proc.stdout.strip() == "plain", proc.stderr
+
+
+def test_rediss_means_tls_to_redis(start_gchat, tmp_path):
+    from test_e2e_tls import make_ca, make_cert
+    ca = make_ca(tmp_path)
+    cert, key = make_cert(tmp_path, "redis")
+    server = RedisServer(tls=(cert, key, ca)).start()
+    try:
+        assert server.url.startswith("rediss://")
+        a, b = start_gchat("--redis", server.url), start_gchat("--redis", server.url)
+        alice, bob = a.named("alice"), b.named("bob")
+        alice.expect("bob has arrived", skip=True)
+        bob.say("over TLS")
+        alice.expect("bob: over TLS", skip=True)
+        # The same Redis in plain text is refused: it speaks TLS only.
+        plain = server.url.replace("rediss://", "redis://").split("?")[0]
+        proc = subprocess.run([gchat_path(), "--port", "0", "--redis", plain],
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 1 and "cannot reach Redis" in proc.stderr, proc.stderr
+    finally:
+        server.stop()
