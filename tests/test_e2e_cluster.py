@@ -370,3 +370,22 @@ def test_rediss_means_tls_to_redis(start_gchat, tmp_path):
         assert proc.returncode == 1 and "cannot reach Redis" in proc.stderr, proc.stderr
     finally:
         server.stop()
+
+
+def test_metrics_show_the_bus_and_the_cluster(start_gchat, redis_server):
+    from test_e2e_web import metrics
+    a = node(start_gchat, redis_server, "--http", "0")
+    b = node(start_gchat, redis_server)
+    alice, bob = a.named("alice"), b.named("bob")
+    alice.expect("bob has arrived", skip=True)
+    bob.say("hello")
+    alice.expect("bob: hello", skip=True)
+    samples = until(lambda: (lambda m: m if m[("gchat_cluster_nodes",)] == 2 else None)(
+        metrics(a.http_port)), what="two nodes in /metrics")
+    assert samples[("gchat_bus_up",)] == 1
+    assert samples[("gchat_bus_published_total",)] >= 1
+    assert samples[("gchat_bus_read_total",)] >= 3  # hellos, enters, the line
+    assert samples[("gchat_members", ("state", "named"))] == 1  # this node's own
+    redis_server.kill()
+    until(lambda: metrics(a.http_port)[("gchat_bus_up",)] == 0, what="bus_up 0")
+    assert metrics(a.http_port)[("gchat_bus_outages_total",)] == 1
