@@ -17,7 +17,7 @@ setup(
     python_requires=">=3.9",
     # The load generator lives under bench/ (next to its baselines and
     # RESULTS.md) but installs as the importable package gchat_bench.
-    packages=["gchat", "gchat_bench", "gchat_bench.baselines"],
+    packages=["gchat", "gchat.bus", "gchat_bench", "gchat_bench.baselines"],
     package_dir={"gchat": "gchat", "gchat_bench": "bench/gchat_bench",
                  "gchat_bench.baselines": "bench/baselines"},
     # The load generator's receive path in C (bench/gchat_bench/_scan.c).
