@@ -168,11 +168,16 @@ class GchatProcess(LoggedProcess):
         self.port = None
         self.http_port = None   # --http's port, from its log line
         self.admin_port = None  # --admin's
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        drain = threading.Thread(target=self._drain_stderr, daemon=True)
+        drain.start()
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-        if not self._listening.wait(20):
-            self.stop()
-            raise RuntimeError(f"gchat did not start: {self.stderr_text()}")
+        deadline = time.monotonic() + 20
+        while not self._listening.wait(0.1):
+            # A process that exited will never listen: say so at once.
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                drain.join(2)  # its last lines, for the message
+                raise RuntimeError(f"gchat did not start: {self.stderr_text()}")
         self.host = "127.0.0.1"
 
     def _drain_stderr(self):
