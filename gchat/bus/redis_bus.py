@@ -466,8 +466,17 @@ class RedisBus:
                     self._fail(err)
                     break
                 now = time.monotonic()
-                for _ in batch:
-                    item = self.pending.popleft()
+                for item in batch:
+                    # By identity: a resync may have put entries back in
+                    # front of them meanwhile (then those go out next).
+                    pending = self.pending
+                    if pending and pending[0] is item:
+                        pending.popleft()
+                    else:
+                        try:
+                            pending.remove(item)
+                        except ValueError:
+                            continue
                     self.held_lines -= item[3]
                     if item[3]:
                         # Only entries with lines are kept to publish again:
