@@ -48,6 +48,14 @@ BUS_DOWN = "the cluster's bus (Redis) is unavailable; your line was not sent"
 CLAIM_PENDING = "wait: your name is still being checked"
 
 
+def _release_if_empty(table: dict):
+    """A dict keeps the room it grew to after its items go; one emptied
+    after a storm (thousands of claims out at once) gives it back, so that
+    an idle member costs what it cost before the storm."""
+    if not table:
+        table.clear()
+
+
 class Remote:
     """A member this node does not serve: on another node, or a local
     client that has left but whose departure has not come back yet."""
@@ -78,7 +86,10 @@ class ClusterChat(Chat):
         self.claims = {}      # conn -> (name, renaming): asked the bus, no answer yet
         self.claiming = {}    # name_key -> conn: the same, by name
         self.entering = {}    # name_key -> conn: its "enter" is out, not back yet
-        self.published = {}   # conn -> [name, room]: our members, as we published them
+        # conn -> [name, room] as published, while that differs from what
+        # has been applied (its "enter", /nick or /join is out); otherwise
+        # conn.name and conn.room say it, and no memory is spent on it.
+        self.published = {}
         self.nodes = {}       # node id -> {Remote: None}, in order (ours: the departed)
         self.lost = set()     # nodes whose departure was applied
         self.backlog = lambda: 0  # lines the bus holds unpublished (the hub sets it)
@@ -150,6 +161,7 @@ class ClusterChat(Chat):
                     self.inflight[conn] = left
                 else:
                     self._maybe_free(conn)
+        _release_if_empty(self.inflight)
 
     def claimed(self, conn, name: str, error):
         """The bus's answer to a claim: error is None when conn got name."""
@@ -157,6 +169,8 @@ class ClusterChat(Chat):
         key = p.name_key(name)
         if self.claiming.get(key) is conn:
             del self.claiming[key]
+        _release_if_empty(self.claiming)
+        _release_if_empty(self.claims)
         if conn not in self.connected:
             if error is None:
                 self.requests.append(("release", key))
@@ -166,7 +180,7 @@ class ClusterChat(Chat):
             if not renaming:
                 self.lobby.out.send(conn, p.NAME_PROMPT_AGAIN, member=False)
         elif renaming:
-            published = self.published[conn]
+            published = self._publishing(conn)
             old, published[0] = published[0], name
             self._publish(["nick", old, name], conn)
         else:
@@ -228,7 +242,11 @@ class ClusterChat(Chat):
             return
         if conn.room is None and conn in self.published:
             return  # its "enter" is out
+        if conn.room is not None:
+            self.published.pop(conn, None)  # all of it applied: conn says it
+            _release_if_empty(self.published)
         held = self.busy.pop(conn, None)
+        _release_if_empty(self.busy)
         if held:
             self._held -= len(held)
             if conn in self.connected:
@@ -241,6 +259,21 @@ class ClusterChat(Chat):
         if conn is not None:
             self._senders.add(conn)
             self._set_busy(conn)
+
+    def _publishing(self, conn) -> list:
+        """conn's [name, room] as published, to be changed by what it
+        publishes now."""
+        published = self.published.get(conn)
+        if published is None:
+            published = self.published[conn] = [conn.name, conn.room.name]
+        return published
+
+    def _as_published(self, conn):
+        """conn's [name, room] as its published operations say, or None."""
+        published = self.published.get(conn)
+        if published is None and conn.room is not None:
+            return [conn.name, conn.room.name]
+        return published
 
     def _publish_enter(self, conn, name):
         key = p.name_key(name)
@@ -276,7 +309,7 @@ class ClusterChat(Chat):
             # What it sent before it went still counts, as on one server:
             # handled now, on the state it published.
             self._held -= len(held)
-            if conn in self.published:
+            if conn.room is not None or conn in self.published:
                 for line in held:
                     super().lines(conn, [line])
                     if conn not in self.connected:
@@ -315,13 +348,14 @@ class ClusterChat(Chat):
             reason = NODE_STOPPED
         else:
             reason = detail if why == Why.QUIT else LEFT_REASON[why]
-        name = self.published.pop(conn)[0]
+        name = (self.published.pop(conn, None) or [conn.name])[0]
         self._publish(["leave", name, reason])
 
     def _speak(self, conn, line: str, keep: bool):
         if self._room_for_line(conn):
             self._queued_lines += 1
-            self._publish(["say", self.published[conn][1], line, keep], conn)
+            room = self.published[conn][1] if conn in self.published else conn.room.name
+            self._publish(["say", room, line, keep], conn)
 
     def _room_for_line(self, conn, held: int = 0) -> bool:
         """Whether the bus can take one more line; if not, conn is told."""
@@ -344,7 +378,7 @@ class ClusterChat(Chat):
         if new == conn.name:
             return
         if new_key == old_key:  # only its spelling changes: nothing to claim
-            self.published[conn][0] = new
+            self._publishing(conn)[0] = new
             self._publish(["nick", conn.name, new], conn)
             return
         self._claim(conn, new, renaming=True)
@@ -380,7 +414,7 @@ class ClusterChat(Chat):
                               "join an existing one (/rooms lists them)")
             return
         name = room.name if room is not None else name
-        self.published[conn][1] = name
+        self._publishing(conn)[1] = name
         self._publish(["join", conn.name, name], conn)
 
     # ------------------------------------------------------------------
@@ -427,6 +461,7 @@ class ClusterChat(Chat):
         key = p.name_key(name)
         room = self.rooms.ensure(room_name)
         conn = self.entering.pop(key, None) if node == self.node else None
+        _release_if_empty(self.entering)
         if conn is not None and conn in self.connected:
             # The string it published, not the copy the entry decoded to:
             # one string per name per client.
@@ -513,7 +548,8 @@ class ClusterChat(Chat):
             self._publish_present()
 
     def _publish_present(self):
-        self._publish(["present", True, [list(pair) for pair in self.published.values()]])
+        members = (self._as_published(conn) for conn in self.connected)
+        self._publish(["present", True, [pair for pair in members if pair is not None]])
 
     def _apply_present(self, node, now, _full, pairs):
         """node's members are pairs: made so here silently (this is a
