@@ -59,3 +59,10 @@ soak() { name=$1; shift; want "$name" || return 0
 soak i10_soak --duration 120 --clients 200 --nodes 2 --json
 # The one-process figures are kept (no --redis: nothing of the bus runs).
 run i10_regress_saturate saturate --clients 1000 --duration 5 --window 16 --spawn "" --repeat 3
+# The same at 5,000 and 15,000 clients: the slope between them is the cost
+# of one more connection, without the constant part (redis-py's buffers
+# and connections) that the per-client figure above spreads over 10,000.
+run i10_idle_alone_5k  idle --clients 5000  --duration 5 --spawn "" --repeat 3
+run i10_idle_alone_15k idle --clients 15000 --duration 5 --spawn "" --repeat 3
+run i10_idle_node_5k   idle --clients 5000  --duration 5 --spawn "" --spawn-cluster 1 --repeat 3
+run i10_idle_node_15k  idle --clients 15000 --duration 5 --spawn "" --spawn-cluster 1 --repeat 3
