@@ -95,13 +95,14 @@ class ClusterChat(Chat):
         self.backlog = lambda: 0  # lines the bus holds unpublished (the hub sets it)
         self.bus_up = lambda: True  # whether Redis answers (the hub sets it)
         self._queued_lines = 0
-        # One client, one order.  A client whose last claim or operation
-        # has not come back yet is busy: what it types meanwhile is held
-        # and handled once it has, so that each line and command acts on
-        # the state its earlier ones made (a line after /join goes to the
-        # new room; /who after /join answers for it), and every answer
-        # comes in the order of the lines that asked.  A burst so costs a
-        # round trip, and the held lines then go out as one entry.
+        # One client, one order.  A client whose claim, /join or /nick is
+        # out is busy: what it types meanwhile is held and handled once that
+        # is back, so that each line and command acts on the state its
+        # earlier ones made (a line after /join goes to the new room).  A
+        # command (or an error) of a client whose chat lines are out waits
+        # for them too, so that every answer comes in the order asked.  A
+        # plain chat line needs only its room, as published, and goes out
+        # at once behind the client's earlier ones.
         self.busy = {}           # conn -> lines held while it is busy
         self._held = 0           # lines held over all clients (the outage bound)
         self._senders = set()    # conns that published in this batch
@@ -216,10 +217,23 @@ class ClusterChat(Chat):
     def lines(self, conn, lines):
         busy = self.busy
         for index, line in enumerate(lines):
-            if conn in busy:
+            if conn in busy or (self._out(conn) and self._asks(conn, line)):
+                self._set_busy(conn)
                 self._hold(conn, lines[index:])
                 return
             super().lines(conn, [line])
+
+    def _out(self, conn) -> bool:
+        """Whether some line or /msg of conn's has not come back yet."""
+        return conn in self.inflight or conn in self._senders
+
+    def _asks(self, conn, line) -> bool:
+        """Whether line may be answered here or change what conn is: all
+        but a named client's chat line, which needs nothing but the room
+        it was published to, and so may follow its earlier ones at once."""
+        if line is p.TOO_LONG or conn.name is None:
+            return True
+        return not self.compat and line[:1] == b"/"
 
     def _hold(self, conn, lines):
         """Lines of a busy client, for later.  While Redis answers, its
@@ -227,7 +241,7 @@ class ClusterChat(Chat):
         an outage they count against bus_backlog with what the bus holds."""
         held = self.busy[conn]
         for line in lines:
-            if self.bus_up() or self._room_for_line(conn, self._held):
+            if self._room_for_line(conn, self._held):
                 held.append(line)
                 self._held += 1
 
@@ -252,13 +266,15 @@ class ClusterChat(Chat):
             if conn in self.connected:
                 self.lines(conn, held)
 
-    def _publish(self, op, conn=None):
+    def _publish(self, op, conn=None, hold=True):
         """op into this batch's entry; conn: the client it is from, busy
-        until it comes back."""
+        until it comes back if hold (a /join, a /nick: what it types next
+        depends on them)."""
         self.outgoing.append(op)
         if conn is not None:
             self._senders.add(conn)
-            self._set_busy(conn)
+            if hold:
+                self._set_busy(conn)
 
     def _publishing(self, conn) -> list:
         """conn's [name, room] as published, to be changed by what it
@@ -355,11 +371,13 @@ class ClusterChat(Chat):
         if self._room_for_line(conn):
             self._queued_lines += 1
             room = self.published[conn][1] if conn in self.published else conn.room.name
-            self._publish(["say", room, line, keep], conn)
+            self._publish(["say", room, line, keep], conn, hold=False)
 
     def _room_for_line(self, conn, held: int = 0) -> bool:
-        """Whether the bus can take one more line; if not, conn is told."""
-        if self.backlog() + self._queued_lines + held < self.config.bus_backlog:
+        """Whether the bus can take one more line; if not, conn is told.
+        The bound is for an outage: while Redis answers, what waits is a
+        round trip's worth."""
+        if self.bus_up() or self.backlog() + self._queued_lines + held < self.config.bus_backlog:
             return True
         self.counts["bus_refused"] += 1
         self.counts["errors"] += 1
@@ -394,7 +412,7 @@ class ClusterChat(Chat):
         if not self._room_for_line(conn):
             return
         self._queued_lines += 1
-        self._publish(["msg", conn.name, target.name, command.text], conn)
+        self._publish(["msg", conn.name, target.name, command.text], conn, hold=False)
         if target is not conn:
             self._tell(conn, p.render_private_to_sender(conn.name, target.name, command.text))
 

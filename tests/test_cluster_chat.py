@@ -54,22 +54,20 @@ def test_concurrent_lines_of_two_nodes_are_seen_in_the_streams_order_everywhere(
     h.step("A")
     h.say(bob, "b1")
     h.step("B")
-    h.say(ann, "a2")    # held: a1 has not come back to ann yet
+    h.say(ann, "a2")    # a chat line goes out at once, a1 still out or not
     h.say(bob, "b2")
     h.step("B", "A")
     h.say(amy, "a3")
     h.step("A")
     h.deliver("B")       # B reads everything; A has read nothing yet
-    assert h.take_now(bob) == ["ann: a1", "bob: b1", "amy: a3"]
+    expected = ["ann: a1", "bob: b1", "bob: b2", "ann: a2", "amy: a3"]
+    assert h.take_now(bob) == expected
     assert h.take_now(ann) == []  # its own line is not back at A yet
-    h.deliver("A", limit=1)
-    assert h.take_now(ann) == ["ann: a1"]
-    h.run()
-    seen = h.take_all(ann, amy, bob, bea)
-    assert seen[0][:2] == ["bob: b1", "amy: a3"]
-    assert sorted(seen[0][2:]) == ["ann: a2", "bob: b2"]
-    assert seen[1] == seen[3] == ["ann: a1"] + seen[0]
-    assert seen[2] == seen[0][2:]  # bob took the first three above
+    h.deliver("A", limit=2)
+    assert h.take_now(ann) == expected[:2]
+    assert h.take_all(amy, bea) == [expected, expected]
+    assert h.take_now(ann) == expected[2:]
+    assert h.take_now(bob) == []
 
 
 @settings(max_examples=60, deadline=None)
@@ -690,6 +688,7 @@ def test_a_full_bus_refuses_lines_says_so_and_publishes_nothing():
     ann, bob = h.named("A", "ann"), h.named("B", "bob")
     settled(h, ann, bob)
     h.chat("A").backlog = lambda: 10 ** 9
+    h.chat("A").bus_up = lambda: False  # the bound is for an outage
     before = len(h.stream)
     h.say(ann, "lost?", "/me tries", "/msg bob psst")
     assert h.take(ann) == [f"error: {BUS_DOWN}"] * 3
@@ -807,10 +806,23 @@ def test_a_client_that_leaves_with_lines_held_leaves_nothing_behind():
     h = Cluster()
     ann, bob = h.named("A", "ann"), h.named("B", "bob")
     settled(h, ann, bob)
-    h.say(ann, "one", "two", "three")  # two and three wait for one
+    h.say(ann, "one", "/me waves", "three")  # the command waits for one, three for it
     chat = h.chat("A")
-    assert chat.busy.get(ann) == [b"two", b"three"]
+    assert chat.busy.get(ann) == [b"/me waves", b"three"]
     h.disconnect(ann)
-    assert h.take(bob) == ["ann: one", "ann: two", "ann: three", "ann has left"]
+    assert h.take(bob) == ["ann: one", "* ann waves", "ann: three", "ann has left"]
     assert ann not in chat.busy and ann not in chat.inflight and chat._held == 0
     assert not chat.awaiting or all(ann not in conns for _, conns in chat.awaiting)
+
+
+def test_chat_lines_follow_each_other_at_once_and_a_command_waits_for_them():
+    h = Cluster()
+    ann, bob = h.named("A", "ann"), h.named("B", "bob")
+    settled(h, ann, bob)
+    h.say(ann, "one")
+    h.step("A")              # one is out
+    h.say(ann, "two", "/who", "three")
+    chat = h.chat("A")
+    assert chat.busy.get(ann) == [b"/who", b"three"]  # two went out at once
+    assert h.take(ann) == ["ann: one", "ann: two", "Here now (2): ann, bob", "ann: three"]
+    assert h.take(bob) == ["ann: one", "ann: two", "ann: three"]
