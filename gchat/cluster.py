@@ -14,7 +14,8 @@ reads them back, in the stream's order, like everyone else's:
   claimed() event: atomic, so two nodes can never hand out one name), and
   the client is named, greeted and given its roster and history when its
   "enter" comes back; what it types meanwhile is held and replayed;
-- /join, /nick and departures likewise.
+- /join, /nick and departures likewise (see ClusterChat.__init__ on
+  what a client's later lines wait for).
 
 Members served by other nodes are `Remote` objects: in their room's
 `remote` set, counted in rosters, /who and /rooms, never delivered to.  A
@@ -45,7 +46,6 @@ log = logging.getLogger("gchat")
 NODE_LOST = "server lost"
 NODE_STOPPED = "server stopped"
 BUS_DOWN = "the cluster's bus (Redis) is unavailable; your line was not sent"
-CLAIM_PENDING = "wait: your name is still being checked"
 
 
 def _release_if_empty(table: dict):
