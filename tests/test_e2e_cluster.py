@@ -389,3 +389,22 @@ def test_metrics_show_the_bus_and_the_cluster(start_gchat, redis_server):
     redis_server.kill()
     until(lambda: metrics(a.http_port)[("gchat_bus_up",)] == 0, what="bus_up 0")
     assert metrics(a.http_port)[("gchat_bus_outages_total",)] == 1
+
+
+def test_a_node_stopped_gracefully_says_so_and_frees_its_names(start_gchat, redis_server):
+    a, b = node(start_gchat, redis_server), node(start_gchat, redis_server)
+    alice = a.named("alice")
+    bob = b.named("bob")
+    alice.expect("bob has arrived", skip=True)
+    b.signal(signal.SIGTERM)
+    assert b.wait() == 0
+    bob.expect("Server shutting down. Goodbye.", skip=True)
+    alice.expect(r"bob has left \(server stopped\)", skip=True)
+    r = redis.Redis.from_url(redis_server.url)
+    assert r.hget("gchat:names", "bob") is None
+    again = a.named("bob")  # at once: no heartbeat to wait for
+    alice.expect("bob has arrived", skip=True)
+    # No "(server lost)" for the stopped node after its heartbeat expires
+    # (--node-timeout 1): the new bob stays.
+    assert alice.quiet(2.5)
+    again.close()
