@@ -249,24 +249,31 @@ class Chat:
         if target is not conn:
             self._tell(conn, p.render_private_to_sender(conn.name, target.name, command.text))
 
-    def _join(self, conn, command):
+    def _join_target(self, conn, command):
+        """The name of the room /join asks for, as it is (or will be)
+        spelt, or None when conn has been told why not."""
         name = command.room[1:] if command.room.startswith("#") else command.room
         problem = p.validate_room_name(name, self.config.room_name_max)
         if problem is not None:
             self._error(conn, problem)
+            return None
+        key = p.name_key(name)
+        if key == conn.room.key:
+            self._error(conn, f"you are already in #{conn.room.name}")
+            return None
+        room = self.rooms.get(key)
+        if room is None and not self.rooms.can_create():
+            self._error(conn, f"too many rooms ({len(self.rooms)}); "
+                              "join an existing one (/rooms lists them)")
+            return None
+        return name if room is None else room.name
+
+    def _join(self, conn, command):
+        name = self._join_target(conn, command)
+        if name is None:
             return
         old = conn.room
-        key = p.name_key(name)
-        if key == old.key:
-            self._error(conn, f"you are already in #{old.name}")
-            return
-        room = self.rooms.get(key)
-        if room is None:
-            room = self.rooms.create(name)
-            if room is None:
-                self._error(conn, f"too many rooms ({len(self.rooms)}); "
-                                  "join an existing one (/rooms lists them)")
-                return
+        room = self.rooms.get(p.name_key(name)) or self.rooms.create(name)
         now = self._clock()
         carried = old.leave(conn, p.render_joined_reason(room.name), moving=True, now=now)
         self.rooms.vacated(old)

@@ -417,21 +417,9 @@ class ClusterChat(Chat):
             self._tell(conn, p.render_private_to_sender(conn.name, target.name, command.text))
 
     def _join(self, conn, command):
-        name = command.room[1:] if command.room.startswith("#") else command.room
-        problem = p.validate_room_name(name, self.config.room_name_max)
-        if problem is not None:
-            self._error(conn, problem)
+        name = self._join_target(conn, command)
+        if name is None:
             return
-        key = p.name_key(name)
-        if key == conn.room.key:
-            self._error(conn, f"you are already in #{conn.room.name}")
-            return
-        room = self.rooms.get(key)
-        if room is None and len(self.rooms) >= self.config.max_rooms and not self.rooms.empty:
-            self._error(conn, f"too many rooms ({len(self.rooms)}); "
-                              "join an existing one (/rooms lists them)")
-            return
-        name = room.name if room is not None else name
         self._publishing(conn)[1] = name
         self._publish(["join", conn.name, name], conn)
 

@@ -41,6 +41,10 @@ class RoomRegistry:
         room = self.rooms[key] = Room(name, key, self.config, self._dirty, self._holding)
         return room
 
+    def can_create(self) -> bool:
+        """Whether create() would make a room now."""
+        return len(self.rooms) < self.config.max_rooms or bool(self.empty)
+
     def create(self, name: str) -> Optional[Room]:
         """A new room called name, or None when max_rooms rooms exist and
         none of them is empty."""
