@@ -17,7 +17,7 @@ setup(
     python_requires=">=3.9",
     # The load generator lives under bench/ (next to its baselines and
     # RESULTS.md) but installs as the importable package gchat_bench.
-    packages=["gchat", "gchat.bus", "gchat_bench", "gchat_bench.baselines"],
+    packages=["gchat", "gchat.bus", "gchat.transport", "gchat_bench", "gchat_bench.baselines"],
     package_dir={"gchat": "gchat", "gchat_bench": "bench/gchat_bench",
                  "gchat_bench.baselines": "bench/baselines"},
     # The load generator's receive path in C (bench/gchat_bench/_scan.c).
@@ -26,7 +26,7 @@ setup(
     # gchat-bench then says "scan: python" in its output.
     ext_modules=[Extension("gchat_bench._scan", ["bench/gchat_bench/_scan.c"],
                            optional=True)],
-    # The chat page and its files (web.py serves every file in gchat/static).
+    # The chat page and its files (transport/http.py serves every file in gchat/static).
     package_data={"gchat": ["static/*"]},
     # gevent for the server; h11, wsproto and prometheus-client, small and
     # pure Python, so that --http works after a plain `pip install .`.

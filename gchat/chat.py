@@ -17,14 +17,20 @@ is in no room; what it is told goes through the lobby's Fanout.
 from typing import Optional
 
 from gchat import protocol as p
-from gchat.room import LEFT_REASON, PEER_GONE, Why
+from gchat.events import PEER_GONE, Why
 from gchat.rooms import RoomRegistry
-
-__all__ = ["Chat", "Why", "PEER_GONE"]
 
 
 class Chat:
-    """Connections, names, rooms and commands.  See the module docstring."""
+    """Connections, names, rooms and commands.  See the module docstring.
+
+    ClusterChat (cluster.py) is a Chat whose changes go through the bus; it
+    overrides the hooks _accept_name, _rename, _speak, _leave_room and
+    _taken, and SHUTDOWN_REASON, and shares every rule besides."""
+
+    # What the others are told of a member that leaves because its server
+    # stops: nothing here, since they all leave too.
+    SHUTDOWN_REASON: Optional[str] = None
 
     def __init__(self, config, stats=None, clock=None):
         """stats: a callable returning the counters /stats shows (the hub's);
@@ -69,7 +75,7 @@ class Chat:
                 return  # it left in the middle of these lines (/quit)
             if line is p.TOO_LONG:
                 self.counts["too_long"] += 1
-                self._error(conn, f"line longer than {self.config.max_line} bytes discarded")
+                self._error(conn, p.render_line_too_long(self.config.max_line))
                 continue
             self.counts["lines"] += 1
             text = p.decode(line)
@@ -107,12 +113,14 @@ class Chat:
         key = p.name_key(conn.name)
         if self.names.get(key) is conn:
             del self.names[key]
-        if why == Why.SHUTDOWN:
-            reason = None
-        else:
-            reason = detail if why == Why.QUIT else LEFT_REASON[why]
-        room.leave(conn, reason, moving=False, now=self._clock())
+        room.leave(conn, self._leave_reason(why, detail), moving=False, now=self._clock())
         self.rooms.vacated(room)
+
+    def _leave_reason(self, why: str, detail: str) -> Optional[str]:
+        """What the others see after "NAME has left", None for nothing."""
+        if why == Why.SHUTDOWN:
+            return self.SHUTDOWN_REASON
+        return detail if why == Why.QUIT else p.LEFT_REASON[why]
 
     def shutdown(self):
         """Tell everyone the server is stopping, and let them all go."""
@@ -170,9 +178,9 @@ class Chat:
         if why == Why.NAME_TIMEOUT:
             return p.render_name_timeout(self.config.name_timeout)
         if why == Why.FAULT:
-            return p.render_error("internal server error; disconnecting")
+            return p.INTERNAL_ERROR
         if why == Why.QUIT:
-            return "Goodbye."
+            return p.GOODBYE
         if why == Why.HTTP:
             return p.NOT_HTTP
         return None
@@ -195,14 +203,22 @@ class Chat:
         self.counts["arrivals"] += 1
         self.lobby.enter(conn, [p.render_you_are(name)], b"", self._clock())
 
+    def _taken(self, key: str) -> bool:
+        """Whether the name whose name_key is key belongs to someone."""
+        return key in self.names
+
     def _choose_name(self, conn, name: str):
         problem = p.validate_name(name)
-        if problem is None and p.name_key(name) in self.names:
-            problem = f"the name {name} is taken"
+        if problem is None and self._taken(p.name_key(name)):
+            problem = p.render_name_taken(name)
         if problem is not None:
             self._error(conn, problem)
             self.lobby.out.send(conn, p.NAME_PROMPT_AGAIN, member=False)
             return
+        self._accept_name(conn, name)
+
+    def _accept_name(self, conn, name: str):
+        """conn may have name, a free and valid one."""
         self._register(conn, name)
 
     # ------------------------------------------------------------------
@@ -222,13 +238,16 @@ class Chat:
         new = command.name
         problem = p.validate_name(new)
         old_key, new_key = p.name_key(conn.name), p.name_key(new)
-        if problem is None and new_key != old_key and new_key in self.names:
-            problem = f"the name {new} is taken"
+        if problem is None and new_key != old_key and self._taken(new_key):
+            problem = p.render_name_taken(new)
         if problem is not None:
             self._error(conn, problem)
             return
-        if new == conn.name:
-            return
+        if new != conn.name:
+            self._rename(conn, new, old_key, new_key)
+
+    def _rename(self, conn, new: str, old_key: str, new_key: str):
+        """conn takes the name new, a free and valid one."""
         # The room sees the change, the renamed client included: that is
         # its confirmation (IRC's NICK works the same way).
         conn.room.say(p.render_nick(conn.name, new), keep=False)
@@ -239,7 +258,7 @@ class Chat:
     def _msg(self, conn, command):
         target = self.names.get(p.name_key(command.target))
         if target is None:
-            self._error(conn, f"no such user: {command.target}")
+            self._error(conn, p.render_no_such_user(command.target))
             return
         if target in target.room.arriving:
             # Its roster and history first: it is told of the room before
@@ -259,12 +278,11 @@ class Chat:
             return None
         key = p.name_key(name)
         if key == conn.room.key:
-            self._error(conn, f"you are already in #{conn.room.name}")
+            self._error(conn, p.render_already_in(conn.room.name))
             return None
         room = self.rooms.get(key)
         if room is None and not self.rooms.can_create():
-            self._error(conn, f"too many rooms ({len(self.rooms)}); "
-                              "join an existing one (/rooms lists them)")
+            self._error(conn, p.render_too_many_rooms(len(self.rooms)))
             return None
         return name if room is None else room.name
 

@@ -38,14 +38,8 @@ from collections import deque
 
 from gchat import protocol as p
 from gchat.chat import Chat
-from gchat.room import LEFT_REASON, Why
 
 log = logging.getLogger("gchat")
-
-# What the others see after "NAME has left" when a node goes.
-NODE_LOST = "server lost"
-NODE_STOPPED = "server stopped"
-BUS_DOWN = "the cluster's bus (Redis) is unavailable; your line was not sent"
 
 
 def _release_if_empty(table: dict):
@@ -77,6 +71,9 @@ class Remote:
 
 class ClusterChat(Chat):
     """A Chat whose changes go through the bus.  See the module docstring."""
+
+    # A node that stops takes its members with it; the others stay.
+    SHUTDOWN_REASON = p.NODE_STOPPED
 
     def __init__(self, config, node: str, stats=None, clock=None):
         super().__init__(config, stats=stats, clock=clock)
@@ -298,7 +295,8 @@ class ClusterChat(Chat):
         self._set_busy(conn)
         self._publish(["enter", name, self.lobby.name])
 
-    def _taken(self, key) -> bool:
+    def _taken(self, key: str) -> bool:
+        # Also the names on their way: asked of Redis, or entering.
         return key in self.names or key in self.entering or key in self.claiming
 
     def _claim(self, conn, name, renaming):
@@ -307,14 +305,8 @@ class ClusterChat(Chat):
         self._set_busy(conn)
         self.requests.append(("claim", conn, name))
 
-    def _choose_name(self, conn, name: str):
-        problem = p.validate_name(name)
-        if problem is None and self._taken(p.name_key(name)):
-            problem = f"the name {name} is taken"
-        if problem is not None:
-            self._error(conn, problem)
-            self.lobby.out.send(conn, p.NAME_PROMPT_AGAIN, member=False)
-            return
+    def _accept_name(self, conn, name: str):
+        # Free here; Redis says whether it is free everywhere (claimed()).
         self._claim(conn, name, renaming=False)
 
     def depart(self, conn, why: str, detail: str = ""):
@@ -360,12 +352,8 @@ class ClusterChat(Chat):
         self._publish_leave(conn, why, detail)
 
     def _publish_leave(self, conn, why, detail):
-        if why == Why.SHUTDOWN:
-            reason = NODE_STOPPED
-        else:
-            reason = detail if why == Why.QUIT else LEFT_REASON[why]
         name = (self.published.pop(conn, None) or [conn.name])[0]
-        self._publish(["leave", name, reason])
+        self._publish(["leave", name, self._leave_reason(why, detail)])
 
     def _speak(self, conn, line: str, keep: bool):
         if self._room_for_line(conn):
@@ -381,20 +369,10 @@ class ClusterChat(Chat):
             return True
         self.counts["bus_refused"] += 1
         self.counts["errors"] += 1
-        self._tell(conn, p.render_error(BUS_DOWN))
+        self._tell(conn, p.render_error(p.BUS_DOWN))
         return False
 
-    def _nick(self, conn, command):
-        new = command.name
-        problem = p.validate_name(new)
-        old_key, new_key = p.name_key(conn.name), p.name_key(new)
-        if problem is None and new_key != old_key and self._taken(new_key):
-            problem = f"the name {new} is taken"
-        if problem is not None:
-            self._error(conn, problem)
-            return
-        if new == conn.name:
-            return
+    def _rename(self, conn, new: str, old_key: str, new_key: str):
         if new_key == old_key:  # only its spelling changes: nothing to claim
             self._publishing(conn)[0] = new
             self._publish(["nick", conn.name, new], conn)
@@ -407,7 +385,7 @@ class ClusterChat(Chat):
         target = self.names.get(p.name_key(command.target))
         if target is None or (isinstance(target, Remote) and target.node == self.node):
             # (A Remote of ours has left; its departure is on its way.)
-            self._error(conn, f"no such user: {command.target}")
+            self._error(conn, p.render_no_such_user(command.target))
             return
         if not self._room_for_line(conn):
             return

@@ -1,6 +1,6 @@
 """The broadcaster greenlet: the one owner of the chat (names, rooms).
 
-Readers put events on `inbox`, a gevent Queue; the hub waits on it as the
+Readers put events (events.py) on `inbox`, a gevent Queue; the hub waits on it as the
 seed's broadcaster waits in select.  On each wake-up it drains every
 pending event, lets the Chat apply them, and flushes the batch: rendered
 once per room, offered to every member's Outbox with a non-blocking send.  It never
@@ -15,25 +15,12 @@ import gevent
 from gevent.event import Event
 from gevent.queue import Empty, Queue
 
-from gchat.chat import PEER_GONE, Chat, Why
+from gchat.chat import Chat
+from gchat.events import (ARRIVE, BUS, CLAIMED, INBOX_FULL, LEAVE, LINES, PEER_GONE, RESYNC,
+                          SHUTDOWN, WATCHDOG, Why)
 from gchat.logs import fields as log_fields
 
 log = logging.getLogger("gchat")
-
-# Event kinds: (kind, conn, payload) tuples on the inbox.
-ARRIVE = "arrive"      # payload: None
-LINES = "lines"        # payload: list of lines (bytes or protocol.TOO_LONG)
-LEAVE = "leave"        # payload: a room.Why
-SHUTDOWN = "shutdown"  # conn and payload: None
-# From the cluster's bus (bus/redis_bus.py), only with --redis:
-BUS = "bus"            # payload: entries read from the stream (new, in order)
-CLAIMED = "claimed"    # conn: who asked; payload: (name, error or None)
-RESYNC = "resync"      # Redis came back empty; payload: our first seq published again
-# payload: a callable, called here so that it runs only while the hub's
-# loop turns (systemd.py's watchdog ping stops when the hub is stuck).
-WATCHDOG = "watchdog"
-
-INBOX_FULL = 2  # the reason a reader waits in Hub.paused (server._INBOX)
 
 # Upper bounds of the buckets of two histograms kept per wake-up (not per
 # delivery) for the metrics: events handled in one batch, and seconds one

@@ -2,8 +2,8 @@
 
 The hub offers bytes; the outbox first tries to hand them straight to the
 kernel with a non-blocking send.  Whatever the kernel refuses is parked, in
-order, and the connection's writer greenlet is woken to send it when the
-socket drains (ergo's sendq and Redis's output buffer work the same way).
+order, and the connection's writer (a write watcher) is started to send
+it when the socket drains (ergo's sendq and Redis's output buffer work the same way).
 If parked bytes would pass `limit`, the slow-client policy decides
 (exercise 8.15):
 
@@ -43,13 +43,7 @@ class Outbox:
         if self.broken:
             return True
         if self._parked:
-            if self.parked_bytes + len(data) > self.limit and not force:
-                return self._over_limit(data)
-            if self.missed:
-                self._park(self._notice(p.render_missed(self.missed)))
-                self.missed = 0
-            self._park(data)
-            return True
+            return self._queue(data, force)
         try:
             sent = self._send(data)
         except BlockingIOError:
@@ -62,6 +56,22 @@ class Outbox:
             self._park(data[sent:])
             self._wake()
         return True
+
+    def _queue(self, data: bytes, force: bool) -> bool:
+        """data behind what is parked already: within the limit (or
+        forced), after the notice of what was missed, if any."""
+        if self.parked_bytes + len(data) > self.limit and not force:
+            return self._over_limit(data)
+        if self.missed:
+            self._park(self._notice(p.render_missed(self.missed)))
+            self.missed = 0
+        self._park(self._seal(data))
+        return True
+
+    def _seal(self, data: bytes) -> bytes:
+        """data, offered, as it is parked (TLS encrypts it here, in order
+        after the notice)."""
+        return data
 
     def _over_limit(self, data: bytes) -> bool:
         if not self.drop_policy:

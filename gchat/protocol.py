@@ -13,6 +13,8 @@ import re
 import unicodedata
 from typing import NamedTuple, Optional
 
+from gchat.events import Why
+
 # --------------------------------------------------------------------------
 # Splitting bytes into lines
 
@@ -321,10 +323,46 @@ SENDQ_EXCEEDED = "error: send queue exceeded; disconnecting"
 NOT_HTTP = "error: this is a chat server, not an HTTP server; connect with nc or telnet"
 SERVER_FULL = "error: server full"
 TOO_MANY_FROM_ADDRESS = "error: too many connections from your address"
+GOODBYE = "Goodbye."
+INTERNAL_ERROR = "error: internal server error; disconnecting"
+# A line that could not go out because the cluster's Redis is down and the
+# node's backlog (Config.bus_backlog) is full.
+BUS_DOWN = "the cluster's bus (Redis) is unavailable; your line was not sent"
+# A name claim that could not reach the cluster's Redis.
+BUS_DOWN_FOR_NAME = "cannot take a name now: the cluster's Redis is unavailable; try again"
+
+# What the others see after "NAME has left" (name mode only), by why the
+# client left (events.Why).  "" says nothing more.
+LEFT_REASON = {Why.EOF: "", Why.ERROR: "connection lost", Why.QUIT: "",
+               Why.IDLE: "idle timeout", Why.NAME_TIMEOUT: "", Why.SLOW: "send queue exceeded",
+               Why.SHUTDOWN: "", Why.FAULT: "server error", Why.HTTP: "not a chat client"}
+# The same when a member's whole node goes (cluster.py).
+NODE_LOST = "server lost"
+NODE_STOPPED = "server stopped"
 
 
 def render_error(reason: str) -> str:
     return f"error: {reason}"
+
+
+def render_name_taken(name: str) -> str:
+    return f"the name {name} is taken"
+
+
+def render_no_such_user(name: str) -> str:
+    return f"no such user: {name}"
+
+
+def render_line_too_long(max_line: int) -> str:
+    return f"line longer than {max_line} bytes discarded"
+
+
+def render_already_in(room: str) -> str:
+    return f"you are already in #{room}"
+
+
+def render_too_many_rooms(count: int) -> str:
+    return f"too many rooms ({count}); join an existing one (/rooms lists them)"
 
 
 def render_you_are(who: str) -> str:
@@ -428,6 +466,33 @@ def render_name_timeout(seconds: float) -> str:
 
 def render_stats(stats: dict) -> str:
     return "stats: " + " ".join(f"{key}={value}" for key, value in stats.items())
+
+
+# --------------------------------------------------------------------------
+# What the HTTP ports (transport/http.py) and a WebSocket's close frames
+# (transport/websocket.py) say.
+
+HTTP_NOT_FOUND = "404 not found"
+HTTP_GET_ONLY = "405 method not allowed"
+HTTP_UPGRADE_EXPECTED = "426 a WebSocket upgrade is expected here"
+HTTP_HEALTHY = "ok"
+HTTP_STOPPING = "shutting down"
+HTTP_ORIGIN_REFUSED = "origin not allowed"
+HTTP_SERVER_STOPPING = "server shutting down"
+WS_TEXT_ONLY = "text frames only"
+
+
+def render_http_refusal(status: int, why: str) -> str:
+    """The body of an error response after which the connection closes."""
+    return f"{status} {why}"
+
+
+def render_bad_handshake(err) -> str:
+    return f"bad WebSocket handshake: {err}"
+
+
+def render_ws_too_big(limit: int) -> str:
+    return f"message over {limit} bytes"
 
 
 def format_address(host: str, port: int) -> str:

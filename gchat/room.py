@@ -20,28 +20,6 @@ from gchat import protocol as p
 from gchat.fanout import Fanout
 
 
-class Why:
-    """Why a client leaves the server.  The hub passes one of these to Chat.depart."""
-    EOF = "eof"                    # the client closed the connection
-    ERROR = "error"                # the connection failed (reset, ...)
-    QUIT = "quit"                  # /quit
-    IDLE = "idle"                  # --idle-timeout
-    NAME_TIMEOUT = "name-timeout"  # --name-timeout
-    SLOW = "slow"                  # --sendq exceeded under --slow-policy disconnect
-    SHUTDOWN = "shutdown"          # the server is stopping
-    FAULT = "fault"                # handling one of its events raised
-    HTTP = "http"                  # its first line was an HTTP request
-
-
-# What the others see after "NAME has left" (name mode only), and whether
-# the server tries to flush the client's output before closing (pointless
-# when the peer has gone away).
-LEFT_REASON = {Why.EOF: "", Why.ERROR: "connection lost", Why.QUIT: "",
-               Why.IDLE: "idle timeout", Why.NAME_TIMEOUT: "", Why.SLOW: "send queue exceeded",
-               Why.SHUTDOWN: "", Why.FAULT: "server error", Why.HTTP: "not a chat client"}
-PEER_GONE = frozenset({Why.EOF, Why.ERROR})
-
-
 class Room:
     """Members, history and announcements of one room.
 
@@ -110,12 +88,9 @@ class Room:
             out.send_bytes(conn, prefix, member=False)
         for line in greeting:
             out.send(conn, line, member=False)
-        if not self.compat and self.size >= self.config.arrival_merge_threshold:
-            self._hold(now)
+        if self._arrival_held(self.size, now):
             self.arriving[conn] = None
             return
-        if self._held():
-            self.announce()
         if not self.compat:
             self._welcome(conn, exclude=None)
         out.broadcast(p.render_arrived(conn.name))
@@ -138,45 +113,56 @@ class Room:
             if not self._held():
                 self._holding.discard(self)  # nothing left to announce
             return carried
-        big = not self.compat and self.size >= self.config.arrival_merge_threshold
+        size = self.size
         del self.members[conn]
-        if reason is None:
-            return carried
-        if big:
-            self._hold(now)
-            self.leaving.append((conn.name, reason))
-        else:
-            self.say(p.render_left(conn.name, "" if self.compat else reason), keep=False)
+        if reason is not None:
+            self._departure(conn.name, reason, size, now)
         return carried
 
     def enter_remote(self, member, now: float):
         """A member served by another node comes in: the members here hear
         of it, as of a local arrival (held back the same way)."""
-        big = not self.compat and self.size >= self.config.arrival_merge_threshold
         self.remote[member] = None
-        if big:
-            self._hold(now)
+        if self._arrival_held(self.size - 1, now):
             self.remote_arriving.append(member)
             return
-        if self._held():
-            self.announce()
         self.out.broadcast(p.render_arrived(member.name))
 
     def leave_remote(self, member, reason, now: float):
         """A member served by another node goes; reason as for leave()."""
+        size = self.size
         del self.remote[member]
         if member in self.remote_arriving:
             self.remote_arriving.remove(member)  # never announced: nobody hears of it
             if not self._held():
                 self._holding.discard(self)
             return
-        if reason is None:
-            return
-        if not self.compat and self.size + 1 >= self.config.arrival_merge_threshold:
+        if reason is not None:
+            self._departure(member.name, reason, size, now)
+
+    def _merges(self, size: int) -> bool:
+        """Whether a room of size members holds its announcements back."""
+        return not self.compat and size >= self.config.arrival_merge_threshold
+
+    def _arrival_held(self, size: int, now: float) -> bool:
+        """An arrival into a room of size members: True when it is held
+        back (the caller records it), False when it is announced at once,
+        after whatever was held before it."""
+        if self._merges(size):
             self._hold(now)
-            self.leaving.append((member.name, reason))
+            return True
+        if self._held():
+            self.announce()
+        return False
+
+    def _departure(self, name: str, reason: str, size: int, now: float):
+        """name has left a room of size members (before it left): held
+        back with the run it belongs to, or said now."""
+        if self._merges(size):
+            self._hold(now)
+            self.leaving.append((name, reason))
         else:
-            self.say(p.render_left(member.name, "" if self.compat else reason), keep=False)
+            self.say(p.render_left(name, "" if self.compat else reason), keep=False)
 
     def _held(self) -> bool:
         return bool(self.arriving or self.leaving or self.remote_arriving)

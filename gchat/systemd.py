@@ -35,9 +35,6 @@ ROLES = ("line", "http", "admin")
 # one; systemd's own default is the socket unit's name ("gchat.socket").
 UNNAMED = "unknown"
 
-# The default of Config.notify_status_interval (see there).
-STATUS_INTERVAL = 2.0
-
 
 class ActivationError(ValueError):
     """The passed sockets cannot be served as they are named or made."""
@@ -213,7 +210,7 @@ class Notifier:
         except OSError as err:
             self.failed += 1
             # The first failure is worth a warning; the rest would repeat it
-            # every STATUS_INTERVAL.
+            # every Config.notify_status_interval.
             (log.warning if self.failed == 1 else log.debug)(
                 "sd_notify to %r failed: %s", self.address, err)
             return False
@@ -235,7 +232,7 @@ class Notifier:
         """WATCHDOG=1 every interval, sent by hub's own greenlet: the timer
         only asks the hub for it (hub.WATCHDOG), so a hub that is stuck or
         dead stops the pings while the event loop would tick on."""
-        from gchat import hub as events
+        from gchat import events
 
         def ping():  # in the hub's loop, between two batches
             self._ping_due = False

@@ -1,7 +1,7 @@
 """Exercise 8.13's clock rules for one reader, as a pure function."""
 from typing import Optional, Tuple
 
-from gchat.room import Why
+from gchat.events import Why
 
 
 def next_wait(now: float, named: bool, name_deadline: Optional[float], last_heard: float,

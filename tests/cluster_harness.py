@@ -30,9 +30,10 @@ from dataclasses import replace
 
 from gchat import protocol as p
 from gchat.bus.entry import BadEntry, Deduper, decode, encode
-from gchat.cluster import NODE_LOST, NODE_STOPPED, ClusterChat
+from gchat.cluster import ClusterChat
+from gchat.protocol import NODE_LOST, NODE_STOPPED
 from gchat.config import Config
-from gchat.room import Why
+from gchat.events import Why
 
 LOST_PREFIX = "~"  # as bus/redis_bus.py (not imported: it needs redis and gevent)
 STOPPED_SEQ = 1 << 40  # as bus/redis_bus.py

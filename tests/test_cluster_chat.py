@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from cluster_harness import Cluster, LOST_PREFIX
 from gchat import protocol as p
 from gchat.bus.entry import Entry, encode
-from gchat.cluster import BUS_DOWN, NODE_LOST
-from gchat.room import Why
+from gchat.protocol import BUS_DOWN, NODE_LOST
+from gchat.events import Why
 
 PROMPT = p.NAME_PROMPT
 

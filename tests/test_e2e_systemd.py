@@ -25,7 +25,7 @@ from chat_client import (DEFAULT_TIMEOUT, ChatClient, LoggedProcess, gchat_execu
                          named_client)
 from ws_client import WsClient, http_request
 
-from gchat.systemd import STATUS_INTERVAL
+from gchat.config import Config
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
 UNITS = ("gchat.socket", "gchat-http.socket", "gchat.service")
@@ -177,9 +177,9 @@ def test_activated_line_port_serves_chat_and_says_ready(activate):
     alice.say("hello, activated")
     bob.expect("alice: hello, activated")
     # STATUS= follows the count, within a status interval.
-    server.notify.expect(r"STATUS=2 clients, 1 room", timeout=STATUS_INTERVAL + 5)
+    server.notify.expect(r"STATUS=2 clients, 1 room", timeout=Config().notify_status_interval + 5)
     # ... and keeps coming every few seconds while nothing changes.
-    server.notify.expect(r"STATUS=2 clients, 1 room", timeout=STATUS_INTERVAL + 5)
+    server.notify.expect(r"STATUS=2 clients, 1 room", timeout=Config().notify_status_interval + 5)
     server.wait_for_log(r"socket activation: serving the line socket")
     server.wait_for_log(rf"gchat \S+ listening on 127\.0\.0\.1:{server.port}\b")
     with pytest.raises(ConnectionRefusedError):

@@ -219,7 +219,7 @@ def test_the_context_asks_for_tls_1_2_at_least_and_verifies_client_certificates(
     """Checked on the context itself: a client of this machine's OpenSSL
     refuses TLS 1.1 on its own, so a handshake could not tell."""
     from gchat.config import Config
-    from gchat.tls import TlsContext
+    from gchat.transport.tls import TlsContext
     plain = TlsContext(Config(tls_cert=str(pki["cert"]), tls_key=str(pki["key"]))).context
     assert plain.minimum_version == ssl.TLSVersion.TLSv1_2
     assert plain.verify_mode == ssl.CERT_NONE

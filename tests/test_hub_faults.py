@@ -123,7 +123,7 @@ def test_fault_while_delivering_to_one_client_disconnects_it_alone(
         faulty_outbox, inprocess_server, caplog):
     import gc
 
-    from gchat.server import Connection
+    from gchat.transport.base import Connection
     caplog.set_level(logging.ERROR, logger="gchat")
     a = named_client("127.0.0.1", inprocess_server, "a")
     victim = named_client("127.0.0.1", inprocess_server, "victim")

@@ -1,4 +1,4 @@
-"""The PROXY protocol parser (gchat/proxy_protocol.py), pure: headers built
+"""The PROXY protocol parser (gchat/proxy_header.py), pure: headers built
 byte by byte from HAProxy's doc/proxy-protocol.txt, fed whole, split at
 every position and in arbitrary pieces, and every way of being malformed."""
 import dataclasses
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gchat.proxy_protocol import (NEED_MORE, V1_MAX_LENGTH, V2_SIGNATURE, Malformed, ProxyHeader,
+from gchat.proxy_header import (NEED_MORE, V1_MAX_LENGTH, V2_SIGNATURE, Malformed, ProxyHeader,
                                   ProxyHeaderParser, crc32c, parse, peer_allowed)
 from gchat.protocol import format_address
 

@@ -5,7 +5,7 @@ import pytest
 
 from chat_harness import Harness, named
 from gchat import protocol as p
-from gchat.chat import Why
+from gchat.events import Why
 
 
 def test_compat_greeting_arrival_chat_and_leaving():

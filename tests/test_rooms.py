@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from chat_harness import Harness, named
 from gchat import protocol as p
-from gchat.chat import Why
+from gchat.events import Why
 
 
 def crowd(h, names):

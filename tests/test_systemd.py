@@ -318,7 +318,7 @@ def test_watchdog_pings_stop_while_the_hub_is_stalled(receiver, attached_server)
     Once the hub moves again, so do the pings."""
     from gevent.event import Event
 
-    from gchat import hub as events
+    from gchat import events
 
     _, sock = receiver
     server, call = attached_server

@@ -1,5 +1,5 @@
 """next_wait: the idle and name deadlines of one reader (pure)."""
-from gchat.room import Why
+from gchat.events import Why
 from gchat.timeouts import next_wait
 
 

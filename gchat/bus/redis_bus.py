@@ -43,8 +43,8 @@ that a Redis restart is not taken for deaths) runs the LOST script, which
 frees the names and publishes the departure once (KEY:lost:ID is the
 marker).
 
-gevent: redis-py talks through the socket module, which the CLI
-monkey-patches (cli.py) before this module is imported, so every call here
+gevent: redis-py talks through the socket module, which bus/__init__.py
+monkey-patches before this module is imported, so every call here
 waits cooperatively; hiredis parses replies in C.  The greenlets here (a
 reader, a writer, a claimer and a heart) never touch the chat: they put
 events on the hub's inbox.
@@ -64,10 +64,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.retry import Retry
 
-from gchat.cluster import NODE_LOST, NODE_STOPPED
 from gchat.bus.entry import BadEntry, Deduper, decode, dumps, encode, fields
-from gchat.hub import BUS, CLAIMED, RESYNC
-from gchat.protocol import name_key
+from gchat.events import BUS, CLAIMED, RESYNC
+from gchat.protocol import BUS_DOWN_FOR_NAME, NODE_LOST, NODE_STOPPED, name_key, render_name_taken
 
 log = logging.getLogger("gchat")
 
@@ -500,7 +499,6 @@ class RedisBus:
         name released and claimed again in one drain stays claimed), all
         waiting ones in one round trip."""
         keys = [self.keys.names, self.keys.node_names(self.node)]
-        unavailable = "cannot take a name now: the cluster's Redis is unavailable; try again"
         while not self._closing:
             requests = [self._requests.get()]
             while not self._requests.empty():
@@ -512,7 +510,7 @@ class RedisBus:
             claims = [r for r in requests if r[0] == "claim"]
             if not self.up.is_set():
                 for _, conn, name in claims:
-                    self._put(CLAIMED, conn, (name, unavailable))
+                    self._put(CLAIMED, conn, (name, BUS_DOWN_FOR_NAME))
                 continue
             try:
                 pipe = self.redis.pipeline(transaction=False)
@@ -538,7 +536,7 @@ class RedisBus:
             except (RedisError, OSError) as err:
                 self._fail(err)
                 for _, conn, name in claims:
-                    self._put(CLAIMED, conn, (name, unavailable))
+                    self._put(CLAIMED, conn, (name, BUS_DOWN_FOR_NAME))
                 continue
             self.unreleased.clear()
             replies = iter(results[len(older):])
@@ -548,7 +546,7 @@ class RedisBus:
                     ok = next(replies)
                     if ok:
                         self.names.add(name_key(name))
-                    self._put(CLAIMED, conn, (name, None if ok else f"the name {name} is taken"))
+                    self._put(CLAIMED, conn, (name, None if ok else render_name_taken(name)))
                 elif request[0] == "release":
                     next(replies)
                 elif request[0] == "reassert":

@@ -33,13 +33,19 @@ from wsproto.events import AcceptConnection, RejectConnection
 from wsproto.events import Request as WsRequest
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
-from gchat.server import PlainSocket
-from gchat.websocket import WsConnection
+from gchat import protocol as p
+from gchat.transport.base import Listener, PlainSocket
+from gchat.transport.websocket import WsConnection
 
 log = logging.getLogger("gchat")
 
-STATIC = Path(__file__).parent / "static"
+STATIC = Path(__file__).parent.parent / "static"
 _RECV = 8192
+
+
+def _body(text: str) -> bytes:
+    """A plain-text response body: one line."""
+    return text.encode() + b"\n"
 
 
 def load_pages(folder: Path = STATIC) -> dict:
@@ -76,17 +82,16 @@ class HttpPort:
     serves /healthz and /metrics."""
 
     def __init__(self, chat_server, address, page: bool, operator: bool, metrics=None,
-                 listener_class=None, sock=None):
-        from gchat.server import _Listener  # the accept loop that outlives EMFILE
+                 sock=None):
         self.chat_server = chat_server
         self.config = chat_server.config
         self.page = page
         self.operator = operator
         self.metrics = metrics  # a callable returning (content type, bytes)
         self.pages = load_pages() if page else {}
-        listener_class = listener_class or _Listener
-        self.listener = listener_class(sock if sock is not None else address, self._accept,
-                                       self.config)
+        # The line port's accept loop, which outlives EMFILE.
+        self.listener = Listener(sock if sock is not None else address, self._accept,
+                                 self.config)
         self.connections = set()  # greenlets serving HTTP connections
 
     @property
@@ -142,7 +147,7 @@ class HttpPort:
     def _tls_handshake(self, conn, address):
         """https: the TLS handshake (tls.TlsStream), within the handshake
         timeout; None when it failed (logged)."""
-        from gchat.tls import TlsStream
+        from gchat.transport.tls import TlsStream
         stream = TlsStream(conn, self.chat_server.tls.context)
         try:
             with Timeout(self.config.handshake_timeout or None):  # 0: no limit
@@ -193,7 +198,7 @@ class HttpPort:
         if http.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         try:
-            self._respond(http, conn, status, f"{status} {why}\n".encode(),
+            self._respond(http, conn, status, _body(p.render_http_refusal(status, why)),
                           headers=[("connection", "close")])
         except (h11.LocalProtocolError, OSError):
             pass
@@ -204,16 +209,16 @@ class HttpPort:
         known = (self.page and (path == "/ws" or path in self.pages)) or \
             (self.operator and path in ("/healthz", "/metrics"))
         if not known:
-            self._respond(http, conn, 404, b"404 not found\n")
+            self._respond(http, conn, 404, _body(p.HTTP_NOT_FOUND))
             return False
         if request.method != b"GET":
-            self._respond(http, conn, 405, b"405 method not allowed\n", headers=[("allow", "GET")])
+            self._respond(http, conn, 405, _body(p.HTTP_GET_ONLY), headers=[("allow", "GET")])
             return False
         if path == "/healthz":
             if self.chat_server.stopping:
-                self._respond(http, conn, 503, b"shutting down\n")
+                self._respond(http, conn, 503, _body(p.HTTP_STOPPING))
             else:
-                self._respond(http, conn, 200, b"ok")
+                self._respond(http, conn, 200, p.HTTP_HEALTHY.encode())
         elif path == "/metrics":
             content_type, body = self.metrics()
             self._respond(http, conn, 200, body, content_type)
@@ -227,7 +232,7 @@ class HttpPort:
     def _upgrade(self, http, conn, request, address) -> bool:
         headers = {name.lower(): value for name, value in request.headers}
         if b"websocket" not in headers.get(b"upgrade", b"").lower():
-            self._respond(http, conn, 426, b"426 a WebSocket upgrade is expected here\n",
+            self._respond(http, conn, 426, _body(p.HTTP_UPGRADE_EXPECTED),
                           headers=[("upgrade", "websocket"), ("connection", "close")])
             return False
         origin = headers.get(b"origin")
@@ -235,9 +240,9 @@ class HttpPort:
         if not origin_allowed(origin and origin.decode("latin-1"), host and host.decode("latin-1"),
                               self.config.allow_origin):
             log.info("%s: WebSocket from origin %r refused (host %r)", address, origin, host)
-            self._refuse(http, conn, 403, "origin not allowed")
+            self._refuse(http, conn, 403, p.HTTP_ORIGIN_REFUSED)
             return False
-        refusal = "server shutting down" if self.chat_server.stopping else \
+        refusal = p.HTTP_SERVER_STOPPING if self.chat_server.stopping else \
             self.chat_server.refusal(address)
         if refusal is not None:
             self._refuse(http, conn, 503, refusal)
@@ -248,7 +253,7 @@ class HttpPort:
             if not any(isinstance(event, WsRequest) for event in ws.events()):
                 raise WsRemoteProtocolError("no WebSocket request", RejectConnection())
         except WsRemoteProtocolError as err:
-            self._refuse(http, conn, 400, f"bad WebSocket handshake: {err}")
+            self._refuse(http, conn, 400, p.render_bad_handshake(err))
             return False
         # No extensions are offered back: permessage-deflate is declined,
         # since compression per connection would break the shared frames.
@@ -263,7 +268,7 @@ class HttpPort:
         else:
             # wss: the same TLS session goes on, event-driven, under the
             # WebSocket; what h11 had decrypted beyond the head is its first.
-            from gchat.tls import TlsWsConnection
+            from gchat.transport.tls import TlsWsConnection
             ws.connection.receive_data(bytes(trailing))
             self.chat_server.admit(TlsWsConnection, raw, address, ws.connection,
                                    tls=conn.state)

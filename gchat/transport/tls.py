@@ -20,12 +20,11 @@ keep theirs, and a bad new file is logged while the old one stays.
 import logging
 import ssl
 
-from gchat import hub as events
-from gchat import protocol as p
+from gchat import events
+from gchat.events import Why
 from gchat.outbox import Outbox
-from gchat.room import Why
-from gchat.server import Connection
-from gchat.websocket import WS_SLOTS, WsLayer, WsOutbox
+from gchat.transport.base import Connection
+from gchat.transport.websocket import WS_SLOTS, WsLayer, WsOutbox
 
 log = logging.getLogger("gchat")
 
@@ -72,21 +71,16 @@ class TlsOutbox(Outbox):
         if self.broken:
             return True
         if self._parked:
-            if self.parked_bytes + len(data) > self.limit and not force:
-                return self._over_limit(data)  # counted on the plaintext
-            if self.missed:  # encrypted before data, so that records stay in order
-                self._park(self._notice_line())
-        return Outbox.offer(self, self._encrypt(data), force=True)
+            return self._queue(data, force)  # the limit counts the plaintext
+        return Outbox.offer(self, self._encrypt(data))
+
+    def _seal(self, data: bytes) -> bytes:
+        return self._encrypt(data)
 
     def offer_raw(self, ciphertext: bytes):
         """Records the SSLObject made on its own (handshake, close_notify)."""
         if ciphertext:
             Outbox.offer(self, ciphertext, force=True)
-
-    def _notice_line(self) -> bytes:
-        line = self._notice(p.render_missed(self.missed))
-        self.missed = 0
-        return line
 
     def _wire(self, payload: bytes) -> bytes:
         return self._encrypt(super()._wire(payload))
@@ -104,7 +98,7 @@ class TlsLayer:
 
     def __init__(self, sock, address, server, *args, tls=None):
         """tls: (SSLObject, incoming BIO, outgoing BIO) of a handshake an
-        earlier stage did (https, web.py); None: the handshake is ahead."""
+        earlier stage did (https, http.py); None: the handshake is ahead."""
         super().__init__(sock, address, server, *args)
         if tls is None:
             self._incoming = ssl.MemoryBIO()
@@ -216,10 +210,6 @@ class TlsLayer:
         # The plaintext goes on to the next layer: lines, or WebSocket frames.
         return super()._lines_from(b"".join(chunks))
 
-    def _end_once(self, why):
-        if not self._closing:
-            self._end(why)
-
     def _before_close(self):
         """close_notify after the last lines (and after the layer above
         has said its last, e.g. a WebSocket close frame)."""
@@ -251,7 +241,7 @@ class TlsWsOutbox(WsOutbox, TlsOutbox):
 
 class TlsWsConnection(TlsLayer, WsLayer, Connection):
     """A WebSocket client over https: TLS below, WebSocket frames above,
-    lines on top.  Its handshake and upgrade were done by web.py."""
+    lines on top.  Its handshake and upgrade were done by http.py."""
 
     __slots__ = TLS_SLOTS + WS_SLOTS
     transport = "websocket"

@@ -1,6 +1,6 @@
 """WebSocket clients (RFC 6455): the line protocol in text frames.
 
-A WsConnection is a Connection (server.py) whose bytes are WebSocket
+A WsConnection is a Connection (base.py) whose bytes are WebSocket
 frames: the same hub, rooms, Outbox, send queue, slow-client policy, flood
 control, idle timeout and limits.  Only the framing differs:
 
@@ -30,9 +30,10 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.frame_protocol import CloseReason
 
+from gchat import protocol as p
+from gchat.events import Why
 from gchat.outbox import Outbox
-from gchat.room import Why
-from gchat.server import Connection
+from gchat.transport.base import Connection
 
 log = logging.getLogger("gchat")
 
@@ -99,7 +100,7 @@ class WsLayer:
     __slots__ = ()
 
     def __init__(self, sock, address, server, protocol=None):
-        """protocol: the wsproto Connection of the handshake (web.py).
+        """protocol: the wsproto Connection of the handshake (http.py).
         Bytes the client sent after its upgrade request come to start()."""
         super().__init__(sock, address, server)
         self._ws = protocol if protocol is not None else WsProtocol(ConnectionType.SERVER)
@@ -118,8 +119,7 @@ class WsLayer:
             if isinstance(event, TextMessage):
                 self._message_bytes += len(event.data)
                 if self._message_bytes > limit:
-                    self._close_with(CloseReason.MESSAGE_TOO_BIG,
-                                     f"message over {limit} bytes")
+                    self._close_with(CloseReason.MESSAGE_TOO_BIG, p.render_ws_too_big(limit))
                     break
                 lines.extend(self._lines.feed(event.data.encode("utf-8")))
                 if event.message_finished:
@@ -139,7 +139,7 @@ class WsLayer:
                     self._finish(Why.EOF)
                 break
             elif isinstance(event, BytesMessage):
-                self._close_with(CloseReason.UNSUPPORTED_DATA, "text frames only")
+                self._close_with(CloseReason.UNSUPPORTED_DATA, p.WS_TEXT_ONLY)
                 break
         return lines
 
@@ -161,10 +161,6 @@ class WsLayer:
         self._reader.stop()
         self._loop.run_callback(self._end_once, why)
 
-    def _end_once(self, why):
-        if not self._closing:
-            self._end(why)
-
     def _before_close(self):
         """The hub lets the client go: a close frame after its last lines."""
         if not self._closed_by_us:
@@ -178,7 +174,7 @@ class WsLayer:
 
 
 class WsConnection(WsLayer, Connection):
-    """A client over WebSocket, after the HTTP upgrade (web.py)."""
+    """A client over WebSocket, after the HTTP upgrade (http.py)."""
 
     __slots__ = WS_SLOTS
     transport = "websocket"

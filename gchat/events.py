@@ -1,0 +1,45 @@
+"""What the hub is told, and why a client leaves: the vocabulary shared by
+the layers above (transports, the bus, timers) and the hub below them.
+
+A leaf: it imports nothing of gchat, so that a transport can name an event
+or a reason without importing the hub, the chat or a room.
+
+Events are (kind, conn, payload) tuples on the hub's inbox (hub.py).
+"""
+
+# Event kinds.
+ARRIVE = "arrive"      # payload: None
+LINES = "lines"        # payload: list of lines (bytes or protocol.TOO_LONG)
+LEAVE = "leave"        # payload: a Why
+SHUTDOWN = "shutdown"  # conn and payload: None
+# From the cluster's bus (bus/redis_bus.py), only with --redis:
+BUS = "bus"            # payload: entries read from the stream (new, in order)
+CLAIMED = "claimed"    # conn: who asked; payload: (name, error or None)
+RESYNC = "resync"      # Redis came back empty; payload: our first seq published again
+# payload: a callable, called in the hub so that it runs only while the
+# hub's loop turns (systemd.py's watchdog ping stops when the hub is stuck).
+WATCHDOG = "watchdog"
+
+# The reason bit of a reader that waits in Hub.paused because the inbox is
+# over Config.inbox_size; the hub resumes it with this bit once drained
+# (transport/base.py keeps its other pause reasons beside it).
+INBOX_FULL = 2
+
+
+class Why:
+    """Why a client leaves the server.  The hub passes one of these to
+    Chat.depart; protocol.LEFT_REASON says what the others are told."""
+    EOF = "eof"                    # the client closed the connection
+    ERROR = "error"                # the connection failed (reset, ...)
+    QUIT = "quit"                  # /quit
+    IDLE = "idle"                  # --idle-timeout
+    NAME_TIMEOUT = "name-timeout"  # --name-timeout
+    SLOW = "slow"                  # --sendq exceeded under --slow-policy disconnect
+    SHUTDOWN = "shutdown"          # the server is stopping
+    FAULT = "fault"                # handling one of its events raised
+    HTTP = "http"                  # its first line was an HTTP request
+
+
+# Departures whose peer has gone away: the server does not try to flush
+# their output before closing, nor to say goodbye.
+PEER_GONE = frozenset({Why.EOF, Why.ERROR})
