@@ -41,6 +41,9 @@ setup(
         # hiredis parsing replies in C (redis-py picks it up by itself).
         "cluster": ["redis>=5", "hiredis>=2"],
         "bench": ["hdrhistogram>=0.10", "psutil>=5.9", "tqdm>=4.60", "matplotlib>=3.5"],
+        # The documentation site (mkdocs.yml, docs/), built in strict mode by
+        # tests/test_docs.py.  1.6: mkdocs.yml's validation of anchors.
+        "docs": ["mkdocs>=1.6"],
     },
     entry_points={
         "console_scripts": [
