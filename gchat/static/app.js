@@ -1,4 +1,4 @@
-// gchat's web page: the line protocol of README.md over a WebSocket at /ws.
+// gchat's web page: the line protocol of docs/protocol.md over a WebSocket at /ws.
 // Plain JavaScript, no build step, no dependencies.  Everything the server
 // (or another user) says is put on the page with textContent, never as HTML.
 "use strict";
