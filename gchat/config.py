@@ -394,7 +394,7 @@ class Config:
         32, "longest room name, without the #",
         flag="--room-name-max", group="rooms", type=int, metavar="CHARS", positive=True)
 
-    # The web face (web.py): (host, port) of the HTTP listener for the page,
+    # The web face (transport/http.py): (host, port) of the HTTP listener for the page,
     # /ws and, unless admin is set, /healthz and /metrics; None: off.
     http: Optional[Tuple[str, int]] = option(
         None, "serve the chat page, its WebSocket (/ws), /healthz and /metrics over HTTP "
@@ -429,7 +429,7 @@ class Config:
         10.0, "time an HTTP client has to send a request head",
         flag="--http-header-timeout", group="web", type=SECONDS, metavar="SECONDS", minimum=0)
 
-    # TLS on the line port (tls.py): PEM files of the certificate chain and
+    # TLS on the line port (transport/tls.py): PEM files of the certificate chain and
     # its key; both or neither.  SIGHUP reads them again.
     tls_cert: Optional[str] = option(
         None, "PEM certificate chain: the line port speaks TLS (with --tls-key); SIGHUP "
@@ -455,7 +455,7 @@ class Config:
         flag="--tls-handshake-timeout", aliases=("--handshake-timeout",), group="tls",
         type=SECONDS, metavar="SECONDS", minimum=0)
 
-    # The PROXY protocol (proxy_protocol.py): every connection starts with
+    # The PROXY protocol (transport/proxy.py, proxy_header.py): every connection starts with
     # a v1 or v2 header from a load balancer, and the address it carries is
     # the client's everywhere.  Only peers in proxy_from (CIDRs) may send
     # one: anyone else could claim any address.  Loopback by default, where

@@ -6,10 +6,11 @@ One section per group of `gchat --help` (config.GROUPS), its options in the
 order --help lists them, read from the parser itself (cli.build_parser),
 with each option's default and meaning from its Option (config.py for
 Config's fields, cli.CLI_OPTIONS for the others); then the Config fields
-that have no flag, with the reason for their value.  tests/test_options_doc.py
+that have no flag, with the reason for their value.  tests/test_options.py
 fails when the page and this output differ.
 """
 import argparse
+import re
 import sys
 from typing import List
 
@@ -38,9 +39,15 @@ These settings of gchat/config.py have no command-line option (nor a
 """
 
 
+# An example address in a help text (https://chat.example.org), shown as
+# code: it is not a link, and the docs link nowhere outside the repository.
+_URL = re.compile(r"https?://[^\s)\]\"]+")
+
+
 def _cell(text: str) -> str:
     """text for a Markdown table cell."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+    return _URL.sub(lambda match: f"`{match.group(0)}`", text)
 
 
 def _invocation(action: argparse.Action) -> str:

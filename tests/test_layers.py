@@ -30,7 +30,7 @@ LAYERS = {
     "gchat.metrics": 4, "gchat.systemd": 4, "gchat.config_file": 4,
     # The assembly, then the entry points.
     "gchat.server": 5,
-    "gchat.cli": 6, "gchat.workers": 6, "gchat.__main__": 6,
+    "gchat.cli": 6, "gchat.workers": 6, "gchat.__main__": 6, "gchat.options_doc": 6,
 }
 
 PURE = [name for name, layer in LAYERS.items() if layer <= 1 and name != "gchat"]
