@@ -13,11 +13,14 @@ A connection, as the chat sees it, is any object with a `who` attribute
 (its address, HOST:PORT) and writable `name` and `room` attributes (None
 until it has them; the chat alone sets them).  A client with no name yet
 is in no room; what it is told goes through the lobby's Fanout.
+(events.Member is that object's type.)
 """
-from typing import Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from gchat import protocol as p
-from gchat.events import PEER_GONE, Why
+from gchat.config import Config
+from gchat.events import PEER_GONE, Member, Why
+from gchat.room import Room
 from gchat.rooms import RoomRegistry
 
 
@@ -32,7 +35,9 @@ class Chat:
     # stops: nothing here, since they all leave too.
     SHUTDOWN_REASON: Optional[str] = None
 
-    def __init__(self, config, stats=None, clock=None):
+    def __init__(self, config: Config,
+                 stats: Optional[Callable[[], Mapping[str, object]]] = None,
+                 clock: Optional[Callable[[], float]] = None) -> None:
         """stats: a callable returning the counters /stats shows (the hub's);
         clock: a callable returning the time (the event loop's, from the hub;
         the chat never reads a clock of its own)."""
@@ -40,17 +45,18 @@ class Chat:
         self._clock = clock or (lambda: 0.0)
         self._stats = stats or (lambda: dict(self.counts))
         self.compat = config.compat
-        self.connected = set()    # every conn that arrived and has not departed
-        self.silent = set()       # conns that have not sent a line yet
-        self.names = {}           # name_key -> conn, every named client in any room
-        self.departures = []      # (conn, Why) for the hub to close after flushing
-        self.dirty = []           # rooms with output for the hub to flush
-        self.holding = set()      # rooms holding back announcements (room.py)
+        self.connected: set[Member] = set()  # every conn that arrived and has not departed
+        self.silent: set[Member] = set()     # conns that have not sent a line yet
+        self.names: dict[str, Member] = {}   # name_key -> conn, every named client in any room
+        # (conn, Why) for the hub to close after flushing
+        self.departures: list[tuple[Member, str]] = []
+        self.dirty: list[Room] = []          # rooms with output for the hub to flush
+        self.holding: set[Room] = set()      # rooms holding back announcements (room.py)
         self.rooms = RoomRegistry(config, self.dirty, self.holding)
         self.lobby = self.rooms.lobby
-        self.counts = {"arrivals": 0, "departures": 0, "lines": 0, "too_long": 0, "errors": 0,
-                       "joins": 0, "bytes_out": 0}
-        self._commands = {
+        self.counts: dict[str, int] = {"arrivals": 0, "departures": 0, "lines": 0, "too_long": 0,
+                                       "errors": 0, "joins": 0, "bytes_out": 0}
+        self._commands: dict[type, Callable[[Member, Any], None]] = {
             p.Chat: self._chat, p.Me: self._me, p.Nick: self._nick, p.Msg: self._msg,
             p.Who: self._who, p.Quit: self._quit, p.Help: self._help, p.Stats: self._stats_command,
             p.Join: self._join, p.ListRooms: self._list_rooms, p.Invalid: self._invalid,
@@ -59,7 +65,7 @@ class Chat:
     # ------------------------------------------------------------------
     # Events from the hub
 
-    def arrive(self, conn):
+    def arrive(self, conn: Member) -> None:
         """A connection was accepted."""
         self.connected.add(conn)
         self.silent.add(conn)
@@ -68,7 +74,7 @@ class Chat:
         else:
             self.lobby.out.send(conn, p.NAME_PROMPT, member=False)
 
-    def lines(self, conn, lines):
+    def lines(self, conn: Member, lines: Sequence[p.Line]) -> None:
         """Lines (bytes, or protocol.TOO_LONG) that conn sent, in order."""
         for line in lines:
             if conn not in self.connected:
@@ -92,7 +98,7 @@ class Chat:
                 command = p.parse(text)
                 self._commands[type(command)](conn, command)
 
-    def depart(self, conn, why: str, detail: str = ""):
+    def depart(self, conn: Member, why: str, detail: str = "") -> None:
         """Remove conn: the one place where a client leaves, whatever ended it."""
         if conn not in self.connected:
             return  # already gone (e.g. kicked, then its reader saw the close)
@@ -106,7 +112,7 @@ class Chat:
         self.departures.append((conn, why))
         self.counts["departures"] += 1
 
-    def _leave_room(self, conn, why: str, detail: str):
+    def _leave_room(self, conn: Member, why: str, detail: str) -> None:
         """conn, which has a name and a room, leaves them (cluster.py
         publishes the departure instead)."""
         room = conn.room
@@ -122,7 +128,7 @@ class Chat:
             return self.SHUTDOWN_REASON
         return detail if why == Why.QUIT else p.LEFT_REASON[why]
 
-    def shutdown(self):
+    def shutdown(self) -> None:
         """Tell everyone the server is stopping, and let them all go."""
         for conn in list(self.connected):
             self.depart(conn, Why.SHUTDOWN)
@@ -130,7 +136,7 @@ class Chat:
     # ------------------------------------------------------------------
     # The hub's batch
 
-    def end_batch(self, now: float):
+    def end_batch(self, now: float) -> None:
         """The hub is about to flush: make the held announcements whose
         merge window has passed."""
         if self.holding:
@@ -143,7 +149,7 @@ class Chat:
         waits = [wait for wait in (room.due(now) for room in self.holding) if wait is not None]
         return min(waits) if waits else None
 
-    def flush(self, deliver) -> int:
+    def flush(self, deliver: Callable[[Member, bytes], object]) -> int:
         """Deliver every room's batch (deliver(conn, data) for each client
         with output); returns the deliveries (lines x recipients)."""
         dirty = self.dirty
@@ -168,7 +174,7 @@ class Chat:
 
     # ------------------------------------------------------------------
 
-    def _farewell(self, why, detail) -> Optional[str]:
+    def _farewell(self, why: str, detail: str) -> Optional[str]:
         if why == Why.SHUTDOWN:
             return p.SHUTDOWN
         if why == Why.SLOW:
@@ -185,16 +191,16 @@ class Chat:
             return p.NOT_HTTP
         return None
 
-    def _tell(self, conn, line: str):
+    def _tell(self, conn: Member, line: str) -> None:
         """One line to conn alone, in order with what its room says."""
         room = conn.room or self.lobby
         room.out.send(conn, line, member=room.receiving(conn))
 
-    def _error(self, conn, reason: str):
+    def _error(self, conn: Member, reason: str) -> None:
         self.counts["errors"] += 1
         self._tell(conn, p.render_error(reason))
 
-    def _register(self, conn, name: str):
+    def _register(self, conn: Member, name: str) -> None:
         """conn takes name (exercise 8.14) and enters the lobby, after its
         greeting; the lobby's roster (exercise 8.12) and history follow."""
         conn.name = name
@@ -207,7 +213,7 @@ class Chat:
         """Whether the name whose name_key is key belongs to someone."""
         return key in self.names
 
-    def _choose_name(self, conn, name: str):
+    def _choose_name(self, conn: Member, name: str) -> None:
         problem = p.validate_name(name)
         if problem is None and self._taken(p.name_key(name)):
             problem = p.render_name_taken(name)
@@ -217,24 +223,24 @@ class Chat:
             return
         self._accept_name(conn, name)
 
-    def _accept_name(self, conn, name: str):
+    def _accept_name(self, conn: Member, name: str) -> None:
         """conn may have name, a free and valid one."""
         self._register(conn, name)
 
     # ------------------------------------------------------------------
     # Commands of named clients, one method each
 
-    def _speak(self, conn, line: str, keep: bool):
+    def _speak(self, conn: Member, line: str, keep: bool) -> None:
         """line from conn to its room (cluster.py publishes it instead)."""
         conn.room.say(line, keep=keep)
 
-    def _chat(self, conn, command):
+    def _chat(self, conn: Member, command: p.Chat) -> None:
         self._speak(conn, p.render_chat(conn.name, command.text), keep=True)
 
-    def _me(self, conn, command):
+    def _me(self, conn: Member, command: p.Me) -> None:
         self._speak(conn, p.render_me(conn.name, command.action), keep=True)
 
-    def _nick(self, conn, command):
+    def _nick(self, conn: Member, command: p.Nick) -> None:
         new = command.name
         problem = p.validate_name(new)
         old_key, new_key = p.name_key(conn.name), p.name_key(new)
@@ -246,7 +252,7 @@ class Chat:
         if new != conn.name:
             self._rename(conn, new, old_key, new_key)
 
-    def _rename(self, conn, new: str, old_key: str, new_key: str):
+    def _rename(self, conn: Member, new: str, old_key: str, new_key: str) -> None:
         """conn takes the name new, a free and valid one."""
         # The room sees the change, the renamed client included: that is
         # its confirmation (IRC's NICK works the same way).
@@ -255,7 +261,7 @@ class Chat:
         self.names[new_key] = conn
         conn.name = new
 
-    def _msg(self, conn, command):
+    def _msg(self, conn: Member, command: p.Msg) -> None:
         target = self.names.get(p.name_key(command.target))
         if target is None:
             self._error(conn, p.render_no_such_user(command.target))
@@ -268,7 +274,7 @@ class Chat:
         if target is not conn:
             self._tell(conn, p.render_private_to_sender(conn.name, target.name, command.text))
 
-    def _join_target(self, conn, command):
+    def _join_target(self, conn: Member, command: p.Join) -> Optional[str]:
         """The name of the room /join asks for, as it is (or will be)
         spelt, or None when conn has been told why not."""
         name = command.room[1:] if command.room.startswith("#") else command.room
@@ -286,12 +292,13 @@ class Chat:
             return None
         return name if room is None else room.name
 
-    def _join(self, conn, command):
+    def _join(self, conn: Member, command: p.Join) -> None:
         name = self._join_target(conn, command)
         if name is None:
             return
         old = conn.room
         room = self.rooms.get(p.name_key(name)) or self.rooms.create(name)
+        assert room is not None  # _join_target found room for it (RoomRegistry.can_create)
         now = self._clock()
         carried = old.leave(conn, p.render_joined_reason(room.name), moving=True, now=now)
         self.rooms.vacated(old)
@@ -300,22 +307,22 @@ class Chat:
         room.enter(conn, [p.render_now_in(room.name)], carried, now)
         self.counts["joins"] += 1
 
-    def _list_rooms(self, conn, command):
+    def _list_rooms(self, conn: Member, command: p.ListRooms) -> None:
         self._tell(conn, self.rooms.listing(conn.room, self.config.roster_limit))
 
-    def _who(self, conn, command):
+    def _who(self, conn: Member, command: p.Who) -> None:
         room = conn.room
         self._tell(conn, p.render_roster(room.names(), total=room.size, newcomer=False))
 
-    def _quit(self, conn, command):
+    def _quit(self, conn: Member, command: p.Quit) -> None:
         self.depart(conn, Why.QUIT, command.reason)
 
-    def _help(self, conn, command):
+    def _help(self, conn: Member, command: p.Help) -> None:
         for line in p.HELP_LINES:
             self._tell(conn, line)
 
-    def _stats_command(self, conn, command):
+    def _stats_command(self, conn: Member, command: p.Stats) -> None:
         self._tell(conn, p.render_stats(self._stats()))
 
-    def _invalid(self, conn, command):
+    def _invalid(self, conn: Member, command: p.Invalid) -> None:
         self._error(conn, command.error)

@@ -35,14 +35,19 @@ order; applying it twice changes nothing.
 """
 import logging
 from collections import deque
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from gchat import protocol as p
+from gchat.bus.entry import Entry
 from gchat.chat import Chat
+from gchat.config import Config
+from gchat.events import Member
+from gchat.room import Room
 
 log = logging.getLogger("gchat")
 
 
-def _release_if_empty(table: dict):
+def _release_if_empty(table: dict[Any, Any]) -> None:
     """A dict keeps the room it grew to after its items go; one emptied
     after a storm (thousands of claims out at once) gives it back, so that
     an idle member costs what it cost before the storm."""
@@ -56,16 +61,16 @@ class Remote:
 
     __slots__ = ("name", "node", "room")
 
-    def __init__(self, name: str, node: str, room=None):
+    def __init__(self, name: str, node: str, room: Optional[Room] = None) -> None:
         self.name = name
         self.node = node
-        self.room = room
+        self.room: Any = room  # typed as events.Member's: a Room once it is in one
 
     @property
     def who(self) -> str:
         return f"{self.name}@{self.node}"
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Remote {self.who}>"
 
 
@@ -75,22 +80,28 @@ class ClusterChat(Chat):
     # A node that stops takes its members with it; the others stay.
     SHUTDOWN_REASON = p.NODE_STOPPED
 
-    def __init__(self, config, node: str, stats=None, clock=None):
+    def __init__(self, config: Config, node: str,
+                 stats: Optional[Callable[[], Mapping[str, object]]] = None,
+                 clock: Optional[Callable[[], float]] = None) -> None:
         super().__init__(config, stats=stats, clock=clock)
         self.node = node
-        self.outgoing = []    # operations of this batch: the bus's next entry
-        self.requests = []    # ("claim", conn, name), ("release", key), ("reassert",)
-        self.claims = {}      # conn -> (name, renaming): asked the bus, no answer yet
-        self.claiming = {}    # name_key -> conn: the same, by name
-        self.entering = {}    # name_key -> conn: its "enter" is out, not back yet
+        self.outgoing: list[list[Any]] = []  # operations of this batch: the bus's next entry
+        # ("claim", conn, name), ("release", key), ("reassert",)
+        self.requests: list[tuple[Any, ...]] = []
+        # conn -> (name, renaming): asked the bus, no answer yet
+        self.claims: dict[Member, tuple[str, bool]] = {}
+        self.claiming: dict[str, Member] = {}  # name_key -> conn: the same, by name
+        self.entering: dict[str, Member] = {}  # name_key -> conn: its "enter" is out, not back yet
         # conn -> [name, room] as published, while that differs from what
         # has been applied (its "enter", /nick or /join is out); otherwise
         # conn.name and conn.room say it, and no memory is spent on it.
-        self.published = {}
-        self.nodes = {}       # node id -> {Remote: None}, in order (ours: the departed)
-        self.lost = set()     # nodes whose departure was applied
-        self.backlog = lambda: 0  # lines the bus holds unpublished (the hub sets it)
-        self.bus_up = lambda: True  # whether Redis answers (the hub sets it)
+        self.published: dict[Member, list[str]] = {}
+        # node id -> {Remote: None}, in order (ours: the departed)
+        self.nodes: dict[str, dict[Remote, None]] = {}
+        self.lost: set[str] = set()  # nodes whose departure was applied
+        # lines the bus holds unpublished (the hub sets it)
+        self.backlog: Callable[[], int] = lambda: 0
+        self.bus_up: Callable[[], bool] = lambda: True  # whether Redis answers (the hub sets it)
         self._queued_lines = 0
         # One client, one order.  A client whose claim, /join or /nick is
         # out is busy: what it types meanwhile is held and handled once that
@@ -100,29 +111,29 @@ class ClusterChat(Chat):
         # for them too, so that every answer comes in the order asked.  A
         # plain chat line needs only its room, as published, and goes out
         # at once behind the client's earlier ones.
-        self.busy = {}           # conn -> lines held while it is busy
+        self.busy: dict[Member, list[p.Line]] = {}  # conn -> lines held while it is busy
         self._held = 0           # lines held over all clients (the outage bound)
-        self._senders = set()    # conns that published in this batch
-        self.awaiting = deque()  # (seq, conns) of our entries not back yet
-        self.inflight = {}       # conn -> how many of those it is in
+        self._senders: set[Member] = set()  # conns that published in this batch
+        # (seq, conns) of our entries not back yet
+        self.awaiting: deque[tuple[int, set[Member]]] = deque()
+        self.inflight: dict[Member, int] = {}  # conn -> how many of those it is in
         self.counts.update(bus_refused=0, bus_ops_skipped=0)
-        self._apply = {"enter": self._apply_enter, "join": self._apply_join,
-                       "leave": self._apply_leave, "say": self._apply_say,
-                       "nick": self._apply_nick, "msg": self._apply_msg,
-                       "hello": self._apply_hello, "present": self._apply_present,
-                       "lost": self._apply_lost}
+        self._apply: dict[str, Callable[..., None]] = {
+            "enter": self._apply_enter, "join": self._apply_join, "leave": self._apply_leave,
+            "say": self._apply_say, "nick": self._apply_nick, "msg": self._apply_msg,
+            "hello": self._apply_hello, "present": self._apply_present, "lost": self._apply_lost}
 
     # ------------------------------------------------------------------
     # For the hub and the bus
 
-    def take(self) -> tuple:
+    def take(self) -> tuple[list[list[Any]], list[tuple[Any, ...]]]:
         """This batch's operations and requests, for the bus."""
         ops, requests = self.outgoing, self.requests
         self.outgoing, self.requests = [], []
         self._queued_lines = 0
         return ops, requests
 
-    def sent(self, seq: int):
+    def sent(self, seq: int) -> None:
         """The bus took this batch's operations; seq is the sequence
         number of its (last) entry."""
         senders, self._senders = self._senders, set()
@@ -133,7 +144,7 @@ class ClusterChat(Chat):
         for conn in senders:
             inflight[conn] = inflight.get(conn, 0) + 1
 
-    def apply(self, entries):
+    def apply(self, entries: Iterable[Entry]) -> None:
         """Entries read from the bus (new ones, in the stream's order)."""
         now = self._clock()
         for entry in entries:
@@ -149,7 +160,7 @@ class ClusterChat(Chat):
             if entry.node == self.node and self.awaiting:
                 self._came_back(entry.seq)
 
-    def _came_back(self, seq: int):
+    def _came_back(self, seq: int) -> None:
         """Our entries up to seq have been applied."""
         awaiting = self.awaiting
         while awaiting and awaiting[0][0] <= seq:
@@ -161,7 +172,7 @@ class ClusterChat(Chat):
                     self._maybe_free(conn)
         _release_if_empty(self.inflight)
 
-    def claimed(self, conn, name: str, error):
+    def claimed(self, conn: Member, name: str, error: Optional[str]) -> None:
         """The bus's answer to a claim: error is None when conn got name."""
         _, renaming = self.claims.pop(conn, (name, False))
         key = p.name_key(name)
@@ -185,7 +196,7 @@ class ClusterChat(Chat):
             self._publish_enter(conn, name)
         self._maybe_free(conn)
 
-    def load_histories(self, histories: dict):
+    def load_histories(self, histories: Mapping[str, list[bytes]]) -> None:
         """The rooms' histories as Redis keeps them, for a node that starts
         after they were written ({room name: [encoded lines]})."""
         for name, lines in histories.items():
@@ -193,7 +204,7 @@ class ClusterChat(Chat):
             if room.history is not None:
                 room.history.extend(lines)
 
-    def resync(self, first_seq: int):
+    def resync(self, first_seq: int) -> None:
         """Redis came back without the cluster's data; our entries from
         first_seq on are published again, the older ones never come back.
         Say again who is here."""
@@ -206,12 +217,12 @@ class ClusterChat(Chat):
     # ------------------------------------------------------------------
     # Local events, published instead of applied
 
-    def _register(self, conn, name: str):
+    def _register(self, conn: Member, name: str) -> None:
         # --compat: the seed's names are addresses, unique without asking
         # Redis; conn is registered when its "enter" comes back.
         self._publish_enter(conn, name)
 
-    def lines(self, conn, lines):
+    def lines(self, conn: Member, lines: Sequence[p.Line]) -> None:
         busy = self.busy
         for index, line in enumerate(lines):
             if conn in busy or (self._out(conn) and self._asks(conn, line)):
@@ -220,11 +231,11 @@ class ClusterChat(Chat):
                 return
             super().lines(conn, [line])
 
-    def _out(self, conn) -> bool:
+    def _out(self, conn: Member) -> bool:
         """Whether some line or /msg of conn's has not come back yet."""
         return conn in self.inflight or conn in self._senders
 
-    def _asks(self, conn, line) -> bool:
+    def _asks(self, conn: Member, line: p.Line) -> bool:
         """Whether line may be answered here or change what conn is: all
         but a named client's chat line, which needs nothing but the room
         it was published to, and so may follow its earlier ones at once."""
@@ -232,7 +243,7 @@ class ClusterChat(Chat):
             return True
         return not self.compat and line[:1] == b"/"
 
-    def _hold(self, conn, lines):
+    def _hold(self, conn: Member, lines: Sequence[p.Line]) -> None:
         """Lines of a busy client, for later.  While Redis answers, its
         busy time is a round trip and its reader's pace bounds them; during
         an outage they count against bus_backlog with what the bus holds."""
@@ -242,11 +253,11 @@ class ClusterChat(Chat):
                 held.append(line)
                 self._held += 1
 
-    def _set_busy(self, conn):
+    def _set_busy(self, conn: Member) -> None:
         if conn not in self.busy:
             self.busy[conn] = []
 
-    def _maybe_free(self, conn):
+    def _maybe_free(self, conn: Member) -> None:
         """conn is busy no more if nothing of its is out: handle what it
         typed meanwhile."""
         if conn in self.claims or conn in self.inflight or conn in self._senders:
@@ -263,7 +274,7 @@ class ClusterChat(Chat):
             if conn in self.connected:
                 self.lines(conn, held)
 
-    def _publish(self, op, conn=None, hold=True):
+    def _publish(self, op: list[Any], conn: Optional[Member] = None, hold: bool = True) -> None:
         """op into this batch's entry; conn: the client it is from, busy
         until it comes back if hold (a /join, a /nick: what it types next
         depends on them)."""
@@ -273,7 +284,7 @@ class ClusterChat(Chat):
             if hold:
                 self._set_busy(conn)
 
-    def _publishing(self, conn) -> list:
+    def _publishing(self, conn: Member) -> list[str]:
         """conn's [name, room] as published, to be changed by what it
         publishes now."""
         published = self.published.get(conn)
@@ -281,14 +292,14 @@ class ClusterChat(Chat):
             published = self.published[conn] = [conn.name, conn.room.name]
         return published
 
-    def _as_published(self, conn):
+    def _as_published(self, conn: Member) -> Optional[list[str]]:
         """conn's [name, room] as its published operations say, or None."""
         published = self.published.get(conn)
         if published is None and conn.room is not None:
             return [conn.name, conn.room.name]
         return published
 
-    def _publish_enter(self, conn, name):
+    def _publish_enter(self, conn: Member, name: str) -> None:
         key = p.name_key(name)
         self.entering[key] = conn
         self.published[conn] = [name, self.lobby.name]
@@ -299,17 +310,17 @@ class ClusterChat(Chat):
         # Also the names on their way: asked of Redis, or entering.
         return key in self.names or key in self.entering or key in self.claiming
 
-    def _claim(self, conn, name, renaming):
+    def _claim(self, conn: Member, name: str, renaming: bool) -> None:
         self.claims[conn] = (name, renaming)
         self.claiming[p.name_key(name)] = conn
         self._set_busy(conn)
         self.requests.append(("claim", conn, name))
 
-    def _accept_name(self, conn, name: str):
+    def _accept_name(self, conn: Member, name: str) -> None:
         # Free here; Redis says whether it is free everywhere (claimed()).
         self._claim(conn, name, renaming=False)
 
-    def depart(self, conn, why: str, detail: str = ""):
+    def depart(self, conn: Member, why: str, detail: str = "") -> None:
         if conn not in self.connected:
             return
         held = self.busy.pop(conn, None)
@@ -332,7 +343,7 @@ class ClusterChat(Chat):
             self._publish_leave(conn, why, detail)
         super().depart(conn, why, detail)
 
-    def _leave_room(self, conn, why: str, detail: str):
+    def _leave_room(self, conn: Member, why: str, detail: str) -> None:
         """conn's socket is gone: it stops receiving now, and stays a
         Remote of this node until its "leave" comes back."""
         room = conn.room
@@ -351,17 +362,17 @@ class ClusterChat(Chat):
         self.nodes.setdefault(self.node, {})[ghost] = None
         self._publish_leave(conn, why, detail)
 
-    def _publish_leave(self, conn, why, detail):
+    def _publish_leave(self, conn: Member, why: str, detail: str) -> None:
         name = (self.published.pop(conn, None) or [conn.name])[0]
         self._publish(["leave", name, self._leave_reason(why, detail)])
 
-    def _speak(self, conn, line: str, keep: bool):
+    def _speak(self, conn: Member, line: str, keep: bool) -> None:
         if self._room_for_line(conn):
             self._queued_lines += 1
             room = self.published[conn][1] if conn in self.published else conn.room.name
             self._publish(["say", room, line, keep], conn, hold=False)
 
-    def _room_for_line(self, conn, held: int = 0) -> bool:
+    def _room_for_line(self, conn: Member, held: int = 0) -> bool:
         """Whether the bus can take one more line; if not, conn is told.
         The bound is for an outage: while Redis answers, what waits is a
         round trip's worth."""
@@ -372,14 +383,14 @@ class ClusterChat(Chat):
         self._tell(conn, p.render_error(p.BUS_DOWN))
         return False
 
-    def _rename(self, conn, new: str, old_key: str, new_key: str):
+    def _rename(self, conn: Member, new: str, old_key: str, new_key: str) -> None:
         if new_key == old_key:  # only its spelling changes: nothing to claim
             self._publishing(conn)[0] = new
             self._publish(["nick", conn.name, new], conn)
             return
         self._claim(conn, new, renaming=True)
 
-    def _msg(self, conn, command):
+    def _msg(self, conn: Member, command: p.Msg) -> None:
         # Through the bus even to a member of this node, so that it reaches
         # its recipient in order with everything else it is sent.
         target = self.names.get(p.name_key(command.target))
@@ -394,7 +405,7 @@ class ClusterChat(Chat):
         if target is not conn:
             self._tell(conn, p.render_private_to_sender(conn.name, target.name, command.text))
 
-    def _join(self, conn, command):
+    def _join(self, conn: Member, command: p.Join) -> None:
         name = self._join_target(conn, command)
         if name is None:
             return
@@ -404,13 +415,13 @@ class ClusterChat(Chat):
     # ------------------------------------------------------------------
     # Applying the bus's entries: the same on every node
 
-    def _room(self, name: str):
+    def _room(self, name: str) -> Room:
         room = self.rooms.ensure(name)
         if room.size == 0:
             self.rooms.vacated(room)  # made for a line or a history: droppable
         return room
 
-    def _member(self, node: str, name: str):
+    def _member(self, node: str, name: str) -> Optional[Member]:
         """The member called name if node serves it, else None (a stale
         operation: the name has changed hands since)."""
         member = self.names.get(p.name_key(name))
@@ -419,14 +430,14 @@ class ClusterChat(Chat):
         owner = member.node if isinstance(member, Remote) else self.node
         return member if owner == node else None
 
-    def _add_remote(self, member, room):
+    def _add_remote(self, member: Remote, room: Room) -> None:
         member.room = room
         room.remote[member] = None
         self.rooms.occupied(room)
         self.names[p.name_key(member.name)] = member
         self.nodes.setdefault(member.node, {})[member] = None
 
-    def _drop_remote(self, member, reason, now):
+    def _drop_remote(self, member: Remote, reason: Optional[str], now: float) -> None:
         """member leaves: announced with reason, or silently if None."""
         room = member.room
         if reason is None:
@@ -441,7 +452,7 @@ class ClusterChat(Chat):
             del self.names[key]
         self.nodes.get(member.node, {}).pop(member, None)
 
-    def _apply_enter(self, node, now, name, room_name):
+    def _apply_enter(self, node: str, now: float, name: str, room_name: str) -> None:
         key = p.name_key(name)
         room = self.rooms.ensure(room_name)
         conn = self.entering.pop(key, None) if node == self.node else None
@@ -473,7 +484,7 @@ class ClusterChat(Chat):
         self._add_remote(member, room)
         room.enter_remote(member, now)
 
-    def _apply_join(self, node, now, name, room_name):
+    def _apply_join(self, node: str, now: float, name: str, room_name: str) -> None:
         member = self._member(node, name)
         if member is None:
             return
@@ -494,7 +505,7 @@ class ClusterChat(Chat):
         self.rooms.occupied(room)
         room.enter(member, [p.render_now_in(room.name)], carried, now)
 
-    def _apply_leave(self, node, now, name, reason):
+    def _apply_leave(self, node: str, now: float, name: str, reason: str) -> None:
         member = self._member(node, name)
         if not isinstance(member, Remote):
             return  # unknown, or (a bug) still connected here
@@ -502,10 +513,10 @@ class ClusterChat(Chat):
         if node == self.node:
             self.requests.append(("release", p.name_key(name)))
 
-    def _apply_say(self, node, now, room_name, line, keep):
+    def _apply_say(self, node: str, now: float, room_name: str, line: str, keep: bool) -> None:
         self._room(room_name).say(line, keep=keep)
 
-    def _apply_nick(self, node, now, old, new):
+    def _apply_nick(self, node: str, now: float, old: str, new: str) -> None:
         member = self._member(node, old)
         if member is None:
             return
@@ -517,7 +528,7 @@ class ClusterChat(Chat):
         if node == self.node and old_key != new_key:
             self.requests.append(("release", old_key))
 
-    def _apply_msg(self, node, now, sender, target, text):
+    def _apply_msg(self, node: str, now: float, sender: str, target: str, text: str) -> None:
         conn = self.names.get(p.name_key(target))
         if conn is None or isinstance(conn, Remote) or conn not in self.connected:
             return
@@ -525,17 +536,17 @@ class ClusterChat(Chat):
             conn.room.announce()  # its roster first, as Chat._msg does
         self._tell(conn, p.render_private_to_recipient(sender, text))
 
-    def _apply_hello(self, node, now):
+    def _apply_hello(self, node: str, now: float) -> None:
         if node != self.node:
             self.nodes.setdefault(node, {})
             self.lost.discard(node)
             self._publish_present()
 
-    def _publish_present(self):
+    def _publish_present(self) -> None:
         members = (self._as_published(conn) for conn in self.connected)
         self._publish(["present", True, [pair for pair in members if pair is not None]])
 
-    def _apply_present(self, node, now, _full, pairs):
+    def _apply_present(self, node: str, now: float, _full: bool, pairs: list[list[str]]) -> None:
         """node's members are pairs: made so here silently (this is a
         state transfer, not news: each arrival was announced when it
         happened)."""
@@ -545,7 +556,7 @@ class ClusterChat(Chat):
         wanted = {p.name_key(name): (name, room) for name, room in pairs}
         for member in list(self.nodes.get(node, ())):
             key = p.name_key(member.name)
-            name, room = wanted.pop(key, (None, None))
+            name, room = wanted.pop(key, ("", None))
             if room is None or p.name_key(room) != member.room.key:
                 self._drop_remote(member, None, now)
                 if room is not None:
@@ -557,7 +568,7 @@ class ClusterChat(Chat):
                 continue  # held by another member here: the stream's order decides
             self._add_remote(Remote(name, node), self._room(room_name))
 
-    def _apply_lost(self, node, now, lost, reason):
+    def _apply_lost(self, node: str, now: float, lost: str, reason: str) -> None:
         if lost == self.node:
             # We were stalled past --node-timeout and the others let our
             # members go: claim our names again and tell them who is here.

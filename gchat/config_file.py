@@ -67,9 +67,9 @@ class ConfigFile:
     def __init__(self, path: str, text: str, data: dict, parser):
         self.path = path
         self.text = text
-        self.values = {}   # dest -> value, converted as the command line would
-        self.keys = {}     # dest -> the key the file spelt it with
-        self.raw = {}      # dest -> the value as the file wrote it
+        self.values: dict = {}  # dest -> value, converted as the command line would
+        self.keys: dict = {}    # dest -> the key the file spelt it with
+        self.raw: dict = {}     # dest -> the value as the file wrote it
         actions = settable_actions(parser)
         for key, raw in data.items():
             action = actions.get(key)
@@ -194,8 +194,8 @@ def parse_args(parser, argv=None):
     except ConfigFileError as err:
         parser.error(str(err))
     actions = settable_actions(parser)
-    repeated = {}
-    defaults = {}
+    repeated: dict = {}
+    defaults: dict = {}
     for dest, value in source.values.items():
         if _is_repeatable(actions[source.keys[dest]]):
             # argparse appends to the default list: the command line's

@@ -6,6 +6,7 @@ or a reason without importing the hub, the chat or a room.
 
 Events are (kind, conn, payload) tuples on the hub's inbox (hub.py).
 """
+from typing import Any, Protocol
 
 # Event kinds.
 ARRIVE = "arrive"      # payload: None
@@ -38,6 +39,25 @@ class Why:
     SHUTDOWN = "shutdown"          # the server is stopping
     FAULT = "fault"                # handling one of its events raised
     HTTP = "http"                  # its first line was an HTTP request
+
+
+class Member(Protocol):
+    """A connection as the chat (chat.py) and its rooms (room.py) see it:
+    any object with these attributes, a transport's Connection or a
+    cluster.Remote.  `who` is its address (HOST:PORT); `name` (a str) and
+    `room` (a room.Room) are None until the chat, which alone sets them,
+    gives it them.  Both are Any: a room's members are named by the chat's
+    own rules, which a type cannot say without a check at every use, and
+    this leaf cannot name room.Room, a layer above it.  Hashable: rooms and
+    their Fanouts key dicts by it."""
+
+    @property
+    def who(self) -> str: ...
+
+    name: Any
+    room: Any
+
+    def __hash__(self) -> int: ...
 
 
 # Departures whose peer has gone away: the server does not try to flush

@@ -18,6 +18,7 @@ sent stays in order across the two rooms.
 
 Pure: no sockets, no gevent.  deliver(conn, data) is given by the caller.
 """
+from typing import Any, Callable, Hashable, Iterable, Optional
 
 
 class _View:
@@ -25,12 +26,12 @@ class _View:
 
     __slots__ = ("start", "stop", "inserts")
 
-    def __init__(self, start):
+    def __init__(self, start: Optional[int]) -> None:
         # start: offset into the batch where the client began receiving
         # broadcasts (None: it never did, e.g. still choosing a name).
         self.start = start
-        self.stop = None  # offset where it stopped (it left), None: the end
-        self.inserts = []  # (offset, bytes) of lines for this client alone
+        self.stop: Optional[int] = None  # offset where it stopped (it left), None: the end
+        self.inserts: list[tuple[int, bytes]] = []  # (offset, bytes) of lines for this client alone
 
     def render(self, blob: bytes) -> bytes:
         if self.start is None:
@@ -54,19 +55,19 @@ class Fanout:
 
     __slots__ = ("_parts", "_size", "_views", "lines", "_owner", "_dirty", "_queued", "sent_bytes")
 
-    def __init__(self, owner=None, dirty=None):
+    def __init__(self, owner: object = None, dirty: Optional[list[Any]] = None) -> None:
         """owner is appended to the list dirty when this Fanout gets the
         first output of a batch (both None: nobody is told)."""
-        self._parts = []
+        self._parts: list[bytes] = []
         self._size = 0
-        self._views = {}
+        self._views: dict[Hashable, _View] = {}
         self.lines = 0  # broadcast lines in this batch (for the stats)
         self.sent_bytes = 0  # bytes handed to deliver, all batches (for the stats)
         self._owner = owner
         self._dirty = dirty
         self._queued = False
 
-    def _mark(self):
+    def _mark(self) -> None:
         self._queued = True
         if self._dirty is not None:
             self._dirty.append(self._owner)
@@ -81,7 +82,7 @@ class Fanout:
         self.lines += 1
         return data
 
-    def _view(self, conn, member: bool) -> _View:
+    def _view(self, conn: Hashable, member: bool) -> _View:
         if not self._queued:
             self._mark()
         view = self._views.get(conn)
@@ -89,17 +90,17 @@ class Fanout:
             view = self._views[conn] = _View(0 if member else None)
         return view
 
-    def send(self, conn, line: str, member: bool = True):
+    def send(self, conn: Hashable, line: str, member: bool = True) -> None:
         """One line to conn alone, in order with the broadcasts around it.
 
         member says whether conn receives broadcasts at this point."""
         self.send_bytes(conn, (line + "\n").encode("utf-8"), member)
 
-    def send_bytes(self, conn, data: bytes, member: bool = True):
+    def send_bytes(self, conn: Hashable, data: bytes, member: bool = True) -> None:
         """Encoded lines to conn alone, as one piece (send's twin)."""
         self._view(conn, member).inserts.append((self._size, data))
 
-    def detach(self, conn, member: bool) -> bytes:
+    def detach(self, conn: Hashable, member: bool) -> bytes:
         """conn leaves for another room's Fanout: its share of this batch
         so far, which the other Fanout delivers first.  member says whether
         conn has been receiving broadcasts here."""
@@ -114,16 +115,16 @@ class Fanout:
         view.stop = self._size
         return view.render(parts[0] if parts else b"")
 
-    def joined(self, conn):
+    def joined(self, conn: Hashable) -> None:
         """conn receives broadcasts from now on (it was not a member)."""
         self._view(conn, False).start = self._size
 
-    def departed(self, conn, member: bool):
+    def departed(self, conn: Hashable, member: bool) -> None:
         """conn receives no more broadcasts from now on."""
         view = self._view(conn, member)
         view.stop = self._size
 
-    def flush(self, members, deliver) -> int:
+    def flush(self, members: Iterable[Hashable], deliver: Callable[[Any, bytes], object]) -> int:
         """Deliver the batch: the broadcast to every conn in members, plus
         every view.  Returns the number of deliveries: broadcast lines x
         recipients, a member with a view of its own counted for the

@@ -10,6 +10,7 @@ that says goodbye to them has been delivered.
 import logging
 from bisect import bisect_left
 from time import perf_counter
+from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -105,10 +106,11 @@ class Hub:
             self._flush()
             self.flush_seconds.observe(perf_counter() - started)
             if self.bus is not None:
-                # One entry per batch: what this batch's clients did.
-                ops, requests = chat.take()
+                # One entry per batch: what this batch's clients did.  (With a
+                # bus the chat is a ClusterChat, which mypy cannot tell.)
+                ops, requests = chat.take()  # type: ignore[attr-defined]
                 if ops or requests:
-                    chat.sent(self.bus.submit(ops, requests))
+                    chat.sent(self.bus.submit(ops, requests))  # type: ignore[attr-defined]
             self.batch_sizes.observe(handled)
             if self.paused:
                 paused, self.paused = self.paused, []
@@ -140,12 +142,13 @@ class Hub:
             elif kind is SHUTDOWN:
                 self._shutting_down = True
                 chat.shutdown()
+            # The bus's events: only with a bus, whose chat is a ClusterChat.
             elif kind is BUS:
-                chat.apply(payload)
+                chat.apply(payload)  # type: ignore[attr-defined]
             elif kind is CLAIMED:
-                chat.claimed(conn, *payload)
+                chat.claimed(conn, *payload)  # type: ignore[attr-defined]
             elif kind is RESYNC:
-                chat.resync(payload)
+                chat.resync(payload)  # type: ignore[attr-defined]
             elif kind is WATCHDOG:
                 payload()
         except Exception:
@@ -186,6 +189,8 @@ class Hub:
 
             self.stats["deliveries"] += chat.flush(deliver)
             self.stats["batches"] += 1
+            # The chat sees events.Members; the hub closes what it gave it: Connections.
+            conn: Any
             for conn, why in departures:
                 if why in PEER_GONE:
                     conn.close(0)

@@ -15,6 +15,8 @@ If parked bytes would pass `limit`, the slow-client policy decides
 Pure: the non-blocking send and the wake-up are callables given by the
 connection, so that tests drive the outbox without sockets.
 """
+from typing import Callable
+
 from gchat import protocol as p
 
 
@@ -23,14 +25,15 @@ class Outbox:
     __slots__ = ("limit", "drop_policy", "_send", "_wake", "_parked", "parked_bytes",
                  "missed", "dropped", "broken")
 
-    def __init__(self, limit: int, policy: str, send, wake):
+    def __init__(self, limit: int, policy: str, send: Callable[[bytes], int],
+                 wake: Callable[[], object]) -> None:
         """send(data) -> bytes accepted, raising BlockingIOError when none
         (a non-blocking socket send); wake() starts the writer."""
         self.limit = limit
         self.drop_policy = policy == "drop"
         self._send = send
         self._wake = wake
-        self._parked = []
+        self._parked: list[bytes] = []
         self.parked_bytes = 0
         self.missed = 0      # lines skipped since the client was last told
         self.dropped = 0     # lines skipped in all, for the stats
@@ -95,7 +98,7 @@ class Outbox:
         """A line of the server's own, as it goes on the wire."""
         return self._wire(line.encode() + b"\n")
 
-    def _park(self, data: bytes):
+    def _park(self, data: bytes) -> None:
         self._parked.append(data)
         self.parked_bytes += len(data)
 
@@ -110,7 +113,7 @@ class Outbox:
             parked[:] = [b"".join(parked)]
         return parked[0]
 
-    def sent(self, count: int):
+    def sent(self, count: int) -> None:
         """The writer sent count bytes of pending()."""
         parked = self._parked
         head = parked[0]
@@ -124,7 +127,7 @@ class Outbox:
             self._park(self._notice(p.render_missed(self.missed)))
             self.missed = 0
 
-    def abandon(self):
+    def abandon(self) -> None:
         """The connection failed: forget what is parked."""
         self.broken = True
         self._parked.clear()

@@ -9,9 +9,10 @@ Everything here is driven with bytes and strings by the tests:
 * validate_name and name_key are the rules for names (exercise 8.14);
 * the render_* functions are every line the server says, in one place.
 """
+import enum
 import re
 import unicodedata
-from typing import NamedTuple, Optional
+from typing import Mapping, NamedTuple, Optional, Union
 
 from gchat.events import Why
 
@@ -19,16 +20,20 @@ from gchat.events import Why
 # Splitting bytes into lines
 
 
-class _TooLong:
-    """Marker that LineReader puts where it discarded an over-long line."""
+class _TooLong(enum.Enum):
+    """Marker that LineReader puts where it discarded an over-long line.
+    An enum of one member, so that a type checker narrows `line is
+    TOO_LONG` (the sentinel idiom mypy understands)."""
 
-    __slots__ = ()
+    TOO_LONG = "TOO_LONG"
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "TOO_LONG"
 
 
-TOO_LONG = _TooLong()
+TOO_LONG = _TooLong.TOO_LONG
+# What a reader hands the hub for each line: its bytes, or TOO_LONG.
+Line = Union[bytes, _TooLong]
 
 
 class LineReader:
@@ -45,7 +50,7 @@ class LineReader:
 
     __slots__ = ("max_line", "_partial", "_discarding")
 
-    def __init__(self, max_line: int):
+    def __init__(self, max_line: int) -> None:
         if max_line < 1:
             raise ValueError("max_line must be at least 1")
         self.max_line = max_line
@@ -57,8 +62,8 @@ class LineReader:
         """Bytes of an unfinished line held right now (at most max_line + 1)."""
         return len(self._partial)
 
-    def feed(self, data: bytes) -> list:
-        out = []
+    def feed(self, data: bytes) -> list[Line]:
+        out: list[Line] = []
         if self._discarding:
             newline = data.find(b"\n")
             if newline < 0:
@@ -85,7 +90,7 @@ class LineReader:
             self._partial = tail
         return out
 
-    def finish(self) -> list:
+    def finish(self) -> list[bytes]:
         """At end of input: the unterminated last line, if any (the seed's
         Scanner delivers it too)."""
         tail, self._partial = self._partial, b""
@@ -134,7 +139,7 @@ class TokenBucket:
 
     __slots__ = ("rate", "burst", "tokens", "stamp")
 
-    def __init__(self, rate: float, burst: int, now: float):
+    def __init__(self, rate: float, burst: int, now: float) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("a token bucket needs rate > 0 and burst >= 1")
         self.rate = rate
@@ -276,7 +281,10 @@ def _usage(command: str, args: str) -> Invalid:
     return Invalid(f"usage: /{command} {args}")
 
 
-def parse(line: str):
+Command = Union[Chat, Me, Nick, Msg, Who, Quit, Help, Stats, Join, ListRooms, Invalid]
+
+
+def parse(line: str) -> Command:
     """Turn one line of a named client into a command.  Never raises."""
     if not line.startswith("/"):
         return Chat(line)
@@ -373,14 +381,14 @@ def render_arrived(who: str) -> str:
     return f"{who} has arrived"
 
 
-def _render_run(shown: list, total: int, verb: str) -> str:
+def _render_run(shown: list[str], total: int, verb: str) -> str:
     """One line for a run of arrivals or departures: shown (perhaps only
     the first of them) out of total."""
     more = total - len(shown)
     return f"{', '.join(shown)}{f' and {more} more' if more > 0 else ''} have {verb}"
 
 
-def render_arrivals(names: list, total: int) -> str:
+def render_arrivals(names: list[str], total: int) -> str:
     return _render_run(names, total, "arrived")
 
 
@@ -388,7 +396,7 @@ def render_left(who: str, reason: str = "") -> str:
     return f"{who} has left ({reason})" if reason else f"{who} has left"
 
 
-def render_departures(departures: list, total: int) -> str:
+def render_departures(departures: list[tuple[str, str]], total: int) -> str:
     """Departures are (name, reason) pairs; each reason stays beside its name."""
     return _render_run([f"{name} ({reason})" if reason else name for name, reason in departures],
                        total, "left")
@@ -410,7 +418,7 @@ def render_history_open(room: str, count: int) -> str:
 HISTORY_CLOSE = "--- end of history ---"
 
 
-def render_rooms(rooms: list, total: int) -> str:
+def render_rooms(rooms: list[tuple[str, int, bool]], total: int) -> str:
     """/rooms: (name, members, own) triples (perhaps only the first of
     them) out of total rooms."""
     shown = ", ".join(f"#{name} ({count}, you are here)" if own else f"#{name} ({count})"
@@ -439,7 +447,7 @@ def render_private_to_sender(sender: str, recipient: str, text: str) -> str:
     return f"{sender} (private to {recipient}): {text}"
 
 
-def render_roster(names: list, total: int, newcomer: bool) -> str:
+def render_roster(names: list[str], total: int, newcomer: bool) -> str:
     """The roster: names (perhaps only the first of them) out of total.
 
     For a newcomer it names everyone else (exercise 8.12); for /who, everyone.
@@ -464,7 +472,7 @@ def render_name_timeout(seconds: float) -> str:
     return f"error: no name given within {seconds:g} s; disconnecting"
 
 
-def render_stats(stats: dict) -> str:
+def render_stats(stats: Mapping[str, object]) -> str:
     return "stats: " + " ".join(f"{key}={value}" for key, value in stats.items())
 
 
@@ -487,7 +495,7 @@ def render_http_refusal(status: int, why: str) -> str:
     return f"{status} {why}"
 
 
-def render_bad_handshake(err) -> str:
+def render_bad_handshake(err: object) -> str:
     return f"bad WebSocket handshake: {err}"
 
 

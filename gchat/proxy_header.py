@@ -17,12 +17,13 @@ connection, as early as the bytes show it; a header split across reads is
 still a header (the spec recommends tolerance, since nothing on the path
 has to keep the header in one segment).
 """
+import enum
 import functools
 import ipaddress
 import re
 import struct
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Iterable, Optional, Union
 
 # Section 2.1: "PROXY" and exactly one space begin every v1 header; the
 # longest line, "PROXY UNKNOWN" with two full IPv6 addresses and ports, is
@@ -43,15 +44,16 @@ _UNSPEC, _STREAM, _DGRAM = 0x0, 0x1, 0x2
 _PP2_TYPE_CRC32C = 0x03
 
 
-class _NeedMore:
-    """The header is not complete yet: feed more bytes."""
-    __slots__ = ()
+class _NeedMore(enum.Enum):
+    """The header is not complete yet: feed more bytes.  An enum of one
+    member, so that a type checker narrows `result is NEED_MORE`."""
+    NEED_MORE = "NEED_MORE"
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "NEED_MORE"
 
 
-NEED_MORE = _NeedMore()
+NEED_MORE = _NeedMore.NEED_MORE
 
 
 @dataclass(frozen=True)
@@ -60,12 +62,12 @@ class ProxyHeader:
     version: int                   # 1 or 2
     command: str                   # "PROXY", or "LOCAL" (v2: the proxy's own health check)
     transport: str                 # "TCP4", "TCP6" or "UNKNOWN" (no usable addresses)
-    source: Optional[tuple]        # (host, port) of the client; None unless TCP4/TCP6
-    destination: Optional[tuple]   # (host, port) the client connected to; likewise
+    source: Optional[tuple[str, int]]       # (host, port) of the client; None unless TCP4/TCP6
+    destination: Optional[tuple[str, int]]  # (host, port) the client connected to; likewise
     length: int                    # bytes of the header itself
     leftover: bytes                # bytes received after the header: the client's own
 
-    def client_address(self, real: tuple) -> tuple:
+    def client_address(self, real: tuple[str, int]) -> tuple[str, int]:
         """The address the client is known by: the one the header carries,
         or, for LOCAL, UNKNOWN and families without one (AF_UNIX, UNSPEC),
         the real connection's (the spec says to use it as if there were no
@@ -91,15 +93,17 @@ class ProxyHeaderParser:
 
     __slots__ = ("_buffer", "result")
 
-    def __init__(self):
-        self._buffer = bytearray()
-        self.result = None  # the final ProxyHeader or Malformed, once known
+    def __init__(self) -> None:
+        self._buffer: Optional[bytearray] = bytearray()  # None once the result is known
+        # the final ProxyHeader or Malformed, once known
+        self.result: Optional[Union[ProxyHeader, Malformed]] = None
 
     def feed(self, data: bytes) -> Result:
-        if self.result is not None:
+        buffer = self._buffer
+        if buffer is None:  # the result is known
             raise RuntimeError("the header is already parsed; its leftover holds later bytes")
-        self._buffer += data
-        result = parse(bytes(self._buffer))
+        buffer += data
+        result = parse(bytes(buffer))
         if result is not NEED_MORE:
             self.result = result
             self._buffer = None
@@ -276,7 +280,7 @@ def _check_tlvs(header: bytes, offset: int) -> Optional[str]:
     return None
 
 
-def _crc32c_table() -> tuple:
+def _crc32c_table() -> tuple[int, ...]:
     table = []
     for byte in range(256):
         crc = byte
@@ -300,7 +304,7 @@ def crc32c(data: bytes) -> int:
 
 # Shared ---------------------------------------------------------------------
 
-def _host(address) -> str:
+def _host(address: Union[ipaddress.IPv4Address, ipaddress.IPv6Address]) -> str:
     """An address as gchat writes hosts: an IPv4-mapped IPv6 address as
     plain IPv4, as Go's net.IP.String() does, so that a client is one
     host whichever way the proxy spelled it."""
@@ -314,12 +318,15 @@ def _show(data: bytes) -> str:
     return repr(bytes(data[:24])) + ("..." if len(data) > 24 else "")
 
 
+_Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
 @functools.lru_cache(maxsize=8)
-def _networks(cidrs: tuple) -> tuple:
+def _networks(cidrs: tuple[str, ...]) -> tuple[_Network, ...]:
     return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
 
 
-def peer_allowed(host: str, cidrs: tuple) -> bool:
+def peer_allowed(host: str, cidrs: Iterable[str]) -> bool:
     """Whether a peer at host may send a PROXY header (--proxy-from): any
     other could claim to be anyone.  A dual-stack listener sees IPv4 peers
     as ::ffff:a.b.c.d, which counts as a.b.c.d."""

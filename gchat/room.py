@@ -6,7 +6,8 @@ the Chat, and that is what makes the state safe without locks, as the
 seed's broadcaster goroutine is.  A room speaks through its own Fanout
 (fanout.py): one rendered batch per room, the same bytes for each member.
 
-A connection, as a room sees it, is any object with a `name` attribute.
+A connection, as a room sees it, is any object with a `name` attribute
+(events.Member).
 
 In a cluster (cluster.py) a room also has members that this node does not
 serve: `remote` holds them (cluster.Remote objects), counted in its size,
@@ -15,8 +16,11 @@ are announced like local ones (enter_remote, leave_remote).
 """
 from collections import deque
 from itertools import chain, islice
+from typing import Optional
 
 from gchat import protocol as p
+from gchat.config import Config
+from gchat.events import Member
 from gchat.fanout import Fanout
 
 
@@ -34,7 +38,8 @@ class Room:
     announced, so nobody hears of either.
     """
 
-    def __init__(self, name: str, key: str, config, dirty: list, holding: set):
+    def __init__(self, name: str, key: str, config: Config, dirty: list["Room"],
+                 holding: set["Room"]) -> None:
         """name: as its creator spelt it; key: protocol.name_key(name);
         dirty: the list a room joins when it has output for the hub to
         flush; holding: the set it joins while it holds announcements."""
@@ -43,18 +48,21 @@ class Room:
         self.config = config
         self.compat = config.compat
         self.out = Fanout(self, dirty)
-        self.members = {}    # conn -> None: who receives the broadcasts, in order of arrival
-        self.arriving = {}   # conn -> None: newcomers held back, not yet announced
-        self.leaving = []    # (name, reason) of departures held back
-        self.remote = {}     # Remote -> None: members served by other nodes (cluster.py)
-        self.remote_arriving = []  # those of them whose arrival is held back
+        # conn -> None: who receives the broadcasts, in order of arrival
+        self.members: dict[Member, None] = {}
+        # conn -> None: newcomers held back, not yet announced
+        self.arriving: dict[Member, None] = {}
+        self.leaving: list[tuple[str, str]] = []  # (name, reason) of departures held back
+        # Remote -> None: members served by other nodes (cluster.py)
+        self.remote: dict[Member, None] = {}
+        self.remote_arriving: list[Member] = []  # those of them whose arrival is held back
         self.held_since = 0.0
         self._holding = holding
         history = 0 if config.compat else config.history
         # Encoded lines, "\n" included, so that a newcomer's block is one join.
-        self.history = deque(maxlen=history) if history else None
+        self.history: Optional[deque[bytes]] = deque(maxlen=history) if history else None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Room #{self.name} {self.size}>"
 
     @property
@@ -62,16 +70,16 @@ class Room:
         """Everyone in the room, announced or not."""
         return len(self.members) + len(self.arriving) + len(self.remote)
 
-    def names(self) -> list:
+    def names(self) -> list[str]:
         return [conn.name for conn in chain(self.members, self.arriving, self.remote)]
 
-    def receiving(self, conn) -> bool:
+    def receiving(self, conn: Member) -> bool:
         """Whether conn gets this room's broadcasts at this point."""
         return conn in self.members
 
     # ------------------------------------------------------------------
 
-    def say(self, line: str, keep: bool):
+    def say(self, line: str, keep: bool) -> None:
         """line to everyone here; keep: it goes into the history too."""
         if self._held():
             self.announce()
@@ -79,7 +87,7 @@ class Room:
         if keep and self.history is not None:
             self.history.append(data)
 
-    def enter(self, conn, greeting: list, prefix: bytes, now: float):
+    def enter(self, conn: Member, greeting: list[str], prefix: bytes, now: float) -> None:
         """conn comes in: greeting (its "You are ..." line) and the roster
         and history go to it alone, the members hear of it.  prefix: what
         it was sent in its previous room this batch, delivered first."""
@@ -97,7 +105,7 @@ class Room:
         self.members[conn] = None
         out.joined(conn)
 
-    def leave(self, conn, reason, moving: bool, now: float) -> bytes:
+    def leave(self, conn: Member, reason: Optional[str], moving: bool, now: float) -> bytes:
         """conn goes.  reason: what the others are told after "has left",
         None to tell them nothing (shutdown).  moving: it goes to another
         room, so its share of this batch so far is returned for that
@@ -119,7 +127,7 @@ class Room:
             self._departure(conn.name, reason, size, now)
         return carried
 
-    def enter_remote(self, member, now: float):
+    def enter_remote(self, member: Member, now: float) -> None:
         """A member served by another node comes in: the members here hear
         of it, as of a local arrival (held back the same way)."""
         self.remote[member] = None
@@ -128,7 +136,7 @@ class Room:
             return
         self.out.broadcast(p.render_arrived(member.name))
 
-    def leave_remote(self, member, reason, now: float):
+    def leave_remote(self, member: Member, reason: Optional[str], now: float) -> None:
         """A member served by another node goes; reason as for leave()."""
         size = self.size
         del self.remote[member]
@@ -155,7 +163,7 @@ class Room:
             self.announce()
         return False
 
-    def _departure(self, name: str, reason: str, size: int, now: float):
+    def _departure(self, name: str, reason: str, size: int, now: float) -> None:
         """name has left a room of size members (before it left): held
         back with the run it belongs to, or said now."""
         if self._merges(size):
@@ -167,12 +175,12 @@ class Room:
     def _held(self) -> bool:
         return bool(self.arriving or self.leaving or self.remote_arriving)
 
-    def _hold(self, now: float):
+    def _hold(self, now: float) -> None:
         if not self._held():
             self.held_since = now
             self._holding.add(self)
 
-    def announce(self):
+    def announce(self) -> None:
         """Announce the departures and arrivals held back, if any."""
         self._holding.discard(self)
         leaving, self.leaving = self.leaving, []
@@ -199,13 +207,13 @@ class Room:
             self._welcome(conn, exclude=conn)
             out.joined(conn)
 
-    def due(self, now: float):
+    def due(self, now: float) -> Optional[float]:
         """Seconds until held announcements must be made, or None."""
         if not self._held():
             return None
         return max(0.0, self.held_since + self.config.arrival_merge_window - now)
 
-    def _welcome(self, conn, exclude):
+    def _welcome(self, conn: Member, exclude: Optional[Member]) -> None:
         """The roster (exercise 8.12) and the history, to a newcomer alone:
         everyone present but itself (exclude, when it is already among the
         members), at most roster_limit names, the count exact."""

@@ -14,23 +14,25 @@ from heapq import nlargest
 from typing import Optional
 
 from gchat import protocol as p
+from gchat.config import Config
 from gchat.room import Room
 
 LOBBY = "lobby"
 
 
 class RoomRegistry:
-    def __init__(self, config, dirty: list, holding: set):
+    def __init__(self, config: Config, dirty: list[Room], holding: set[Room]) -> None:
         """dirty and holding: shared with every room (see Room)."""
         self.config = config
         self._dirty = dirty
         self._holding = holding
-        self.rooms = {}            # name_key -> Room
-        self.empty = OrderedDict()  # name_key -> Room, least recently used first
+        self.rooms: dict[str, Room] = {}  # name_key -> Room
+        # name_key -> Room, least recently used first
+        self.empty: OrderedDict[str, Room] = OrderedDict()
         self.dropped = 0           # empty rooms dropped to make way (for /stats)
         self.lobby = self._make(LOBBY)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.rooms)
 
     def get(self, key: str) -> Optional[Room]:
@@ -66,11 +68,11 @@ class RoomRegistry:
             room = self.create(name) or self._make(name)
         return room
 
-    def occupied(self, room: Room):
+    def occupied(self, room: Room) -> None:
         """Someone is in room now."""
         self.empty.pop(room.key, None)
 
-    def vacated(self, room: Room):
+    def vacated(self, room: Room) -> None:
         """Someone left room; if it is empty now it may be dropped later."""
         if room.size == 0 and room is not self.lobby:
             self.empty[room.key] = room

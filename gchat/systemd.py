@@ -70,7 +70,7 @@ def parse_listen_fds(environ, pid: int) -> dict:
         # sd_listen_fds_with_names(3) refuses this mismatch too.
         raise ActivationError(f"LISTEN_FDNAMES={names_text!r} names {len(names)} sockets "
                               f"but LISTEN_FDS={count}")
-    roles = {}
+    roles: dict[str, int] = {}
     unnamed = []
     for offset, name in enumerate(names):
         fd = LISTEN_FDS_START + offset

@@ -82,6 +82,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any, Optional
 
 from gchat import __version__, logs, systemd
 from gchat.protocol import format_address
@@ -171,13 +172,13 @@ class Worker:
 
     def __init__(self, index: int):
         self.index = index
-        self.proc = None         # subprocess.Popen while it runs
-        self.link = None         # the supervisor's end of the socketpair
+        self.proc: Optional[subprocess.Popen[bytes]] = None  # while it runs
+        self.link: Optional[socket.socket] = None  # the supervisor's end of the socketpair
         self.ready = False       # it said it serves
-        self.node = None         # its cluster node id, as it said when ready
+        self.node: Optional[str] = None  # its cluster node id, as it said when ready
         self.started = 0.0       # time.monotonic() at its start
         self.delay = RESTART_DELAY_MIN  # before the next restart
-        self.due = None          # time.monotonic() of a pending restart
+        self.due: Optional[float] = None  # time.monotonic() of a pending restart
 
     @property
     def pid(self):
@@ -193,11 +194,12 @@ class Supervisor:
         self.environ = environ
         self.workers = [Worker(index) for index in range(1, count + 1)]
         self.selector = selectors.DefaultSelector()
-        self.placeholders = {}   # "line", "http", "admin" -> bound socket
-        self.command = None
+        # "line", "http", "admin" -> bound socket
+        self.placeholders: dict[str, socket.socket] = {}
+        self.command: Optional[list[str]] = None  # set by run()
         self.serving = False     # every worker has been ready once
         self.stopping = False
-        self.stop_deadline = None
+        self.stop_deadline: Optional[float] = None  # set with stopping
         self.killed = False      # stragglers were killed at the deadline
         self.exit_code = 0
         self.notifier = systemd.Notifier(systemd.notify_address(environ.get("NOTIFY_SOCKET")))
@@ -271,7 +273,9 @@ class Supervisor:
                 self._start(worker)
         if not self.serving and not self.stopping and all(w.ready for w in self.workers):
             self._announce()
-        if self.stopping and not self.killed and now >= self.stop_deadline:
+        # (stop_deadline is set whenever stopping is.)
+        if self.stopping and not self.killed and \
+                now >= self.stop_deadline:  # type: ignore[operator]
             self._kill_stragglers()
         if self.watchdog is not None and now >= self.next_ping:
             self.notifier.watchdog()
@@ -281,7 +285,7 @@ class Supervisor:
         now = time.monotonic()
         times = [w.due for w in self.workers if w.due is not None]
         if self.stopping and not self.killed:
-            times.append(self.stop_deadline)
+            times.append(self.stop_deadline)  # type: ignore[arg-type]  # set with stopping
         if self.watchdog is not None:
             times.append(self.next_ping)
         return max(0.0, min([now + POLL_INTERVAL, *times]) - now)
@@ -299,7 +303,9 @@ class Supervisor:
         if worker.node is not None:
             env[PREDECESSOR_ENV] = worker.node
         try:
-            worker.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, env=env,
+            # (self.command is set by run() before any worker starts.)
+            worker.proc = subprocess.Popen(self.command,  # type: ignore[arg-type]
+                                           stdin=subprocess.DEVNULL, env=env,
                                            pass_fds=(theirs.fileno(),))
         except OSError as err:
             mine.close()
@@ -321,7 +327,7 @@ class Supervisor:
 
     def _link_readable(self, worker: Worker):
         try:
-            data = worker.link.recv(64)
+            data = worker.link.recv(64)  # type: ignore[union-attr]  # registered with its link
         except BlockingIOError:
             return
         except OSError:
@@ -344,7 +350,8 @@ class Supervisor:
             worker.link = None
 
     def _exited(self, worker: Worker):
-        pid, returncode = worker.proc.pid, worker.proc.returncode
+        # (Called once poll() found its process exited: proc is not None.)
+        pid, returncode = worker.proc.pid, worker.proc.returncode  # type: ignore[union-attr]
         worker.proc = None
         worker.ready = False
         self._close_link(worker)
@@ -452,7 +459,7 @@ class WorkerLink:
         self.index = index
         self.sock = socket.socket(fileno=fd)
         self.sock.set_inheritable(False)
-        self._watcher = None
+        self._watcher: Any = None  # a gevent io watcher, once on_supervisor_gone() makes it
 
     @classmethod
     def from_environ(cls, environ):

@@ -29,13 +29,13 @@ The operations (each a JSON list, its kind first):
                                  stopped): its members leave with REASON
 """
 import json
-from typing import NamedTuple
+from typing import Any, Mapping, NamedTuple, Union
 
 FORMAT = b"1"
 
 # The kinds and the types of their arguments: an entry whose operations do
 # not match is skipped whole (it came from another program, or a bug).
-OPERATIONS = {
+OPERATIONS: dict[str, tuple[type, ...]] = {
     "enter": (str, str),
     "join": (str, str),
     "leave": (str, str),
@@ -55,25 +55,25 @@ class BadEntry(ValueError):
 class Entry(NamedTuple):
     node: str
     seq: int
-    ops: list
+    ops: list[list[Any]]
 
 
-def dumps(ops: list) -> str:
+def dumps(ops: list[list[Any]]) -> str:
     """The operations field of an entry."""
     return json.dumps(ops, ensure_ascii=False, separators=(",", ":"))
 
 
-def fields(node: str, seq: int, text: str) -> dict:
+def fields(node: str, seq: int, text: str) -> dict[str, Union[bytes, str, int]]:
     """The stream fields of one entry whose operations dumps() gave text."""
     return {"v": FORMAT, "n": node, "s": seq, "o": text}
 
 
-def encode(node: str, seq: int, ops: list) -> dict:
+def encode(node: str, seq: int, ops: list[list[Any]]) -> dict[str, Union[bytes, str, int]]:
     """The stream fields of one entry."""
     return fields(node, seq, dumps(ops))
 
 
-def decode(fields: dict, max_bytes: int) -> Entry:
+def decode(fields: Mapping[bytes, bytes], max_bytes: int) -> Entry:
     """An Entry from the fields of a stream entry (bytes keys and values,
     as redis-py returns them); raises BadEntry, saying why, if it is not one
     this version can apply."""
@@ -101,7 +101,7 @@ def decode(fields: dict, max_bytes: int) -> Entry:
     return Entry(node, seq, ops)
 
 
-def _check(op):
+def _check(op: object) -> None:
     if not isinstance(op, list) or not op or not isinstance(op[0], str) \
             or op[0] not in OPERATIONS:
         raise BadEntry(f"unknown operation {str(op)[:60]}")
@@ -122,8 +122,8 @@ class Deduper:
     keeps that order, so anything at or below the last one applied is a copy
     (a retried publish, or a republish after Redis came back empty)."""
 
-    def __init__(self):
-        self.last = {}  # node id -> last sequence number applied
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}  # node id -> last sequence number applied
 
     def fresh(self, entry: Entry) -> bool:
         """Whether entry is new; if so it counts as applied from now on."""

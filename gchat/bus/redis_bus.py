@@ -54,6 +54,7 @@ import os
 import time
 import uuid
 from collections import deque
+from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -136,6 +137,10 @@ STOPPED_SEQ = 1 << 40
 LOST_MARK_TTL = 3600
 
 
+# An entry as the bus holds it (RedisBus.pending, RedisBus.window).
+_Held = tuple[int, str, str, int, tuple[tuple[str, str], ...]]
+
+
 class BusError(Exception):
     """Redis cannot be used at start (unreachable, wrong password)."""
 
@@ -184,8 +189,9 @@ class RedisBus:
         self.seq = 0
         # Entries as (seq, node id, operations as JSON, chat lines, history
         # lines): small tuples, since an outage or the window holds many.
-        self.pending = deque()   # entries not yet published, in order
-        self.window = deque()    # (time published, entry): kept for a resync
+        self.pending: deque[_Held] = deque()  # entries not yet published, in order
+        # (time published, entry): kept for a resync
+        self.window: deque[tuple[float, _Held]] = deque()
         self.held_lines = 0      # chat lines in pending (the hub's bound)
         self.names = set()       # name keys this node holds in Redis
         self.unreleased = set()  # names to free once Redis answers again
@@ -198,7 +204,7 @@ class RedisBus:
         self.down_since = 0.0
         self._wake_writer = Event()
         self._requests = Queue()
-        self._put = None
+        self._put: Any = None  # the hub's put(kind, conn, payload), given by start()
         self._greenlets = []
         self._closing = False
         self.stats = {"bus_up": 0, "bus_outages": 0, "bus_recoveries": 0, "bus_data_lost": 0,
@@ -408,8 +414,11 @@ class RedisBus:
             # the last ID read, and reading on is right either way.  One
             # command per read keeps a read round trip cheap.
             try:
-                reply = self.redis.xread({keys.stream: self.last_id},
-                                         count=self.config.bus_read_count, block=READ_BLOCK_MS)
+                # RESP2's [[stream, [(id, {field: value}), ...]]]; redis-py types
+                # it as a union with RESP3's dict.
+                reply: Any = self.redis.xread({keys.stream: self.last_id},
+                                              count=self.config.bus_read_count,
+                                              block=READ_BLOCK_MS)
             except (RedisError, OSError) as err:
                 self._fail(err)
                 continue
@@ -452,8 +461,9 @@ class RedisBus:
                     pipe = self.redis.pipeline(transaction=True)
                     pipe.get(keys.epoch)
                     for seq, node, text, _, lines in batch:
-                        pipe.xadd(keys.stream, fields(node, seq, text), maxlen=maxlen,
-                                  approximate=True)
+                        # (redis-py wants a dict of its own key and value unions.)
+                        pipe.xadd(keys.stream, fields(node, seq, text),  # type: ignore[arg-type]
+                                  maxlen=maxlen, approximate=True)
                         for room, line in lines:
                             if history:
                                 room_key = name_key(room)

@@ -185,23 +185,25 @@ class Connection:
     def _within_allowance(self, lines: list) -> list:
         """Flood control: the lines the token bucket allows now; the rest
         are held, and reading pauses until the bucket has refilled."""
-        granted = self._bucket.take(len(lines), self._loop.now())
+        # Called only with a bucket (see _deliver), so _bucket is not None.
+        granted = self._bucket.take(len(lines), self._loop.now())  # type: ignore[union-attr]
         if granted == len(lines):
             return lines
         self._held = lines[granted:]
         self._pause(_FLOOD)
         self._server.flood_pauses += 1
-        self._resume = self._loop.timer(self._bucket.wait())
+        self._resume = self._loop.timer(self._bucket.wait())  # type: ignore[union-attr]
         self._resume.start(self._release_held)
         return lines[:granted]
 
     def _release_held(self):
-        self._resume.close()
+        # The flood timer's callback: the timer and the held lines exist until now.
+        self._resume.close()  # type: ignore[union-attr]
         self._resume = None
         if self._closing:
             return
         held, self._held = self._held, None
-        lines = self._within_allowance(held)
+        lines = self._within_allowance(held)  # type: ignore[arg-type]
         if lines:
             self._post(events.LINES, lines)
         if self._held is None:
@@ -245,7 +247,7 @@ class Connection:
             self._deadline.start(self._on_deadline)
 
     def _on_deadline(self):
-        self._deadline.close()
+        self._deadline.close()  # type: ignore[union-attr]  # this callback's own timer
         self._deadline = None
         if not self._closing:
             self._arm_deadline()
@@ -279,7 +281,7 @@ class Connection:
                 outbox.sent(sent)
                 if outbox.parked_bytes:
                     return
-        self._writer.stop()
+        self._writer.stop()  # type: ignore[union-attr]  # this callback's own watcher
         if self._closing:
             self._close_socket()
 
@@ -395,7 +397,7 @@ class Listener(StreamServer):
         self._backoff = min(self._backoff * 2, self._backoff_max)
 
     def _resume_accepting(self):
-        self._resume.close()
+        self._resume.close()  # type: ignore[union-attr]  # this callback's own timer
         self._resume = None
         if not self.closed:
             self.start_accepting()

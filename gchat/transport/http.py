@@ -21,7 +21,7 @@ Origin (a tool, not a browser) is allowed.
 import logging
 import mimetypes
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 from urllib.parse import urlsplit
 
 import gevent
@@ -92,7 +92,7 @@ class HttpPort:
         # The line port's accept loop, which outlives EMFILE.
         self.listener = Listener(sock if sock is not None else address, self._accept,
                                  self.config)
-        self.connections = set()  # greenlets serving HTTP connections
+        self.connections: set[Any] = set()  # greenlets serving HTTP connections
 
     @property
     def address(self):
@@ -269,7 +269,8 @@ class HttpPort:
             # wss: the same TLS session goes on, event-driven, under the
             # WebSocket; what h11 had decrypted beyond the head is its first.
             from gchat.transport.tls import TlsWsConnection
-            ws.connection.receive_data(bytes(trailing))
+            # (ws.connection is set once initiate_upgrade_connection has run.)
+            ws.connection.receive_data(bytes(trailing))  # type: ignore[union-attr]
             self.chat_server.admit(TlsWsConnection, raw, address, ws.connection,
                                    tls=conn.state)
         return True

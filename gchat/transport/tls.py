@@ -19,6 +19,7 @@ keep theirs, and a bad new file is logged while the old one stays.
 """
 import logging
 import ssl
+from typing import TYPE_CHECKING, Any, Callable
 
 from gchat import events
 from gchat.events import Why
@@ -66,6 +67,7 @@ class TlsOutbox(Outbox):
     what is offered into TLS records just before it is sent or parked."""
 
     __slots__ = ("_encrypt",)
+    _encrypt: Callable[[bytes], bytes]  # set by the connection (TlsLayer)
 
     def offer(self, data: bytes, force: bool = False) -> bool:
         if self.broken:
@@ -88,8 +90,22 @@ class TlsOutbox(Outbox):
 
 TLS_SLOTS = ("_tls", "_incoming", "_outgoing", "_handshaken", "_handshake_timer")
 
+if TYPE_CHECKING:
+    class _TlsState(Connection):
+        """What a type checker is told a TlsLayer is: a Connection with the
+        attributes of TLS_SLOTS.  At run time the layer is a bare mixin and
+        the concrete class holds the slots, which mypy cannot see."""
+        outbox: TlsOutbox
+        _tls: ssl.SSLObject
+        _incoming: ssl.MemoryBIO
+        _outgoing: ssl.MemoryBIO
+        _handshaken: bool
+        _handshake_timer: Any  # a gevent timer, or None
+else:
+    _TlsState = object
 
-class TlsLayer:
+
+class TlsLayer(_TlsState):
     """What a Connection does differently over TLS.  A mixin with no state
     of its own (its slots are the concrete class's, TLS_SLOTS), so that a
     WebSocket layer can stack on it (TlsWsConnection)."""
@@ -246,6 +262,7 @@ class TlsWsConnection(TlsLayer, WsLayer, Connection):
     __slots__ = TLS_SLOTS + WS_SLOTS
     transport = "websocket"
     outbox_class = TlsWsOutbox
+    outbox: TlsWsOutbox  # both layers' outbox (for mypy; the slot is Connection's)
 
 
 class TlsStream:

@@ -23,6 +23,7 @@ which would break the shared framing).
 """
 import logging
 import struct
+from typing import TYPE_CHECKING, Optional
 
 from wsproto import ConnectionType
 from wsproto.connection import Connection as WsProtocol
@@ -67,8 +68,8 @@ class WsOutbox(Outbox):
     per batch, not once per client."""
 
     __slots__ = ()
-    _last_blob = None
-    _last_frame = None
+    _last_blob: Optional[bytes] = None
+    _last_frame = b""  # the frame of _last_blob (read only once that is set)
 
     def offer(self, data: bytes, force: bool = False) -> bool:
         if data is WsOutbox._last_blob:
@@ -91,8 +92,20 @@ class WsOutbox(Outbox):
 
 WS_SLOTS = ("_ws", "_message_bytes", "_closed_by_us")
 
+if TYPE_CHECKING:
+    class _WsState(Connection):
+        """What a type checker is told a WsLayer is: a Connection with the
+        attributes of WS_SLOTS.  At run time the layer is a bare mixin and
+        the concrete class holds the slots, which mypy cannot see."""
+        outbox: WsOutbox
+        _ws: WsProtocol
+        _message_bytes: int
+        _closed_by_us: bool
+else:
+    _WsState = object
 
-class WsLayer:
+
+class WsLayer(_WsState):
     """What a Connection does differently over WebSocket.  A mixin with no
     state of its own (its slots are the concrete class's, WS_SLOTS), so
     that TLS can stack under it (tls.TlsWsConnection)."""
