@@ -36,7 +36,10 @@ setup(
     extras_require={
         # playwright drives Debian's Chromium (/usr/bin/chromium, which
         # .ci/run installs); no `playwright install` is needed or used.
-        "test": ["pytest>=7", "hypothesis>=6", "playwright>=1.40", "mypy>=1.8"],
+        # mypy and ruff are the habits the suite keeps (tests/test_typing.py,
+        # tests/test_lint.py): a finding fails it.
+        "test": ["pytest>=7", "hypothesis>=6", "playwright>=1.40", "mypy>=1.8",
+                 "ruff>=0.5"],
         # A cluster of nodes over Redis (--redis, --workers): redis-py, with
         # hiredis parsing replies in C (redis-py picks it up by itself).
         "cluster": ["redis>=5", "hiredis>=2"],
