@@ -22,7 +22,7 @@ from gchat_bench.cli import run_spawned
 from gchat_bench.cluster import (expected_deliveries, node_of, parse_pids, parse_targets,
                                  part_cpu, room_members, spread)
 from gchat_bench.runner import Options, run_scenario
-from gchat_bench.servers import (BenchError, Cluster, RedisServer, Server, gchat_command,
+from gchat_bench.servers import (BenchError, Cluster, ClusterRedis, Server, gchat_command,
                                  spawn_argv)
 from gchat_bench.stats import make_payload, run_prefix
 from gchat_bench.worker import Worker
@@ -415,7 +415,7 @@ def test_redis_server_of_its_own():
     """The spawned redis-server: a free loopback port, no persistence, gone
     at stop."""
     import redis as redis_py
-    redis = RedisServer.spawn_redis()
+    redis = ClusterRedis.spawn_redis()
     try:
         assert redis.url == "redis://127.0.0.1:%d/0" % redis.port
         client = redis_py.Redis.from_url(redis.url)
