@@ -8,10 +8,11 @@ RedisServer, so a fix to how one is started, awaited or stopped reaches
 them all.
 
 RedisServer holds everything one redis-server needs: its command line
-(``_argv``), its own directory, readiness, a crash, a restart on the same
-port, a clean stop.  A Redis Cluster is a group of these (each with
-``--cluster-enabled yes`` and its nodes.conf in its own directory) that
-``redis-cli --cluster create`` joins; it belongs beside RedisServer here.
+(``_argv``), where it runs (workdir), readiness, a crash, a restart on
+the same port, a clean stop.  A Redis Cluster is a group of these, each
+with ``--cluster-enabled yes`` and a workdir of its own for its
+nodes.conf, that ``redis-cli --cluster create`` joins: it belongs beside
+RedisServer here.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+import uuid
 from typing import Callable, Optional, Sequence
 
 HOST = "127.0.0.1"
@@ -35,6 +37,8 @@ STOP_TIMEOUT = 5.0
 # wait on instead (its log is a file, its exit has no event to wait for
 # under gevent without monkey-patching).
 POLL_INTERVAL = 0.02
+# The end of a log that log_tail() reads: enough for its last lines.
+LOG_TAIL_BYTES = 64 * 1024
 
 
 class StartError(RuntimeError):
@@ -85,13 +89,16 @@ class RedisServer:
 
     start() waits until it answers PING; kill() is a crash (SIGKILL);
     start() again comes back on the same port (its clients know that
-    one); stop() ends it for good and removes its directory.  The exit
-    status of every process it ran is in exit_codes, in order.
+    one); stop() ends it for good.  The exit status of every process it
+    ran is in exit_codes, in order; log_tail() is the end of their log.
 
-    It runs in a directory of its own (mkdtemp): an empty one, so that it
-    never loads a dump.rdb someone left in a shared directory.  Its log
-    (and anything it prints before it opens one) goes to log_path: a file
-    in that directory, or the one given (the soak keeps its logs).
+    workdir: a directory to run in (created if need be), where its log is
+    redis.log and stays (the soak keeps its logs with the others').
+    Without one it leaves no file, even when this process is killed hard
+    (a benchmark's cluster): it runs in the shared temporary directory
+    with a dump file name of its own, which it never writes and so never
+    loads (where a dump.rdb someone left would be loaded), and logs to an
+    unlinked temporary file.
 
     sleep: how to wait between polls; gevent.sleep in a gevent program
     that does not monkey-patch, so that its other greenlets run meanwhile.
@@ -100,7 +107,7 @@ class RedisServer:
     host = HOST
 
     def __init__(self, executable: Optional[str] = None, *, password: Optional[str] = None,
-                 tls: Optional[Sequence] = None, log_path: Optional[str] = None,
+                 tls: Optional[Sequence] = None, workdir: Optional[str] = None,
                  sleep: Callable[[float], None] = time.sleep):
         """tls: (certificate, key, CA) files: it then speaks TLS only
         (rediss://), on its one port, without asking clients for theirs."""
@@ -109,8 +116,14 @@ class RedisServer:
         self.tls = tls
         self.sleep = sleep
         self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="gchat-redis-")
-        self.log_path = log_path or os.path.join(self.dir, "redis.log")
+        self.dbfilename = "gchat-redis-%s.rdb" % uuid.uuid4().hex
+        if workdir is None:
+            self.dir = tempfile.gettempdir()
+            self._log = tempfile.TemporaryFile()
+        else:
+            self.dir = workdir
+            os.makedirs(workdir, exist_ok=True)
+            self._log = open(os.path.join(workdir, "redis.log"), "ab")
         self.proc: Optional[subprocess.Popen] = None
         self.exit_codes: list = []
         self._port_known = False    # started once: clients have self.port, keep it
@@ -161,25 +174,25 @@ class RedisServer:
                       "--tls-auth-clients", "no"]
         else:
             listen = ["--port", str(self.port)]
-        argv = [self.executable, *listen, "--bind", self.host, "--save", "",
-                "--appendonly", "no", "--dir", self.dir, "--logfile", "", "--daemonize", "no"]
+        argv = [self.executable, *listen, "--bind", self.host, "--save", "", "--appendonly", "no",
+                "--dir", self.dir, "--dbfilename", self.dbfilename, "--logfile", "",
+                "--daemonize", "no"]
         if self.password:
             argv += ["--requirepass", self.password]
         return argv
 
     def _spawn(self) -> None:
-        # --logfile "": it logs to stdout, which appends to log_path with
-        # what it prints before it would open a log file (a bad option).
-        # Its own session: a Ctrl-C at the terminal reaches this process
-        # only, which then stops redis-server in its turn (after the
-        # nodes of a cluster, so that they leave while it is there).
-        with open(self.log_path, "ab") as log:
-            try:
-                self.proc = subprocess.Popen(self._argv(), stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, start_new_session=True,
-                                             preexec_fn=die_with_parent)
-            except OSError as e:
-                raise StartError("cannot start %s: %s" % (self.executable, e)) from None
+        # --logfile "": it logs to stdout, our log file, with what it
+        # prints before it would open a log file (a bad option).  Its own
+        # session: a Ctrl-C at the terminal reaches this process only,
+        # which then stops redis-server in its turn (after the nodes of a
+        # cluster, so that they leave while it is there).
+        try:
+            self.proc = subprocess.Popen(self._argv(), stdin=subprocess.DEVNULL, stdout=self._log,
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=die_with_parent)
+        except OSError as e:
+            raise StartError("cannot start %s: %s" % (self.executable, e)) from None
 
     def _wait_ready(self, deadline: float) -> bool:
         """True once it answers PING; False if it exited first."""
@@ -222,8 +235,8 @@ class RedisServer:
         self._reap()
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """End it for good: SIGTERM (SIGKILL if it outlives timeout), then
-        remove its directory."""
+        """End it for good: SIGTERM (SIGKILL if it outlives timeout), and
+        close its log.  Also after kill()."""
         if self.alive():
             assert self.proc is not None
             self.proc.terminate()
@@ -233,7 +246,7 @@ class RedisServer:
             if self.proc.poll() is None:
                 self.proc.kill()
         self._reap()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self._log.close()
 
     def _reap(self) -> None:
         """Wait for the ended process (at once after SIGKILL or an exit) and
@@ -244,9 +257,12 @@ class RedisServer:
         self.proc = None
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                data = f.read()
-        except OSError:
-            return "(no log)"
+        if self._log.closed:
+            return "(log closed)"
+        # pread: redis-server writes at the offset it shares with our file
+        # object (the unlinked file is not opened for appending); reading
+        # must not move it.
+        fd = self._log.fileno()
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, min(size, LOG_TAIL_BYTES), max(0, size - LOG_TAIL_BYTES))
         return b"\n".join(data.splitlines()[-lines:]).decode("utf-8", "replace")
