@@ -17,6 +17,7 @@ RedisServer here.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -33,12 +34,14 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
 # SIGTERM, then this long for redis-server to exit before SIGKILL.
 STOP_TIMEOUT = 5.0
-# Polling for PING and for an exit: redis-server tells nothing we could
+# Polling for an answer and for an exit: redis-server tells nothing we could
 # wait on instead (its log is a file, its exit has no event to wait for
 # under gevent without monkey-patching).
 POLL_INTERVAL = 0.02
 # The end of a log that log_tail() reads: enough for its last lines.
 LOG_TAIL_BYTES = 64 * 1024
+# In the reply to INFO server.
+PROCESS_ID_RE = re.compile(rb"\r\nprocess_id:(\d+)\r\n")
 
 
 class StartError(RuntimeError):
@@ -82,12 +85,17 @@ def redis_executable(path: Optional[str] = None) -> str:
                      "no redis-server on PATH (apt-get install redis-server)")
 
 
+def _command(*args: bytes) -> bytes:
+    """A Redis command in RESP (any bytes in its arguments, a password's)."""
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
 class RedisServer:
     """One redis-server, a child of this process, on a free port of
     127.0.0.1, with no persistence (``--save '' --appendonly no``): a
     restart comes back empty, as after a crash without AOF.
 
-    start() waits until it answers PING; kill() is a crash (SIGKILL);
+    start() waits until it answers; kill() is a crash (SIGKILL);
     start() again comes back on the same port (its clients know that
     one); stop() ends it for good.  The exit status of every process it
     ran is in exit_codes, in order; log_tail() is the end of their log.
@@ -143,7 +151,7 @@ class RedisServer:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = START_TIMEOUT) -> "RedisServer":
-        """Start it and wait until it answers PING.  Before its first start
+        """Start it and wait until it answers.  Before its first start
         a port taken since free_port() picked it is swapped for another;
         after, the same port is tried again until timeout (the one that
         took it may let go)."""
@@ -195,37 +203,51 @@ class RedisServer:
             raise StartError("cannot start %s: %s" % (self.executable, e)) from None
 
     def _wait_ready(self, deadline: float) -> bool:
-        """True once it answers PING; False if it exited first."""
+        """True once it answers; False if it exited first."""
         assert self.proc is not None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 return False
-            if self._ping():
+            if self._answering_pid() == self.proc.pid:
                 return True
             self.sleep(POLL_INTERVAL)
         self.kill()
-        raise StartError("redis-server on port %d did not answer PING:\n%s"
+        raise StartError("redis-server on port %d did not answer:\n%s"
                          % (self.port, self.log_tail()))
 
-    def _ping(self) -> bool:
-        """It answers a command: +PONG, or -NOAUTH when it has a password
-        (PING without AUTH is refused, but by a server that is ready).  A
-        blocking socket: a connection to loopback is refused or accepted
-        at once, and a ready server answers at once."""
+    def _answering_pid(self) -> Optional[int]:
+        """The pid of the redis-server that answers on self.port (INFO
+        server), None if none does.  Not just PING: another redis-server
+        that took the port first would answer PONG while ours, unable to
+        bind, is still on its way out.  A blocking socket: a connection
+        to loopback is refused or accepted at once, and a ready server
+        answers at once."""
         try:
             sock = socket.create_connection((self.host, self.port), timeout=1.0)
         except OSError:
-            return False
+            return None
         try:
             if self.tls:
                 ctx = ssl.create_default_context(cafile=str(self.tls[2]))
                 sock = ctx.wrap_socket(sock, server_hostname=self.host)
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
-        except OSError:     # ssl.SSLError included
-            return False
+            request = _command(b"INFO", b"server")
+            if self.password:
+                request = _command(b"AUTH", self.password.encode()) + request
+            sock.sendall(request)
+            reply = b""
+            while not reply.startswith(b"-"):   # an error: not (yet) serving us
+                m = PROCESS_ID_RE.search(reply)
+                if m:
+                    return int(m.group(1))
+                data = sock.recv(4096)
+                if not data:
+                    break
+                reply += data
+        except OSError:     # ssl.SSLError and the 1 s timeout included
+            pass
         finally:
             sock.close()
+        return None
 
     def kill(self) -> None:
         """A crash: SIGKILL, and reap it."""

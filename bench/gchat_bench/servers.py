@@ -373,7 +373,7 @@ class ClusterRedis(Server):
     @classmethod
     def spawn_redis(cls, executable: Optional[str] = None) -> "ClusterRedis":
         """Start redis-server (executable, else the one on PATH) and wait
-        until it answers PING."""
+        until it answers."""
         try:
             exe = redis_executable(executable)
         except StartError as e:

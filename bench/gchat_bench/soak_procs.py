@@ -29,7 +29,7 @@ from gchat_bench.processes import RedisServer, die_with_parent
 from gchat_bench.servers import process_cpu_s
 
 LISTENING_RE = re.compile(rb"listening on \[?([0-9.]+)\]?:(\d+)")
-START_TIMEOUT = 30.0     # a process printing "listening on" / answering PING
+START_TIMEOUT = 30.0     # a process printing "listening on" / redis-server answering
 STOP_TIMEOUT = 5.0       # SIGTERM, then SIGKILL
 
 # The children running now: kill_all's list.
@@ -206,7 +206,7 @@ class RedisProc(Child):
         return self.server.alive()
 
     def start(self) -> None:
-        """Start it (again) and wait until it answers PING."""
+        """Start it (again) and wait until it answers."""
         self.server.start(START_TIMEOUT)
         _LIVE.add(self)
 
