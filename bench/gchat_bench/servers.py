@@ -362,8 +362,8 @@ class Server:
 class ClusterRedis(Server):
     """A cluster's own redis-server as a part of the server under test:
     processes.RedisServer starts and stops it (a free loopback port, no
-    persistence, a directory of its own removed at stop); as a Server it
-    is measured like the nodes (CPU, alive?)."""
+    persistence, no file left behind even if the bench is killed hard); as
+    a Server it is measured like the nodes (CPU, alive?)."""
 
     def __init__(self, redis: RedisServer, name: str = "redis"):
         super().__init__(name, redis.host, redis.port, pid=redis.pid, proc=redis.proc)
@@ -391,7 +391,7 @@ class ClusterRedis(Server):
 
     def stop(self) -> None:
         if self.exit_code is None:
-            self.redis.stop()
+            self.redis.stop(STOP_TIMEOUT)
             self.exit_code = self.redis.exit_codes[-1]
 
 
