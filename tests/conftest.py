@@ -6,6 +6,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from chat_client import GchatProcess  # noqa: E402
+from gchat_bench.processes import RedisServer  # noqa: E402
 
 
 @pytest.fixture
@@ -38,10 +39,10 @@ def compat(start_gchat):
 
 @pytest.fixture
 def redis_server():
-    """A redis-server of its own on a free port (RedisServer: .url, .kill(),
-    .start() again on the same port), stopped after the test.  A missing
-    redis-server is an error, not a skip: the cluster's tests must run."""
-    from redis_server import RedisServer
+    """A redis-server of its own on a free port (gchat_bench.processes.RedisServer:
+    .url, .kill(), .start() again on the same port), stopped after the
+    test.  A missing redis-server is an error, not a skip: the cluster's
+    tests must run."""
     server = RedisServer()
     try:
         server.start()

@@ -22,7 +22,7 @@ from gchat_bench.cli import run_spawned
 from gchat_bench.cluster import (expected_deliveries, node_of, parse_pids, parse_targets,
                                  part_cpu, room_members, spread)
 from gchat_bench.runner import Options, run_scenario
-from gchat_bench.servers import (BenchError, Cluster, RedisServer, Server, gchat_command,
+from gchat_bench.servers import (BenchError, Cluster, ClusterRedis, Server, gchat_command,
                                  spawn_argv)
 from gchat_bench.stats import make_payload, run_prefix
 from gchat_bench.worker import Worker
@@ -98,9 +98,9 @@ def worker(clients, nodes=NODES, rooms=0, senders=8):
 
 def test_a_worker_connects_each_client_to_its_node():
     w = worker(list(range(6)))
-    assert [w.addr_of(c) for c in w.clients] == [NODES[0], NODES[1]] * 3
+    assert [w.sockets.addr_of(c) for c in w.clients] == [NODES[0], NODES[1]] * 3
     w = worker(list(range(8)), rooms=2)
-    assert [w.addr_of(c)[1] for c in w.clients] == [7001, 7001, 7002, 7002] * 2
+    assert [w.sockets.addr_of(c)[1] for c in w.clients] == [7001, 7001, 7002, 7002] * 2
 
 
 def test_a_single_target_is_what_it_was():
@@ -109,7 +109,7 @@ def test_a_single_target_is_what_it_was():
     cfg = {"host": "127.0.0.1", "port": 9, "mode": "name", "size": 64, "senders_total": 1,
            "sender_of": {}, "name_prefix": "t_", "clients": [0, 1, 2], "slow": []}
     w = Worker(cfg)
-    assert {w.addr_of(c) for c in w.clients} == {("127.0.0.1", 9)}
+    assert {w.sockets.addr_of(c) for c in w.clients} == {("127.0.0.1", 9)}
 
 
 # -------------------------------------------------------- accounting
@@ -142,14 +142,14 @@ def two_node_room_run(cross: bool):
     ws = [worker([0, 2, 4, 6], rooms=2), worker([1, 3, 5, 7], rooms=2)]
     clients = {c.idx: (w, c) for w in ws for c in w.clients}
     for w in ws:
-        w.run_prefix = run_prefix(RUN)
+        w.receiver.run_prefix = run_prefix(RUN)
         for c in w.clients:
-            w.on_ready(c, 0)
+            w.receiver.on_ready(c, 0)
     for s in range(8):
         for i, (w, c) in clients.items():
             same_node = node_of(i, 2, 2) == node_of(s, 2, 2)
             if i % 2 == s % 2 and (cross or same_node):
-                w.on_data(c, line(s))
+                w.receiver.on_data(c, line(s))
     sent_by = {str(s): 1 for s in range(8)}
     dr = [drain(w, sent_by) for w in ws]
     expected = expected_deliveries(sent_by, sum(r["receivers"] for r in dr), 2,
@@ -415,7 +415,7 @@ def test_redis_server_of_its_own():
     """The spawned redis-server: a free loopback port, no persistence, gone
     at stop."""
     import redis as redis_py
-    redis = RedisServer.spawn_redis()
+    redis = ClusterRedis.spawn_redis()
     try:
         assert redis.url == "redis://127.0.0.1:%d/0" % redis.port
         client = redis_py.Redis.from_url(redis.url)

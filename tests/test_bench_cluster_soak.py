@@ -1,13 +1,14 @@
 """The cluster chaos soak (bench/gchat_bench/cluster_soak.py): one short run
 end to end (two nodes, Redis killed twice, a node killed once), and its
-checks fed synthetic logs, to show that they can fail."""
+checks (soak_checks.py) fed synthetic logs, to show that they can fail."""
 import json
 import subprocess
 import sys
 
 import pytest
 
-from gchat_bench.cluster_soak import check_session, owed, plan, verify
+from gchat_bench.cluster_soak import plan
+from gchat_bench.soak_checks import check_session, first_inversion, owed, verify, warnings
 
 
 def lines(sender, *seqs):
@@ -92,3 +93,54 @@ def test_plan_keeps_the_chaos_events_apart():
                                ("redis", 66.0, 69.0)]
     with pytest.raises(ValueError):
         plan(12, 1, 3)   # the node would still be down when Redis is killed again
+
+
+def test_owed_lets_the_lines_of_unknown_fate_explain_refusals():
+    # The sender left with lines 3 and 4 unconfirmed: 2 refusals may be
+    # theirs, so none is unexplained, and neither line is owed.
+    assert owed(5, 2, {0, 1, 2}, settled=False) == ({0, 1, 2}, set(), 0)
+    # Settled, the same refusals have nothing to explain them.
+    assert owed(3, 2, {0, 1, 2}, settled=True) == ({0, 1, 2}, set(), 2)
+    # A line delivered past what was sent (a stale seq) is not counted.
+    assert owed(2, 0, {0, 1, 5}, settled=True) == ({0, 1}, set(), 0)
+
+
+def test_verify_names_lost_runs_briefly_and_counts_every_receiver():
+    owed_by = {"a": set(range(20))}
+    res = verify({"r1": lines("a", *range(20)),
+                  "r2": lines("a", 0, 4, 5, 6, 8, 19)}, owed_by)
+    assert res["lost"] == 14 and res["expected"] == 40 and res["received"] == 26
+    assert "lost: r2 never got a#1-3,7,9-18" in res["problems"]
+    many = verify({"r": lines("a", *range(0, 20, 2))}, owed_by)
+    assert "lost: r never got a#1,3,5,7,9,11,..." in many["problems"]
+    assert verify({}, owed_by)["reference"] == {}
+
+
+def test_verify_shows_at_most_limit_problems_but_counts_them_all():
+    owed_by = {"a": set(range(10))}
+    res = verify({"r1": lines("a", *range(10)) * 2}, owed_by, limit=3)
+    assert res["duplicated"] == 10 and len(res["problems"]) == 3
+
+
+def test_first_inversion_skips_lines_the_reference_lacks():
+    ref = {("a", 0): 0, ("b", 0): 1, ("a", 1): 2}
+    assert first_inversion([("a", 0), ("x", 9), ("b", 0), ("a", 1)], ref) is None
+    assert first_inversion([("b", 0), ("a", 0), ("a", 1)], ref) == (("b", 0), ("a", 0))
+    assert first_inversion([], ref) is None
+
+
+def test_check_session_accepts_a_session_that_saw_one_line_or_nothing():
+    owed_by = {"a": set(range(10))}
+    ref = {("a", q): q for q in range(10)}
+    clean = {"gaps": 0, "duplicated": 0, "out_of_order": 0, "order": 0}
+    assert check_session([], owed_by, ref) == clean
+    assert check_session(lines("a", 7), owed_by, ref) == clean
+    # A refused line (not owed) missing inside the run is no gap.
+    assert check_session(lines("a", 2, 4), {"a": {2, 4}}, ref) == clean
+
+
+def test_warnings_name_bus_counters_left_above_zero():
+    stats = {"node0": {"bus_held_lines": 0, "bus_pending": 3, "bus_read": 9},
+             "node1": {"bus_held_lines": 2}, "node2": {}}
+    assert warnings(stats) == ["node0: bus_pending=3 after the drain (expected 0)",
+                               "node1: bus_held_lines=2 after the drain (expected 0)"]

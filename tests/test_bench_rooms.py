@@ -22,17 +22,21 @@ from gchat_bench.runner import Options, base_result
 from gchat_bench.servers import Server
 from gchat_bench.stats import (LAT_BUCKETS, SeqTracker, make_payload, room_sync_payload,
                                run_prefix, scan_rooms_py)
-from gchat_bench.worker import PROMPT, READY, WELCOME, Worker
+from gchat_bench.worker import Worker
+from gchat_bench.worker_receive import loss_samples
+from gchat_bench.worker_sockets import PROMPT, READY, WELCOME
 
 RUN = 987654321
 RUN_TIMEOUT = 120
 
 
-def rooms_worker(rooms=4, senders=8, idx=5):
+def rooms_receiver(rooms=4, senders=8, idx=5):
+    """The receiving side of a worker of one client (idx) in `rooms` rooms,
+    fed bytes by the tests instead of its sockets."""
     cfg = {"host": "127.0.0.1", "port": 9, "mode": "name", "size": 64,
            "senders_total": senders, "sender_of": {}, "name_prefix": "t_",
            "clients": [idx], "slow": [], "rooms": rooms}
-    return Worker(cfg)
+    return Worker(cfg).receiver
 
 
 def line_from(sender, seq, run=RUN, name=b"bob"):
@@ -45,44 +49,44 @@ def test_a_line_from_a_sender_of_another_room_counts_as_leaked():
     """Client 5 of 4 rooms is in room 1: senders 1 and 5 are its room's;
     a line from sender 2 (room 2) and a sync marker of room 3 are leaks,
     counted as such and nowhere else."""
-    w = rooms_worker()
-    c = w.clients[0]
+    rx = rooms_receiver()
+    c = rx.clients[0]
     assert c.room == 1
-    w.on_ready(c, 0)
-    w.run_prefix = run_prefix(RUN)
-    w.on_data(c, line_from(1, 0) + line_from(2, 0) + line_from(5, 0)
-              + b"x: " + room_sync_payload(3, 3))
-    assert w.leaked == 2
-    assert c.tracker.received == 2 and c.tracker.unique == 2 and w.unique_total == 2
+    rx.on_ready(c, 0)
+    rx.run_prefix = run_prefix(RUN)
+    rx.on_data(c, line_from(1, 0) + line_from(2, 0) + line_from(5, 0)
+               + b"x: " + room_sync_payload(3, 3))
+    assert rx.leaked == 2
+    assert c.tracker.received == 2 and c.tracker.unique == 2 and rx.unique_total == 2
     assert list(c.tracker.nxt) == [1, 1]       # slots of senders 1 and 5
     assert c.sync == 0                         # room 3's marker does not settle room 1
-    assert w.stale == 0
-    assert {(s["sender"], s["sender_room"]) for s in w.leak_samples} == {(2, 2), (-1, 3)}
+    assert rx.stale == 0
+    assert {(s["sender"], s["sender_room"]) for s in rx.leak_samples} == {(2, 2), (-1, 3)}
     # Its own room's marker does.
-    w.on_data(c, b"x: " + room_sync_payload(3, 1))
-    assert c.sync == 3 and w.leaked == 2
+    rx.on_data(c, b"x: " + room_sync_payload(3, 1))
+    assert c.sync == 3 and rx.leaked == 2
 
 
 def test_without_leaks_nothing_is_counted_as_leaked():
     """The same stream minus the foreign lines: leaked stays 0 (the counter
     is not just counting lines)."""
-    w = rooms_worker()
-    c = w.clients[0]
-    w.on_ready(c, 0)
-    w.run_prefix = run_prefix(RUN)
-    w.on_data(c, line_from(1, 0) + line_from(5, 0) + line_from(1, 1)
-              + b"x: " + room_sync_payload(1, 1))
-    assert w.leaked == 0 and c.tracker.unique == 3 and c.sync == 1
+    rx = rooms_receiver()
+    c = rx.clients[0]
+    rx.on_ready(c, 0)
+    rx.run_prefix = run_prefix(RUN)
+    rx.on_data(c, line_from(1, 0) + line_from(5, 0) + line_from(1, 1)
+               + b"x: " + room_sync_payload(1, 1))
+    assert rx.leaked == 0 and c.tracker.unique == 3 and c.sync == 1
 
 
 def test_loss_samples_with_rooms_name_only_the_own_rooms_senders():
-    w = rooms_worker()
-    c = w.clients[0]
-    w.on_ready(c, 0)
-    w.run_prefix = run_prefix(RUN)
-    w.on_data(c, line_from(1, 0) + line_from(1, 1))
+    rx = rooms_receiver()
+    c = rx.clients[0]
+    rx.on_ready(c, 0)
+    rx.run_prefix = run_prefix(RUN)
+    rx.on_data(c, line_from(1, 0) + line_from(1, 1))
     # Senders 1 and 5 sent 2 each; 2 (another room) sent 9: not owed here.
-    (s,) = Worker.loss_samples([c], {"1": 2, "5": 2, "2": 9}, rooms=4)
+    (s,) = loss_samples([c], {"1": 2, "5": 2, "2": 9}, rooms=4)
     assert (s["sender"], s["missing"]) == (5, [0, 1])
 
 
@@ -165,33 +169,33 @@ def rooms_stream(room_name):
 def test_room_handshake_joins_and_reads_past_the_history_block(chunk):
     """Prompt -> name; You are -> /join ROOM; You are now in + roster ->
     ready; the history block is skipped at any chunking; live lines count."""
-    w = rooms_worker()
-    c = w.clients[0]
+    rx = rooms_receiver()
+    c = rx.clients[0]
     a, peer = socket.socketpair()
     c.sock = a
     c.state = PROMPT
-    w.run_prefix = run_prefix(RUN)
+    rx.run_prefix = run_prefix(RUN)
     data = rooms_stream(b"t_r1")
     for i in range(0, len(data), chunk):
-        w.on_data(c, data[i:i + chunk])
+        rx.on_data(c, data[i:i + chunk])
     assert peer.recv(100) == b"t_5\n/join t_r1\n"
     assert c.state == READY and c.hist == 0
     t = c.tracker
     assert (t.received, t.unique, t.duplicated) == (1, 1, 0)
     assert c.sync == 2                       # the live marker, not the 7 in history
-    assert w.leaked == 0 and w.stale == 0
-    assert w.lines == data.count(b"\n")
+    assert rx.leaked == 0 and rx.stale == 0
+    assert rx.lines == data.count(b"\n")
 
 
 def test_room_handshake_reports_a_refused_join():
     """error: after the /join (too many rooms): the client fails with why."""
-    w = rooms_worker()
-    c = w.clients[0]
+    rx = rooms_receiver()
+    c = rx.clients[0]
     a, peer = socket.socketpair()
     c.sock = a
     c.state = WELCOME
-    w.on_data(c, b"You are t_5\nNobody else is here.\n"
-                 b"error: too many rooms (2000); join an existing one (/rooms lists them)\n")
+    rx.on_data(c, b"You are t_5\nNobody else is here.\n"
+                  b"error: too many rooms (2000); join an existing one (/rooms lists them)\n")
     assert c.state != READY and "too many rooms" in c.error
 
 

@@ -9,9 +9,10 @@ that its lateness counts as latency (no coordinated omission).
 import socket
 import types
 
-import gchat_bench.worker as worker_mod
+import gchat_bench.worker_send as worker_send
 from gchat_bench.stats import DATA_RE
-from gchat_bench.worker import EARLY_NS, Worker
+from gchat_bench.worker import Worker
+from gchat_bench.worker_send import EARLY_NS
 
 RUN = 424242
 MS = 1_000_000
@@ -27,16 +28,16 @@ def stamps(monkeypatch, clock_start, t0, interval, end, oversleep_ns):
     c = w.clients[0]
     a, peer = socket.socketpair()
     c.sock = a
-    w.on_ready(c, 0)
+    w.receiver.on_ready(c, 0)
     c.sender_id = 0
     clock = [clock_start]
 
     def sleep(seconds):
         clock[0] += int(seconds * 1e9) + oversleep_ns
 
-    monkeypatch.setattr(worker_mod, "time", types.SimpleNamespace(monotonic_ns=lambda: clock[0]))
-    monkeypatch.setattr(worker_mod, "gevent", types.SimpleNamespace(sleep=sleep))
-    w.open_sender(c, RUN, t0, end, interval, 0)
+    monkeypatch.setattr(worker_send, "time", types.SimpleNamespace(monotonic_ns=lambda: clock[0]))
+    monkeypatch.setattr(worker_send, "gevent", types.SimpleNamespace(sleep=sleep))
+    w.senders.open_sender(c, RUN, t0, end, interval, 0)
     a.close()
     data = b""
     while True:

@@ -22,21 +22,25 @@ from gchat_bench.stats import (DATA_RE, HIST_HIGHEST_US, LAT_BUCKETS, MIN_SIZE, 
                                SeqTracker, bucket_value, latency_bucket, make_payload,
                                census_py, merge_encoded, new_histogram, percentiles_ms,
                                run_prefix, scan_run_py, sync_payload)
-from gchat_bench.worker import PROMPT, READY, WELCOME, Worker
+from gchat_bench.worker import Worker
+from gchat_bench.worker_receive import loss_samples
+from gchat_bench.worker_sockets import PROMPT, READY, WELCOME
 
 RUN = 123456789
 
 
-def make_worker(mode="name", senders=3):
+def make_receiver(mode="name", senders=3):
+    """The receiving side of a worker of one client (0), fed bytes by the
+    tests instead of its sockets."""
     cfg = {"host": "127.0.0.1", "port": 9, "mode": mode, "size": 64,
            "senders_total": senders, "sender_of": {}, "name_prefix": "t_",
            "clients": [0], "slow": []}
-    return Worker(cfg)
+    return Worker(cfg).receiver
 
 
-def ready_client(w):
-    c = w.clients[0]
-    w.on_ready(c, 0)
+def ready_client(rx):
+    c = rx.clients[0]
+    rx.on_ready(c, 0)
     return c
 
 
@@ -152,37 +156,37 @@ def stream(n_per_sender, senders=3, prefix=b"bob: "):
 @pytest.mark.parametrize("chunk", list(range(1, 40)) + [97, 1000, 10 ** 6])
 def test_receiver_counts_every_marker_once_at_any_chunking(chunk):
     """The same stream cut at every chunk size gives the same counts."""
-    w = make_worker(senders=3)
-    c = ready_client(w)
-    w.run_prefix = run_prefix(RUN)
+    rx = make_receiver(senders=3)
+    c = ready_client(rx)
+    rx.run_prefix = run_prefix(RUN)
     data = stream(20)
     for i in range(0, len(data), chunk):
-        w.on_data(c, data[i:i + chunk])
+        rx.on_data(c, data[i:i + chunk])
     assert (c.tracker.unique, c.tracker.received, c.tracker.duplicated) == (60, 60, 0)
-    assert w.unique_total == 60
-    assert w.lines == data.count(b"\n")
-    assert w.lat.hist.get_total_count() + w.lat.pending() == 60
-    assert w.stale == 0
+    assert rx.unique_total == 60
+    assert rx.lines == data.count(b"\n")
+    assert rx.lat.hist.get_total_count() + rx.lat.pending() == 60
+    assert rx.stale == 0
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 10 ** 6])
 def test_receiver_judges_order_line_by_line_within_a_chunk(chunk):
     """Gaps, late arrivals and duplicates inside one chunk count as if the
     lines came one at a time (the scan stops at each one out of order)."""
-    w = make_worker(senders=2)
-    c = ready_client(w)
-    w.run_prefix = run_prefix(RUN)
+    rx = make_receiver(senders=2)
+    c = ready_client(rx)
+    rx.run_prefix = run_prefix(RUN)
     order = [(0, 0), (0, 2), (0, 3), (1, 0), (0, 1), (0, 1), (1, 1), (0, 5), (0, 4), (1, 1)]
     data = b"".join(b"bob: " + make_payload(RUN, s, q, 0, 64) for s, q in order)
     for i in range(0, len(data), chunk):
-        w.on_data(c, data[i:i + chunk])
+        rx.on_data(c, data[i:i + chunk])
     ref = SeqTracker(2)
     for s, q in order:
         ref.see(s, q)
     t = c.tracker
     assert (t.received, t.unique, t.duplicated, t.reordered) == \
         (ref.received, ref.unique, ref.duplicated, ref.reordered) == (10, 8, 2, 2)
-    assert list(t.nxt) == [6, 2] and w.unique_total == 8
+    assert list(t.nxt) == [6, 2] and rx.unique_total == 8
 
 
 def test_the_c_scan_was_built():
@@ -246,23 +250,23 @@ def test_c_scan_agrees_with_the_python_reference(lines, own, now):
 
 def test_receiver_ignores_lines_of_another_run():
     """Markers of an earlier phase or another benchmark count as stale."""
-    w = make_worker()
-    c = ready_client(w)
-    w.run_prefix = run_prefix(999)
-    w.on_data(c, stream(2))
-    assert c.tracker.received == 0 and w.stale == 6
+    rx = make_receiver()
+    c = ready_client(rx)
+    rx.run_prefix = run_prefix(999)
+    rx.on_data(c, stream(2))
+    assert c.tracker.received == 0 and rx.stale == 6
 
 
 def test_receiver_sees_sync_markers():
     """A sync marker is recorded with the time it arrived."""
-    w = make_worker(mode="compat")
-    c = ready_client(w)
-    w.on_data(c, b"127.0.0.1:5: " + sync_payload(4))
+    rx = make_receiver(mode="compat")
+    c = ready_client(rx)
+    rx.on_data(c, b"127.0.0.1:5: " + sync_payload(4))
     assert c.sync == 4 and c.t_sync > 0
 
 
-def paired_client(w):
-    c = w.clients[0]
+def paired_client(rx):
+    c = rx.clients[0]
     a, b = socket.socketpair()
     c.sock = a
     return c, b
@@ -270,33 +274,33 @@ def paired_client(w):
 
 def test_name_handshake_answers_the_prompt_and_retries_a_taken_name():
     """Prompt -> name; error -> prompt again -> another name; You are -> ready."""
-    w = make_worker()
-    c, peer = paired_client(w)
+    rx = make_receiver()
+    c, peer = paired_client(rx)
     c.state = PROMPT
-    w.on_data(c, b"Welcome! What is your name?\n")
+    rx.on_data(c, b"Welcome! What is your name?\n")
     assert c.state == WELCOME
     assert peer.recv(100) == b"t_0\n"
-    w.on_data(c, b"error: name t_0 is taken\nWhat is your name?\n")
+    rx.on_data(c, b"error: name t_0 is taken\nWhat is your name?\n")
     assert peer.recv(100) == b"t_0_1\n"
-    w.on_data(c, b"You are t_0_1\nPresent: t_0_1\n")
+    rx.on_data(c, b"You are t_0_1\nPresent: t_0_1\n")
     assert c.state == READY and c.tracker is not None
 
 
 def test_name_handshake_accepts_a_prompt_without_newline():
     """A prompt like 'Your name? ' (no newline) is answered too."""
-    w = make_worker()
-    c, peer = paired_client(w)
+    rx = make_receiver()
+    c, peer = paired_client(rx)
     c.state = PROMPT
-    w.on_data(c, b"Your name? ")
+    rx.on_data(c, b"Your name? ")
     assert peer.recv(100) == b"t_0\n"
 
 
 def test_compat_handshake_waits_for_you_are():
     """In compat mode the client is ready at 'You are HOST:PORT'."""
-    w = make_worker(mode="compat")
-    c, _ = paired_client(w)
+    rx = make_receiver(mode="compat")
+    c, _ = paired_client(rx)
     c.state = WELCOME
-    w.on_data(c, b"You are 127.0.0.1:5000\n127.0.0.1:5001 has arrived\n")
+    rx.on_data(c, b"You are 127.0.0.1:5000\n127.0.0.1:5001 has arrived\n")
     assert c.state == READY
 
 
@@ -371,13 +375,13 @@ def test_generator_saturated_when_it_fills_the_machine_the_server_wanted():
 
 def test_loss_samples_name_the_missing_sequence_numbers():
     """An incomplete drain says which client missed which seqs of whom."""
-    w = make_worker(senders=2)
-    c = ready_client(w)
+    rx = make_receiver(senders=2)
+    c = ready_client(rx)
     for q in (0, 2):              # 1 skipped; 3 and 4 never came
         c.tracker.see(1, q)
     for q in range(5):
         c.tracker.see(0, q)
-    (s,) = Worker.loss_samples([c], {"0": 5, "1": 5})
+    (s,) = loss_samples([c], {"0": 5, "1": 5})
     assert (s["client"], s["sender"], s["missing"], s["sent"]) == (0, 1, [1, 3, 4], 5)
 
 

@@ -6,7 +6,6 @@ in the same rooms.  Every wait has a deadline (Playwright's expect, or a
 condition variable with a timeout); nothing sleeps to synchronise."""
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -16,6 +15,8 @@ import os
 
 import playwright.sync_api as playwright_sync  # a hard requirement: .ci/run installs it
 import pytest
+
+from gchat_bench.processes import free_port
 
 expect = playwright_sync.expect
 
@@ -190,12 +191,6 @@ def web(start_gchat, browser):
         except AssertionError as exc:  # a page's script error; close the rest first
             problems.append(str(exc))
     assert not problems, problems
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The cluster end to end: real `gchat --redis` processes and a real
-redis-server that each test starts on a free port (redis_server.py), kills
+redis-server that each test starts on a free port (gchat_bench.processes), kills
 and starts again."""
 import os
 import re
@@ -11,7 +11,7 @@ import time
 import redis
 
 from chat_client import DEFAULT_TIMEOUT, gchat_executable
-from redis_server import RedisServer
+from gchat_bench.processes import RedisServer
 
 # Fast liveness for the tests: a node is declared lost after 1 s without a
 # heartbeat (the default, 5 s, is argued in config.py).

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from chat_client import ChatClient
+from gchat_bench.processes import free_port
 
 # The configuration docs/deploying.md shows under "HAProxy in front", with its
 # ports as placeholders: the page's text is this one formatted with
@@ -49,12 +50,6 @@ backend gchat_v2
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 # Debian installs it in /usr/sbin, which a non-root PATH may not hold.
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class HAProxy:

@@ -26,6 +26,7 @@ from chat_client import (DEFAULT_TIMEOUT, ChatClient, LoggedProcess, gchat_execu
 from ws_client import WsClient, http_request
 
 from gchat.config import Config
+from gchat_bench.processes import free_port
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
 UNITS = ("gchat.socket", "gchat-http.socket", "gchat.service")
@@ -37,13 +38,6 @@ def tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} not found: apt-get install -y systemd")
     return path
-
-
-def free_port() -> int:
-    """A port free a moment ago; the caller retries if it is taken since."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class NotifySocket:

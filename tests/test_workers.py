@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from chat_client import ChatClient, GchatProcess, gchat_executable, named_client
+from gchat_bench.processes import free_port
 
 DEADLINE = 15.0
 
@@ -266,7 +267,6 @@ def test_a_worker_failing_at_start_stops_the_supervisor(redis_server, tmp_path):
 def test_bus_unreachable_redis_stops_the_supervisor():
     """--redis where nothing listens: every worker fails at start (the bus
     refuses to serve without Redis), and so does the supervisor."""
-    from redis_server import free_port
     url = f"redis://127.0.0.1:{free_port()}/0"
     result = subprocess.run([gchat_executable(), "--host", "127.0.0.1", "--port", "0",
                              "--workers", "2", "--redis", url],

@@ -19,41 +19,15 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import redis
 
 from gchat.bus.entry import encode
-from gchat_bench.servers import die_with_parent, process_cpu_s
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_redis(folder):
-    port = free_port()
-    proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind",
-                             "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", folder],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            preexec_fn=die_with_parent)
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            return proc, port, client
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
+from gchat_bench.processes import RedisServer, die_with_parent
+from gchat_bench.servers import process_cpu_s
 
 
 def start_node(url):
@@ -75,16 +49,16 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=64, help="bytes per line")
     ap.add_argument("--nodes", type=int, default=1)
     args = ap.parse_args(argv)
-    folder = tempfile.mkdtemp(prefix="gchat-buscost-")
-    redis_proc, port, client = start_redis(folder)
+    server = RedisServer().start()
+    client = redis.Redis.from_url(server.url)
     nodes = []
     try:
-        url = f"redis://127.0.0.1:{port}/0"
-        nodes = [start_node(url) for _ in range(args.nodes)]
+        nodes = [start_node(server.url) for _ in range(args.nodes)]
         time.sleep(1)  # let the nodes' hello/present settle before measuring
         text = "x" * max(1, args.size - 10)
         ops = [["say", "lobby", f"bench: {text}", True] for _ in range(args.lines)]
-        before = [process_cpu_s(p.pid) for p in (redis_proc, *nodes)]
+        pids = [server.pid, *(p.pid for p in nodes)]
+        before = [process_cpu_s(pid) for pid in pids]
         started = time.monotonic()
         sent = seq = 0
         tick = 0.01
@@ -105,7 +79,7 @@ def main(argv=None) -> int:
         elapsed = time.monotonic() - started
         # Until every node has read the last entry: their CPU then covers all.
         time.sleep(1.0)
-        after = [process_cpu_s(p.pid) for p in (redis_proc, *nodes)]
+        after = [process_cpu_s(pid) for pid in pids]
         cpu = [a - b for a, b in zip(after, before)]
         result = {"entries": sent, "seconds": round(elapsed, 2),
                   "entries_per_s": round(sent / elapsed),
@@ -117,14 +91,16 @@ def main(argv=None) -> int:
         print(json.dumps(result))
         return 0
     finally:
-        for proc in (*nodes, redis_proc):
+        # The nodes first: they leave the cluster while Redis is there.
+        for proc in nodes:
             proc.terminate()
-        for proc in (*nodes, redis_proc):
+        for proc in nodes:
             try:
                 proc.wait(5)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        shutil.rmtree(folder, ignore_errors=True)
+        client.close()
+        server.stop()
 
 
 if __name__ == "__main__":

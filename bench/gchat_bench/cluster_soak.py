@@ -33,8 +33,8 @@ sequence, each waiting for the restarted process to be ready.
 At the end the churners leave, the stayers stop sending, and the soak
 waits (up to --drain-timeout) until every stayer's every line has been
 echoed to its sender or refused, and has reached every stayer.  Then the
-checks (the pure functions `owed`, `verify` and `check_session`, which the
-tests feed synthetic logs).  A line refused with "error: ... not sent"
+checks (the pure functions `owed`, `verify` and `check_session` of
+soak_checks.py, which the tests feed synthetic logs).  A line refused with "error: ... not sent"
 (past --bus-backlog while Redis is down) is not owed: the sender was told.
 The error does not say which line it refused, so the check does not rely
 on when it comes: a sender's lines that reached nobody are its refused
@@ -45,11 +45,15 @@ Exit status 0 when nothing was lost, duplicated or reordered, 1 otherwise
 (also when something could not be started).  Every process started is in
 its own process group, killed at exit, and told to die with this one
 (PR_SET_PDEATHSIG).  Logs go to a temporary directory, kept on failure.
+
+This module is the scenario and the command line; the checks are in
+soak_checks.py, a client in soak_client.py, the processes (redis-server
+through processes.RedisServer, as for the bench and the tests) in
+soak_procs.py.
 """
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import random
@@ -58,193 +62,25 @@ import resource
 import shlex
 import shutil
 import signal
-import socket
-import struct
-import subprocess
 import sys
 import tempfile
 import time
-from array import array
-from pathlib import Path
+from typing import Optional
 
 import gevent
-from gevent import socket as gsocket
-from gevent.event import Event  # cooperative sockets, without monkey-patching
+from gevent import socket as gsocket  # cooperative sockets, without monkey-patching
 
-from gchat_bench.servers import die_with_parent, process_cpu_s
+from gchat_bench.processes import HOST
+from gchat_bench.soak_checks import PROBLEMS_SHOWN, check_session, owed, verify, warnings
+from gchat_bench.soak_client import RECV_SIZE, Client
+from gchat_bench.soak_procs import (START_TIMEOUT, Node, RedisProc, gchat_command, kill_all,
+                                    stop_all)
 
-HOST = "127.0.0.1"
-RECV_SIZE = 1 << 16
-LISTENING_RE = re.compile(rb"listening on \[?([0-9.]+)\]?:(\d+)")
-START_TIMEOUT = 30.0     # a process printing "listening on" / answering PING
-STOP_TIMEOUT = 5.0       # SIGTERM, then SIGKILL
 NAME_TIMEOUT = 10.0      # a stayer or churner getting "You are NAME"
 ACCOUNT_WAIT = 1.0       # a churner waits this long for its lines to come back before it leaves
-READ_PAUSE = 0.05        # a named client reads at most this often (the kernel buffers meanwhile)
 GRACE = 1.0              # after the drain: late duplicates and refusals still count
 CHAOS_AT = (("redis", 0.20), ("node", 0.35), ("redis", 0.55))
 SCHEDULE_MARGIN = 1.0    # seconds between one event's end and the next's start
-PROBLEMS_SHOWN = 20
-
-HISTORY_OPEN = b"--- last "
-HISTORY_CLOSE = b"--- end of history ---"
-NOT_SENT = b"not sent"
-SERVER_LOST = b"(server lost)"
-
-# ---------------------------------------------------------------------------
-# The checks: pure functions over logs of (sender, seq), sender a name.
-
-
-def owed(sent: int, refusals: int, delivered, settled: bool) -> tuple:
-    """What every stayer must get of one sender's lines 0..sent-1.
-
-    delivered: the seqs that reached someone (a stayer, or the sender
-    itself: a line that came back reached the bus, so everyone is owed it);
-    refusals: how many "not sent" errors the sender got; settled: every
-    line of the sender came back to it or was refused (else its lines after
-    the last that came back are uncertain: the sender went before learning
-    their fate, or its node died holding them).
-
-    A refusal does not say which line it refused, and need not: the lines
-    that reached nobody are the refused ones, as many as there were
-    refusals; any more are lost (owed to everyone, missing everywhere).
-    Returns (owed seqs, seqs taken as refused, refusals left unexplained:
-    a refused line that was delivered after all, or a refusal of nothing).
-    """
-    delivered = {q for q in delivered if q < sent}
-    top = max(delivered, default=-1)
-    checkable = range(sent) if settled else range(top + 1)
-    absent = sorted(set(checkable) - delivered)
-    refused = set(absent[len(absent) - min(refusals, len(absent)):]) if refusals else set()
-    unsure = 0 if settled else sent - (top + 1)
-    unexplained = max(0, refusals - len(absent) - unsure)
-    return delivered | (set(absent) - refused), refused, unexplained
-
-
-def verify(received: dict, owed_by: dict, limit: int = PROBLEMS_SHOWN) -> dict:
-    """Check what the stayers received.
-
-    received: {receiver: iterable of (sender, seq) in arrival order};
-    owed_by: {sender: set of seqs every receiver must get exactly once}.
-    Per receiver and sender: lost (owed, never received), duplicated
-    (receptions past the first), out_of_order (a first reception after a
-    higher seq of the same sender), unexpected (received, not owed).  Across receivers: order_mismatches, the receivers
-    whose relative order of the lines they share with the first receiver
-    (the reference) is not the reference's.  Also returns the reference's
-    index {(sender, seq): position} for check_session.
-    """
-    res = {"expected": 0, "received": 0, "lost": 0, "duplicated": 0, "out_of_order": 0,
-           "unexpected": 0, "order_mismatches": 0}
-    problems: list = []
-
-    def problem(text):
-        if len(problems) < limit:
-            problems.append(text)
-
-    ref_index = None
-    ref_name = None
-    owed_total = sum(len(s) for s in owed_by.values())
-    for receiver, lines in received.items():
-        seen: dict = {}       # sender -> set of seqs
-        top: dict = {}        # sender -> highest seq received
-        order = []            # first receptions, in arrival order
-        count = 0
-        for key in lines:
-            count += 1
-            sender, seq = key
-            got = seen.get(sender)
-            if got is None:
-                got = seen[sender] = set()
-            if seq in got:
-                res["duplicated"] += 1
-                problem("duplicated: %s got %s#%d again" % (receiver, sender, seq))
-                continue
-            got.add(seq)
-            order.append(key)
-            if seq < top.get(sender, -1):
-                res["out_of_order"] += 1
-                problem("out of order: %s got %s#%d after %s#%d"
-                        % (receiver, sender, seq, sender, top[sender]))
-            else:
-                top[sender] = seq
-            if seq not in owed_by.get(sender, ()):
-                res["unexpected"] += 1
-                problem("unexpected: %s got %s#%d (not owed)" % (receiver, sender, seq))
-        res["received"] += count
-        res["expected"] += owed_total
-        for sender, want in owed_by.items():
-            missing = want - seen.get(sender, set())
-            if missing:
-                res["lost"] += len(missing)
-                problem("lost: %s never got %s#%s" % (receiver, sender, _runs(missing)))
-        if ref_index is None:
-            ref_index = {key: i for i, key in enumerate(order)}
-            ref_name = receiver
-            continue
-        where = first_inversion(order, ref_index)
-        if where is not None:
-            res["order_mismatches"] += 1
-            a, b = where
-            problem("order: %s got %s#%d before %s#%d, %s the other way"
-                    % (receiver, a[0], a[1], b[0], b[1], ref_name))
-    res["problems"] = problems
-    res["reference"] = ref_index or {}
-    return res
-
-
-def first_inversion(order, ref_index: dict):
-    """The first pair (a, b) of order, a before b, that ref_index has the
-    other way round (lines ref_index does not hold are skipped); None when
-    order agrees with it."""
-    best = -1
-    best_key = None
-    for key in order:
-        i = ref_index.get(key)
-        if i is None:
-            continue
-        if i < best:
-            return best_key, key
-        best, best_key = i, key
-    return None
-
-
-def check_session(lines, owed_by: dict, ref_index: dict) -> dict:
-    """What one churner session saw: it came in and went mid-stream, so per
-    sender it may miss the beginning and the end, never anything between
-    its first and last line of that sender that is owed.  Also no
-    duplicates, each sender in order, and the stayers' relative order."""
-    res = {"gaps": 0, "duplicated": 0, "out_of_order": 0, "order": 0}
-    seen: dict = {}
-    order = []
-    for key in lines:
-        sender, seq = key
-        got = seen.setdefault(sender, [])
-        if seq in got:
-            res["duplicated"] += 1
-            continue
-        if got and seq < got[-1]:
-            res["out_of_order"] += 1
-        got.append(seq)
-        order.append(key)
-    for sender, got in seen.items():
-        lo, hi = min(got), max(got)
-        want = {q for q in owed_by.get(sender, ()) if lo < q < hi}
-        res["gaps"] += len(want - set(got))
-    if first_inversion(order, ref_index) is not None:
-        res["order"] += 1
-    return res
-
-
-def _runs(seqs) -> str:
-    """{1,2,3,7} -> '1-3,7' (at most a few runs)."""
-    out = []
-    for q in sorted(seqs):
-        if out and out[-1][1] == q - 1:
-            out[-1][1] = q
-        else:
-            out.append([q, q])
-    text = ",".join("%d" % a if a == b else "%d-%d" % (a, b) for a, b in out[:6])
-    return text + (",..." if len(out) > 6 else "")
 
 
 def plan(duration: float, redis_down: float, node_down: float) -> list:
@@ -263,276 +99,9 @@ def plan(duration: float, redis_down: float, node_down: float) -> list:
     return events
 
 
-# ---------------------------------------------------------------------------
-# Processes: redis-server and the nodes, killed with this one.
-
-_LIVE: set = set()
-
-
-def _kill_all():
-    for proc in list(_LIVE):
-        proc.send_signal(signal.SIGKILL)
-
-
-atexit.register(_kill_all)
-
-
-class Proc:
-    """One child (redis-server or a node) and its successive incarnations."""
-
-    def __init__(self, name: str, logdir: str):
-        self.name = name
-        self.logdir = logdir
-        self.popen = None
-        self.starts = 0
-        self.cpu_done = 0.0
-        self.log_path = None
-        self.exit_codes: list = []
-
-    def start(self, argv: list):
-        self.starts += 1
-        self.log_path = os.path.join(self.logdir, "%s.%d.log" % (self.name, self.starts))
-        with open(self.log_path, "wb") as log:
-            self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, close_fds=True,
-                                          start_new_session=True, preexec_fn=die_with_parent)
-        _LIVE.add(self)
-
-    @property
-    def pid(self):
-        return self.popen.pid if self.popen is not None else None
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def cpu(self) -> float:
-        now = process_cpu_s(self.pid) if self.alive() else None
-        return round(self.cpu_done + (now or 0.0), 3)
-
-    def send_signal(self, sig):
-        if self.popen is not None and self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-    def stop(self, sig=signal.SIGKILL, timeout: float = STOP_TIMEOUT):
-        """Signal the process group (its CPU time read first) and reap it;
-        SIGKILL if it outlives timeout."""
-        if self.popen is None:
-            return
-        if self.popen.poll() is None:
-            self.cpu_done += process_cpu_s(self.popen.pid) or 0.0
-            self.send_signal(sig)
-            deadline = time.monotonic() + timeout
-            while self.popen.poll() is None and time.monotonic() < deadline:
-                gevent.sleep(0.02)
-            if self.popen.poll() is None:
-                self.send_signal(signal.SIGKILL)
-                while self.popen.poll() is None:
-                    gevent.sleep(0.02)
-        self.exit_codes.append(self.popen.returncode)
-        self.popen = None
-        _LIVE.discard(self)
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                return b"\n".join(f.read().splitlines()[-lines:]).decode("utf-8", "replace")
-        except (OSError, TypeError):
-            return ""
-
-    def wait_listening(self, timeout: float = START_TIMEOUT) -> int:
-        """The port of the node's "listening on HOST:PORT" line."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with open(self.log_path, "rb") as f:
-                m = LISTENING_RE.search(f.read())
-            if m:
-                return int(m.group(2))
-            if not self.alive():
-                break
-            gevent.sleep(0.05)
-        raise RuntimeError("%s did not print 'listening on' (exit %s):\n%s"
-                           % (self.name, self.popen and self.popen.poll(), self.log_tail()))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def redis_ping(port: int, timeout: float = 1.0) -> bool:
-    try:
-        sock = gsocket.create_connection((HOST, port), timeout=timeout)
-    except OSError:
-        return False
-    try:
-        sock.sendall(b"PING\r\n")
-        return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-    finally:
-        sock.close()
-
-
-def gchat_command() -> list:
-    """The gchat console script next to this Python, else python -m gchat."""
-    script = Path(sys.executable).parent / "gchat"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "gchat"]
-
-
-# ---------------------------------------------------------------------------
-# Clients
-
-
-class Client:
-    """One named connection: reads everything, keeps the chat lines of this
-    run as ids (Soak.intern) in arrival order, and accounts for its own."""
-
-    def __init__(self, soak: "Soak", name: str, node: int, stayer: bool):
-        self.soak = soak
-        self.name = name
-        self.nameb = name.encode()
-        self.node = node
-        self.stayer = stayer
-        self.sock = None
-        self.reader = None
-        self.tail = b""
-        self.state = 0            # 0 naming, 1 live, 2 in the history block
-        self.named = Event()
-        self.name_error = None
-        self.closed = False
-        self.seen = array("l")
-        self.max_seen: dict = {}  # sender -> highest seq (stayers only)
-        self.sent = 0
-        self.echoed: set = set()  # own lines that came back
-        self.echo_max = -1
-        self.refusals = 0         # "error: ... not sent"
-        self.errors = 0
-        self.server_lost = 0
-        self.settled = False      # every line came back or was refused (set when it went)
-
-    def connect(self, port: int):
-        self.sock = gsocket.create_connection((HOST, port), timeout=5)
-        self.sock.settimeout(None)
-        self.sock.sendall(self.nameb + b"\n")
-        self.reader = gevent.spawn(self._read)
-
-    def _read(self):
-        sock = self.sock
-        dump = None
-        if self.stayer and self.soak.a.dump:
-            dump = open(os.path.join(self.soak.logdir, "%s.recv" % self.name), "wb")
-        try:
-            while True:
-                data = sock.recv(RECV_SIZE)
-                if not data:
-                    break
-                if dump is not None:
-                    dump.write(b"%.3f %d\n" % (time.monotonic() - self.soak.began, len(data)))
-                    dump.write(data)
-                self.feed(data)
-                if self.state == 1:
-                    # Let lines gather: one read per READ_PAUSE, not one per line.
-                    gevent.sleep(READ_PAUSE)
-        except OSError:
-            pass
-        finally:
-            self.closed = True
-            self.named.set()
-            if dump is not None:
-                dump.close()
-
-    def feed(self, data: bytes):
-        if self.tail:
-            data = self.tail + data
-        lines = data.split(b"\n")
-        self.tail = lines.pop()
-        match = self.soak.chat_re.match
-        intern = self.soak.intern
-        seen = self.seen
-        for line in lines:
-            if self.state == 1:
-                m = match(line)
-                if m is None:
-                    self._other(line)
-                    continue
-                sender, seq = m.group(1), int(m.group(2))
-                seen.append(intern(sender, seq))
-                if self.stayer and seq > self.max_seen.get(sender, -1):
-                    self.max_seen[sender] = seq
-                if sender == self.nameb:
-                    self._echo(seq)
-            elif self.state == 2:
-                if line.rstrip(b"\r") == HISTORY_CLOSE:
-                    self.state = 1
-            else:
-                line = line.rstrip(b"\r")
-                if line == b"You are " + self.nameb:
-                    self.state = 1
-                    self.named.set()
-                elif line.startswith(b"error: "):
-                    self.name_error = line.decode("utf-8", "replace")
-                    self.named.set()
-
-    def _other(self, line: bytes):
-        if line.startswith(HISTORY_OPEN):
-            self.state = 2   # comes after the roster, before any live line
-        elif line.startswith(b"error: "):
-            if NOT_SENT in line:
-                self._refusal()
-            else:
-                self.errors += 1
-                self.soak.error_lines.setdefault(line[:100].decode("utf-8", "replace"), 0)
-                self.soak.error_lines[line[:100].decode("utf-8", "replace")] += 1
-        elif SERVER_LOST in line:
-            self.server_lost += line.count(SERVER_LOST)
-
-    def _echo(self, seq: int):
-        self.echoed.add(seq)
-        if seq > self.echo_max:
-            self.echo_max = seq
-
-    def _refusal(self):
-        self.refusals += 1
-
-    def accounted(self) -> bool:
-        """Every line sent came back or was refused."""
-        return len(self.echoed) + self.refusals >= self.sent
-
-    def say(self):
-        self.sock.sendall(b"~%d %d\n" % (self.soak.run, self.sent))
-        self.sent += 1
-        if self.stayer and self.soak.a.dump:
-            self.soak.sendlog.write(b"%.3f %s %d\n" % (time.monotonic() - self.soak.began,
-                                                      self.nameb, self.sent - 1))
-
-    def close(self, how: int = 1):
-        if self.reader is not None:
-            self.reader.kill(block=False)
-        if self.sock is None:
-            return
-        try:
-            if how == 0:
-                self.sock.sendall(b"/quit churn\n")
-            elif how == 2:  # reset: RST, perhaps with unread input
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-        self.sock.close()
-
-
-class Node:
-    def __init__(self, index: int, logdir: str):
-        self.index = index
-        self.proc = Proc("node%d" % index, logdir)
-        self.port = None
-        self.up = False
-
-
 class Soak:
+    """One soak: its processes, its clients, the chaos, and the report."""
+
     def __init__(self, a: argparse.Namespace, logdir: str):
         self.a = a
         self.logdir = logdir
@@ -541,8 +110,7 @@ class Soak:
         self.chat_re = re.compile(rb"([^\s:]+): ~%d (\d+)\r?\Z" % self.run)
         self.ids: dict = {}
         self.keys: list = []
-        self.redis = Proc("redis", logdir)
-        self.redis_port = free_port()
+        self.redis = RedisProc(a.redis_server, logdir)
         self.nodes = [Node(i, logdir) for i in range(a.nodes)]
         self.victim = self.nodes[-1]
         self.stayers: list = []
@@ -583,19 +151,8 @@ class Soak:
 
     # processes ---------------------------------------------------------
 
-    def start_redis(self):
-        exe = self.a.redis_server
-        self.redis.start([exe, "--port", str(self.redis_port), "--bind", HOST,
-                          "--save", "", "--appendonly", "no", "--daemonize", "no"])
-        deadline = time.monotonic() + START_TIMEOUT
-        while not redis_ping(self.redis_port):
-            if not self.redis.alive() or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not answer PING on port %d:\n%s"
-                                   % (self.redis_port, self.redis.log_tail()))
-            gevent.sleep(0.05)
-
     def node_argv(self) -> list:
-        argv = gchat_command() + ["--redis", "redis://%s:%d/0" % (HOST, self.redis_port),
+        argv = gchat_command() + ["--redis", self.redis.url,
                                   "--host", HOST, "--port", "0",
                                   "--node-timeout", "%g" % self.a.node_timeout,
                                   "--flood-rate", "0"]
@@ -604,9 +161,7 @@ class Soak:
         return argv + shlex.split(self.a.node_args)
 
     def start_node(self, node: Node):
-        node.proc.start(self.node_argv())
-        node.port = node.proc.wait_listening()
-        node.up = True
+        node.start(self.node_argv())
 
     # clients -----------------------------------------------------------
 
@@ -718,12 +273,12 @@ class Soak:
                 self.event("redis killed", pid=pid, signal="SIGKILL")
                 gevent.sleep(max(0.0, self.t0 + back - time.monotonic()))
                 try:
-                    self.start_redis()
+                    self.redis.start()
                 except RuntimeError as e:
                     self.failures.append(str(e))
                     self.event("redis restart failed")
                     return
-                self.event("redis restarted", pid=self.redis.pid, port=self.redis_port)
+                self.event("redis restarted", pid=self.redis.pid, port=self.redis.port)
             else:
                 node = self.victim
                 pid = node.proc.pid
@@ -777,10 +332,10 @@ class Soak:
     def run_all(self) -> dict:
         a = self.a
         schedule = plan(a.duration, a.redis_down, a.node_down)
-        self.start_redis()
+        self.redis.start()
         for node in self.nodes:
             self.start_node(node)
-        self.event("started", redis_port=self.redis_port,
+        self.event("started", redis_port=self.redis.port,
                    nodes=[n.port for n in self.nodes], victim=self.victim.index)
         self.start_stayers(a.stayers)
         self.event("stayers named", stayers=len(self.stayers))
@@ -816,7 +371,7 @@ class Soak:
         for proc in [n.proc for n in self.nodes] + [self.redis]:
             if not proc.alive():  # died by itself: the chaos restarted all it killed
                 self.failures.append("%s is not running at the end (exit %s):\n%s" % (
-                    proc.name, proc.popen and proc.popen.poll(), proc.log_tail()))
+                    proc.name, proc.returncode, proc.log_tail()))
         node_stats = {"node%d" % n.index: self.probe_stats(n) for n in self.nodes if n.up}
         cpu = {"node%d" % n.index: n.proc.cpu() for n in self.nodes}
         cpu["redis"] = self.redis.cpu()
@@ -914,17 +469,6 @@ class Soak:
         return out
 
 
-def warnings(node_stats: dict) -> list:
-    """Node counters that should be back at rest once the soak has drained
-    (reported, not failed on: they are not lines lost)."""
-    out = []
-    for node, stats in node_stats.items():
-        for key in ("bus_held_lines", "bus_pending"):
-            if stats.get(key, 0) != 0:
-                out.append("%s: %s=%s after the drain (expected 0)" % (node, key, stats[key]))
-    return out
-
-
 # ---------------------------------------------------------------------------
 
 
@@ -1019,22 +563,22 @@ def main(argv=None) -> int:
     logdir = tempfile.mkdtemp(prefix="gchat-cluster-soak-")
 
     def on_term(*_):
-        _kill_all()
+        kill_all()
         os._exit(143)
 
     signal.signal(signal.SIGTERM, on_term)
-    soak = Soak(a, logdir)
     # Bounded: startup, the soak, the churners' last sessions, the drain.
     limit = 2 * START_TIMEOUT + a.duration + a.max_stay + a.drain_timeout + 60
+    soak: Optional[Soak] = None
     try:
+        soak = Soak(a, logdir)
         with gevent.Timeout(limit, RuntimeError("the soak overran its %g s bound" % limit)):
             res = soak.run_all()
     except (RuntimeError, OSError) as e:
-        res = {"result": "FAIL", "seed": a.seed, "failures": [str(e)], "chaos": soak.timeline(),
-               "logs": logdir}
+        res = {"result": "FAIL", "seed": a.seed, "failures": [str(e)],
+               "chaos": soak.timeline() if soak is not None else [], "logs": logdir}
     finally:
-        for proc in list(_LIVE):
-            proc.stop(signal.SIGKILL, timeout=2)
+        stop_all()
     if res["result"] == "PASS" and not a.keep_logs:
         shutil.rmtree(logdir, ignore_errors=True)
         res["logs"] = None

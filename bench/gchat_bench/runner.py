@@ -30,8 +30,8 @@ import psutil
 from tqdm import tqdm
 
 from gchat_bench.cluster import expected_deliveries, part_cpu, room_members, spread
-from gchat_bench.servers import (BenchError, Cluster, RssSampler, Server, die_with_parent,
-                                 process_cpu_s)
+from gchat_bench.processes import die_with_parent
+from gchat_bench.servers import BenchError, Cluster, RssSampler, Server, process_cpu_s
 from gchat_bench.transports import TRANSPORTS
 from gchat_bench.stats import SCAN_IMPL, MIN_SIZE, merge_encoded, percentiles_ms
 

@@ -22,16 +22,16 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Optional
 
 import psutil
+
+from gchat_bench.processes import RedisServer, StartError, die_with_parent, redis_executable
 
 HTTP_RE = re.compile(r"\bhttp\s*$")
 LISTENING_RE = re.compile(r"listening on \[?([0-9A-Za-z.:_-]+?)\]?:(\d+)\b")
@@ -46,25 +46,6 @@ STOP_TIMEOUT = 10.0
 CHILDREN_CACHE_S = 1.0
 # Polling interval while waiting for a supervisor's workers to listen.
 LISTEN_POLL_S = 0.05
-# redis-server prints this when it accepts connections (Redis 5 to 7).
-REDIS_READY_RE = re.compile(r"Ready to accept connections")
-# Attempts at a free port for redis-server (it cannot take port 0): the
-# port is free when chosen and, rarely, taken before redis binds it.
-REDIS_PORT_ATTEMPTS = 3
-
-
-def die_with_parent() -> None:
-    """preexec_fn: SIGTERM this child when the benchmark process dies.
-
-    A benchmark killed hard must not leave a server or workers behind
-    (Linux prctl PR_SET_PDEATHSIG; elsewhere a no-op).
-    """
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG = 1
-    except Exception:
-        pass
 
 
 def process_cpu_s(pid: int) -> Optional[float]:
@@ -378,72 +359,40 @@ class Server:
                 pass
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on now (for servers that cannot take 0)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+class ClusterRedis(Server):
+    """A cluster's own redis-server as a part of the server under test:
+    processes.RedisServer starts and stops it (a free loopback port, no
+    persistence, no file left behind even if the bench is killed hard); as
+    a Server it is measured like the nodes (CPU, alive?)."""
 
-
-def redis_binary(path: Optional[str] = None) -> str:
-    """The redis-server to spawn: path, or redis-server on PATH, or
-    /usr/sbin and /usr/bin."""
-    for cand in ([path] if path else [shutil.which("redis-server"),
-                                      "/usr/bin/redis-server", "/usr/sbin/redis-server"]):
-        if cand and os.access(cand, os.X_OK):
-            return cand
-    raise BenchError("no redis-server %s(the cluster forms spawn one: apt-get install "
-                     "redis-server, or --redis-server PATH)" % ("at %s " % path if path else ""))
-
-
-class RedisServer(Server):
-    """A redis-server of its own for one run: a free loopback port, no
-    persistence (``--save '' --appendonly no``: it writes no file, so its
-    --dir is the system's temporary directory and a bench killed hard
-    leaves nothing behind)."""
-
-    @property
-    def url(self) -> str:
-        host = "[%s]" % self.host if ":" in self.host else self.host
-        return "redis://%s:%d/0" % (host, self.port)
+    def __init__(self, redis: RedisServer, name: str = "redis"):
+        super().__init__(name, redis.host, redis.port, pid=redis.pid, proc=redis.proc)
+        self.redis = redis
+        self.url = redis.url
 
     @classmethod
-    def spawn_redis(cls, binary: Optional[str] = None, host: str = "127.0.0.1",
-                    name: str = "redis") -> "RedisServer":
-        """Start redis-server and wait for "Ready to accept connections"."""
-        exe = redis_binary(binary)
-        tail: collections.deque = collections.deque(maxlen=30)
-        for _ in range(REDIS_PORT_ATTEMPTS):
-            port = free_port(host)
-            argv = [exe, "--port", str(port), "--bind", host, "--save", "",
-                    "--appendonly", "no", "--dir", tempfile.gettempdir(), "--daemonize", "no",
-                    "--logfile", "", "--protected-mode", "yes"]
-            try:
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        preexec_fn=die_with_parent)
-            except OSError as e:
-                raise BenchError("cannot start %s: %s" % (exe, e))
-            tail = collections.deque(maxlen=30)
-            seen: list = []
+    def spawn_redis(cls, executable: Optional[str] = None) -> "ClusterRedis":
+        """Start redis-server (executable, else the one on PATH) and wait
+        until it answers."""
+        try:
+            exe = redis_executable(executable)
+        except StartError as e:
+            raise BenchError("%s (the cluster forms spawn one: apt-get install redis-server, "
+                             "or --redis-server PATH)" % e) from None
+        try:
+            return cls(RedisServer(exe).start(START_TIMEOUT))
+        except StartError as e:
+            raise BenchError(str(e)) from None
 
-            def on_line(line: str, seen=seen) -> bool:
-                if REDIS_READY_RE.search(line):
-                    seen.append(line)
-                return bool(seen)
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise BenchError("redis-server exited with code %s during the run:\n%s"
+                             % (self.proc.returncode, self.redis.log_tail()))
 
-            ready = _watch_log(proc, proc.stdout, name, tail, on_line)
-            ready.wait(START_TIMEOUT)
-            if proc.poll() is None and seen:
-                srv = cls(name, host, port, pid=proc.pid, proc=proc, argv=argv)
-                srv.stderr_tail = tail
-                return srv
-            proc.kill()
-            proc.wait()
-            if not any("in use" in x for x in tail):
-                break           # not a port race: say why
-        raise BenchError("redis-server did not get ready (exit %s): %s\n%s"
-                         % (proc.returncode, shlex.join(argv), "\n".join(tail)))
+    def stop(self) -> None:
+        if self.exit_code is None:
+            self.redis.stop(STOP_TIMEOUT)
+            self.exit_code = self.redis.exit_codes[-1]
 
 
 class Cluster:
@@ -479,7 +428,7 @@ class Cluster:
         URL`` (and ``--workers K`` if server_workers), each on its own port
         (argv has --port 0), all at once; wait until every node listens
         (and, with workers, until each node's K workers do)."""
-        redis = RedisServer.spawn_redis(redis_path)
+        redis = ClusterRedis.spawn_redis(redis_path)
         started: list = []
         waits: list = []
         try:
