@@ -1,4 +1,5 @@
 """python -m gchat: the same as the gchat console script."""
+
 import sys
 
 from gchat.cli import main

@@ -15,7 +15,9 @@ until it has them; the chat alone sets them).  A client with no name yet
 is in no room; what it is told goes through the lobby's Fanout.
 (events.Member is that object's type.)
 """
-from typing import Any, Callable, Mapping, Optional, Sequence
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Optional
 
 from gchat import protocol as p
 from gchat.config import Config
@@ -35,9 +37,12 @@ class Chat:
     # stops: nothing here, since they all leave too.
     SHUTDOWN_REASON: Optional[str] = None
 
-    def __init__(self, config: Config,
-                 stats: Optional[Callable[[], Mapping[str, object]]] = None,
-                 clock: Optional[Callable[[], float]] = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        stats: Optional[Callable[[], Mapping[str, object]]] = None,
+        clock: Optional[Callable[[], float]] = None,
+    ) -> None:
         """stats: a callable returning the counters /stats shows (the hub's);
         clock: a callable returning the time (the event loop's, from the hub;
         the chat never reads a clock of its own)."""
@@ -46,20 +51,35 @@ class Chat:
         self._stats = stats or (lambda: dict(self.counts))
         self.compat = config.compat
         self.connected: set[Member] = set()  # every conn that arrived and has not departed
-        self.silent: set[Member] = set()     # conns that have not sent a line yet
-        self.names: dict[str, Member] = {}   # name_key -> conn, every named client in any room
+        self.silent: set[Member] = set()  # conns that have not sent a line yet
+        self.names: dict[str, Member] = {}  # name_key -> conn, every named client in any room
         # (conn, Why) for the hub to close after flushing
         self.departures: list[tuple[Member, str]] = []
-        self.dirty: list[Room] = []          # rooms with output for the hub to flush
-        self.holding: set[Room] = set()      # rooms holding back announcements (room.py)
+        self.dirty: list[Room] = []  # rooms with output for the hub to flush
+        self.holding: set[Room] = set()  # rooms holding back announcements (room.py)
         self.rooms = RoomRegistry(config, self.dirty, self.holding)
         self.lobby = self.rooms.lobby
-        self.counts: dict[str, int] = {"arrivals": 0, "departures": 0, "lines": 0, "too_long": 0,
-                                       "errors": 0, "joins": 0, "bytes_out": 0}
+        self.counts: dict[str, int] = {
+            "arrivals": 0,
+            "departures": 0,
+            "lines": 0,
+            "too_long": 0,
+            "errors": 0,
+            "joins": 0,
+            "bytes_out": 0,
+        }
         self._commands: dict[type, Callable[[Member, Any], None]] = {
-            p.Chat: self._chat, p.Me: self._me, p.Nick: self._nick, p.Msg: self._msg,
-            p.Who: self._who, p.Quit: self._quit, p.Help: self._help, p.Stats: self._stats_command,
-            p.Join: self._join, p.ListRooms: self._list_rooms, p.Invalid: self._invalid,
+            p.Chat: self._chat,
+            p.Me: self._me,
+            p.Nick: self._nick,
+            p.Msg: self._msg,
+            p.Who: self._who,
+            p.Quit: self._quit,
+            p.Help: self._help,
+            p.Stats: self._stats_command,
+            p.Join: self._join,
+            p.ListRooms: self._list_rooms,
+            p.Invalid: self._invalid,
         }
 
     # ------------------------------------------------------------------

@@ -2,12 +2,13 @@
 
 This is the only module that reads argv; everything else takes a Config.
 """
+
 import argparse
 import logging
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from gchat import __version__, config_file, logs
 from gchat.config import GROUPS, Config, Option, ValueKind, flag_options, help_text
@@ -44,40 +45,63 @@ def _argument_type(kind: Optional[Callable[[str], Any]]) -> Optional[Callable[[s
 
 # The options that are not Config fields: they choose the process (how many
 # workers, what it logs) or act instead of configuring.  dest -> Option.
-CLI_OPTIONS: Dict[str, Option] = {
+CLI_OPTIONS: dict[str, Option] = {
     "workers": Option(
-        default=0, flags=("--workers",), group="cluster", type=int, metavar="N",
+        default=0,
+        flags=("--workers",),
+        group="cluster",
+        type=int,
+        metavar="N",
         help="run N worker processes sharing the port (SO_REUSEPORT), restarted if they "
-             "die; needs --redis; 0: one process"),
+        "die; needs --redis; 0: one process",
+    ),
     "log_level": Option(
-        default="INFO", flags=("--log-level",), group="logging",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr log level"),
+        default="INFO",
+        flags=("--log-level",),
+        group="logging",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="stderr log level",
+    ),
     "log_format": Option(
-        default="text", flags=("--log-format",), group="logging", choices=logs.LOG_FORMATS,
+        default="text",
+        flags=("--log-format",),
+        group="logging",
+        choices=logs.LOG_FORMATS,
         help="stderr log format: text, or json for one JSON object per line with the fields "
-             "time, level, logger, event and, when known, addr, name, room, reason"),
+        "time, level, logger, event and, when known, addr, name, room, reason",
+    ),
     "config": Option(
-        default=None, flags=("--config",), group="logging", metavar="FILE",
+        default=None,
+        flags=("--config",),
+        group="logging",
+        metavar="FILE",
         help="read options from a TOML file: the long options as keys, without '--' "
-             "(idle-timeout = 120, compat = true, allow-origin = [\"https://a\"]); the "
-             "command line overrides the file"),
+        '(idle-timeout = 120, compat = true, allow-origin = ["https://a"]); the '
+        "command line overrides the file",
+    ),
     "print_config": Option(
-        default=False, flags=("--print-config",), group="logging",
+        default=False,
+        flags=("--print-config",),
+        group="logging",
         help="print the effective options (defaults, --config's and the command line's) "
-             "as a TOML file that --config reads, and exit"),
+        "as a TOML file that --config reads, and exit",
+    ),
 }
 
 
-def all_options() -> Dict[str, Option]:
+def all_options() -> dict[str, Option]:
     """Every option with a flag, dest -> Option: Config's fields (their
     dest is the field's name), then CLI_OPTIONS."""
     return {**flag_options(), **CLI_OPTIONS}
 
 
 def _add_option(group: "argparse._ArgumentGroup", dest: str, opt: Option) -> None:
-    kwargs: Dict[str, Any] = {"dest": dest, "default": opt.flag_default,
-                              # argparse formats help with %: a literal one is %%.
-                              "help": help_text(opt).replace("%", "%%")}
+    kwargs: dict[str, Any] = {
+        "dest": dest,
+        "default": opt.flag_default,
+        # argparse formats help with %: a literal one is %%.
+        "help": help_text(opt).replace("%", "%%"),
+    }
     if isinstance(opt.default, bool):
         kwargs["action"] = "store_true"
     else:
@@ -97,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gchat",
         description="Broadcast chat server (gopl.io ch8/chat on gevent). "
-                    "Connect with `nc HOST PORT`; type /help once named.")
+        "Connect with `nc HOST PORT`; type /help once named.",
+    )
     parser.add_argument("--version", action="version", version=f"gchat {__version__}")
     options = all_options()
     for key, title, description in GROUPS:
@@ -111,14 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
 def default_max_clients(headroom: int) -> int:
     """The per-process open-file limit less headroom (at least 1)."""
     import resource
+
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
     return max(1, soft - headroom)
 
 
-def _with_host(address: Optional[Tuple[Optional[str], int]],
-               host: str) -> Optional[Tuple[str, int]]:
+def _with_host(
+    address: Optional[tuple[Optional[str], int]], host: str
+) -> Optional[tuple[str, int]]:
     if address is None:
         return None
     return (address[0] or host, address[1])
@@ -127,7 +154,7 @@ def _with_host(address: Optional[Tuple[Optional[str], int]],
 def config_from_args(args: argparse.Namespace) -> Config:
     """The Config of parsed arguments: each flag's value under its field's
     name; one not given (None) leaves the field's default."""
-    values: Dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for name in flag_options():
         value = getattr(args, name)
         if value is None:
@@ -141,7 +168,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**values)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     # --config's file becomes the parser's defaults; the command line wins.
     args, source = config_file.parse_args(parser, argv)
@@ -152,22 +179,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.workers < 0:
         parser.error("--workers must not be negative (0, the default, is one process)")
     if args.workers and not args.redis:
-        parser.error("--workers needs --redis URL: the workers are separate processes, and "
-                     "only the Redis bus lets a client on one worker see those on another")
+        parser.error(
+            "--workers needs --redis URL: the workers are separate processes, and "
+            "only the Redis bus lets a client on one worker see those on another"
+        )
     if args.workers and os.environ.get("LISTEN_PID") == str(os.getpid()):
-        parser.error("--workers cannot serve sockets passed by systemd (LISTEN_FDS): "
-                     "the workers bind the port themselves, with SO_REUSEPORT")
+        parser.error(
+            "--workers cannot serve sockets passed by systemd (LISTEN_FDS): "
+            "the workers bind the port themselves, with SO_REUSEPORT"
+        )
     if args.print_config:
         # After config_from_args, so that what is printed is known to start.
-        sys.stdout.write(config_file.dump(
-            parser, args, f"gchat {__version__}: the effective options; "
-                          "`gchat --config FILE` reads this file back."))
+        sys.stdout.write(
+            config_file.dump(
+                parser,
+                args,
+                f"gchat {__version__}: the effective options; "
+                "`gchat --config FILE` reads this file back.",
+            )
+        )
         return 0
     logs.setup(args.log_level, args.log_format)
     from gchat import workers
+
     if args.workers:
-        return workers.supervise(config, sys.argv[1:] if argv is None else argv, args.workers,
-                                 os.environ)
+        return workers.supervise(
+            config, sys.argv[1:] if argv is None else argv, args.workers, os.environ
+        )
     # A worker of a --workers supervisor (workers.py), or None.
     worker = workers.WorkerLink.from_environ(os.environ)
     if worker is not None:
@@ -205,6 +243,7 @@ def run(config: Config, worker: Optional["WorkerLink"] = None) -> int:
     histories: Any = None
     if config.redis:
         from gchat.bus import open_bus
+
         try:
             bus, histories = open_bus(config)
         except RuntimeError as err:
@@ -227,19 +266,25 @@ def run(config: Config, worker: Optional["WorkerLink"] = None) -> int:
         server.hub.chat.load_histories(histories)
         bus.start(server.hub.put)
         from gchat.workers import PREDECESSOR_ENV
+
         predecessor = os.environ.pop(PREDECESSOR_ENV, None)
         if predecessor:
             bus.retire(predecessor)
-        log.info("node %s joined cluster %s (%d rooms with history)", bus.node,
-                 config.cluster, len(histories))
+        log.info(
+            "node %s joined cluster %s (%d rooms with history)",
+            bus.node,
+            config.cluster,
+            len(histories),
+        )
     stop_requested = Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, stop_requested.set)
     # SIGHUP reloads the TLS certificate (systemd's ExecReload sends it).
     gevent.signal_handler(signal.SIGHUP, server.reload_tls)
     if sockets:
-        log.info("socket activation: serving the %s socket(s) systemd passed",
-                 ", ".join(sorted(sockets)))
+        log.info(
+            "socket activation: serving the %s socket(s) systemd passed", ", ".join(sorted(sockets))
+        )
     # The HTTP ports are logged first: whoever waits for "listening on"
     # (tests, scripts) then knows every port.  A worker says "serving on":
     # its supervisor says "listening on" once every worker serves.
@@ -249,8 +294,14 @@ def run(config: Config, worker: Optional["WorkerLink"] = None) -> int:
             where = format_address(*port.address[:2])  # [::1]:8080, as clients are logged
             log.info("%s %s on %s", name, listening, where, extra=logs.fields(addr=where))
     where = format_address(*server.address[:2])
-    log.info("gchat %s %s on %s%s", __version__, listening, where,
-             " (--compat)" if config.compat else "", extra=logs.fields(addr=where))
+    log.info(
+        "gchat %s %s on %s%s",
+        __version__,
+        listening,
+        where,
+        " (--compat)" if config.compat else "",
+        extra=logs.fields(addr=where),
+    )
     # READY=1 only now that every port is serving (Type=notify).
     notifier = systemd.attach(server)
     if worker is not None:

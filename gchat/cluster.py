@@ -33,9 +33,11 @@ that started later takes as the truth.  A node that stops or is lost
 expired) has its members leave everywhere, at the same point of the
 order; applying it twice changes nothing.
 """
+
 import logging
 from collections import deque
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Callable, Optional
 
 from gchat import protocol as p
 from gchat.bus.entry import Entry
@@ -80,9 +82,13 @@ class ClusterChat(Chat):
     # A node that stops takes its members with it; the others stay.
     SHUTDOWN_REASON = p.NODE_STOPPED
 
-    def __init__(self, config: Config, node: str,
-                 stats: Optional[Callable[[], Mapping[str, object]]] = None,
-                 clock: Optional[Callable[[], float]] = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        node: str,
+        stats: Optional[Callable[[], Mapping[str, object]]] = None,
+        clock: Optional[Callable[[], float]] = None,
+    ) -> None:
         super().__init__(config, stats=stats, clock=clock)
         self.node = node
         self.outgoing: list[list[Any]] = []  # operations of this batch: the bus's next entry
@@ -112,16 +118,23 @@ class ClusterChat(Chat):
         # plain chat line needs only its room, as published, and goes out
         # at once behind the client's earlier ones.
         self.busy: dict[Member, list[p.Line]] = {}  # conn -> lines held while it is busy
-        self._held = 0           # lines held over all clients (the outage bound)
+        self._held = 0  # lines held over all clients (the outage bound)
         self._senders: set[Member] = set()  # conns that published in this batch
         # (seq, conns) of our entries not back yet
         self.awaiting: deque[tuple[int, set[Member]]] = deque()
         self.inflight: dict[Member, int] = {}  # conn -> how many of those it is in
         self.counts.update(bus_refused=0, bus_ops_skipped=0)
         self._apply: dict[str, Callable[..., None]] = {
-            "enter": self._apply_enter, "join": self._apply_join, "leave": self._apply_leave,
-            "say": self._apply_say, "nick": self._apply_nick, "msg": self._apply_msg,
-            "hello": self._apply_hello, "present": self._apply_present, "lost": self._apply_lost}
+            "enter": self._apply_enter,
+            "join": self._apply_join,
+            "leave": self._apply_leave,
+            "say": self._apply_say,
+            "nick": self._apply_nick,
+            "msg": self._apply_msg,
+            "hello": self._apply_hello,
+            "present": self._apply_present,
+            "lost": self._apply_lost,
+        }
 
     # ------------------------------------------------------------------
     # For the hub and the bus
@@ -474,8 +487,7 @@ class ClusterChat(Chat):
             if isinstance(old, Remote):
                 # Only after Redis lost its data can two nodes have handed
                 # out one name; the later claim is the one Redis holds now.
-                log.warning("%s entered from node %s while held by node %s", name, node,
-                            old.node)
+                log.warning("%s entered from node %s while held by node %s", name, node, old.node)
                 self._drop_remote(old, None, now)
             else:
                 log.warning("%s entered from node %s while held here; ignored", name, node)

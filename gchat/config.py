@@ -10,9 +10,11 @@ Config.__post_init__, and docs/options.md (options_doc.py).
 
 This module is pure: no I/O, no argparse, no parser built at import.
 """
+
 import dataclasses
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Callable, Optional
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -28,22 +30,19 @@ FLOOD_RATE = 10.0
 
 # The groups of `gchat --help` and of docs/options.md, in order:
 # (key, title, description).  Every option with a flag names one.
-GROUPS: Tuple[Tuple[str, str, str], ...] = (
-    ("listening", "listening",
-     "The line port: where it listens, and what it speaks."),
-    ("limits", "limits",
-     "What one client may take (time, bytes, lines, connections), and how "
-     "long a leaving client or a stopping server waits."),
-    ("rooms", "rooms",
-     "Rooms, their history, and how arrivals are announced."),
-    ("web", "web",
-     "The HTTP listener: the chat page, its WebSocket, /healthz and /metrics."),
-    ("tls", "TLS and proxy",
-     "TLS on the line port, and the PROXY protocol from a load balancer."),
-    ("cluster", "cluster",
-     "Several gchat processes, on one machine or many, over Redis."),
-    ("logging", "logging and config",
-     "Logs, and the options as a TOML file."),
+GROUPS: tuple[tuple[str, str, str], ...] = (
+    ("listening", "listening", "The line port: where it listens, and what it speaks."),
+    (
+        "limits",
+        "limits",
+        "What one client may take (time, bytes, lines, connections), and how "
+        "long a leaving client or a stopping server waits.",
+    ),
+    ("rooms", "rooms", "Rooms, their history, and how arrivals are announced."),
+    ("web", "web", "The HTTP listener: the chat page, its WebSocket, /healthz and /metrics."),
+    ("tls", "TLS and proxy", "TLS on the line port, and the PROXY protocol from a load balancer."),
+    ("cluster", "cluster", "Several gchat processes, on one machine or many, over Redis."),
+    ("logging", "logging and config", "Logs, and the options as a TOML file."),
 )
 GROUP_KEYS = tuple(key for key, _, _ in GROUPS)
 
@@ -58,9 +57,13 @@ class ValueKind:
     unparse(value) -> the text that parses back (--print-config);
     describe(value) -> the value for a person (help, docs)."""
 
-    def __init__(self, name: str, parse: Callable[[str], Any],
-                 unparse: Optional[Callable[[Any], str]] = None,
-                 describe: Optional[Callable[[Any], str]] = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        parse: Callable[[str], Any],
+        unparse: Optional[Callable[[Any], str]] = None,
+        describe: Optional[Callable[[Any], str]] = None,
+    ) -> None:
         self.__name__ = name
         self.parse = parse
         self.unparse = unparse
@@ -106,7 +109,7 @@ def _parse_seconds(text: str) -> float:
     return value
 
 
-def _parse_host_port(text: str) -> Tuple[Optional[str], int]:
+def _parse_host_port(text: str) -> tuple[Optional[str], int]:
     """[HOST:]PORT; the host is None when not given (then --host's)."""
     host, _, port = text.rpartition(":")
     try:
@@ -118,7 +121,7 @@ def _parse_host_port(text: str) -> Tuple[Optional[str], int]:
     return (host.strip("[]") or None, number)
 
 
-def _unparse_host_port(value: Tuple[Optional[str], int]) -> str:
+def _unparse_host_port(value: tuple[Optional[str], int]) -> str:
     host, port = value
     if host is None:
         return str(port)
@@ -126,9 +129,10 @@ def _unparse_host_port(value: Tuple[Optional[str], int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _parse_cidrs(text: str) -> Tuple[str, ...]:
+def _parse_cidrs(text: str) -> tuple[str, ...]:
     """Comma-separated networks, checked here so that a typo is an error."""
     import ipaddress
+
     nets = tuple(part.strip() for part in text.split(",") if part.strip())
     for net in nets:
         ipaddress.ip_network(net, strict=False)  # its ValueError says what is wrong
@@ -137,7 +141,7 @@ def _parse_cidrs(text: str) -> Tuple[str, ...]:
     return nets
 
 
-def _unparse_cidrs(value: Tuple[str, ...]) -> str:
+def _unparse_cidrs(value: tuple[str, ...]) -> str:
     return ", ".join(value)
 
 
@@ -165,13 +169,14 @@ class Option:
     default is None ("not given", which config_from_args turns into the
     field's default), for a default the flag cannot spell (--sndbuf 0 is
     refused: a size is positive)."""
+
     help: str
     default: Any = None
-    flags: Tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
     group: Optional[str] = None
     metavar: Optional[str] = None
     type: Optional[Callable[[str], Any]] = None
-    choices: Optional[Tuple[Any, ...]] = None
+    choices: Optional[tuple[Any, ...]] = None
     repeatable: bool = False
     default_text: Optional[str] = None
     mode_default: Optional[float] = None
@@ -202,16 +207,23 @@ class Option:
             if value <= 0:
                 return "must be positive"
         elif self.minimum is not None and value < self.minimum:
-            return "must not be negative" if self.minimum == 0 else \
-                f"must be at least {self.minimum}"
+            return (
+                "must not be negative" if self.minimum == 0 else f"must be at least {self.minimum}"
+            )
         return None
 
 
 OPTION = "option"  # the key of a field's Option in its metadata
 
 
-def option(default: Any, help: str, *, flag: Optional[str] = None,
-           aliases: Tuple[str, ...] = (), **kwargs: Any) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    flag: Optional[str] = None,
+    aliases: tuple[str, ...] = (),
+    **kwargs: Any,
+) -> Any:
     """A Config field: dataclasses.field(default=default) with its Option
     in its metadata.  flag: its command-line option (None: it has none,
     then help is the reason for its value); aliases: more spellings of the
@@ -219,8 +231,10 @@ def option(default: Any, help: str, *, flag: Optional[str] = None,
     flags = ((flag,) if flag else ()) + tuple(aliases)
     if flags and kwargs.get("group") not in GROUP_KEYS:
         raise ValueError(f"{flags[0]} needs a group, one of {GROUP_KEYS}")
-    return dataclasses.field(default=default, metadata={
-        OPTION: Option(help=help, default=default, flags=flags, **kwargs)})
+    return dataclasses.field(
+        default=default,
+        metadata={OPTION: Option(help=help, default=default, flags=flags, **kwargs)},
+    )
 
 
 # --------------------------------------------------------------------------
@@ -231,60 +245,107 @@ def option(default: Any, help: str, *, flag: Optional[str] = None,
 class Config:
     # The seed listens on localhost:8000 (gopl.io ch8/chat).
     host: str = option("localhost", "address to listen on", flag="--host", group="listening")
-    port: int = option(8000, "TCP port; 0 picks a free port", flag="--port",
-                       group="listening", type=int, minimum=0, maximum=65535)
+    port: int = option(
+        8000,
+        "TCP port; 0 picks a free port",
+        flag="--port",
+        group="listening",
+        type=int,
+        minimum=0,
+        maximum=65535,
+    )
 
     # Connections the kernel may hold waiting for accept().  Python's and
     # gevent's default is 128, which a burst of thousands of connects
     # overflows (each dropped SYN costs the client a 1 s retransmit); the
     # kernel caps this at net.core.somaxconn (4096 here).
-    backlog: int = option(4096, "pending connections the kernel may queue", flag="--backlog",
-                          group="listening", type=int, metavar="N", positive=True)
+    backlog: int = option(
+        4096,
+        "pending connections the kernel may queue",
+        flag="--backlog",
+        group="listening",
+        type=int,
+        metavar="N",
+        positive=True,
+    )
 
     # --compat: the seed's protocol byte for byte: no names, no commands,
     # no roster, every line is chat text, "who" is the remote HOST:PORT.
-    compat: bool = option(False, "the seed's protocol byte for byte: no names, no commands, "
-                                 "every line is chat, clients are known by HOST:PORT",
-                          flag="--compat", group="listening")
+    compat: bool = option(
+        False,
+        "the seed's protocol byte for byte: no names, no commands, "
+        "every line is chat, clients are known by HOST:PORT",
+        flag="--compat",
+        group="listening",
+    )
 
     # Exercise 8.13 suggests five minutes of silence (IDLE_TIMEOUT).  0
     # turns it off.  None means "the mode's default": 300 s in name mode,
     # off in --compat (the seed never disconnects an idle client, and
     # --compat is a drop-in).
     idle_timeout: Optional[float] = option(
-        None, "disconnect a client silent this long; 0 turns it off",
-        flag="--idle-timeout", group="limits", type=SECONDS, metavar="SECONDS",
-        mode_default=IDLE_TIMEOUT, minimum=0)
+        None,
+        "disconnect a client silent this long; 0 turns it off",
+        flag="--idle-timeout",
+        group="limits",
+        type=SECONDS,
+        metavar="SECONDS",
+        mode_default=IDLE_TIMEOUT,
+        minimum=0,
+    )
     # A client that has not given a name within a minute is a stray
     # connection (a port scan, a forgotten telnet); IRC daemons give about
     # the same for registration (ergo: 60 s).  0 turns it off.
     name_timeout: float = option(
-        60.0, "disconnect a client that gives no name this long; 0 turns it off",
-        flag="--name-timeout", group="limits", type=SECONDS, metavar="SECONDS", minimum=0)
+        60.0,
+        "disconnect a client that gives no name this long; 0 turns it off",
+        flag="--name-timeout",
+        group="limits",
+        type=SECONDS,
+        metavar="SECONDS",
+        minimum=0,
+    )
 
     # Bytes that may wait for one client before --slow-policy applies.
     # Redis bounds pub/sub clients at 8-32 MB and Centrifugo at 1 MiB; 1 MiB
     # is some seconds of a busy room for a human client and keeps 10,000
     # stuck clients under 10 GiB in the worst case.
     sendq: int = option(
-        1 * MIB, "output bytes that may wait for one client before --slow-policy applies; "
-                 "K/M suffixes allowed",
-        flag="--sendq", group="limits", type=SIZE, metavar="BYTES", positive=True)
+        1 * MIB,
+        "output bytes that may wait for one client before --slow-policy applies; "
+        "K/M suffixes allowed",
+        flag="--sendq",
+        group="limits",
+        type=SIZE,
+        metavar="BYTES",
+        positive=True,
+    )
     # The kernel's send buffer per client socket (SO_SNDBUF), in bytes; 0
     # keeps the kernel's autotuning (up to net.ipv4.tcp_wmem's maximum, 4 MiB
     # here).  A slow client can hold this much in the kernel on top of
     # --sendq in the server, so set it to make the bound on a stuck
     # client's backlog tight.
     sndbuf: int = option(
-        0, "kernel send buffer per client (SO_SNDBUF)",
-        flag="--sndbuf", group="limits", type=SIZE, metavar="BYTES",
-        default_text="the kernel's autotuning", flag_unset=True, minimum=0)
+        0,
+        "kernel send buffer per client (SO_SNDBUF)",
+        flag="--sndbuf",
+        group="limits",
+        type=SIZE,
+        metavar="BYTES",
+        default_text="the kernel's autotuning",
+        flag_unset=True,
+        minimum=0,
+    )
     # disconnect (Redis and ergo do this) or drop (skip messages, count
     # them, and tell the client how many it missed once it catches up).
     slow_policy: str = option(
-        "disconnect", "when a client's send queue is full: disconnect it, or drop messages "
-                      "for it and tell it how many",
-        flag="--slow-policy", group="limits", choices=SLOW_POLICIES)
+        "disconnect",
+        "when a client's send queue is full: disconnect it, or drop messages "
+        "for it and tell it how many",
+        flag="--slow-policy",
+        group="limits",
+        choices=SLOW_POLICIES,
+    )
 
     # Flood control: a token bucket per client, in lines.  None means the
     # mode's default: on in name mode, off in --compat (a drop-in for the
@@ -295,61 +356,105 @@ class Config:
     # delayed, never dropped: the reader stops reading and TCP pushes back
     # on the flooder.  0 turns it off.
     flood_rate: Optional[float] = option(
-        None, "lines per second a client may send on average; more are delayed, not "
-              "dropped; 0 turns it off",
-        flag="--flood-rate", group="limits", type=float, metavar="LINES",
-        mode_default=FLOOD_RATE, minimum=0)
+        None,
+        "lines per second a client may send on average; more are delayed, not "
+        "dropped; 0 turns it off",
+        flag="--flood-rate",
+        group="limits",
+        type=float,
+        metavar="LINES",
+        mode_default=FLOOD_RATE,
+        minimum=0,
+    )
     flood_burst: int = option(
-        20, "lines a client may send at once before --flood-rate applies",
-        flag="--flood-burst", group="limits", type=int, metavar="LINES", minimum=1)
+        20,
+        "lines a client may send at once before --flood-rate applies",
+        flag="--flood-burst",
+        group="limits",
+        type=int,
+        metavar="LINES",
+        minimum=1,
+    )
 
     # Connections served at once.  None: the per-process file limit
     # (RLIMIT_NOFILE) less fd_headroom, worked out by the CLI; beyond it a
     # connection gets "error: server full" and is closed.
     max_clients: Optional[int] = option(
-        None, "connections served at once; more get 'server full'",
-        flag="--max-clients", group="limits", type=int, metavar="N",
-        default_text="the open-file limit less {fd_headroom}", positive=True)
+        None,
+        "connections served at once; more get 'server full'",
+        flag="--max-clients",
+        group="limits",
+        type=int,
+        metavar="N",
+        default_text="the open-file limit less {fd_headroom}",
+        positive=True,
+    )
     fd_headroom: int = option(
-        64, "Descriptors kept free below RLIMIT_NOFILE, when --max-clients is not given, "
-            "for the listener, logs, /proc reads and the connections being refused.",
-        minimum=0)
+        64,
+        "Descriptors kept free below RLIMIT_NOFILE, when --max-clients is not given, "
+        "for the listener, logs, /proc reads and the connections being refused.",
+        minimum=0,
+    )
     # Connections from one IP address at once; 0 is no limit (the default,
     # so that load tests from loopback work).
     max_per_ip: int = option(
-        0, "connections from one IP address at once; 0: no limit",
-        flag="--max-per-ip", group="limits", type=int, metavar="N", minimum=0)
+        0,
+        "connections from one IP address at once; 0: no limit",
+        flag="--max-per-ip",
+        group="limits",
+        type=int,
+        metavar="N",
+        minimum=0,
+    )
     accept_backoff_min: float = option(
-        0.05, "When accept() fails for want of descriptors (EMFILE, ENFILE), the server "
-              "pauses accepting for this many seconds, doubling up to accept_backoff_max, instead "
-              "of spinning or dying; accepted clients are served meanwhile.")
-    accept_backoff_max: float = option(
-        1.0, "The longest such pause, in seconds.")
+        0.05,
+        "When accept() fails for want of descriptors (EMFILE, ENFILE), the server "
+        "pauses accepting for this many seconds, doubling up to accept_backoff_max, instead "
+        "of spinning or dying; accepted clients are served meanwhile.",
+    )
+    accept_backoff_max: float = option(1.0, "The longest such pause, in seconds.")
 
     # Longest line a client may send, in bytes before decoding, without its
     # terminator.  IRC allows 512 for a whole message; chat users paste
     # more, and 4 KiB is one page: long enough for text, small enough that
     # 10,000 clients each holding an unfinished line cost 40 MiB at most.
     max_line: int = option(
-        4 * KIB, "longest line accepted, in bytes before decoding; a longer one is "
-                 "discarded with an error",
-        flag="--max-line", group="limits", type=SIZE, metavar="BYTES", positive=True)
+        4 * KIB,
+        "longest line accepted, in bytes before decoding; a longer one is discarded with an error",
+        flag="--max-line",
+        group="limits",
+        type=SIZE,
+        metavar="BYTES",
+        positive=True,
+    )
 
     # How long a client that is being disconnected (idle, slow, /quit) may
     # take to receive its last lines before its socket is closed anyway.
     # Long enough for a live client on a slow link, short enough that a
     # client that never reads holds its --sendq for only a moment more.
     close_linger: float = option(
-        2.0, "time a disconnected client gets to receive its last lines",
-        flag="--close-linger", group="limits", type=SECONDS, metavar="SECONDS", minimum=0)
+        2.0,
+        "time a disconnected client gets to receive its last lines",
+        flag="--close-linger",
+        group="limits",
+        type=SECONDS,
+        metavar="SECONDS",
+        minimum=0,
+    )
 
     # Names shown in the roster line that greets a newcomer (exercise 8.12);
     # the count is always exact and /who lists everyone.  Without a bound
     # a storm of N arrivals sends O(N^2) bytes of rosters; IRC's NAMES reply
     # is split into 512-byte lines for the same reason.
     roster_limit: int = option(
-        50, "names shown in a newcomer's roster line",
-        flag="--roster-limit", group="rooms", type=int, metavar="N", positive=True)
+        50,
+        "names shown in a newcomer's roster line",
+        flag="--roster-limit",
+        group="rooms",
+        type=int,
+        metavar="N",
+        positive=True,
+    )
 
     # In a room of at least this many members, the arrivals of one
     # broadcaster wake-up are announced in one line ("a, b and 40 more have
@@ -357,18 +462,28 @@ class Config:
     # otherwise cost O(N^2) lines.  Smaller rooms and --compat keep the
     # seed's exact per-client lines.
     arrival_merge_threshold: int = option(
-        100, "in a room of at least N members, arrivals at the same moment are announced "
-             "in one line",
-        flag="--arrival-merge-threshold", group="rooms", type=int, metavar="N", positive=True)
+        100,
+        "in a room of at least N members, arrivals at the same moment are announced in one line",
+        flag="--arrival-merge-threshold",
+        group="rooms",
+        type=int,
+        metavar="N",
+        positive=True,
+    )
     # How long such arrivals may be held back to be merged, in seconds.
     # Each announcement costs one send to every member, so a storm's cost
     # is members x announcements; a quarter second keeps a 10,000-client
     # storm to a few dozen announcements a second while nobody waits long
     # to hear of a newcomer.  Anything else said ends the wait at once.
     arrival_merge_window: float = option(
-        0.25, "how long such arrivals may wait to be merged",
-        flag="--arrival-merge-window", group="rooms", type=SECONDS, metavar="SECONDS",
-        minimum=0)
+        0.25,
+        "how long such arrivals may wait to be merged",
+        flag="--arrival-merge-window",
+        group="rooms",
+        type=SECONDS,
+        metavar="SECONDS",
+        minimum=0,
+    )
 
     # Rooms (name mode; --compat is the seed's single room).  Every room
     # counts, the lobby and the empty ones too, since an empty room keeps
@@ -378,70 +493,127 @@ class Config:
     # can hold here, and bounds the history (below) at 2,000 x history x
     # one line.
     max_rooms: int = option(
-        2000, "rooms that may exist, the lobby and empty ones included; the least recently "
-              "used empty room is dropped for a new one",
-        flag="--max-rooms", group="rooms", type=int, metavar="N", positive=True)
+        2000,
+        "rooms that may exist, the lobby and empty ones included; the least recently "
+        "used empty room is dropped for a new one",
+        flag="--max-rooms",
+        group="rooms",
+        type=int,
+        metavar="N",
+        positive=True,
+    )
     # Chat and /me lines each room keeps for whoever enters it next.  IRC
     # bouncers and Slack replay about a screenful; 20 lines fill most of a
     # terminal without burying the roster.  0 turns history off.  Memory:
     # history x max_rooms lines of at most max_line bytes of text each.
     history: int = option(
-        20, "chat lines each room keeps for newcomers; 0 turns it off",
-        flag="--history", group="rooms", type=int, metavar="N", minimum=0)
+        20,
+        "chat lines each room keeps for newcomers; 0 turns it off",
+        flag="--history",
+        group="rooms",
+        type=int,
+        metavar="N",
+        minimum=0,
+    )
     # Longest room name, in characters without the "#": IRC allows channel
     # names of 50 bytes and Slack 80 characters; 32 keeps /rooms readable.
     room_name_max: int = option(
-        32, "longest room name, without the #",
-        flag="--room-name-max", group="rooms", type=int, metavar="CHARS", positive=True)
+        32,
+        "longest room name, without the #",
+        flag="--room-name-max",
+        group="rooms",
+        type=int,
+        metavar="CHARS",
+        positive=True,
+    )
 
     # The web face (transport/http.py): (host, port) of the HTTP listener for the page,
     # /ws and, unless admin is set, /healthz and /metrics; None: off.
-    http: Optional[Tuple[str, int]] = option(
-        None, "serve the chat page, its WebSocket (/ws), /healthz and /metrics over HTTP "
-              "on this port; 0 picks a free one",
-        flag="--http", group="web", type=HOST_PORT, metavar="[HOST:]PORT", default_text="off")
+    http: Optional[tuple[str, int]] = option(
+        None,
+        "serve the chat page, its WebSocket (/ws), /healthz and /metrics over HTTP "
+        "on this port; 0 picks a free one",
+        flag="--http",
+        group="web",
+        type=HOST_PORT,
+        metavar="[HOST:]PORT",
+        default_text="off",
+    )
     # (host, port) of a listener for /healthz and /metrics alone, so that
     # operators keep them off the public port; None: they stay on http.
-    admin: Optional[Tuple[str, int]] = option(
-        None, "serve /healthz and /metrics on this port instead of --http's",
-        flag="--admin", group="web", type=HOST_PORT, metavar="[HOST:]PORT")
+    admin: Optional[tuple[str, int]] = option(
+        None,
+        "serve /healthz and /metrics on this port instead of --http's",
+        flag="--admin",
+        group="web",
+        type=HOST_PORT,
+        metavar="[HOST:]PORT",
+    )
     # Origins whose pages may open a WebSocket besides the server's own
     # (the Host of the request); browsers send Origin, and checking it
     # stops another site's page from chatting as its visitor.
-    allow_origin: Tuple[str, ...] = option(
-        (), "a page origin (e.g. https://chat.example.org) that may open a WebSocket "
-            "besides the server's own; repeatable",
-        flag="--allow-origin", group="web", metavar="ORIGIN", repeatable=True)
+    allow_origin: tuple[str, ...] = option(
+        (),
+        "a page origin (e.g. https://chat.example.org) that may open a WebSocket "
+        "besides the server's own; repeatable",
+        flag="--allow-origin",
+        group="web",
+        metavar="ORIGIN",
+        repeatable=True,
+    )
     # Largest WebSocket message a client may send, in bytes; a larger one
     # closes with 1009.  Sixteen lines of --max-line: a paste of several
     # lines fits, a flood of megabytes does not get buffered.
     ws_max_message: int = option(
-        64 * KIB, "largest WebSocket message a client may send; a larger one closes with 1009",
-        flag="--ws-max-message", group="web", type=SIZE, metavar="BYTES", positive=True)
+        64 * KIB,
+        "largest WebSocket message a client may send; a larger one closes with 1009",
+        flag="--ws-max-message",
+        group="web",
+        type=SIZE,
+        metavar="BYTES",
+        positive=True,
+    )
     http_max_head: int = option(
-        16 * KIB, "Largest HTTP request head; a larger one gets 431.  h11's own default is "
-                  "16 KiB as well; browsers send 1-2 KiB.",
-        type=SIZE, positive=True)
+        16 * KIB,
+        "Largest HTTP request head; a larger one gets 431.  h11's own default is "
+        "16 KiB as well; browsers send 1-2 KiB.",
+        type=SIZE,
+        positive=True,
+    )
     # Seconds an HTTP client has to send a whole request head (and a
     # kept-alive one between requests) before it is closed, so that a
     # client trickling its head holds a greenlet only this long.
     http_header_timeout: float = option(
-        10.0, "time an HTTP client has to send a request head",
-        flag="--http-header-timeout", group="web", type=SECONDS, metavar="SECONDS", minimum=0)
+        10.0,
+        "time an HTTP client has to send a request head",
+        flag="--http-header-timeout",
+        group="web",
+        type=SECONDS,
+        metavar="SECONDS",
+        minimum=0,
+    )
 
     # TLS on the line port (transport/tls.py): PEM files of the certificate chain and
     # its key; both or neither.  SIGHUP reads them again.
     tls_cert: Optional[str] = option(
-        None, "PEM certificate chain: the line port speaks TLS (with --tls-key); SIGHUP "
-              "reloads it",
-        flag="--tls-cert", group="tls", metavar="FILE")
+        None,
+        "PEM certificate chain: the line port speaks TLS (with --tls-key); SIGHUP reloads it",
+        flag="--tls-cert",
+        group="tls",
+        metavar="FILE",
+    )
     tls_key: Optional[str] = option(
-        None, "PEM private key of --tls-cert", flag="--tls-key", group="tls", metavar="FILE")
+        None, "PEM private key of --tls-cert", flag="--tls-key", group="tls", metavar="FILE"
+    )
     # A PEM bundle of CAs: when set, clients must present a certificate
     # that one of them signed (mutual TLS); None: no client certificates.
     tls_client_ca: Optional[str] = option(
-        None, "PEM CA bundle: clients must present a certificate it signed",
-        flag="--tls-client-ca", group="tls", metavar="FILE")
+        None,
+        "PEM CA bundle: clients must present a certificate it signed",
+        flag="--tls-client-ca",
+        group="tls",
+        metavar="FILE",
+    )
     # Seconds a new connection has to finish its opening stages (the PROXY
     # header, the TLS handshake) before it is closed, so that a client
     # that never finishes holds a descriptor only this long.  Browsers and
@@ -451,9 +623,15 @@ class Config:
     # proxy_from may send one.)  Connections still in these stages are not
     # counted against max_clients: this timeout is what bounds them.
     handshake_timeout: float = option(
-        10.0, "time a connection has for its PROXY header and TLS handshake",
-        flag="--tls-handshake-timeout", aliases=("--handshake-timeout",), group="tls",
-        type=SECONDS, metavar="SECONDS", minimum=0)
+        10.0,
+        "time a connection has for its PROXY header and TLS handshake",
+        flag="--tls-handshake-timeout",
+        aliases=("--handshake-timeout",),
+        group="tls",
+        type=SECONDS,
+        metavar="SECONDS",
+        minimum=0,
+    )
 
     # The PROXY protocol (transport/proxy.py, proxy_header.py): every connection starts with
     # a v1 or v2 header from a load balancer, and the address it carries is
@@ -461,30 +639,49 @@ class Config:
     # one: anyone else could claim any address.  Loopback by default, where
     # a local HAProxy runs.
     proxy_protocol: bool = option(
-        False, "expect a PROXY protocol header (v1 or v2) on each connection",
-        flag="--proxy-protocol", group="tls")
-    proxy_from: Tuple[str, ...] = option(
-        ("127.0.0.0/8", "::1/128"), "comma-separated networks allowed to send a PROXY header",
-        flag="--proxy-from", group="tls", type=CIDRS, metavar="CIDRS")
+        False,
+        "expect a PROXY protocol header (v1 or v2) on each connection",
+        flag="--proxy-protocol",
+        group="tls",
+    )
+    proxy_from: tuple[str, ...] = option(
+        ("127.0.0.0/8", "::1/128"),
+        "comma-separated networks allowed to send a PROXY header",
+        flag="--proxy-from",
+        group="tls",
+        type=CIDRS,
+        metavar="CIDRS",
+    )
 
     notify_status_interval: float = option(
-        2.0, "Seconds between STATUS= messages to systemd (systemd.py) with the client and room counts: "
-             "often enough to keep `systemctl status` current for a reader, and a datagram "
-             "every 2 s is nothing to systemd.",
-        positive=True)
+        2.0,
+        "Seconds between STATUS= messages to systemd (systemd.py) with the client and room counts: "
+        "often enough to keep `systemctl status` current for a reader, and a datagram "
+        "every 2 s is nothing to systemd.",
+        positive=True,
+    )
 
     # A cluster of nodes over Redis (bus/): the Redis URL
     # (redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS); None: one
     # process, no bus, nothing changes.
     redis: Optional[str] = option(
-        None, "join a cluster of gchat nodes over Redis: redis://[:PASSWORD@]HOST:PORT/DB, "
-              "rediss:// for TLS; needs pip install 'gchat[cluster]'",
-        flag="--redis", group="cluster", metavar="URL", default_text="one process")
+        None,
+        "join a cluster of gchat nodes over Redis: redis://[:PASSWORD@]HOST:PORT/DB, "
+        "rediss:// for TLS; needs pip install 'gchat[cluster]'",
+        flag="--redis",
+        group="cluster",
+        metavar="URL",
+        default_text="one process",
+    )
     # The cluster's name: every Redis key starts with it, so that several
     # clusters (or a test and a deployment) can share one Redis.
     cluster: str = option(
-        "gchat", "the cluster's name, the prefix of its Redis keys",
-        flag="--cluster", group="cluster", metavar="NAME")
+        "gchat",
+        "the cluster's name, the prefix of its Redis keys",
+        flag="--cluster",
+        group="cluster",
+        metavar="NAME",
+    )
     # Seconds after which a node whose heartbeat key has expired is
     # declared lost, and its members are shown leaving everywhere.  A node
     # renews its key five times per period, so a lost node is noticed
@@ -493,65 +690,103 @@ class Config:
     # down-after-milliseconds and Centrifugo's node info TTL are of the
     # same order.
     node_timeout: float = option(
-        5.0, "a node silent this long is declared lost and its members leave",
-        flag="--node-timeout", group="cluster", type=SECONDS, metavar="SECONDS", positive=True)
+        5.0,
+        "a node silent this long is declared lost and its members leave",
+        flag="--node-timeout",
+        group="cluster",
+        type=SECONDS,
+        metavar="SECONDS",
+        positive=True,
+    )
     # Lines (chat lines and other operations) a node may hold while Redis
     # is unreachable.  Each is at most max_line bytes, so 10,000 bound the
     # held bytes at 40 MiB, and hold about a minute of a busy room.  Past
     # it a sender gets "error: ... not sent"; nothing is dropped silently.
     bus_backlog: int = option(
-        10_000, "lines a node holds while Redis is down; past it senders are told their "
-                "line was not sent",
-        flag="--bus-backlog", group="cluster", type=int, metavar="LINES", positive=True)
+        10_000,
+        "lines a node holds while Redis is down; past it senders are told their line was not sent",
+        flag="--bus-backlog",
+        group="cluster",
+        type=int,
+        metavar="LINES",
+        positive=True,
+    )
     # Seconds for which a node keeps what it published, to publish it
     # again if Redis comes back without the cluster's data.  Every live
     # node reads within node_timeout (or is declared lost), so six times
     # that is ample; the bound below caps its memory.
     bus_replay_window: float = option(
-        30.0, "how long a node keeps what it published, to publish it again if Redis "
-              "restarts empty",
-        flag="--bus-replay-window", group="cluster", type=SECONDS, metavar="SECONDS",
-        positive=True)
+        30.0,
+        "how long a node keeps what it published, to publish it again if Redis restarts empty",
+        flag="--bus-replay-window",
+        group="cluster",
+        type=SECONDS,
+        metavar="SECONDS",
+        positive=True,
+    )
     bus_replay_entries: int = option(
-        20_000, "Entries kept for replay (bus_replay_window) at most, whatever their age "
-                "(an entry is one hub batch): 20,000 batches bound that memory at a few "
-                "tens of MiB.",
-        positive=True)
+        20_000,
+        "Entries kept for replay (bus_replay_window) at most, whatever their age "
+        "(an entry is one hub batch): 20,000 batches bound that memory at a few "
+        "tens of MiB.",
+        positive=True,
+    )
     bus_max_entry: int = option(
-        8 * MIB, "Largest entry a node reads from the bus; a larger one is logged and "
-                 "skipped (another program wrote it).  A batch of the largest inbox "
-                 "(inbox_size events) of short lines fits in a few MiB.",
-        type=SIZE, positive=True)
+        8 * MIB,
+        "Largest entry a node reads from the bus; a larger one is logged and "
+        "skipped (another program wrote it).  A batch of the largest inbox "
+        "(inbox_size events) of short lines fits in a few MiB.",
+        type=SIZE,
+        positive=True,
+    )
     bus_stream_max: int = option(
-        100_000, "Entries the Redis stream keeps (XADD MAXLEN ~): a reader stalled for "
-                 "longer than it takes the cluster to publish this many batches loses its "
-                 "place.  100,000 batches is minutes of the busiest room here, a few hundred "
-                 "MiB of Redis memory at most.",
-        positive=True)
+        100_000,
+        "Entries the Redis stream keeps (XADD MAXLEN ~): a reader stalled for "
+        "longer than it takes the cluster to publish this many batches loses its "
+        "place.  100,000 batches is minutes of the busiest room here, a few hundred "
+        "MiB of Redis memory at most.",
+        positive=True,
+    )
     bus_read_count: int = option(
-        1000, "Entries read per XREAD: many per call, so that one round trip serves a "
-              "burst (the issue measured redis-py at about 15,000 calls/s).",
-        positive=True)
+        1000,
+        "Entries read per XREAD: many per call, so that one round trip serves a "
+        "burst (the issue measured redis-py at about 15,000 calls/s).",
+        positive=True,
+    )
     # SO_REUSEPORT on the listening sockets: set by the --workers
     # supervisor (workers.py) for its workers, so that they share one port
     # and the kernel spreads connections over them.
     reuse_port: bool = option(
-        False, "set SO_REUSEPORT on the listening sockets (what --workers gives its workers)",
-        flag="--reuse-port", group="listening")
+        False,
+        "set SO_REUSEPORT on the listening sockets (what --workers gives its workers)",
+        flag="--reuse-port",
+        group="listening",
+    )
 
     # How long shutdown waits for queued output to drain before closing.
     shutdown_flush_timeout: float = option(
-        3.0, "on SIGINT/SIGTERM, how long queued output may take to flush",
-        flag="--shutdown-timeout", group="limits", type=SECONDS, metavar="SECONDS", minimum=0)
+        3.0,
+        "on SIGINT/SIGTERM, how long queued output may take to flush",
+        flag="--shutdown-timeout",
+        group="limits",
+        type=SECONDS,
+        metavar="SECONDS",
+        minimum=0,
+    )
 
     recv_size: int = option(
-        16 * KIB, "Bytes read per recv(): a line of max_line plus slack; a larger buffer "
-                  "would only be allocated and freed again for every chunk.",
-        type=SIZE, positive=True)
+        16 * KIB,
+        "Bytes read per recv(): a line of max_line plus slack; a larger buffer "
+        "would only be allocated and freed again for every chunk.",
+        type=SIZE,
+        positive=True,
+    )
     inbox_size: int = option(
-        10_000, "Events the broadcaster may hold unread.  When it is full readers wait "
-                "(TCP then pushes back on senders) instead of memory growing.",
-        positive=True)
+        10_000,
+        "Events the broadcaster may hold unread.  When it is full readers wait "
+        "(TCP then pushes back on senders) instead of memory growing.",
+        positive=True,
+    )
 
     def __post_init__(self) -> None:
         for name, opt in _OPTIONS:
@@ -582,17 +817,17 @@ class Config:
 # Reading the declarations
 
 
-def options() -> Dict[str, Option]:
+def options() -> dict[str, Option]:
     """field name -> its Option, in declaration order, flag or not."""
     return dict(_OPTIONS)
 
 
-def flag_options() -> Dict[str, Option]:
+def flag_options() -> dict[str, Option]:
     """The fields that have a command-line flag: name -> Option."""
     return {name: opt for name, opt in _OPTIONS if opt.flags}
 
 
-def _collect() -> Tuple[Tuple[str, Option], ...]:
+def _collect() -> tuple[tuple[str, Option], ...]:
     found = []
     for field in dataclasses.fields(Config):
         opt = field.metadata.get(OPTION)

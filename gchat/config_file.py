@@ -17,6 +17,7 @@ tomllib (tomli before Python 3.11) parses the file but reports no positions
 for the values it returns; errors about a key name its line by finding the
 key in the text.
 """
+
 import argparse
 import difflib
 import re
@@ -68,8 +69,8 @@ class ConfigFile:
         self.path = path
         self.text = text
         self.values: dict = {}  # dest -> value, converted as the command line would
-        self.keys: dict = {}    # dest -> the key the file spelt it with
-        self.raw: dict = {}     # dest -> the value as the file wrote it
+        self.keys: dict = {}  # dest -> the key the file spelt it with
+        self.raw: dict = {}  # dest -> the value as the file wrote it
         actions = settable_actions(parser)
         for key, raw in data.items():
             action = actions.get(key)
@@ -78,20 +79,24 @@ class ConfigFile:
             if action.dest in self.keys:
                 raise ConfigFileError(
                     f"{self._where(key)}{key} sets the same option as {self.keys[action.dest]}"
-                    f" ({self._where(self.keys[action.dest]).rstrip(': ')})")
+                    f" ({self._where(self.keys[action.dest]).rstrip(': ')})"
+                )
             try:
                 self.values[action.dest] = convert(action, raw)
                 self.raw[action.dest] = raw
             except ValueError as err:
-                raise ConfigFileError(f"{self._where(key)}{key} = {_render_raw(raw)}: {err}") \
-                    from None
+                raise ConfigFileError(
+                    f"{self._where(key)}{key} = {_render_raw(raw)}: {err}"
+                ) from None
             self.keys[action.dest] = key
 
     def line_of(self, key: str):
         """The 1-based line where key is set (or its [key] table opens), or None."""
         name = re.escape(key)
-        for pattern in (rf"^[ \t]*(?:{name}|\"{name}\"|'{name}')[ \t]*=",
-                        rf"^[ \t]*\[+[ \t]*(?:{name}|\"{name}\"|'{name}')[ \t]*[\].]"):
+        for pattern in (
+            rf"^[ \t]*(?:{name}|\"{name}\"|'{name}')[ \t]*=",
+            rf"^[ \t]*\[+[ \t]*(?:{name}|\"{name}\"|'{name}')[ \t]*[\].]",
+        ):
             match = re.search(pattern, self.text, re.MULTILINE)
             if match:
                 return self.text.count("\n", 0, match.start()) + 1
@@ -106,16 +111,21 @@ class ConfigFile:
         if key in {"help", "version", "config", "print-config"}:
             return f"{key} cannot be set in a config file"
         close = difflib.get_close_matches(key, actions, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else \
-            " (the keys are the long options without '--', e.g. idle-timeout = 120)"
+        hint = (
+            f" (did you mean {close[0]}?)"
+            if close
+            else " (the keys are the long options without '--', e.g. idle-timeout = 120)"
+        )
         return f"unknown option {key!r}{hint}"
 
     def explain(self, message: str, args) -> str:
         """message (a Config error) with the file's line when a key of the
         file, not overridden on the command line, is the one it names."""
         for dest, key in self.keys.items():
-            if re.search(rf"\b{re.escape(dest)}\b", message) and \
-                    getattr(args, dest) == self.values[dest]:
+            if (
+                re.search(rf"\b{re.escape(dest)}\b", message)
+                and getattr(args, dest) == self.values[dest]
+            ):
                 return f"{self._where(key)}{key} = {_render_raw(self.raw[dest])}: {message}"
         return message
 
@@ -129,7 +139,7 @@ def convert(action, raw):
         return action.const if raw else not action.const
     if _is_repeatable(action):
         if not isinstance(raw, list):
-            raise ValueError("must be an array, e.g. [\"a\", \"b\"] (the option is repeatable)")
+            raise ValueError('must be an array, e.g. ["a", "b"] (the option is repeatable)')
         return [_convert_one(action, item) for item in raw]
     return _convert_one(action, raw)
 
@@ -138,8 +148,9 @@ def _convert_one(action, raw):
     # A boolean is a TOML type of its own: true for a number or a name is a
     # mistake, not the text "True".  Arrays and tables are for other keys.
     if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
-        raise ValueError(f"must be a {'string or number' if action.type else 'string'}, "
-                         f"not {_toml_type(raw)}")
+        raise ValueError(
+            f"must be a {'string or number' if action.type else 'string'}, not {_toml_type(raw)}"
+        )
     text = raw if isinstance(raw, str) else repr(raw)
     kind = action.type or str
     try:
@@ -147,8 +158,7 @@ def _convert_one(action, raw):
     except argparse.ArgumentTypeError as err:
         raise ValueError(str(err)) from None
     except (TypeError, ValueError):
-        raise ValueError(f"invalid {getattr(kind, '__name__', 'value')} value: {text!r}") \
-            from None
+        raise ValueError(f"invalid {getattr(kind, '__name__', 'value')} value: {text!r}") from None
     if action.choices is not None and value not in action.choices:
         raise ValueError("must be one of " + ", ".join(_render_raw(c) for c in action.choices))
     return value
@@ -245,8 +255,10 @@ def _render_value(action, value) -> str:
         value = unparse(value)
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return _render_raw(value)
-    raise TypeError(f"--print-config cannot write {canonical_key(action)} = {value!r}; "
-                    "give its type an unparse function")
+    raise TypeError(
+        f"--print-config cannot write {canonical_key(action)} = {value!r}; "
+        "give its type an unparse function"
+    )
 
 
 def _render_raw(value) -> str:

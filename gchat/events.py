@@ -6,17 +6,18 @@ or a reason without importing the hub, the chat or a room.
 
 Events are (kind, conn, payload) tuples on the hub's inbox (hub.py).
 """
+
 from typing import Any, Protocol
 
 # Event kinds.
-ARRIVE = "arrive"      # payload: None
-LINES = "lines"        # payload: list of lines (bytes or protocol.TOO_LONG)
-LEAVE = "leave"        # payload: a Why
+ARRIVE = "arrive"  # payload: None
+LINES = "lines"  # payload: list of lines (bytes or protocol.TOO_LONG)
+LEAVE = "leave"  # payload: a Why
 SHUTDOWN = "shutdown"  # conn and payload: None
 # From the cluster's bus (bus/redis_bus.py), only with --redis:
-BUS = "bus"            # payload: entries read from the stream (new, in order)
-CLAIMED = "claimed"    # conn: who asked; payload: (name, error or None)
-RESYNC = "resync"      # Redis came back empty; payload: our first seq published again
+BUS = "bus"  # payload: entries read from the stream (new, in order)
+CLAIMED = "claimed"  # conn: who asked; payload: (name, error or None)
+RESYNC = "resync"  # Redis came back empty; payload: our first seq published again
 # payload: a callable, called in the hub so that it runs only while the
 # hub's loop turns (systemd.py's watchdog ping stops when the hub is stuck).
 WATCHDOG = "watchdog"
@@ -30,15 +31,16 @@ INBOX_FULL = 2
 class Why:
     """Why a client leaves the server.  The hub passes one of these to
     Chat.depart; protocol.LEFT_REASON says what the others are told."""
-    EOF = "eof"                    # the client closed the connection
-    ERROR = "error"                # the connection failed (reset, ...)
-    QUIT = "quit"                  # /quit
-    IDLE = "idle"                  # --idle-timeout
+
+    EOF = "eof"  # the client closed the connection
+    ERROR = "error"  # the connection failed (reset, ...)
+    QUIT = "quit"  # /quit
+    IDLE = "idle"  # --idle-timeout
     NAME_TIMEOUT = "name-timeout"  # --name-timeout
-    SLOW = "slow"                  # --sendq exceeded under --slow-policy disconnect
-    SHUTDOWN = "shutdown"          # the server is stopping
-    FAULT = "fault"                # handling one of its events raised
-    HTTP = "http"                  # its first line was an HTTP request
+    SLOW = "slow"  # --sendq exceeded under --slow-policy disconnect
+    SHUTDOWN = "shutdown"  # the server is stopping
+    FAULT = "fault"  # handling one of its events raised
+    HTTP = "http"  # its first line was an HTTP request
 
 
 class Member(Protocol):

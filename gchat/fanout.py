@@ -18,7 +18,9 @@ sent stays in order across the two rooms.
 
 Pure: no sockets, no gevent.  deliver(conn, data) is given by the caller.
 """
-from typing import Any, Callable, Hashable, Iterable, Optional
+
+from collections.abc import Hashable, Iterable
+from typing import Any, Callable, Optional
 
 
 class _View:

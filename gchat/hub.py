@@ -7,6 +7,7 @@ once per room, offered to every member's Outbox with a non-blocking send.  It ne
 waits on a client.  Connections it removes are closed only after the batch
 that says goodbye to them has been delivered.
 """
+
 import logging
 from bisect import bisect_left
 from time import perf_counter
@@ -17,8 +18,19 @@ from gevent.event import Event
 from gevent.queue import Empty, Queue
 
 from gchat.chat import Chat
-from gchat.events import (ARRIVE, BUS, CLAIMED, INBOX_FULL, LEAVE, LINES, PEER_GONE, RESYNC,
-                          SHUTDOWN, WATCHDOG, Why)
+from gchat.events import (
+    ARRIVE,
+    BUS,
+    CLAIMED,
+    INBOX_FULL,
+    LEAVE,
+    LINES,
+    PEER_GONE,
+    RESYNC,
+    SHUTDOWN,
+    WATCHDOG,
+    Why,
+)
 from gchat.logs import fields as log_fields
 
 log = logging.getLogger("gchat")
@@ -27,8 +39,21 @@ log = logging.getLogger("gchat")
 # delivery) for the metrics: events handled in one batch, and seconds one
 # flush took.  Plain lists of counts, read at scrape time (metrics.py).
 BATCH_SIZE_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
-FLUSH_SECONDS_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                        0.1, 0.25, 0.5, 1.0)
+FLUSH_SECONDS_BOUNDS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
 
 
 class Histogram:
@@ -63,13 +88,19 @@ class Hub:
             self.chat = Chat(config, stats=self.snapshot, clock=self._loop.now)
         else:
             from gchat.cluster import ClusterChat
+
             self.chat = ClusterChat(config, bus.node, stats=self.snapshot, clock=self._loop.now)
             self.chat.backlog = lambda: bus.held_lines
             self.chat.bus_up = bus.up.is_set
         self.transport_stats = None  # set by the server: a callable for /stats
         self.stopped = Event()  # set when shutdown has closed every client
-        self.stats = {"deliveries": 0, "batches": 0, "events": 0, "slow_disconnects": 0,
-                      "faults": 0}
+        self.stats = {
+            "deliveries": 0,
+            "batches": 0,
+            "events": 0,
+            "slow_disconnects": 0,
+            "faults": 0,
+        }
         self.batch_sizes = Histogram(BATCH_SIZE_BOUNDS)
         self.flush_seconds = Histogram(FLUSH_SECONDS_BOUNDS)
         self._shutting_down = False
@@ -129,9 +160,14 @@ class Hub:
                 was_named = conn.name is not None
                 chat.lines(conn, payload)
                 if not was_named and conn.name is not None:
-                    log.info("%s is %s", conn.who, conn.name,
-                             extra=log_fields(addr=conn.who, name=conn.name,
-                                              room=conn.room and f"#{conn.room.name}"))
+                    log.info(
+                        "%s is %s",
+                        conn.who,
+                        conn.name,
+                        extra=log_fields(
+                            addr=conn.who, name=conn.name, room=conn.room and f"#{conn.room.name}"
+                        ),
+                    )
             elif kind is ARRIVE:
                 log.info("connection from %s", conn.who, extra=log_fields(addr=conn.who))
                 chat.arrive(conn)
@@ -154,8 +190,9 @@ class Hub:
         except Exception:
             # One client's bad event must not stop the broadcaster.
             self.stats["faults"] += 1
-            log.exception("error handling %s event of %s; disconnecting it", kind,
-                          getattr(conn, "who", conn))
+            log.exception(
+                "error handling %s event of %s; disconnecting it", kind, getattr(conn, "who", conn)
+            )
             if conn is not None:
                 try:
                     chat.depart(conn, Why.FAULT)
@@ -173,19 +210,21 @@ class Hub:
             overflowed = []
             faulty = []
 
+            # Called by chat.flush below, within this iteration: the loop's
+            # variables are the ones meant (B023 guards against late calls).
             def deliver(conn, data):
                 try:
-                    if conn in leaving:
+                    if conn in leaving:  # noqa: B023
                         conn.outbox.offer(data, force=True)
                     elif not conn.outbox.offer(data):
-                        overflowed.append(conn)
+                        overflowed.append(conn)  # noqa: B023
                 except Exception:
                     # One client's transport failing must not stop the
                     # broadcaster (nor the batch for the others).
                     self.stats["faults"] += 1
                     log.exception("error delivering to %s; disconnecting it", conn.who)
                     conn.outbox.broken = True
-                    faulty.append(conn)
+                    faulty.append(conn)  # noqa: B023
 
             self.stats["deliveries"] += chat.flush(deliver)
             self.stats["batches"] += 1
@@ -206,17 +245,29 @@ class Hub:
                 chat.depart(conn, Why.FAULT)
 
     def _log_departure(self, conn, why):
-        log.info("%s left (%s, %s)%s", conn.name or conn.who, conn.who, why,
-                 f", {conn.outbox.dropped} lines dropped" if conn.outbox.dropped else "",
-                 extra=log_fields(addr=conn.who, name=conn.name, reason=why,
-                                  room=conn.room and f"#{conn.room.name}"))
+        log.info(
+            "%s left (%s, %s)%s",
+            conn.name or conn.who,
+            conn.who,
+            why,
+            f", {conn.outbox.dropped} lines dropped" if conn.outbox.dropped else "",
+            extra=log_fields(
+                addr=conn.who, name=conn.name, reason=why, room=conn.room and f"#{conn.room.name}"
+            ),
+        )
 
     def snapshot(self) -> dict:
         """Counters for /stats and the logs."""
         chat = self.chat
-        stats = {"clients": len(chat.connected), "members": chat.named_here(),
-                 "rooms": len(chat.rooms), "rooms_dropped": chat.rooms.dropped,
-                 **chat.counts, **self.stats, "inbox": self.inbox.qsize()}
+        stats = {
+            "clients": len(chat.connected),
+            "members": chat.named_here(),
+            "rooms": len(chat.rooms),
+            "rooms_dropped": chat.rooms.dropped,
+            **chat.counts,
+            **self.stats,
+            "inbox": self.inbox.qsize(),
+        }
         if self.transport_stats is not None:
             stats.update(self.transport_stats())
         if self.bus is not None:

@@ -5,6 +5,7 @@ Log calls that know about a client pass it with extra=fields(...), so that
 the JSON record carries it as separate fields; the text format shows only
 the message, unchanged.
 """
+
 import json
 import logging
 import sys
@@ -35,8 +36,12 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record):
         stamp = datetime.fromtimestamp(record.created, timezone.utc)
-        out = {"time": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-               "level": record.levelname, "logger": record.name, "event": record.getMessage()}
+        out = {
+            "time": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
         known = getattr(record, _ATTRIBUTE, {})
         for key in FIELDS:
             if key in known:

@@ -9,10 +9,10 @@ Config's fields, cli.CLI_OPTIONS for the others); then the Config fields
 that have no flag, with the reason for their value.  tests/test_options.py
 fails when the page and this output differ.
 """
+
 import argparse
 import re
 import sys
-from typing import List
 
 from gchat.cli import all_options, build_parser
 from gchat.config import GROUPS, Option, describe_default, format_value, options
@@ -77,24 +77,26 @@ def render_markdown() -> str:
     parser = build_parser()
     declared = all_options()
     titles = {title: (key, description) for key, title, description in GROUPS}
-    out: List[str] = [HEADER]
+    out: list[str] = [HEADER]
     for group in parser._action_groups:  # argparse keeps no public list of them
         if group.title not in titles:
             continue  # argparse's own: --help and --version
         heading = group.title[:1].upper() + group.title[1:]
-        out.append(f"## {heading}\n\n{titles[group.title][1]}\n\n"
-                   "| option | default | meaning |\n|---|---|---|")
+        out.append(
+            f"## {heading}\n\n{titles[group.title][1]}\n\n"
+            "| option | default | meaning |\n|---|---|---|"
+        )
         for action in group._group_actions:
             opt = declared[action.dest]
-            out.append(f"| {_invocation(action)} | {_cell(_default(opt))} "
-                       f"| {_cell(opt.help)} |")
+            out.append(f"| {_invocation(action)} | {_cell(_default(opt))} | {_cell(opt.help)} |")
         out.append("")
     out.append(UNFLAGGED)
     out.append("| setting | value | why |\n|---|---|---|")
     for name, opt in options().items():
         if not opt.flags:
-            out.append(f"| `{name}` | {_cell(format_value(opt.default, opt.type))} "
-                       f"| {_cell(opt.help)} |")
+            out.append(
+                f"| `{name}` | {_cell(format_value(opt.default, opt.type))} | {_cell(opt.help)} |"
+            )
     return "\n".join(out) + "\n"
 
 

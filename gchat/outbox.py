@@ -15,6 +15,7 @@ If parked bytes would pass `limit`, the slow-client policy decides
 Pure: the non-blocking send and the wake-up are callables given by the
 connection, so that tests drive the outbox without sockets.
 """
+
 from typing import Callable
 
 from gchat import protocol as p
@@ -22,11 +23,21 @@ from gchat import protocol as p
 
 class Outbox:
     lines_dropped = 0  # every outbox's skipped lines, for the metrics
-    __slots__ = ("limit", "drop_policy", "_send", "_wake", "_parked", "parked_bytes",
-                 "missed", "dropped", "broken")
+    __slots__ = (
+        "limit",
+        "drop_policy",
+        "_send",
+        "_wake",
+        "_parked",
+        "parked_bytes",
+        "missed",
+        "dropped",
+        "broken",
+    )
 
-    def __init__(self, limit: int, policy: str, send: Callable[[bytes], int],
-                 wake: Callable[[], object]) -> None:
+    def __init__(
+        self, limit: int, policy: str, send: Callable[[bytes], int], wake: Callable[[], object]
+    ) -> None:
         """send(data) -> bytes accepted, raising BlockingIOError when none
         (a non-blocking socket send); wake() starts the writer."""
         self.limit = limit
@@ -35,8 +46,8 @@ class Outbox:
         self._wake = wake
         self._parked: list[bytes] = []
         self.parked_bytes = 0
-        self.missed = 0      # lines skipped since the client was last told
-        self.dropped = 0     # lines skipped in all, for the stats
+        self.missed = 0  # lines skipped since the client was last told
+        self.dropped = 0  # lines skipped in all, for the stats
         self.broken = False  # the connection failed; output is discarded
 
     def offer(self, data: bytes, force: bool = False) -> bool:

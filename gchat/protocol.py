@@ -9,10 +9,12 @@ Everything here is driven with bytes and strings by the tests:
 * validate_name and name_key are the rules for names (exercise 8.14);
 * the render_* functions are every line the server says, in one place.
 """
+
 import enum
 import re
 import unicodedata
-from typing import Mapping, NamedTuple, Optional, Union
+from collections.abc import Mapping
+from typing import NamedTuple, Optional, Union
 
 from gchat.events import Why
 
@@ -69,7 +71,7 @@ class LineReader:
             if newline < 0:
                 return out
             self._discarding = False
-            data = data[newline + 1:]
+            data = data[newline + 1 :]
         if self._partial:
             data = self._partial + data
             self._partial = b""
@@ -106,7 +108,7 @@ class LineReader:
 # (ESC starts colour, cursor and title sequences), so another client must
 # never receive them raw.  They become U+FFFD, which shows that something
 # was there without doing anything.
-_UNSAFE = {c: "\ufffd" for c in [*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F, *range(0x80, 0xA0)]}
+_UNSAFE = dict.fromkeys([*range(0, 9), *range(10, 32), 127, *range(128, 160)], "�")
 
 
 def decode(line: bytes) -> str:
@@ -121,7 +123,8 @@ def decode(line: bytes) -> str:
 # Things that are not chat
 
 _HTTP_REQUEST_LINE = re.compile(
-    r"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE|PRI) \S+ HTTP/[0-9.]+")
+    r"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE|PRI) \S+ HTTP/[0-9.]+"
+)
 
 
 def looks_like_http(text: str) -> bool:
@@ -259,6 +262,7 @@ class ListRooms(NamedTuple):
 
 class Invalid(NamedTuple):
     """A line that is a command but not a usable one; error says why."""
+
     error: str
 
 
@@ -341,9 +345,17 @@ BUS_DOWN_FOR_NAME = "cannot take a name now: the cluster's Redis is unavailable;
 
 # What the others see after "NAME has left" (name mode only), by why the
 # client left (events.Why).  "" says nothing more.
-LEFT_REASON = {Why.EOF: "", Why.ERROR: "connection lost", Why.QUIT: "",
-               Why.IDLE: "idle timeout", Why.NAME_TIMEOUT: "", Why.SLOW: "send queue exceeded",
-               Why.SHUTDOWN: "", Why.FAULT: "server error", Why.HTTP: "not a chat client"}
+LEFT_REASON = {
+    Why.EOF: "",
+    Why.ERROR: "connection lost",
+    Why.QUIT: "",
+    Why.IDLE: "idle timeout",
+    Why.NAME_TIMEOUT: "",
+    Why.SLOW: "send queue exceeded",
+    Why.SHUTDOWN: "",
+    Why.FAULT: "server error",
+    Why.HTTP: "not a chat client",
+}
 # The same when a member's whole node goes (cluster.py).
 NODE_LOST = "server lost"
 NODE_STOPPED = "server stopped"
@@ -398,8 +410,9 @@ def render_left(who: str, reason: str = "") -> str:
 
 def render_departures(departures: list[tuple[str, str]], total: int) -> str:
     """Departures are (name, reason) pairs; each reason stays beside its name."""
-    return _render_run([f"{name} ({reason})" if reason else name for name, reason in departures],
-                       total, "left")
+    return _render_run(
+        [f"{name} ({reason})" if reason else name for name, reason in departures], total, "left"
+    )
 
 
 def render_joined_reason(room: str) -> str:
@@ -421,8 +434,10 @@ HISTORY_CLOSE = "--- end of history ---"
 def render_rooms(rooms: list[tuple[str, int, bool]], total: int) -> str:
     """/rooms: (name, members, own) triples (perhaps only the first of
     them) out of total rooms."""
-    shown = ", ".join(f"#{name} ({count}, you are here)" if own else f"#{name} ({count})"
-                      for name, count, own in rooms)
+    shown = ", ".join(
+        f"#{name} ({count}, you are here)" if own else f"#{name} ({count})"
+        for name, count, own in rooms
+    )
     more = total - len(rooms)
     return f"Rooms ({total}): {shown}{f', and {more} more' if more > 0 else ''}"
 

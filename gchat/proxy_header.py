@@ -17,13 +17,15 @@ connection, as early as the bytes show it; a header split across reads is
 still a header (the spec recommends tolerance, since nothing on the path
 has to keep the header in one segment).
 """
+
 import enum
 import functools
 import ipaddress
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Optional, Union
+from typing import Optional, Union
 
 # Section 2.1: "PROXY" and exactly one space begin every v1 header; the
 # longest line, "PROXY UNKNOWN" with two full IPv6 addresses and ports, is
@@ -47,6 +49,7 @@ _PP2_TYPE_CRC32C = 0x03
 class _NeedMore(enum.Enum):
     """The header is not complete yet: feed more bytes.  An enum of one
     member, so that a type checker narrows `result is NEED_MORE`."""
+
     NEED_MORE = "NEED_MORE"
 
     def __repr__(self) -> str:
@@ -59,13 +62,14 @@ NEED_MORE = _NeedMore.NEED_MORE
 @dataclass(frozen=True)
 class ProxyHeader:
     """A complete, valid header."""
-    version: int                   # 1 or 2
-    command: str                   # "PROXY", or "LOCAL" (v2: the proxy's own health check)
-    transport: str                 # "TCP4", "TCP6" or "UNKNOWN" (no usable addresses)
-    source: Optional[tuple[str, int]]       # (host, port) of the client; None unless TCP4/TCP6
+
+    version: int  # 1 or 2
+    command: str  # "PROXY", or "LOCAL" (v2: the proxy's own health check)
+    transport: str  # "TCP4", "TCP6" or "UNKNOWN" (no usable addresses)
+    source: Optional[tuple[str, int]]  # (host, port) of the client; None unless TCP4/TCP6
     destination: Optional[tuple[str, int]]  # (host, port) the client connected to; likewise
-    length: int                    # bytes of the header itself
-    leftover: bytes                # bytes received after the header: the client's own
+    length: int  # bytes of the header itself
+    leftover: bytes  # bytes received after the header: the client's own
 
     def client_address(self, real: tuple[str, int]) -> tuple[str, int]:
         """The address the client is known by: the one the header carries,
@@ -80,6 +84,7 @@ class ProxyHeader:
 @dataclass(frozen=True)
 class Malformed:
     """Not a valid header; the connection must be closed."""
+
     reason: str
 
 
@@ -125,12 +130,13 @@ def parse(data: bytes) -> Result:
 
 # Version 1 ------------------------------------------------------------------
 
+
 def _parse_v1(data: bytes) -> Result:
-    for index, byte in enumerate(data[:len(V1_PREFIX)]):
+    for index, byte in enumerate(data[: len(V1_PREFIX)]):
         if byte != V1_PREFIX[index]:
             # Shown up to the byte that decided, so that the reason is the
             # same however the bytes arrived.
-            return Malformed(f"no PROXY header: starts with {_show(data[:index + 1])}")
+            return Malformed(f"no PROXY header: starts with {_show(data[: index + 1])}")
     if len(data) < len(V1_PREFIX):
         return NEED_MORE
     # The line ends at the first CR, which must be followed by LF; a bare
@@ -151,7 +157,7 @@ def _parse_v1(data: bytes) -> Result:
     if data[cr + 1] != 0x0A:
         return Malformed("v1 line has a CR without LF")
     end = cr + 2
-    line, leftover = data[len(V1_PREFIX):cr], data[end:]
+    line, leftover = data[len(V1_PREFIX) : cr], data[end:]
     # UNKNOWN: the rest of the line may be anything (or nothing), and the
     # real connection's addresses are used.
     if line == b"UNKNOWN" or line.startswith(b"UNKNOWN "):
@@ -204,9 +210,10 @@ def _v1_port(field: bytes) -> int:
 
 # Version 2 ------------------------------------------------------------------
 
+
 def _parse_v2(data: bytes) -> Result:
-    seen = data[:len(V2_SIGNATURE)]
-    if seen != V2_SIGNATURE[:len(seen)]:
+    seen = data[: len(V2_SIGNATURE)]
+    if seen != V2_SIGNATURE[: len(seen)]:
         return Malformed("bad v2 signature")
     if len(data) < V2_HEADER_LENGTH:
         return NEED_MORE
@@ -249,7 +256,7 @@ def _parse_v2(data: bytes) -> Result:
     size = 4 if family == _AF_INET else 16
     block = header[V2_HEADER_LENGTH:]
     src = _host(ipaddress.ip_address(block[:size]))
-    dst = _host(ipaddress.ip_address(block[size:2 * size]))
+    dst = _host(ipaddress.ip_address(block[size : 2 * size]))
     sport, dport = struct.unpack_from(">HH", block, 2 * size)
     transport = "TCP4" if family == _AF_INET else "TCP6"
     return ProxyHeader(2, "PROXY", transport, (src, sport), (dst, dport), total, leftover)
@@ -274,7 +281,7 @@ def _check_tlvs(header: bytes, offset: int) -> Optional[str]:
             if size != 4:
                 return f"v2 CRC32C TLV of {size} bytes, not 4"
             (expected,) = struct.unpack_from(">I", header, value)
-            zeroed = header[:value] + b"\0\0\0\0" + header[value + 4:]
+            zeroed = header[:value] + b"\0\0\0\0" + header[value + 4 :]
             if crc32c(zeroed) != expected:
                 return "v2 CRC32C mismatch"
     return None
@@ -303,6 +310,7 @@ def crc32c(data: bytes) -> int:
 
 
 # Shared ---------------------------------------------------------------------
+
 
 def _host(address: Union[ipaddress.IPv4Address, ipaddress.IPv6Address]) -> str:
     """An address as gchat writes hosts: an IPv4-mapped IPv6 address as

@@ -14,6 +14,7 @@ serve: `remote` holds them (cluster.Remote objects), counted in its size,
 its roster and /who, but never delivered to; their arrivals and departures
 are announced like local ones (enter_remote, leave_remote).
 """
+
 from collections import deque
 from itertools import chain, islice
 from typing import Optional
@@ -38,8 +39,9 @@ class Room:
     announced, so nobody hears of either.
     """
 
-    def __init__(self, name: str, key: str, config: Config, dirty: list["Room"],
-                 holding: set["Room"]) -> None:
+    def __init__(
+        self, name: str, key: str, config: Config, dirty: list["Room"], holding: set["Room"]
+    ) -> None:
         """name: as its creator spelt it; key: protocol.name_key(name);
         dirty: the list a room joins when it has output for the hub to
         flush; holding: the set it joins while it holds announcements."""
@@ -218,13 +220,21 @@ class Room:
         everyone present but itself (exclude, when it is already among the
         members), at most roster_limit names, the count exact."""
         limit = self.config.roster_limit
-        others = (c.name for c in chain(self.members, self.arriving, self.remote)
-                  if c is not exclude)
+        others = (
+            c.name for c in chain(self.members, self.arriving, self.remote) if c is not exclude
+        )
         shown = list(islice(others, limit))
         total = self.size - (exclude is not None)
         self.out.send(conn, p.render_roster(shown, total=total, newcomer=True), member=False)
         if self.history:
             # One piece: the frame and the lines reach the client in one write.
-            block = b"".join((p.render_history_open(self.name, len(self.history)).encode(),
-                              b"\n", *self.history, p.HISTORY_CLOSE.encode(), b"\n"))
+            block = b"".join(
+                (
+                    p.render_history_open(self.name, len(self.history)).encode(),
+                    b"\n",
+                    *self.history,
+                    p.HISTORY_CLOSE.encode(),
+                    b"\n",
+                )
+            )
             self.out.send_bytes(conn, block, member=False)

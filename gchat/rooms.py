@@ -9,6 +9,7 @@ max_rooms exist, the least recently used empty room is dropped, history
 and all; when none is empty the new room is refused.  The lobby is never
 dropped.
 """
+
 from collections import OrderedDict
 from heapq import nlargest
 from typing import Optional
@@ -29,7 +30,7 @@ class RoomRegistry:
         self.rooms: dict[str, Room] = {}  # name_key -> Room
         # name_key -> Room, least recently used first
         self.empty: OrderedDict[str, Room] = OrderedDict()
-        self.dropped = 0           # empty rooms dropped to make way (for /stats)
+        self.dropped = 0  # empty rooms dropped to make way (for /stats)
         self.lobby = self._make(LOBBY)
 
     def __len__(self) -> int:
@@ -83,5 +84,6 @@ class RoomRegistry:
         rooms shown, the total exact."""
         others = (room for room in self.rooms.values() if room is not own)
         shown = [own] + nlargest(limit - 1, others, key=lambda room: room.size)
-        return p.render_rooms([(room.name, room.size, room is own) for room in shown[:limit]],
-                              total=len(self.rooms))
+        return p.render_rooms(
+            [(room.name, room.size, room is own) for room in shown[:limit]], total=len(self.rooms)
+        )

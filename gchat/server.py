@@ -5,6 +5,7 @@ gracefully.
 The pieces live below it (imports point down only): the connection base
 and the transports in transport/, the hub in hub.py, the bus in bus/.
 """
+
 import gc
 import logging
 import os
@@ -38,17 +39,19 @@ class ChatServer:
         self.tls = None
         if config.tls_cert is not None:
             from gchat.transport.tls import TlsConnection, TlsContext
+
             self.tls = TlsContext(config)  # a bad file fails here, before listening
             self.connection_class = TlsConnection
-        self.server = Listener(self.sockets.get("line") or (config.host, config.port),
-                                self._handle, config)
+        self.server = Listener(
+            self.sockets.get("line") or (config.host, config.port), self._handle, config
+        )
         self.http = self.admin = None
         self.web_ports = self._make_web_ports()
         self.max_clients = config.max_clients or (1 << 30)
-        self.open = 0           # connections whose socket is open
+        self.open = 0  # connections whose socket is open
         self.by_transport = {"tcp": 0, "tls": 0, "websocket": 0}  # the same, by transport
-        self.flood_pauses = 0   # readers paused over their flood allowance
-        self.per_ip = {}        # IP address -> open connections from it
+        self.flood_pauses = 0  # readers paused over their flood allowance
+        self.per_ip = {}  # IP address -> open connections from it
         self.refused = {"full": 0, "per_ip": 0}
         self.all_closed = Event()  # set when open drops to 0 during stop()
         self._stopping = False
@@ -83,15 +86,28 @@ class ChatServer:
             return []
         from gchat.metrics import make_metrics
         from gchat.transport.http import HttpPort
+
         metrics = make_metrics(self)
         ports = []
         if want_http:
-            self.http = HttpPort(self, config.http, page=True, operator=not want_admin,
-                                 metrics=metrics, sock=given.get("http"))
+            self.http = HttpPort(
+                self,
+                config.http,
+                page=True,
+                operator=not want_admin,
+                metrics=metrics,
+                sock=given.get("http"),
+            )
             ports.append(self.http)
         if want_admin:
-            self.admin = HttpPort(self, config.admin, page=False, operator=True, metrics=metrics,
-                                  sock=given.get("admin"))
+            self.admin = HttpPort(
+                self,
+                config.admin,
+                page=False,
+                operator=True,
+                metrics=metrics,
+                sock=given.get("admin"),
+            )
             ports.append(self.admin)
         return ports
 
@@ -101,6 +117,7 @@ class ChatServer:
         the address it carries is the client's from then on."""
         if self.config.proxy_protocol:
             from gchat.transport.proxy import ProxyHeaderReader
+
             ProxyHeaderReader(sock, address, self.config, self._accepted).start()
             return
         self._accepted(sock, address, b"")
@@ -158,10 +175,15 @@ class ChatServer:
         except OSError:
             fds = -1
         loop = gevent.get_hub().loop
-        return {"connections": self.open, "fds": fds,
-                "greenlets": self._greenlets(), "watchers": getattr(loop, "activecnt", -1),
-                "refused_full": self.refused["full"], "refused_per_ip": self.refused["per_ip"],
-                "accept_pauses": self.server.accept_pauses}
+        return {
+            "connections": self.open,
+            "fds": fds,
+            "greenlets": self._greenlets(),
+            "watchers": getattr(loop, "activecnt", -1),
+            "refused_full": self.refused["full"],
+            "refused_per_ip": self.refused["per_ip"],
+            "accept_pauses": self.server.accept_pauses,
+        }
 
     def _greenlets(self) -> int:
         """Live greenlets in the process, a leak shows here.  Counting walks
@@ -169,8 +191,10 @@ class ChatServer:
         clients must not stall the hub."""
         now = self.server.loop.now()
         if self._greenlet_count is None or now - self._greenlet_count[0] > 1.0:
-            self._greenlet_count = (now, sum(1 for obj in gc.get_objects()
-                                             if isinstance(obj, greenlet) and not obj.dead))
+            self._greenlet_count = (
+                now,
+                sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet) and not obj.dead),
+            )
         return self._greenlet_count[1]
 
     def stop(self):

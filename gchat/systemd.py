@@ -18,6 +18,7 @@ the service, while a loop that merely ticks would not.
 Without these variables every function here is a no-op, so run() calls them
 unconditionally.
 """
+
 import logging
 import os
 import socket
@@ -42,6 +43,7 @@ class ActivationError(ValueError):
 
 # Socket activation -----------------------------------------------------------
 
+
 def parse_listen_fds(environ, pid: int) -> dict:
     """{role: descriptor} from the LISTEN_* variables, for process pid.
 
@@ -58,8 +60,9 @@ def parse_listen_fds(environ, pid: int) -> dict:
         listen_pid = int(pid_text)
         count = int(count_text)
     except ValueError:
-        raise ActivationError(f"LISTEN_FDS={count_text!r} LISTEN_PID={pid_text!r}: "
-                              "not numbers") from None
+        raise ActivationError(
+            f"LISTEN_FDS={count_text!r} LISTEN_PID={pid_text!r}: not numbers"
+        ) from None
     if listen_pid != pid:
         return {}
     if count < 0:
@@ -68,28 +71,35 @@ def parse_listen_fds(environ, pid: int) -> dict:
     names = names_text.split(":") if names_text else [UNNAMED] * count
     if len(names) != count:
         # sd_listen_fds_with_names(3) refuses this mismatch too.
-        raise ActivationError(f"LISTEN_FDNAMES={names_text!r} names {len(names)} sockets "
-                              f"but LISTEN_FDS={count}")
+        raise ActivationError(
+            f"LISTEN_FDNAMES={names_text!r} names {len(names)} sockets but LISTEN_FDS={count}"
+        )
     roles: dict[str, int] = {}
     unnamed = []
     for offset, name in enumerate(names):
         fd = LISTEN_FDS_START + offset
         if name in ROLES:
             if name in roles:
-                raise ActivationError(f"two sockets named {name!r} (descriptors {roles[name]} "
-                                      f"and {fd}): gchat serves one socket per name")
+                raise ActivationError(
+                    f"two sockets named {name!r} (descriptors {roles[name]} "
+                    f"and {fd}): gchat serves one socket per name"
+                )
             roles[name] = fd
         elif name == UNNAMED or name.endswith(".socket"):
             unnamed.append((fd, name))
         else:
-            raise ActivationError(f"socket {fd} is named {name!r}: name each socket "
-                                  f"{', '.join(ROLES)} (FileDescriptorName=)")
+            raise ActivationError(
+                f"socket {fd} is named {name!r}: name each socket "
+                f"{', '.join(ROLES)} (FileDescriptorName=)"
+            )
     if unnamed:
         if len(unnamed) > 1 or "line" in roles:
             described = ", ".join(f"{fd} ({name})" for fd, name in unnamed)
-            raise ActivationError(f"sockets {described} have no name of "
-                                  f"{', '.join(ROLES)}: name them with FileDescriptorName= "
-                                  "(only a lone unnamed socket is taken as the line port)")
+            raise ActivationError(
+                f"sockets {described} have no name of "
+                f"{', '.join(ROLES)}: name them with FileDescriptorName= "
+                "(only a lone unnamed socket is taken as the line port)"
+            )
         roles["line"] = unnamed[0][0]
     return roles
 
@@ -114,11 +124,14 @@ def listen_sockets(environ, pid: Optional[int] = None) -> dict:
             sock = socket.socket(fileno=fd)
         except OSError as err:
             raise ActivationError(f"descriptor {fd} ({role}): {err.strerror}") from None
-        if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET,
-                                                                   socket.SO_ACCEPTCONN):
+        if sock.type != socket.SOCK_STREAM or not sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+        ):
             sock.detach()
-            raise ActivationError(f"descriptor {fd} ({role}) is not a listening stream socket "
-                                  "(ListenStream= is needed)")
+            raise ActivationError(
+                f"descriptor {fd} ({role}) is not a listening stream socket "
+                "(ListenStream= is needed)"
+            )
         # The accept loop (server._Listener) accepts when the loop says the
         # socket is readable; a blocking socket would stall every client
         # whenever another process took the connection first.
@@ -128,6 +141,7 @@ def listen_sockets(environ, pid: Optional[int] = None) -> dict:
 
 
 # sd_notify -------------------------------------------------------------------
+
 
 def notify_address(value: Optional[str]):
     """The address to send to for $NOTIFY_SOCKET, or None: a path, or a
@@ -157,8 +171,7 @@ def message(*fields) -> bytes:
 
 def status_text(clients: int, rooms: int) -> str:
     """STATUS= for `systemctl status`: "3 clients, 2 rooms"."""
-    return (f"{clients} client{'' if clients == 1 else 's'}, "
-            f"{rooms} room{'' if rooms == 1 else 's'}")
+    return f"{clients} client{'' if clients == 1 else 's'}, {rooms} room{'' if rooms == 1 else 's'}"
 
 
 def watchdog_interval(environ, pid: int) -> Optional[float]:
@@ -174,8 +187,9 @@ def watchdog_interval(environ, pid: int) -> Optional[float]:
         if pid_text and int(pid_text) != pid:
             return None
     except ValueError:
-        raise ValueError(f"WATCHDOG_USEC={usec_text!r} WATCHDOG_PID={pid_text!r}: "
-                         "not numbers") from None
+        raise ValueError(
+            f"WATCHDOG_USEC={usec_text!r} WATCHDOG_PID={pid_text!r}: not numbers"
+        ) from None
     if usec <= 0:
         raise ValueError(f"WATCHDOG_USEC={usec}: not positive")
     return usec / 2e6
@@ -212,7 +226,8 @@ class Notifier:
             # The first failure is worth a warning; the rest would repeat it
             # every Config.notify_status_interval.
             (log.warning if self.failed == 1 else log.debug)(
-                "sd_notify to %r failed: %s", self.address, err)
+                "sd_notify to %r failed: %s", self.address, err
+            )
             return False
         self.sent += 1
         return True
@@ -250,6 +265,7 @@ class Notifier:
     def every(self, seconds: float, callback: Callable):
         """callback() every seconds, from the event loop, until stopping()."""
         import gevent
+
         timer = gevent.get_hub().loop.timer(seconds, seconds)
         timer.start(callback)
         self._timers.append(timer)

@@ -1,11 +1,13 @@
 """Exercise 8.13's clock rules for one reader, as a pure function."""
-from typing import Optional, Tuple
+
+from typing import Optional
 
 from gchat.events import Why
 
 
-def next_wait(now: float, named: bool, name_deadline: Optional[float], last_heard: float,
-              idle: float) -> Tuple[Optional[str], Optional[float]]:
+def next_wait(
+    now: float, named: bool, name_deadline: Optional[float], last_heard: float, idle: float
+) -> tuple[Optional[str], Optional[float]]:
     """What a reader does next: (why, None) when a deadline has passed, else
     (None, seconds to wait for input, or None for no limit).
 

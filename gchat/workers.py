@@ -74,6 +74,7 @@ Design, and why:
   Socket activation is refused by the CLI: the sockets systemd passes are
   one listening socket per port, which SO_REUSEPORT workers cannot share.
 """
+
 import logging
 import os
 import selectors
@@ -157,7 +158,7 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 
 def describe_exit(returncode: int) -> str:
-    """"exit code 1", "killed by signal 9 (SIGKILL)"."""
+    """ "exit code 1", "killed by signal 9 (SIGKILL)"."""
     if returncode >= 0:
         return f"exit code {returncode}"
     try:
@@ -174,9 +175,9 @@ class Worker:
         self.index = index
         self.proc: Optional[subprocess.Popen[bytes]] = None  # while it runs
         self.link: Optional[socket.socket] = None  # the supervisor's end of the socketpair
-        self.ready = False       # it said it serves
+        self.ready = False  # it said it serves
         self.node: Optional[str] = None  # its cluster node id, as it said when ready
-        self.started = 0.0       # time.monotonic() at its start
+        self.started = 0.0  # time.monotonic() at its start
         self.delay = RESTART_DELAY_MIN  # before the next restart
         self.due: Optional[float] = None  # time.monotonic() of a pending restart
 
@@ -197,10 +198,10 @@ class Supervisor:
         # "line", "http", "admin" -> bound socket
         self.placeholders: dict[str, socket.socket] = {}
         self.command: Optional[list[str]] = None  # set by run()
-        self.serving = False     # every worker has been ready once
+        self.serving = False  # every worker has been ready once
         self.stopping = False
         self.stop_deadline: Optional[float] = None  # set with stopping
-        self.killed = False      # stragglers were killed at the deadline
+        self.killed = False  # stragglers were killed at the deadline
         self.exit_code = 0
         self.notifier = systemd.Notifier(systemd.notify_address(environ.get("NOTIFY_SOCKET")))
         try:
@@ -225,8 +226,10 @@ class Supervisor:
         wake_w.setblocking(False)
         self.selector.register(wake_r, selectors.EVENT_READ, None)
         previous_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        previous = {signum: signal.signal(signum, _wake_only)
-                    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)}
+        previous = {
+            signum: signal.signal(signum, _wake_only)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+        }
         try:
             for worker in self.workers:
                 self._start(worker)
@@ -274,8 +277,7 @@ class Supervisor:
         if not self.serving and not self.stopping and all(w.ready for w in self.workers):
             self._announce()
         # (stop_deadline is set whenever stopping is.)
-        if self.stopping and not self.killed and \
-                now >= self.stop_deadline:  # type: ignore[operator]
+        if self.stopping and not self.killed and now >= self.stop_deadline:  # type: ignore[operator]
             self._kill_stragglers()
         if self.watchdog is not None and now >= self.next_ping:
             self.notifier.watchdog()
@@ -304,9 +306,12 @@ class Supervisor:
             env[PREDECESSOR_ENV] = worker.node
         try:
             # (self.command is set by run() before any worker starts.)
-            worker.proc = subprocess.Popen(self.command,  # type: ignore[arg-type]
-                                           stdin=subprocess.DEVNULL, env=env,
-                                           pass_fds=(theirs.fileno(),))
+            worker.proc = subprocess.Popen(
+                self.command,  # type: ignore[arg-type]
+                stdin=subprocess.DEVNULL,
+                env=env,
+                pass_fds=(theirs.fileno(),),
+            )
         except OSError as err:
             mine.close()
             log.error("cannot start worker %d: %s", worker.index, err)
@@ -338,7 +343,7 @@ class Supervisor:
             return
         if data.startswith(READY) and not worker.ready:
             worker.ready = True
-            node = data[len(READY):].strip().decode("ascii", "replace")
+            node = data[len(READY) :].strip().decode("ascii", "replace")
             worker.node = node or None
             if self.serving:
                 log.info("worker %d (pid %d) serving again", worker.index, worker.pid)
@@ -360,17 +365,27 @@ class Supervisor:
             # SIGTERM's default action ends a worker that had not yet set up
             # its handlers: a normal stop too.
             (log.info if returncode in (0, -signal.SIGTERM) else log.warning)(
-                "worker %d (pid %d) stopped: %s", worker.index, pid, how)
+                "worker %d (pid %d) stopped: %s", worker.index, pid, how
+            )
         elif not self.serving:
-            log.error("worker %d (pid %d) exited before it was ready (%s); stopping",
-                      worker.index, pid, how)
+            log.error(
+                "worker %d (pid %d) exited before it was ready (%s); stopping",
+                worker.index,
+                pid,
+                how,
+            )
             self.exit_code = returncode if returncode > 0 else 1
             self._begin_stop()
         else:
             if time.monotonic() - worker.started >= STABLE_AFTER:
                 worker.delay = RESTART_DELAY_MIN
-            log.error("worker %d (pid %d) died: %s; restarting in %.1f s",
-                      worker.index, pid, how, worker.delay)
+            log.error(
+                "worker %d (pid %d) died: %s; restarting in %.1f s",
+                worker.index,
+                pid,
+                how,
+                worker.delay,
+            )
             self._schedule_restart(worker)
 
     def _schedule_restart(self, worker: Worker):
@@ -387,9 +402,14 @@ class Supervisor:
                 log.info("%s listening on %s", name, where, extra=logs.fields(addr=where))
         where = format_address(*self.placeholders["line"].getsockname()[:2])
         count = len(self.workers)
-        log.info("gchat %s listening on %s%s (%d workers)", __version__, where,
-                 " (--compat)" if self.config.compat else "", count,
-                 extra=logs.fields(addr=where))
+        log.info(
+            "gchat %s listening on %s%s (%d workers)",
+            __version__,
+            where,
+            " (--compat)" if self.config.compat else "",
+            count,
+            extra=logs.fields(addr=where),
+        )
         self.notifier.ready(f"{count} workers")
 
     # Stopping -------------------------------------------------------------
@@ -402,8 +422,11 @@ class Supervisor:
         for signum in numbers:
             if signum in (signal.SIGTERM, signal.SIGINT):
                 if not self.stopping:
-                    log.info("%s: stopping %d workers", signal.Signals(signum).name,
-                             sum(1 for w in self.workers if w.proc is not None))
+                    log.info(
+                        "%s: stopping %d workers",
+                        signal.Signals(signum).name,
+                        sum(1 for w in self.workers if w.proc is not None),
+                    )
                 self._begin_stop()
             elif signum == signal.SIGHUP:
                 self._send_all(signal.SIGHUP)
@@ -428,8 +451,12 @@ class Supervisor:
         self.killed = True
         for worker in self.workers:
             if worker.proc is not None:
-                log.warning("worker %d (pid %d) did not stop within %.0f s; killing it",
-                            worker.index, worker.pid, stop_grace(self.config))
+                log.warning(
+                    "worker %d (pid %d) did not stop within %.0f s; killing it",
+                    worker.index,
+                    worker.pid,
+                    stop_grace(self.config),
+                )
                 worker.proc.kill()
                 self.exit_code = self.exit_code or 1
 

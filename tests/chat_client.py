@@ -1,6 +1,7 @@
 """Test helpers: a line-oriented client over a real socket, and a running
 `gchat` console script.  Every wait has a deadline; nothing sleeps to
 synchronise."""
+
 import os
 import re
 import signal
@@ -67,7 +68,9 @@ class ChatClient(LineExpectations):
         try:
             data = self.sock.recv(65536)
         except socket.timeout:
-            raise TimeoutError(f"no line within the deadline; buffered {self.buffer[-300:]!r}")
+            raise TimeoutError(
+                f"no line within the deadline; buffered {self.buffer[-300:]!r}"
+            ) from None
         if not data:
             self.eof = True
             raise EOFError(f"connection closed; buffered {self.buffer!r}")
@@ -160,13 +163,24 @@ class GchatProcess(LoggedProcess):
     """The `gchat` console script, started on a free port."""
 
     def __init__(self, *args, command=None, env=None):
-        self.argv = (command or [gchat_executable()]) + ["--host", "127.0.0.1", "--port", "0", *args]
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=env)
+        self.argv = (command or [gchat_executable()]) + [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            *args,
+        ]
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
         self.stderr_lines = []
         self._listening = threading.Event()
         self.port = None
-        self.http_port = None   # --http's port, from its log line
+        self.http_port = None  # --http's port, from its log line
         self.admin_port = None  # --admin's
         drain = threading.Thread(target=self._drain_stderr, daemon=True)
         drain.start()
@@ -204,7 +218,6 @@ class GchatProcess(LoggedProcess):
 
     def wait(self, timeout=DEFAULT_TIMEOUT) -> int:
         return self.proc.wait(timeout)
-
 
 
 def gchat_executable() -> str:

@@ -1,6 +1,7 @@
 """Drive the Chat without sockets: fake connections, the real Chat, Room
 and Fanout, and the bytes each connection would be sent (as the hub
 would hand them to its Outbox)."""
+
 from gchat.chat import Chat
 from gchat.config import Config
 
@@ -34,6 +35,7 @@ class Harness:
         def deliver(conn, data):
             self.received[conn] = self.received.get(conn, b"") + data
             self.writes[conn] = self.writes.get(conn, 0) + 1
+
         self.chat.end_batch(self.now)  # as the hub does before each flush
         self.chat.flush(deliver)
         departed, self.chat.departures = self.chat.departures, []

@@ -26,14 +26,15 @@ each node the entries it has not read yet and flushes every node's output
 (end_batch, flush), collecting the bytes each connection is sent.  run()
 repeats both until nothing moves.
 """
+
 from dataclasses import replace
 
 from gchat import protocol as p
 from gchat.bus.entry import BadEntry, Deduper, decode, encode
 from gchat.cluster import ClusterChat
-from gchat.protocol import NODE_LOST, NODE_STOPPED
 from gchat.config import Config
 from gchat.events import Why
+from gchat.protocol import NODE_LOST, NODE_STOPPED
 
 LOST_PREFIX = "~"  # as bus/redis_bus.py (not imported: it needs redis and gevent)
 STOPPED_SEQ = 1 << 40  # as bus/redis_bus.py
@@ -71,11 +72,11 @@ class Node:
     def __init__(self, cluster, node_id, config, cursor):
         self.id = node_id
         self.chat = ClusterChat(config, node_id, clock=lambda: cluster.now)
-        self.seq = 0             # the bus's per-node sequence number
-        self.cursor = cursor     # next index of the stream to read
+        self.seq = 0  # the bus's per-node sequence number
+        self.cursor = cursor  # next index of the stream to read
         self.dedupe = Deduper()
-        self.reading = True      # False: its reader is held back
-        self.running = True      # False: stalled altogether (SIGSTOP)
+        self.reading = True  # False: its reader is held back
+        self.running = True  # False: stalled altogether (SIGSTOP)
         self.conns = []
         self.held_names = set()  # the bus's own list of the names it holds (RedisBus.names)
         self.bad_entries = 0
@@ -92,12 +93,12 @@ class Cluster:
         self.stream = []
         self.names = {}
         self.node_names = {}
-        self.histories = {}      # room key -> [room name, [encoded lines]]
-        self.nodes = {}          # node id -> Node, the live ones
+        self.histories = {}  # room key -> [room name, [encoded lines]]
+        self.nodes = {}  # node id -> Node, the live ones
         self.dead = set()
         self.losses = {}  # node id -> its count of losses (KEY:losses:ID)
-        self.received = {}       # conn -> bytes delivered to it
-        self.departed = []       # (conn, why) the hubs were asked to close
+        self.received = {}  # conn -> bytes delivered to it
+        self.departed = []  # (conn, why) the hubs were asked to close
         self._ports = 1000
         for node_id in nodes:
             self.start(node_id)
@@ -300,7 +301,7 @@ class Cluster:
         if node.cursor >= stop:
             return False
         fresh = []
-        for fields in self.stream[node.cursor:stop]:
+        for fields in self.stream[node.cursor : stop]:
             try:
                 entry = decode(fields, node.chat.config.bus_max_entry)
             except BadEntry:
@@ -364,7 +365,8 @@ class Cluster:
     def say(self, conn, *lines):
         """conn sends lines, in one read (one LINES event)."""
         self.nodes[conn.node].chat.lines(
-            conn, [line.encode() if isinstance(line, str) else line for line in lines])
+            conn, [line.encode() if isinstance(line, str) else line for line in lines]
+        )
 
     def disconnect(self, conn, why=Why.EOF, detail=""):
         self.nodes[conn.node].chat.depart(conn, why, detail)

@@ -6,6 +6,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from chat_client import GchatProcess  # noqa: E402
+
 from gchat_bench.processes import RedisServer  # noqa: E402
 
 

@@ -1,5 +1,6 @@
 """soak and fuzz, small: nothing lost while clients churn or send garbage,
 through the installed gchat-bench console script."""
+
 import json
 import os
 import subprocess
@@ -14,8 +15,21 @@ def run_bench(*args):
 
 
 def test_soak_loses_nothing_while_clients_churn():
-    code, res = run_bench("soak", "--clients", "60", "--senders", "3", "--rate", "60",
-                          "--duration", "2", "--max-stay", "0.5", "--seed", "1")
+    code, res = run_bench(
+        "soak",
+        "--clients",
+        "60",
+        "--senders",
+        "3",
+        "--rate",
+        "60",
+        "--duration",
+        "2",
+        "--max-stay",
+        "0.5",
+        "--seed",
+        "1",
+    )
     assert code == 0
     assert res["sent"] > 60 and res["expected"] == res["sent"] * res["keepers"]
     assert res["received"] == res["expected"]
@@ -27,8 +41,20 @@ def test_soak_loses_nothing_while_clients_churn():
 
 
 def test_fuzz_server_survives_and_well_behaved_clients_get_everything():
-    code, res = run_bench("fuzz", "--clients", "60", "--senders", "3", "--rate", "30",
-                          "--duration", "2", "--seed", "2", "--spawn=--flood-rate 20")
+    code, res = run_bench(
+        "fuzz",
+        "--clients",
+        "60",
+        "--senders",
+        "3",
+        "--rate",
+        "30",
+        "--duration",
+        "2",
+        "--seed",
+        "2",
+        "--spawn=--flood-rate 20",
+    )
     assert code == 0
     assert res["fuzz_bytes"] > 100_000 and res["sessions"] > 12
     assert res["received"] == res["expected"] > 0

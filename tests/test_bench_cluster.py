@@ -6,6 +6,7 @@ The pure tests feed workers bytes (no server, no Redis).  The end-to-end
 ones run small benches against real gchat processes and a real
 redis-server on free ports, and assert exact accounting, never timings.
 """
+
 import json
 import signal
 import subprocess
@@ -19,11 +20,17 @@ import pytest
 from gchat_bench import report
 from gchat_bench.cli import main as bench_main
 from gchat_bench.cli import run_spawned
-from gchat_bench.cluster import (expected_deliveries, node_of, parse_pids, parse_targets,
-                                 part_cpu, room_members, spread)
+from gchat_bench.cluster import (
+    expected_deliveries,
+    node_of,
+    parse_pids,
+    parse_targets,
+    part_cpu,
+    room_members,
+    spread,
+)
 from gchat_bench.runner import Options, run_scenario
-from gchat_bench.servers import (BenchError, Cluster, ClusterRedis, Server, gchat_command,
-                                 spawn_argv)
+from gchat_bench.servers import BenchError, Cluster, ClusterRedis, Server, gchat_command, spawn_argv
 from gchat_bench.stats import make_payload, run_prefix
 from gchat_bench.worker import Worker
 
@@ -34,20 +41,27 @@ NODES = [("127.0.0.1", 7001), ("127.0.0.1", 7002)]
 
 # --------------------------------------------------------------- --target
 
+
 def test_parse_targets_one_or_several():
     assert parse_targets("127.0.0.1:7001") == [("127.0.0.1", 7001)]
     assert parse_targets("127.0.0.1:7001,127.0.0.2:7002, [::1]:7003") == [
-        ("127.0.0.1", 7001), ("127.0.0.2", 7002), ("::1", 7003)]
+        ("127.0.0.1", 7001),
+        ("127.0.0.2", 7002),
+        ("::1", 7003),
+    ]
 
 
-@pytest.mark.parametrize("bad, why", [
-    ("127.0.0.1", "HOST:PORT"),
-    ("127.0.0.1:7001,", "HOST:PORT"),
-    ("127.0.0.1:x", "HOST:PORT"),
-    ("127.0.0.1:0", "HOST:PORT"),
-    ("127.0.0.1:7001,10.0.0.1:7002", "loopback"),
-    ("127.0.0.1:7001,127.0.0.1:7001", "twice"),
-])
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ("127.0.0.1", "HOST:PORT"),
+        ("127.0.0.1:7001,", "HOST:PORT"),
+        ("127.0.0.1:x", "HOST:PORT"),
+        ("127.0.0.1:0", "HOST:PORT"),
+        ("127.0.0.1:7001,10.0.0.1:7002", "loopback"),
+        ("127.0.0.1:7001,127.0.0.1:7001", "twice"),
+    ],
+)
 def test_parse_targets_refuses(bad, why):
     with pytest.raises(BenchError, match=why):
         parse_targets(bad)
@@ -63,6 +77,7 @@ def test_parse_pids_wants_one_per_target():
 
 # ----------------------------------------------------------------- spread
 
+
 def test_without_rooms_clients_are_dealt_round_robin():
     assert [node_of(i, 2) for i in range(6)] == [0, 1, 0, 1, 0, 1]
     assert spread(20, 2) == [10, 10]
@@ -70,8 +85,9 @@ def test_without_rooms_clients_are_dealt_round_robin():
     assert spread(7, 1) == [7] and node_of(5, 1, rooms=3) == 0
 
 
-@pytest.mark.parametrize("clients, rooms, nodes", [
-    (24, 4, 2), (40, 10, 4), (10000, 1000, 4), (60, 6, 3), (21, 3, 7)])
+@pytest.mark.parametrize(
+    "clients, rooms, nodes", [(24, 4, 2), (40, 10, 4), (10000, 1000, 4), (60, 6, 3), (21, 3, 7)]
+)
 def test_with_rooms_every_room_has_members_on_every_node(clients, rooms, nodes):
     """Each room's members are dealt over the nodes, so a room's lines must
     cross between nodes; plain i % nodes would put every member of a room
@@ -86,13 +102,23 @@ def test_with_rooms_every_room_has_members_on_every_node(clients, rooms, nodes):
     assert max(spread(clients, nodes, rooms)) - min(spread(clients, nodes, rooms)) <= rooms
     if rooms % nodes == 0:
         naive = {i % nodes for i in range(clients) if i % rooms == 0}
-        assert len(naive) == 1          # what node_of avoids
+        assert len(naive) == 1  # what node_of avoids
 
 
 def worker(clients, nodes=NODES, rooms=0, senders=8):
-    cfg = {"host": nodes[0][0], "port": nodes[0][1], "mode": "name", "size": 64,
-           "senders_total": senders, "sender_of": {}, "name_prefix": "t_",
-           "clients": clients, "slow": [], "rooms": rooms, "nodes": nodes}
+    cfg = {
+        "host": nodes[0][0],
+        "port": nodes[0][1],
+        "mode": "name",
+        "size": 64,
+        "senders_total": senders,
+        "sender_of": {},
+        "name_prefix": "t_",
+        "clients": clients,
+        "slow": [],
+        "rooms": rooms,
+        "nodes": nodes,
+    }
     return Worker(cfg)
 
 
@@ -106,13 +132,23 @@ def test_a_worker_connects_each_client_to_its_node():
 def test_a_single_target_is_what_it_was():
     """No "nodes" in the config (a single --target): every client goes to
     host:port, as before clusters."""
-    cfg = {"host": "127.0.0.1", "port": 9, "mode": "name", "size": 64, "senders_total": 1,
-           "sender_of": {}, "name_prefix": "t_", "clients": [0, 1, 2], "slow": []}
+    cfg = {
+        "host": "127.0.0.1",
+        "port": 9,
+        "mode": "name",
+        "size": 64,
+        "senders_total": 1,
+        "sender_of": {},
+        "name_prefix": "t_",
+        "clients": [0, 1, 2],
+        "slow": [],
+    }
     w = Worker(cfg)
     assert {w.sockets.addr_of(c) for c in w.clients} == {("127.0.0.1", 9)}
 
 
 # -------------------------------------------------------- accounting
+
 
 def test_expected_deliveries_do_not_depend_on_nodes():
     # Without rooms: every line to every reader.
@@ -120,8 +156,10 @@ def test_expected_deliveries_do_not_depend_on_nodes():
     # Rooms of 3 and 2 members (wherever they are): sender s is in room s % 2.
     members = room_members([{"0": 2, "1": 1}, {"0": 1, "1": 1}])
     assert members == {0: 3, 1: 2}
-    assert expected_deliveries({"0": 5, "1": 3, "2": 1}, 5, rooms=2, members=members) == \
-        5 * 3 + 3 * 2 + 1 * 3
+    assert (
+        expected_deliveries({"0": 5, "1": 3, "2": 1}, 5, rooms=2, members=members)
+        == 5 * 3 + 3 * 2 + 1 * 3
+    )
 
 
 def line(sender, seq=0):
@@ -129,8 +167,9 @@ def line(sender, seq=0):
 
 
 def drain(w, sent_by):
-    return w.cmd_drain({"total_sent": sum(sent_by.values()), "sent_by": sent_by,
-                        "quiet": 0.05, "timeout": 1.0})
+    return w.cmd_drain(
+        {"total_sent": sum(sent_by.values()), "sent_by": sent_by, "quiet": 0.05, "timeout": 1.0}
+    )
 
 
 def two_node_room_run(cross: bool):
@@ -152,8 +191,12 @@ def two_node_room_run(cross: bool):
                 w.receiver.on_data(c, line(s))
     sent_by = {str(s): 1 for s in range(8)}
     dr = [drain(w, sent_by) for w in ws]
-    expected = expected_deliveries(sent_by, sum(r["receivers"] for r in dr), 2,
-                                   room_members([r["receivers_by_room"] for r in dr]))
+    expected = expected_deliveries(
+        sent_by,
+        sum(r["receivers"] for r in dr),
+        2,
+        room_members([r["receivers_by_room"] for r in dr]),
+    )
     unique = sum(r["unique"] for r in dr)
     assert all(r["leaked"] == 0 for r in dr)
     return expected, unique, expected - unique, dr
@@ -171,16 +214,21 @@ def test_lines_that_stay_on_their_node_are_lost():
     assert expected == 32 and unique == 16 and lost == 16
     assert not any(r["complete"] for r in dr)
     samples = [s for r in dr for s in r["loss_samples"]]
-    assert samples and all(node_of(s["client"], 2, 2) != node_of(s["sender"], 2, 2)
-                           for s in samples)
+    assert samples and all(
+        node_of(s["client"], 2, 2) != node_of(s["sender"], 2, 2) for s in samples
+    )
 
 
 # ------------------------------------------------------------------ CPU
 
+
 def test_part_cpu_per_node_and_redis():
     before = {"node0": {10: 1.0, 11: 2.0}, "node1": {20: 5.0}, "redis": {30: 0.5}}
-    after = {"node0": {10: 1.5, 11: 2.5, 12: 0.25},    # 12: a restarted worker
-             "node1": {20: 6.0}, "redis": {30: 0.75}}
+    after = {
+        "node0": {10: 1.5, 11: 2.5, 12: 0.25},  # 12: a restarted worker
+        "node1": {20: 6.0},
+        "redis": {30: 0.75},
+    }
     out = part_cpu(before, after, wall=2.0)
     assert out["node0_cpu_s"] == pytest.approx(1.25)
     assert out["node1_cpu_s"] == pytest.approx(1.0)
@@ -200,12 +248,20 @@ def test_part_cpu_unknown_part_makes_no_partial_total():
 
 
 def test_table_shows_each_node_and_redis():
-    r = {"scenario": "fanout", "server": "gchat-2n", "clients": 20, "nodes": 2,
-         "server_cpu_pct": 30.0, "node0_cpu_pct": 12.0, "node1_cpu_pct": 14.0,
-         "redis_cpu_pct": 4.0, "server_cpu_us_per_delivery": 1.5}
+    r = {
+        "scenario": "fanout",
+        "server": "gchat-2n",
+        "clients": 20,
+        "nodes": 2,
+        "server_cpu_pct": 30.0,
+        "node0_cpu_pct": 12.0,
+        "node1_cpu_pct": 14.0,
+        "redis_cpu_pct": 4.0,
+        "server_cpu_us_per_delivery": 1.5,
+    }
     head, _, row = report.table([r]).splitlines()
-    assert head.split()[head.split().index("srv%") + 1:][:3] == ["n0%", "n1%", "redis%"]
-    assert row.split()[row.split().index("30") + 1:][:3] == ["12", "14", "4"]
+    assert head.split()[head.split().index("srv%") + 1 :][:3] == ["n0%", "n1%", "redis%"]
+    assert row.split()[row.split().index("30") + 1 :][:3] == ["12", "14", "4"]
     single = dict(r, server="gchat")
     for k in ("nodes", "node0_cpu_pct", "node1_cpu_pct", "redis_cpu_pct"):
         del single[k]
@@ -215,17 +271,18 @@ def test_table_shows_each_node_and_redis():
 def test_a_server_tree_counts_and_stops_its_children():
     """tree=True (a --workers supervisor): CPU and RSS over every
     descendant, and stop() kills a descendant its parent left behind."""
-    p = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & echo ready; wait"],
-                         stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        ["sh", "-c", "sleep 60 & sleep 60 & echo ready; wait"], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert p.stdout.readline() == "ready\n"
         srv = Server("tree", "127.0.0.1", 0, pid=p.pid, proc=p, tree=True)
         kids = srv.children()
         assert len(kids) == 2 and set(srv.cpu_by_pid()) == {p.pid} | {k.pid for k in kids}
         assert srv.rss_bytes() > psutil.Process(p.pid).memory_info().rss
-        srv.stop()          # sh exits on SIGTERM, its sleeps are orphaned
+        srv.stop()  # sh exits on SIGTERM, its sleeps are orphaned
         for k in kids:
-            k.wait(10)      # reaped by init, once killed: raises if still running
+            k.wait(10)  # reaped by init, once killed: raises if still running
             assert not k.is_running()
     finally:
         p.kill()
@@ -234,22 +291,29 @@ def test_a_server_tree_counts_and_stops_its_children():
 
 # -------------------------------------------------------------------- CLI
 
-@pytest.mark.parametrize("args, why", [
-    (["--target", "127.0.0.1:1", "--spawn-cluster", "2"], "not with --target"),
-    (["--spawn-cluster", "2", "--spawn=--redis redis://x"], "--redis"),
-    (["--spawn-workers", "2", "--spawn=--workers 3"], "--workers"),
-    (["--spawn-cluster", "-1"], "negative"),
-    (["--target", "127.0.0.1:1,127.0.0.1:2", "--server-pid", "1"], "1 pids for 2"),
-    (["--redis-pid", "1"], "--redis-pid goes with --target"),
-    (["--spawn-cluster", "2", "--redis-server", "/nonexistent/redis-server"],
-     "no redis-server at /nonexistent"),
-])
+
+@pytest.mark.parametrize(
+    "args, why",
+    [
+        (["--target", "127.0.0.1:1", "--spawn-cluster", "2"], "not with --target"),
+        (["--spawn-cluster", "2", "--spawn=--redis redis://x"], "--redis"),
+        (["--spawn-workers", "2", "--spawn=--workers 3"], "--workers"),
+        (["--spawn-cluster", "-1"], "negative"),
+        (["--target", "127.0.0.1:1,127.0.0.1:2", "--server-pid", "1"], "1 pids for 2"),
+        (["--redis-pid", "1"], "--redis-pid goes with --target"),
+        (
+            ["--spawn-cluster", "2", "--redis-server", "/nonexistent/redis-server"],
+            "no redis-server at /nonexistent",
+        ),
+    ],
+)
 def test_cli_refuses(args, why, capsys):
     assert bench_main(["fanout", "--clients", "2", *args]) == 2
     assert why in capsys.readouterr().err
 
 
 # ------------------------------------------------------------ end to end
+
 
 def console_script():
     exe = Path(sys.executable).parent / "gchat-bench"
@@ -262,10 +326,13 @@ def gone(pids, timeout=15.0):
     deadline = time.monotonic() + timeout
     left = list(pids)
     while left and time.monotonic() < deadline:
-        left = [p for p in left if psutil.pid_exists(p)
-                and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        left = [
+            p
+            for p in left
+            if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        ]
         if left:
-            time.sleep(0.05)    # polling /proc, which cannot notify; bounded
+            time.sleep(0.05)  # polling /proc, which cannot notify; bounded
     return left
 
 
@@ -282,9 +349,26 @@ def test_cli_spawn_cluster_of_two_nodes():
     """gchat-bench --spawn-cluster 2: redis-server and 2 nodes; half the
     clients on each; sender 0 is on node 0 and sender 1 on node 1, so
     nothing is delivered in full unless lines cross between the nodes."""
-    p = subprocess.run([console_script(), "fanout", "--spawn-cluster", "2", "--clients", "20",
-                        "--senders", "2", "--rate", "20", "--duration", "2", "--json"],
-                       capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    p = subprocess.run(
+        [
+            console_script(),
+            "fanout",
+            "--spawn-cluster",
+            "2",
+            "--clients",
+            "20",
+            "--senders",
+            "2",
+            "--rate",
+            "20",
+            "--duration",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     (r,) = [json.loads(x) for x in p.stdout.splitlines()]
     assert (r["server"], r["nodes"], r["server_workers"]) == ("gchat-2n", 2, 0)
@@ -295,9 +379,9 @@ def test_cli_spawn_cluster_of_two_nodes():
     for part in ("node0", "node1", "redis"):
         assert r[part + "_cpu_s"] > 0 and r[part + "_cpu_pct"] > 0, part
     assert r["server_cpu_s"] == pytest.approx(
-        r["node0_cpu_s"] + r["node1_cpu_s"] + r["redis_cpu_s"])
-    assert r["server_cpu_us_per_delivery"] == pytest.approx(
-        r["server_cpu_s"] * 1e6 / r["received"])
+        r["node0_cpu_s"] + r["node1_cpu_s"] + r["redis_cpu_s"]
+    )
+    assert r["server_cpu_us_per_delivery"] == pytest.approx(r["server_cpu_s"] * 1e6 / r["received"])
     assert r["redis_cpu_us_per_delivery"] > 0 and r["redis_rss_mb"] > 0
     assert r["server_processes"] == {"node0": 1, "node1": 1, "redis": 1}
     head = next(x for x in p.stderr.splitlines() if x.startswith("server "))
@@ -313,14 +397,33 @@ def test_cli_target_list_with_pids():
     try:
         targets = ",".join("%s:%d" % a for a in cluster.addresses())
         pids = ",".join(str(n.pid) for n in cluster.nodes)
-        p = subprocess.run([console_script(), "fanout", "--target", targets,
-                            "--server-pid", pids, "--redis-pid", str(cluster.redis.pid),
-                            "--clients", "20", "--senders", "2", "--rate", "20",
-                            "--duration", "1", "--json"],
-                           capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        p = subprocess.run(
+            [
+                console_script(),
+                "fanout",
+                "--target",
+                targets,
+                "--server-pid",
+                pids,
+                "--redis-pid",
+                str(cluster.redis.pid),
+                "--clients",
+                "20",
+                "--senders",
+                "2",
+                "--rate",
+                "20",
+                "--duration",
+                "1",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+        )
         assert p.returncode == 0, p.stderr[-3000:]
         (r,) = [json.loads(x) for x in p.stdout.splitlines()]
-        cluster.check_alive()       # the bench leaves servers it did not start alone
+        cluster.check_alive()  # the bench leaves servers it did not start alone
     finally:
         cluster.stop()
     assert (r["server"], r["nodes"], r["node_connected"]) == ("target-2n", 2, [10, 10])
@@ -328,16 +431,27 @@ def test_cli_target_list_with_pids():
     assert_exact(r, 20)
     assert r["node0_cpu_s"] > 0 and r["node1_cpu_s"] > 0 and r["redis_cpu_s"] > 0
     assert r["server_cpu_s"] == pytest.approx(
-        r["node0_cpu_s"] + r["node1_cpu_s"] + r["redis_cpu_s"])
+        r["node0_cpu_s"] + r["node1_cpu_s"] + r["redis_cpu_s"]
+    )
     assert cluster.exit_code == 0
 
 
 def test_rooms_over_a_cluster():
     """--rooms over 3 nodes: each room has members on every node; nothing
     lost, nothing leaked."""
-    o = Options(scenario="fanout", clients=24, senders=24, rate=48.0, duration=1.0,
-                rooms=4, workers=2, progress=False, drain_timeout=20.0,
-                settle_timeout=30.0, connect_timeout=20.0)
+    o = Options(
+        scenario="fanout",
+        clients=24,
+        senders=24,
+        rate=48.0,
+        duration=1.0,
+        rooms=4,
+        workers=2,
+        progress=False,
+        drain_timeout=20.0,
+        settle_timeout=30.0,
+        connect_timeout=20.0,
+    )
     r = run_spawned(o, nodes=3)
     assert r["server"] == "gchat-3n"
     assert r["node_connected"] == [8, 8, 8]
@@ -355,18 +469,28 @@ def test_separate_servers_are_not_a_cluster():
     nodes = [Server.spawn("solo%d" % i, argv) for i in range(2)]
     cluster = Cluster("pair", nodes)
     try:
-        o = Options(scenario="fanout", clients=20, senders=2, rate=20.0, duration=1.0,
-                    workers=2, progress=False, drain_timeout=10.0, drain_quiet=1.0,
-                    settle_timeout=2.0, connect_timeout=20.0)
+        o = Options(
+            scenario="fanout",
+            clients=20,
+            senders=2,
+            rate=20.0,
+            duration=1.0,
+            workers=2,
+            progress=False,
+            drain_timeout=10.0,
+            drain_quiet=1.0,
+            settle_timeout=2.0,
+            connect_timeout=20.0,
+        )
         r = run_scenario(o, cluster)
     finally:
         cluster.stop()
     assert r["node_connected"] == [10, 10]
-    assert r["settle_missing"] == 10          # node 0's marker never reached node 1
+    assert r["settle_missing"] == 10  # node 0's marker never reached node 1
     assert r["sent"] == 20 and r["expected"] == 400
     assert r["received"] == 200 and r["lost"] == 200
     assert r["drain_complete"] is False and r["loss_samples"]
-    assert "redis_cpu_s" not in r             # no redis-server in this "cluster"
+    assert "redis_cpu_s" not in r  # no redis-server in this "cluster"
     assert r["node0_cpu_s"] > 0 and r["node1_cpu_s"] > 0
     assert cluster.exit_code == 0
 
@@ -374,13 +498,22 @@ def test_separate_servers_are_not_a_cluster():
 def test_spawn_workers_sums_the_supervisors_processes():
     """--spawn-workers 2: gchat --workers 2 --redis URL, one port; CPU and
     process count over the supervisor and its workers."""
-    o = Options(scenario="fanout", clients=20, senders=2, rate=20.0, duration=1.0,
-                workers=2, progress=False, drain_timeout=20.0, settle_timeout=30.0,
-                connect_timeout=20.0)
+    o = Options(
+        scenario="fanout",
+        clients=20,
+        senders=2,
+        rate=20.0,
+        duration=1.0,
+        workers=2,
+        progress=False,
+        drain_timeout=20.0,
+        settle_timeout=30.0,
+        connect_timeout=20.0,
+    )
     r = run_spawned(o, server_workers=2)
     assert (r["server"], r["nodes"], r["server_workers"]) == ("gchat-w2", 1, 2)
     assert_exact(r, 20)
-    assert r["server_processes"]["node0"] >= 3       # the supervisor and 2 workers
+    assert r["server_processes"]["node0"] >= 3  # the supervisor and 2 workers
     assert r["node0_cpu_s"] > 0 and r["redis_cpu_s"] > 0
     assert r["server_rss_per_client_kb"] is not None
     assert gone([pid for pids in r["server_pids"].values() for pid in pids]) == []
@@ -388,9 +521,22 @@ def test_spawn_workers_sums_the_supervisors_processes():
 
 def test_a_killed_bench_takes_its_cluster_with_it():
     """SIGKILL the bench mid-run: redis-server and the nodes die with it."""
-    p = subprocess.Popen([console_script(), "idle", "--spawn-cluster", "2", "--clients", "4",
-                          "--duration", "60", "--json"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            console_script(),
+            "idle",
+            "--spawn-cluster",
+            "2",
+            "--clients",
+            "4",
+            "--duration",
+            "60",
+            "--json",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for text in p.stderr:
             if "idle against gchat-2n" in text:
@@ -399,11 +545,14 @@ def test_a_killed_bench_takes_its_cluster_with_it():
         kids = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            kids = [k for k in bench.children() if "redis-server" in " ".join(k.cmdline())
-                    or "--redis" in k.cmdline()]
+            kids = [
+                k
+                for k in bench.children()
+                if "redis-server" in " ".join(k.cmdline()) or "--redis" in k.cmdline()
+            ]
             if len(kids) == 3:
                 break
-            time.sleep(0.05)    # polling /proc, which cannot notify; bounded
+            time.sleep(0.05)  # polling /proc, which cannot notify; bounded
         assert len(kids) == 3, [k.cmdline() for k in kids]
     finally:
         p.send_signal(signal.SIGKILL)
@@ -415,13 +564,17 @@ def test_redis_server_of_its_own():
     """The spawned redis-server: a free loopback port, no persistence, gone
     at stop."""
     import redis as redis_py
+
     redis = ClusterRedis.spawn_redis()
     try:
         assert redis.url == "redis://127.0.0.1:%d/0" % redis.port
         client = redis_py.Redis.from_url(redis.url)
         assert client.ping() is True
-        conf = {**client.config_get("save"), **client.config_get("appendonly"),
-                **client.config_get("bind")}
+        conf = {
+            **client.config_get("save"),
+            **client.config_get("appendonly"),
+            **client.config_get("bind"),
+        }
         assert conf == {"save": "", "appendonly": "no", "bind": "127.0.0.1"}
         client.close()
     finally:

@@ -1,6 +1,7 @@
 """The cluster chaos soak (bench/gchat_bench/cluster_soak.py): one short run
 end to end (two nodes, Redis killed twice, a node killed once), and its
 checks (soak_checks.py) fed synthetic logs, to show that they can fail."""
+
 import json
 import subprocess
 import sys
@@ -16,15 +17,36 @@ def lines(sender, *seqs):
 
 
 def test_short_soak_loses_nothing_through_redis_and_node_kills():
-    done = subprocess.run([sys.executable, "-m", "gchat_bench.cluster_soak", "--duration", "20",
-                           "--clients", "20", "--nodes", "2", "--seed", "7", "--json", "--quiet"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gchat_bench.cluster_soak",
+            "--duration",
+            "20",
+            "--clients",
+            "20",
+            "--nodes",
+            "2",
+            "--seed",
+            "7",
+            "--json",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.stdout.strip(), done.stderr
     res = json.loads(done.stdout.strip().splitlines()[-1])
     assert done.returncode == 0, (res.get("failures"), res.get("problems"), res.get("logs"))
     assert res["result"] == "PASS"
-    assert (res["lost"], res["duplicated"], res["out_of_order"], res["order_mismatches"]) == \
-        (0, 0, 0, 0)
+    assert (res["lost"], res["duplicated"], res["out_of_order"], res["order_mismatches"]) == (
+        0,
+        0,
+        0,
+        0,
+    )
     assert res["redis_kills"] == 2 and res["node_kills"] == 1
     assert res["restarts"] == {"redis": 2, "node": 1}
     assert res["drained"] and res["stayers_dropped"] == 0
@@ -39,7 +61,7 @@ def test_verify_reports_a_duplicate_and_a_gap():
     owed_by = {"a": {0, 1, 2, 3}, "b": {0, 1}}
     received = {
         "r1": lines("a", 0, 1, 2, 3) + lines("b", 0, 1),
-        "r2": lines("a", 0, 1, 1, 3) + lines("b", 0, 1),   # a#1 twice, a#2 never
+        "r2": lines("a", 0, 1, 1, 3) + lines("b", 0, 1),  # a#1 twice, a#2 never
     }
     res = verify(received, owed_by)
     assert (res["lost"], res["duplicated"], res["out_of_order"], res["unexpected"]) == (1, 1, 0, 0)
@@ -52,12 +74,20 @@ def test_verify_reports_a_duplicate_and_a_gap():
 
 def test_verify_reports_reordering_and_a_different_order_across_receivers():
     owed_by = {"a": {0, 1}, "b": {0, 1}}
-    res = verify({
-        "r1": [("a", 0), ("b", 0), ("a", 1), ("b", 1)],
-        "r2": [("a", 0), ("a", 1), ("b", 0), ("b", 1)],   # each sender in order, another interleaving
-        "r3": [("a", 1), ("a", 0), ("b", 0), ("b", 1)],   # a out of order
-        "r4": [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("c", 0)],  # c never sent
-    }, owed_by)
+    res = verify(
+        {
+            "r1": [("a", 0), ("b", 0), ("a", 1), ("b", 1)],
+            "r2": [
+                ("a", 0),
+                ("a", 1),
+                ("b", 0),
+                ("b", 1),
+            ],  # each sender in order, another interleaving
+            "r3": [("a", 1), ("a", 0), ("b", 0), ("b", 1)],  # a out of order
+            "r4": [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("c", 0)],  # c never sent
+        },
+        owed_by,
+    )
     assert res["out_of_order"] == 1 and res["order_mismatches"] == 2 and res["unexpected"] == 1
     assert res["lost"] == 0 and res["duplicated"] == 0
     assert "order: r2 got a#1 before b#0, r1 the other way" in res["problems"]
@@ -89,10 +119,9 @@ def test_check_session_flags_a_gap_inside_a_run_not_a_missed_start_or_end():
 
 
 def test_plan_keeps_the_chaos_events_apart():
-    assert plan(120, 3, 3) == [("redis", 24.0, 27.0), ("node", 42.0, 45.0),
-                               ("redis", 66.0, 69.0)]
+    assert plan(120, 3, 3) == [("redis", 24.0, 27.0), ("node", 42.0, 45.0), ("redis", 66.0, 69.0)]
     with pytest.raises(ValueError):
-        plan(12, 1, 3)   # the node would still be down when Redis is killed again
+        plan(12, 1, 3)  # the node would still be down when Redis is killed again
 
 
 def test_owed_lets_the_lines_of_unknown_fate_explain_refusals():
@@ -107,8 +136,7 @@ def test_owed_lets_the_lines_of_unknown_fate_explain_refusals():
 
 def test_verify_names_lost_runs_briefly_and_counts_every_receiver():
     owed_by = {"a": set(range(20))}
-    res = verify({"r1": lines("a", *range(20)),
-                  "r2": lines("a", 0, 4, 5, 6, 8, 19)}, owed_by)
+    res = verify({"r1": lines("a", *range(20)), "r2": lines("a", 0, 4, 5, 6, 8, 19)}, owed_by)
     assert res["lost"] == 14 and res["expected"] == 40 and res["received"] == 26
     assert "lost: r2 never got a#1-3,7,9-18" in res["problems"]
     many = verify({"r": lines("a", *range(0, 20, 2))}, owed_by)
@@ -140,7 +168,12 @@ def test_check_session_accepts_a_session_that_saw_one_line_or_nothing():
 
 
 def test_warnings_name_bus_counters_left_above_zero():
-    stats = {"node0": {"bus_held_lines": 0, "bus_pending": 3, "bus_read": 9},
-             "node1": {"bus_held_lines": 2}, "node2": {}}
-    assert warnings(stats) == ["node0: bus_pending=3 after the drain (expected 0)",
-                               "node1: bus_held_lines=2 after the drain (expected 0)"]
+    stats = {
+        "node0": {"bus_held_lines": 0, "bus_pending": 3, "bus_read": 9},
+        "node1": {"bus_held_lines": 2},
+        "node2": {},
+    }
+    assert warnings(stats) == [
+        "node0: bus_pending=3 after the drain (expected 0)",
+        "node1: bus_held_lines=2 after the drain (expected 0)",
+    ]

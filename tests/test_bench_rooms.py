@@ -5,6 +5,7 @@ The unit tests feed a worker bytes (no server); the end-to-end ones run
 small scenarios against a spawned gchat, as test_bench_scenarios.py does,
 and assert exact accounting, never timings.
 """
+
 import json
 import socket
 import subprocess
@@ -20,8 +21,14 @@ from gchat_bench import stats
 from gchat_bench.cli import run_spawned
 from gchat_bench.runner import Options, base_result
 from gchat_bench.servers import Server
-from gchat_bench.stats import (LAT_BUCKETS, SeqTracker, make_payload, room_sync_payload,
-                               run_prefix, scan_rooms_py)
+from gchat_bench.stats import (
+    LAT_BUCKETS,
+    SeqTracker,
+    make_payload,
+    room_sync_payload,
+    run_prefix,
+    scan_rooms_py,
+)
 from gchat_bench.worker import Worker
 from gchat_bench.worker_receive import loss_samples
 from gchat_bench.worker_sockets import PROMPT, READY, WELCOME
@@ -33,9 +40,18 @@ RUN_TIMEOUT = 120
 def rooms_receiver(rooms=4, senders=8, idx=5):
     """The receiving side of a worker of one client (idx) in `rooms` rooms,
     fed bytes by the tests instead of its sockets."""
-    cfg = {"host": "127.0.0.1", "port": 9, "mode": "name", "size": 64,
-           "senders_total": senders, "sender_of": {}, "name_prefix": "t_",
-           "clients": [idx], "slow": [], "rooms": rooms}
+    cfg = {
+        "host": "127.0.0.1",
+        "port": 9,
+        "mode": "name",
+        "size": 64,
+        "senders_total": senders,
+        "sender_of": {},
+        "name_prefix": "t_",
+        "clients": [idx],
+        "slow": [],
+        "rooms": rooms,
+    }
     return Worker(cfg).receiver
 
 
@@ -44,6 +60,7 @@ def line_from(sender, seq, run=RUN, name=b"bob"):
 
 
 # ------------------------------------------------------------------ leaks
+
 
 def test_a_line_from_a_sender_of_another_room_counts_as_leaked():
     """Client 5 of 4 rooms is in room 1: senders 1 and 5 are its room's;
@@ -54,12 +71,13 @@ def test_a_line_from_a_sender_of_another_room_counts_as_leaked():
     assert c.room == 1
     rx.on_ready(c, 0)
     rx.run_prefix = run_prefix(RUN)
-    rx.on_data(c, line_from(1, 0) + line_from(2, 0) + line_from(5, 0)
-               + b"x: " + room_sync_payload(3, 3))
+    rx.on_data(
+        c, line_from(1, 0) + line_from(2, 0) + line_from(5, 0) + b"x: " + room_sync_payload(3, 3)
+    )
     assert rx.leaked == 2
     assert c.tracker.received == 2 and c.tracker.unique == 2 and rx.unique_total == 2
-    assert list(c.tracker.nxt) == [1, 1]       # slots of senders 1 and 5
-    assert c.sync == 0                         # room 3's marker does not settle room 1
+    assert list(c.tracker.nxt) == [1, 1]  # slots of senders 1 and 5
+    assert c.sync == 0  # room 3's marker does not settle room 1
     assert rx.stale == 0
     assert {(s["sender"], s["sender_room"]) for s in rx.leak_samples} == {(2, 2), (-1, 3)}
     # Its own room's marker does.
@@ -74,8 +92,9 @@ def test_without_leaks_nothing_is_counted_as_leaked():
     c = rx.clients[0]
     rx.on_ready(c, 0)
     rx.run_prefix = run_prefix(RUN)
-    rx.on_data(c, line_from(1, 0) + line_from(5, 0) + line_from(1, 1)
-               + b"x: " + room_sync_payload(1, 1))
+    rx.on_data(
+        c, line_from(1, 0) + line_from(5, 0) + line_from(1, 1) + b"x: " + room_sync_payload(1, 1)
+    )
     assert rx.leaked == 0 and c.tracker.unique == 3 and c.sync == 1
 
 
@@ -97,7 +116,8 @@ def drive_rooms(scan, buf, prefix, slots, own, now, rooms, room, senders):
     pos = 0
     while True:
         matched, got, in_order, mine, stale, resume, s, q, leaked = scan(
-            buf, pos, len(buf), prefix, tracker.nxt, buckets, now, own, rooms, room, senders)
+            buf, pos, len(buf), prefix, tracker.nxt, buckets, now, own, rooms, room, senders
+        )
         totals = [a + b for a, b in zip(totals, (matched, got, in_order, mine, stale, leaked))]
         if resume < 0:
             break
@@ -107,7 +127,7 @@ def drive_rooms(scan, buf, prefix, slots, own, now, rooms, room, senders):
 
 
 room_line = st.one_of(
-    st.tuples(st.just("data"), st.integers(0, 11), st.integers(0, 6), st.integers(0, 10 ** 13)),
+    st.tuples(st.just("data"), st.integers(0, 11), st.integers(0, 6), st.integers(0, 10**13)),
     st.tuples(st.just("other_run"), st.integers(0, 11), st.integers(0, 3), st.integers(0, 99)),
     st.tuples(st.just("junk"), st.binary(max_size=30), st.just(0), st.just(0)),
 )
@@ -122,8 +142,13 @@ def render(kind, a, b, t):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(room_line, max_size=40), st.integers(-1, 11), st.integers(0, 2 * 10 ** 13),
-       st.integers(1, 4), st.integers(0, 3))
+@given(
+    st.lists(room_line, max_size=40),
+    st.integers(-1, 11),
+    st.integers(0, 2 * 10**13),
+    st.integers(1, 4),
+    st.integers(0, 3),
+)
 def test_c_room_scan_agrees_with_the_python_reference(lines, own, now, rooms, room):
     """_scan.scan_rooms and stats.scan_rooms_py agree on counts, leaks,
     order and latency buckets, on any mix of lines (senders 0..11, of which
@@ -142,30 +167,35 @@ def test_c_room_scan_agrees_with_the_python_reference(lines, own, now, rooms, ro
 
 # -------------------------------------------------------------- handshake
 
+
 def rooms_stream(room_name):
     """What a client of room 1 (index 5 of 4 rooms) reads from the prompt to
     its first live lines: the lobby, the /join answer, a history block that
     holds this run's data line and a sync marker of its own room (both must
     be skipped), then live lines."""
-    return b"".join([
-        b"Welcome to gchat. What is your name?\n",
-        b"You are t_5\n",
-        b"Also here (2): a, b\n",
-        b"--- last 1 lines of #lobby ---\n", b"a: hi\n", b"--- end of history ---\n",
-        b"c has arrived\n",
-        b"You are now in #" + room_name + b"\n",
-        b"Also here (1): t_1\n",
-        b"--- last 2 lines of #" + room_name + b" ---\n",
-        b"t_1: " + room_sync_payload(7, 1),
-        line_from(1, 0, name=b"t_1"),
-        b"--- end of history ---\n",
-        b"d has arrived\n",
-        line_from(1, 0, name=b"t_1"),
-        b"t_1: " + room_sync_payload(2, 1),
-    ])
+    return b"".join(
+        [
+            b"Welcome to gchat. What is your name?\n",
+            b"You are t_5\n",
+            b"Also here (2): a, b\n",
+            b"--- last 1 lines of #lobby ---\n",
+            b"a: hi\n",
+            b"--- end of history ---\n",
+            b"c has arrived\n",
+            b"You are now in #" + room_name + b"\n",
+            b"Also here (1): t_1\n",
+            b"--- last 2 lines of #" + room_name + b" ---\n",
+            b"t_1: " + room_sync_payload(7, 1),
+            line_from(1, 0, name=b"t_1"),
+            b"--- end of history ---\n",
+            b"d has arrived\n",
+            line_from(1, 0, name=b"t_1"),
+            b"t_1: " + room_sync_payload(2, 1),
+        ]
+    )
 
 
-@pytest.mark.parametrize("chunk", list(range(1, 30)) + [97, 10 ** 6])
+@pytest.mark.parametrize("chunk", list(range(1, 30)) + [97, 10**6])
 def test_room_handshake_joins_and_reads_past_the_history_block(chunk):
     """Prompt -> name; You are -> /join ROOM; You are now in + roster ->
     ready; the history block is skipped at any chunking; live lines count."""
@@ -177,12 +207,12 @@ def test_room_handshake_joins_and_reads_past_the_history_block(chunk):
     rx.run_prefix = run_prefix(RUN)
     data = rooms_stream(b"t_r1")
     for i in range(0, len(data), chunk):
-        rx.on_data(c, data[i:i + chunk])
+        rx.on_data(c, data[i : i + chunk])
     assert peer.recv(100) == b"t_5\n/join t_r1\n"
     assert c.state == READY and c.hist == 0
     t = c.tracker
     assert (t.received, t.unique, t.duplicated) == (1, 1, 0)
-    assert c.sync == 2                       # the live marker, not the 7 in history
+    assert c.sync == 2  # the live marker, not the 7 in history
     assert rx.leaked == 0 and rx.stale == 0
     assert rx.lines == data.count(b"\n")
 
@@ -194,12 +224,16 @@ def test_room_handshake_reports_a_refused_join():
     a, peer = socket.socketpair()
     c.sock = a
     c.state = WELCOME
-    rx.on_data(c, b"You are t_5\nNobody else is here.\n"
-                  b"error: too many rooms (2000); join an existing one (/rooms lists them)\n")
+    rx.on_data(
+        c,
+        b"You are t_5\nNobody else is here.\n"
+        b"error: too many rooms (2000); join an existing one (/rooms lists them)\n",
+    )
     assert c.state != READY and "too many rooms" in c.error
 
 
 # ------------------------------------------------------------- validation
+
 
 def test_without_rooms_results_keep_todays_keys():
     """No --rooms: no rooms or leaked keys, the results are as before."""
@@ -215,26 +249,41 @@ def console_script():
     return str(exe)
 
 
-@pytest.mark.parametrize("args,why", [
-    (["fanout", "--compat", "--rooms", "4"], "needs name mode"),
-    (["fanout", "--spawn=--compat", "--rooms", "4"], "needs name mode"),
-    (["compare", "--rooms", "4"], "needs name mode"),
-    (["slow", "--rooms", "4"], "not slow"),
-    (["fanout", "--clients", "3", "--rooms", "4"], "every room needs a member"),
-    (["fanout", "--rooms", "0"], "at least 1"),
-])
+@pytest.mark.parametrize(
+    "args,why",
+    [
+        (["fanout", "--compat", "--rooms", "4"], "needs name mode"),
+        (["fanout", "--spawn=--compat", "--rooms", "4"], "needs name mode"),
+        (["compare", "--rooms", "4"], "needs name mode"),
+        (["slow", "--rooms", "4"], "not slow"),
+        (["fanout", "--clients", "3", "--rooms", "4"], "every room needs a member"),
+        (["fanout", "--rooms", "0"], "at least 1"),
+    ],
+)
 def test_cli_refuses_rooms_where_they_make_no_sense(args, why):
-    p = subprocess.run([console_script(), *args, "--json"], capture_output=True,
-                       text=True, timeout=RUN_TIMEOUT)
+    p = subprocess.run(
+        [console_script(), *args, "--json"], capture_output=True, text=True, timeout=RUN_TIMEOUT
+    )
     assert p.returncode == 2 and why in p.stderr, p.stderr
 
 
 # ------------------------------------------------------------- end to end
 
+
 def room_opts(scenario, **kw):
-    base = dict(scenario=scenario, clients=40, senders=40, rooms=4, rate=100.0, duration=1.0,
-                workers=2, progress=False, drain_timeout=20.0, settle_timeout=30.0,
-                connect_timeout=20.0)
+    base = {
+        "scenario": scenario,
+        "clients": 40,
+        "senders": 40,
+        "rooms": 4,
+        "rate": 100.0,
+        "duration": 1.0,
+        "workers": 2,
+        "progress": False,
+        "drain_timeout": 20.0,
+        "settle_timeout": 30.0,
+        "connect_timeout": 20.0,
+    }
     base.update(kw)
     return Options(**base)
 
@@ -275,10 +324,27 @@ def test_join_storm_into_rooms_settles_every_room():
 def test_history_tool_checks_every_block():
     """gchat-bench history: a full room's block holds exactly --lines
     lines, an empty room sends none, and the CPU figures are there."""
-    p = subprocess.run([console_script(), "history", "--spawn=", "--clients", "3",
-                        "--joins", "5", "--lines", "4", "--line-bytes", "500",
-                        "--repeat", "1", "--json"],
-                       capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    p = subprocess.run(
+        [
+            console_script(),
+            "history",
+            "--spawn=",
+            "--clients",
+            "3",
+            "--joins",
+            "5",
+            "--lines",
+            "4",
+            "--line-bytes",
+            "500",
+            "--repeat",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     run, summary = [json.loads(line) for line in p.stdout.splitlines()]
     assert run["history_errors"] == summary["history_errors"] == 0

@@ -4,6 +4,7 @@ They assert sane figures and exact accounting (zero loss, duplication and
 reordering), never timings: this machine is shared and noisy.  Servers and
 generator workers are real processes on loopback, on free ports.
 """
+
 import json
 import os
 import subprocess
@@ -23,17 +24,43 @@ CLIENTS = 50
 RUN_TIMEOUT = 120
 
 REQUIRED_KEYS = {
-    "scenario", "clients", "senders", "rate", "duration_s", "deliveries_per_s",
-    "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "sent", "expected", "received",
-    "lost", "duplicated", "reordered", "connect_errors", "server_cpu_us_per_delivery",
-    "server_rss_mb", "generator_saturated",
+    "scenario",
+    "clients",
+    "senders",
+    "rate",
+    "duration_s",
+    "deliveries_per_s",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "p999_ms",
+    "max_ms",
+    "sent",
+    "expected",
+    "received",
+    "lost",
+    "duplicated",
+    "reordered",
+    "connect_errors",
+    "server_cpu_us_per_delivery",
+    "server_rss_mb",
+    "generator_saturated",
 }
 
 
 def opts(scenario, **kw):
-    base = dict(scenario=scenario, clients=CLIENTS, senders=5, rate=100.0, duration=1.0,
-                workers=2, progress=False, drain_timeout=20.0, settle_timeout=30.0,
-                connect_timeout=20.0)
+    base = {
+        "scenario": scenario,
+        "clients": CLIENTS,
+        "senders": 5,
+        "rate": 100.0,
+        "duration": 1.0,
+        "workers": 2,
+        "progress": False,
+        "drain_timeout": 20.0,
+        "settle_timeout": 30.0,
+        "connect_timeout": 20.0,
+    }
     base.update(kw)
     return Options(**base)
 
@@ -120,8 +147,10 @@ def test_slow_readers_do_not_cost_the_others_a_message(policy, cut):
     Each slow client is owed ~100 KB, far over a 16 KiB send queue plus
     the small kernel buffers asked for here, so the policy must act.
     """
-    r = run_spawned(opts("slow", slow_clients=5, size=512, rate=200.0),
-                    spawn="--sendq 16384 --sndbuf 4096 --slow-policy %s" % policy)
+    r = run_spawned(
+        opts("slow", slow_clients=5, size=512, rate=200.0),
+        spawn="--sendq 16384 --sndbuf 4096 --slow-policy %s" % policy,
+    )
     assert r["slow_connected"] == 5
     assert (r["slow_closed_by_server"], r["slow_still_open"]) == (cut, 5 - cut)
     assert_exact_delivery(r)
@@ -145,26 +174,42 @@ def console_script():
 
 
 def run_cli(*args):
-    p = subprocess.run([console_script(), *args], capture_output=True, text=True,
-                       timeout=RUN_TIMEOUT)
+    p = subprocess.run(
+        [console_script(), *args], capture_output=True, text=True, timeout=RUN_TIMEOUT
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     return [json.loads(line) for line in p.stdout.splitlines()]
 
 
 def test_cli_json_has_the_contract_keys():
     """`gchat-bench fanout --spawn= --json`: one JSON object, every key."""
-    (r,) = run_cli("fanout", "--spawn=", "--clients", str(CLIENTS), "--senders", "5",
-                   "--duration", "1", "--json")
+    (r,) = run_cli(
+        "fanout",
+        "--spawn=",
+        "--clients",
+        str(CLIENTS),
+        "--senders",
+        "5",
+        "--duration",
+        "1",
+        "--json",
+    )
     assert REQUIRED_KEYS <= set(r), REQUIRED_KEYS - set(r)
-    assert (r["scenario"], r["clients"], r["senders"], r["rate"], r["duration_s"]) == \
-        ("fanout", CLIENTS, 5, 100.0, 1.0)
+    assert (r["scenario"], r["clients"], r["senders"], r["rate"], r["duration_s"]) == (
+        "fanout",
+        CLIENTS,
+        5,
+        100.0,
+        1.0,
+    )
     assert_exact_delivery(r)
 
 
 def test_cli_compare_gchat_with_the_baseline():
     """`compare`: one run per server (gchat, then every baseline)."""
-    rows = run_cli("compare", "--clients", str(CLIENTS), "--senders", "5",
-                   "--duration", "1", "--json")
+    rows = run_cli(
+        "compare", "--clients", str(CLIENTS), "--senders", "5", "--duration", "1", "--json"
+    )
     assert [r["server"] for r in rows] == ["gchat"] + list(BASELINES)
     for r in rows:
         assert r["mode"] == "compat"
@@ -173,14 +218,30 @@ def test_cli_compare_gchat_with_the_baseline():
 
 def test_cli_target_with_server_pid():
     """--target loads a running server; --server-pid gives its CPU and RSS."""
-    srv = subprocess.Popen(baseline_command(BASELINES["seed_port"]) + ["--port", "0"],
-                           stderr=subprocess.PIPE, text=True)
+    srv = subprocess.Popen(
+        baseline_command(BASELINES["seed_port"]) + ["--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = srv.stderr.readline()
         assert "listening on" in line, line
         addr = line.split("listening on ")[1].split()[0]
-        (r,) = run_cli("fanout", "--target", addr, "--server-pid", str(srv.pid), "--compat",
-                       "--clients", "20", "--senders", "2", "--duration", "1", "--json")
+        (r,) = run_cli(
+            "fanout",
+            "--target",
+            addr,
+            "--server-pid",
+            str(srv.pid),
+            "--compat",
+            "--clients",
+            "20",
+            "--senders",
+            "2",
+            "--duration",
+            "1",
+            "--json",
+        )
         assert r["server"] == "target"
         assert_exact_delivery(r, receivers=20)
         assert r["server_cpu_us_per_delivery"] > 0 and r["server_rss_mb"] > 1
@@ -191,16 +252,31 @@ def test_cli_target_with_server_pid():
 
 def test_cli_refuses_a_target_off_loopback():
     """The generator never loads an address off this machine."""
-    p = subprocess.run([console_script(), "fanout", "--target", "10.1.2.3:6667", "--json"],
-                       capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    p = subprocess.run(
+        [console_script(), "fanout", "--target", "10.1.2.3:6667", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
     assert p.returncode == 2 and "loopback" in p.stderr
 
 
 def test_cli_sweep_plot(tmp_path):
     """--clients A,B --plot writes a PNG with one run per client count."""
     png = tmp_path / "sweep.png"
-    rows = run_cli("fanout", "--spawn=", "--clients", "10,30", "--senders", "2",
-                   "--duration", "1", "--json", "--plot", str(png))
+    rows = run_cli(
+        "fanout",
+        "--spawn=",
+        "--clients",
+        "10,30",
+        "--senders",
+        "2",
+        "--duration",
+        "1",
+        "--json",
+        "--plot",
+        str(png),
+    )
     assert [r["clients"] for r in rows] == [10, 30]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -220,8 +296,10 @@ def read_line(sock, buf):
 def test_baseline_speaks_the_seed_protocol_byte_for_byte(name):
     """You are ADDR / ADDR has arrived / ADDR: text to all / ADDR has left."""
     import socket
-    srv = subprocess.Popen(baseline_command(BASELINES[name]) + ["--port", "0"],
-                           stderr=subprocess.PIPE, text=True)
+
+    srv = subprocess.Popen(
+        baseline_command(BASELINES[name]) + ["--port", "0"], stderr=subprocess.PIPE, text=True
+    )
     try:
         line = srv.stderr.readline()
         host, _, port = line.split("listening on ")[1].split()[0].rpartition(":")
@@ -248,8 +326,9 @@ def test_baseline_speaks_the_seed_protocol_byte_for_byte(name):
 def test_cli_json_says_which_scan_the_generator_used():
     """Every result records how the workers parsed lines: a run without the
     C scan must not be mistaken for one with it."""
-    (r,) = run_cli("saturate", "--spawn=", "--clients", "50", "--senders", "5",
-                   "--duration", "1", "--json")
+    (r,) = run_cli(
+        "saturate", "--spawn=", "--clients", "50", "--senders", "5", "--duration", "1", "--json"
+    )
     assert r["generator_scan"] == "C"
     assert_exact_delivery(r)
 
@@ -259,16 +338,49 @@ def test_the_python_scan_fallback_measures_the_same_and_says_so():
     generator still counts every delivery, and the result and the table
     say which scan was used."""
     env = dict(os.environ, GCHAT_BENCH_SCAN="python")
-    p = subprocess.run([sys.executable, "-m", "gchat_bench", "saturate", "--spawn=",
-                        "--clients", "50", "--senders", "5", "--duration", "1", "--json"],
-                       capture_output=True, text=True, timeout=120, env=env)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gchat_bench",
+            "saturate",
+            "--spawn=",
+            "--clients",
+            "50",
+            "--senders",
+            "5",
+            "--duration",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     (r,) = [json.loads(line) for line in p.stdout.splitlines()]
     assert r["generator_scan"] == "python"
     assert_exact_delivery(r)
-    p = subprocess.run([sys.executable, "-m", "gchat_bench", "fanout", "--spawn=",
-                        "--clients", "20", "--senders", "2", "--duration", "1"],
-                       capture_output=True, text=True, timeout=120, env=env)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gchat_bench",
+            "fanout",
+            "--spawn=",
+            "--clients",
+            "20",
+            "--senders",
+            "2",
+            "--duration",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     assert "C scan (gchat_bench/_scan.c) was not built" in p.stdout + p.stderr
 
@@ -278,9 +390,22 @@ def test_loopback_floor_delivers_every_byte_and_times_each_round(threads):
     """python -m gchat_bench.floor: the kernel's cost of one send, measured
     on sockets whose other end really received every line, with the
     broadcast sent by one thread or split over two."""
-    p = subprocess.run([sys.executable, "-m", "gchat_bench.floor", "--clients", "201",
-                        "--rounds", "3", "--threads", str(threads)],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gchat_bench.floor",
+            "--clients",
+            "201",
+            "--rounds",
+            "3",
+            "--threads",
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
     assert r["bytes_received"] == r["bytes_sent"] == 71 * 201 * 5

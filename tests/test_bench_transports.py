@@ -3,6 +3,7 @@ and the generator's WebSocket frame parsing at every split point.
 
 Exact accounting only (0 lost, the right expected count), never timings.
 """
+
 import json
 import os
 import socket
@@ -15,8 +16,16 @@ import pytest
 from gchat_bench.cli import run_spawned
 from gchat_bench.runner import Options
 from gchat_bench.servers import Server, gchat_command, spawn_argv
-from gchat_bench.transports import (Closed, TlsTransport, WsDecoder, WsTransport,
-                                    make_cert, spawn_options, ws_frame, ws_unmask)
+from gchat_bench.transports import (
+    Closed,
+    TlsTransport,
+    WsDecoder,
+    WsTransport,
+    make_cert,
+    spawn_options,
+    ws_frame,
+    ws_unmask,
+)
 
 CLIENTS = 20
 SENDERS = 2
@@ -39,9 +48,20 @@ def server_frame(payload: bytes, opcode: int = 1, len64: bool = False) -> bytes:
 
 
 def fanout(transport, **kw):
-    o = Options(scenario="fanout", clients=CLIENTS, senders=SENDERS, rate=20.0,
-                duration=2.0, workers=2, progress=False, drain_timeout=20.0,
-                settle_timeout=30.0, connect_timeout=20.0, transport=transport, **kw)
+    o = Options(
+        scenario="fanout",
+        clients=CLIENTS,
+        senders=SENDERS,
+        rate=20.0,
+        duration=2.0,
+        workers=2,
+        progress=False,
+        drain_timeout=20.0,
+        settle_timeout=30.0,
+        connect_timeout=20.0,
+        transport=transport,
+        **kw,
+    )
     return run_spawned(o)
 
 
@@ -63,8 +83,15 @@ def test_fanout_over_transport(transport):
 
 
 def test_idle_over_ws():
-    o = Options(scenario="idle", clients=CLIENTS, duration=1.0, workers=2, progress=False,
-                connect_timeout=20.0, transport="ws")
+    o = Options(
+        scenario="idle",
+        clients=CLIENTS,
+        duration=1.0,
+        workers=2,
+        progress=False,
+        connect_timeout=20.0,
+        transport="ws",
+    )
     r = run_spawned(o)
     assert r["connect_errors"] == 0
     assert r["received"] == r["expected"] == CLIENTS and r["lost"] == 0
@@ -100,7 +127,7 @@ def frames_and_payload():
         wire += server_frame(p)
     wire += server_frame(b"b" * 40 + b"\n", len64=True)
     wire += server_frame(b"ping!", opcode=9)
-    wire += bytes((0x01, 3)) + b"one" + bytes((0x80, 2)) + b"\n\n"   # text + continuation
+    wire += bytes((0x01, 3)) + b"one" + bytes((0x80, 2)) + b"\n\n"  # text + continuation
     wire += server_frame(b"last\n")
     return wire, b"".join(STREAM_LINES) + b"b" * 40 + b"\none\n\nlast\n"
 
@@ -108,7 +135,7 @@ def frames_and_payload():
 def test_ws_decoder_whole():
     wire, payload = frames_and_payload()
     assert WsDecoder().decode(wire) == payload
-    big = b"c" * 70000 + b"\n"          # a real 64-bit length
+    big = b"c" * 70000 + b"\n"  # a real 64-bit length
     d = WsDecoder()
     wire = server_frame(big)
     assert d.decode(wire[:5]) + d.decode(wire[5:12]) + d.decode(wire[12:]) == big
@@ -136,7 +163,7 @@ def test_ws_decoder_every_split_point():
 def test_ws_decoder_byte_by_byte():
     wire, payload = frames_and_payload()
     d = WsDecoder()
-    assert b"".join(d.decode(wire[i:i + 1]) for i in range(len(wire))) == payload
+    assert b"".join(d.decode(wire[i : i + 1]) for i in range(len(wire))) == payload
 
 
 def test_ws_close_frame():
@@ -153,7 +180,7 @@ def test_ws_client_frames_are_masked():
         assert f[0] == 0x81 and f[1] & 0x80
         ln = f[1] & 0x7F
         off = 2 if ln < 126 else 4 if ln == 126 else 10
-        key, body = f[off:off + 4], f[off + 4:]
+        key, body = f[off : off + 4], f[off + 4 :]
         assert len(body) == n and ws_unmask(body, key) == payload
 
 
@@ -175,6 +202,7 @@ def test_tls_transport_roundtrip():
             while not data.endswith(b"\n"):
                 data += s.recv(100)
             s.sendall(data.upper())
+
     th = threading.Thread(target=serve, daemon=True)
     th.start()
     c = socket.create_connection(ls.getsockname())
@@ -182,6 +210,7 @@ def test_tls_transport_roundtrip():
     t = TlsTransport(ssl._create_unverified_context())
     got = t.handshake(c, "127.0.0.1", 0, 10)
     import gevent.socket
+
     while not got.endswith(b"hello\n"):
         gevent.socket.wait_read(c.fileno(), 10)
         got += t.decode(c.recv(65536))
@@ -200,9 +229,29 @@ def test_cli_transports_json(tmp_path):
     """--transports tcp,ws in one invocation: a run per transport, ratios to tcp."""
     env = dict(os.environ)
     out = subprocess.run(
-        [sys.executable, "-m", "gchat_bench", "fanout", "--clients", "10", "--senders", "1",
-         "--rate", "10", "--duration", "1", "--transports", "tcp,ws", "--json",
-         "--no-progress"], capture_output=True, text=True, timeout=RUN_TIMEOUT, env=env)
+        [
+            sys.executable,
+            "-m",
+            "gchat_bench",
+            "fanout",
+            "--clients",
+            "10",
+            "--senders",
+            "1",
+            "--rate",
+            "10",
+            "--duration",
+            "1",
+            "--transports",
+            "tcp,ws",
+            "--json",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     runs = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["server"] for r in runs] == ["gchat", "gchat+ws"]

@@ -4,24 +4,36 @@ The receive path is fed the same byte stream cut at every chunk size, as
 Twisted's LineReceiver tests do: markers cut by a chunk boundary must be
 counted exactly once.
 """
+
 import socket
 import sys
-
-import pytest
-
-from gchat_bench import report
-from gchat_bench.runner import saturated
-from gchat_bench.servers import BenchError, check_loopback, spawn_argv
 from array import array
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gchat_bench import stats
-from gchat_bench.stats import (DATA_RE, HIST_HIGHEST_US, LAT_BUCKETS, MIN_SIZE, LatencyRecorder,
-                               SeqTracker, bucket_value, latency_bucket, make_payload,
-                               census_py, merge_encoded, new_histogram, percentiles_ms,
-                               run_prefix, scan_run_py, sync_payload)
+from gchat_bench import report, stats
+from gchat_bench.runner import saturated
+from gchat_bench.servers import BenchError, check_loopback, spawn_argv
+from gchat_bench.stats import (
+    DATA_RE,
+    HIST_HIGHEST_US,
+    LAT_BUCKETS,
+    MIN_SIZE,
+    LatencyRecorder,
+    SeqTracker,
+    bucket_value,
+    census_py,
+    latency_bucket,
+    make_payload,
+    merge_encoded,
+    new_histogram,
+    percentiles_ms,
+    run_prefix,
+    scan_run_py,
+    sync_payload,
+)
 from gchat_bench.worker import Worker
 from gchat_bench.worker_receive import loss_samples
 from gchat_bench.worker_sockets import PROMPT, READY, WELCOME
@@ -32,9 +44,17 @@ RUN = 123456789
 def make_receiver(mode="name", senders=3):
     """The receiving side of a worker of one client (0), fed bytes by the
     tests instead of its sockets."""
-    cfg = {"host": "127.0.0.1", "port": 9, "mode": mode, "size": 64,
-           "senders_total": senders, "sender_of": {}, "name_prefix": "t_",
-           "clients": [0], "slow": []}
+    cfg = {
+        "host": "127.0.0.1",
+        "port": 9,
+        "mode": mode,
+        "size": 64,
+        "senders_total": senders,
+        "sender_of": {},
+        "name_prefix": "t_",
+        "clients": [0],
+        "slow": [],
+    }
     return Worker(cfg).receiver
 
 
@@ -46,9 +66,9 @@ def ready_client(rx):
 
 def test_payload_has_the_asked_size_and_parses_back():
     """A payload is `size` bytes plus newline and its marker reads back."""
-    line = make_payload(RUN, 7, 42, 10 ** 15, 100)
+    line = make_payload(RUN, 7, 42, 10**15, 100)
     assert len(line) == 101 and line.endswith(b"x\n")
-    assert DATA_RE.findall(b"alice: " + line) == [(b"%d" % RUN, b"7", b"42", b"%d" % 10 ** 15)]
+    assert DATA_RE.findall(b"alice: " + line) == [(b"%d" % RUN, b"7", b"42", b"%d" % 10**15)]
 
 
 def test_payload_never_starts_a_command():
@@ -91,7 +111,7 @@ def test_seq_tracker_duplicate_and_loss():
 def test_latency_recorder_folds_counts_into_the_histogram():
     """Counts per microsecond end up in the HdrHistogram, none dropped."""
     r = LatencyRecorder()
-    for us in (5, 5, 1000, 2000, -3, 10 ** 12):
+    for us in (5, 5, 1000, 2000, -3, 10**12):
         r.buckets[latency_bucket(us)] += 1
     r.fold()
     assert r.hist.get_total_count() == 6
@@ -101,16 +121,16 @@ def test_latency_recorder_folds_counts_into_the_histogram():
 def test_latency_buckets_keep_exactly_what_the_histogram_keeps():
     """A bucket stands for the value HdrHistogram would have recorded."""
     h = new_histogram()
-    values = list(range(1, 5000)) + [2 ** k + d for k in range(11, 32) for d in (-1, 0, 1, 12345)]
+    values = list(range(1, 5000)) + [2**k + d for k in range(11, 32) for d in (-1, 0, 1, 12345)]
     values = [v for v in values if v <= HIST_HIGHEST_US] + [HIST_HIGHEST_US]
     last = -1
     for v in sorted(values):
         b = latency_bucket(v)
         assert 0 <= b < LAT_BUCKETS
-        assert b >= last            # buckets are in value order
+        assert b >= last  # buckets are in value order
         last = b
         assert bucket_value(b) == h.get_lowest_equivalent_value(v), v
-    assert latency_bucket(-5) == 0 and latency_bucket(10 ** 15) == latency_bucket(HIST_HIGHEST_US)
+    assert latency_bucket(-5) == 0 and latency_bucket(10**15) == latency_bucket(HIST_HIGHEST_US)
 
 
 def test_latency_recorder_folds_buckets_into_the_histogram():
@@ -153,7 +173,7 @@ def stream(n_per_sender, senders=3, prefix=b"bob: "):
     return b"".join(lines)
 
 
-@pytest.mark.parametrize("chunk", list(range(1, 40)) + [97, 1000, 10 ** 6])
+@pytest.mark.parametrize("chunk", list(range(1, 40)) + [97, 1000, 10**6])
 def test_receiver_counts_every_marker_once_at_any_chunking(chunk):
     """The same stream cut at every chunk size gives the same counts."""
     rx = make_receiver(senders=3)
@@ -161,7 +181,7 @@ def test_receiver_counts_every_marker_once_at_any_chunking(chunk):
     rx.run_prefix = run_prefix(RUN)
     data = stream(20)
     for i in range(0, len(data), chunk):
-        rx.on_data(c, data[i:i + chunk])
+        rx.on_data(c, data[i : i + chunk])
     assert (c.tracker.unique, c.tracker.received, c.tracker.duplicated) == (60, 60, 0)
     assert rx.unique_total == 60
     assert rx.lines == data.count(b"\n")
@@ -169,7 +189,7 @@ def test_receiver_counts_every_marker_once_at_any_chunking(chunk):
     assert rx.stale == 0
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 64, 10 ** 6])
+@pytest.mark.parametrize("chunk", [1, 7, 64, 10**6])
 def test_receiver_judges_order_line_by_line_within_a_chunk(chunk):
     """Gaps, late arrivals and duplicates inside one chunk count as if the
     lines came one at a time (the scan stops at each one out of order)."""
@@ -179,13 +199,16 @@ def test_receiver_judges_order_line_by_line_within_a_chunk(chunk):
     order = [(0, 0), (0, 2), (0, 3), (1, 0), (0, 1), (0, 1), (1, 1), (0, 5), (0, 4), (1, 1)]
     data = b"".join(b"bob: " + make_payload(RUN, s, q, 0, 64) for s, q in order)
     for i in range(0, len(data), chunk):
-        rx.on_data(c, data[i:i + chunk])
+        rx.on_data(c, data[i : i + chunk])
     ref = SeqTracker(2)
     for s, q in order:
         ref.see(s, q)
     t = c.tracker
-    assert (t.received, t.unique, t.duplicated, t.reordered) == \
-        (ref.received, ref.unique, ref.duplicated, ref.reordered) == (10, 8, 2, 2)
+    assert (
+        (t.received, t.unique, t.duplicated, t.reordered)
+        == (ref.received, ref.unique, ref.duplicated, ref.reordered)
+        == (10, 8, 2, 2)
+    )
     assert list(t.nxt) == [6, 2] and rx.unique_total == 8
 
 
@@ -194,6 +217,7 @@ def test_the_c_scan_was_built():
     times slower (it still works, on scan_run_py)."""
     assert stats.SCAN_IMPL == "C"
     from gchat_bench._scan import scan_run
+
     assert stats.scan_run is scan_run
 
 
@@ -215,7 +239,7 @@ def drive(scan, buf, prefix, senders, own, now):
 
 line_strategy = st.one_of(
     # this run's data lines: mostly near the expected seq, any latency
-    st.tuples(st.just("data"), st.integers(0, 4), st.integers(0, 12), st.integers(0, 10 ** 13)),
+    st.tuples(st.just("data"), st.integers(0, 4), st.integers(0, 12), st.integers(0, 10**13)),
     st.tuples(st.just("other_run"), st.integers(0, 3), st.integers(0, 5), st.integers(0, 99)),
     st.tuples(st.just("huge"), st.integers(0, 2), st.just(0), st.just(0)),
     st.tuples(st.just("junk"), st.binary(max_size=30), st.just(0), st.just(0)),
@@ -233,8 +257,7 @@ def render(kind, a, b, t):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(line_strategy, max_size=40), st.integers(-1, 4),
-       st.integers(0, 2 * 10 ** 13))
+@given(st.lists(line_strategy, max_size=40), st.integers(-1, 4), st.integers(0, 2 * 10**13))
 def test_c_scan_agrees_with_the_python_reference(lines, own, now):
     """_scan.c and stats.scan_run_py give the same counts, order, missing
     sets and latency buckets on any mix of lines, cut lines included."""
@@ -336,16 +359,31 @@ def test_only_loopback_targets():
 
 def test_median_result_sums_loss_and_ors_saturation():
     """Medians of figures; losses add up; one saturated run taints all."""
-    runs = [{"server": "g", "clients": 5, "scenario": "fanout", "p99_ms": v, "lost": l,
-             "generator_saturated": s} for v, l, s in ((1.0, 0, False), (3.0, 2, True), (2.0, 0, False))]
+    runs = [
+        {
+            "server": "g",
+            "clients": 5,
+            "scenario": "fanout",
+            "p99_ms": v,
+            "lost": lost,
+            "generator_saturated": s,
+        }
+        for v, lost, s in ((1.0, 0, False), (3.0, 2, True), (2.0, 0, False))
+    ]
     m = report.median_result(runs)
     assert (m["p99_ms"], m["lost"], m["generator_saturated"], m["runs"]) == (2.0, 2, True, 3)
 
 
 def test_ratios_and_table():
     """Ratios are subject/baseline; the table has one row per result."""
-    a = {"server": "gchat", "clients": 5, "scenario": "fanout", "deliveries_per_s": 200.0,
-         "p99_ms": 1.0, "generator_saturated": False}
+    a = {
+        "server": "gchat",
+        "clients": 5,
+        "scenario": "fanout",
+        "deliveries_per_s": 200.0,
+        "p99_ms": 1.0,
+        "generator_saturated": False,
+    }
     b = dict(a, server="seed_port", deliveries_per_s=100.0, p99_ms=4.0)
     assert report.ratios(a, b) == {"deliveries_per_s": 2.0, "p99_ms": 0.25}
     text = report.table([a, b])
@@ -354,8 +392,12 @@ def test_ratios_and_table():
 
 
 def cpu(gen_pct=10.0, gen_cores=0.2, host=50.0, srv=50.0):
-    return {"generator_cpu_pct": gen_pct, "generator_cores": gen_cores,
-            "host_cpu_pct": host, "server_cpu_pct": srv}
+    return {
+        "generator_cpu_pct": gen_pct,
+        "generator_cores": gen_cores,
+        "host_cpu_pct": host,
+        "server_cpu_pct": srv,
+    }
 
 
 def test_generator_saturated_when_a_worker_is_busy_all_the_time():
@@ -377,7 +419,7 @@ def test_loss_samples_name_the_missing_sequence_numbers():
     """An incomplete drain says which client missed which seqs of whom."""
     rx = make_receiver(senders=2)
     c = ready_client(rx)
-    for q in (0, 2):              # 1 skipped; 3 and 4 never came
+    for q in (0, 2):  # 1 skipped; 3 and 4 never came
         c.tracker.see(1, q)
     for q in range(5):
         c.tracker.see(0, q)
@@ -386,9 +428,14 @@ def test_loss_samples_name_the_missing_sequence_numbers():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from([b"\n", b"~", b"S", b"~S", b"error:", b"err", b"or:", b"x",
-                                 b"~S12 \n"]), max_size=60),
-       st.integers(0, 80), st.integers(0, 80))
+@given(
+    st.lists(
+        st.sampled_from([b"\n", b"~", b"S", b"~S", b"error:", b"err", b"or:", b"x", b"~S12 \n"]),
+        max_size=60,
+    ),
+    st.integers(0, 80),
+    st.integers(0, 80),
+)
 def test_c_census_agrees_with_bytes_count(pieces, start, end):
     """_scan.census counts newlines, markers, sync markers and errors like
     bytes.count, on any range (overlaps such as "error:error:" included)."""

@@ -4,14 +4,14 @@ install playwright`; no `playwright install`: the browser is the system's).
 Each test runs gchat with --http on free ports; pages and a real `nc` chat
 in the same rooms.  Every wait has a deadline (Playwright's expect, or a
 condition variable with a timeout); nothing sleeps to synchronise."""
+
+import os
 import re
 import shutil
 import subprocess
 import threading
 import time
 from pathlib import Path
-
-import os
 
 import playwright.sync_api as playwright_sync  # a hard requirement: .ci/run installs it
 import pytest
@@ -22,11 +22,11 @@ expect = playwright_sync.expect
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--no-sandbox",                        # we may run as root
+    "--no-sandbox",  # we may run as root
     "--disable-gpu",
     "--disable-quic",
     "--no-first-run",
-    "--disable-background-networking",     # no outbound calls on a closed network
+    "--disable-background-networking",  # no outbound calls on a closed network
     "--disable-component-update",
     "--disable-sync",
 ]
@@ -113,8 +113,12 @@ class Netcat:
     def __init__(self, port):
         nc = shutil.which("nc")
         assert nc, "netcat is required (apt-get install netcat-openbsd)"
-        self.proc = subprocess.Popen([nc, "127.0.0.1", str(port)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [nc, "127.0.0.1", str(port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
         self.received = []
         self.read_upto = 0
         self.eof = False
@@ -146,7 +150,9 @@ class Netcat:
                         return line
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self.eof:
-                    raise AssertionError(f"nc: no line matching {pattern!r}; got {self.received[-20:]!r}")
+                    raise AssertionError(
+                        f"nc: no line matching {pattern!r}; got {self.received[-20:]!r}"
+                    )
                 self.cond.wait(remaining)
 
     def named(self, name):
@@ -303,7 +309,9 @@ def test_every_kind_of_line_is_classified(web):
     of README's protocol, data-kind's source."""
     server, open_page, netcat = web()
     page = open_page().page
-    got = page.evaluate("lines => lines.map(l => window.gchat.classify(l))", [line for line, _ in KINDS])
+    got = page.evaluate(
+        "lines => lines.map(l => window.gchat.classify(l))", [line for line, _ in KINDS]
+    )
     assert list(zip([line for line, _ in KINDS], got)) == KINDS
 
 
@@ -312,8 +320,11 @@ def test_markup_from_netcat_stays_text(web):
     alice = open_page("alice")
     mallory = netcat("mallory")
     alice.sees("arrival", "mallory has arrived")
-    payloads = ['<img src=x onerror=alert(1)>', '<script>alert(2)</script>',
-                '<b onmouseover=alert(3)>bold</b> &amp; &lt;']
+    payloads = [
+        "<img src=x onerror=alert(1)>",
+        "<script>alert(2)</script>",
+        "<b onmouseover=alert(3)>bold</b> &amp; &lt;",
+    ]
     for payload in payloads:
         mallory.say(payload)
     mallory.say("/me <img src=y onerror=alert(4)>")
@@ -348,7 +359,7 @@ def test_roster_follows_arrivals_departures_and_nicks(web):
     expect(alice.page.locator("#name-error")).to_contain_text("taken")
     expect(alice.page.locator("#name-overlay")).to_be_visible()
     alice.named("alice")
-    alice.roster("alice", "carol")   # from the roster line, and /who
+    alice.roster("alice", "carol")  # from the roster line, and /who
     expect(alice.page.locator("#roster li.self")).to_have_text("alice")
 
     bob = open_page("bob")
@@ -403,7 +414,9 @@ def test_join_switches_rooms(web):
     alice.roster("alice", "carol")
     # the room's history, framed, marked as history
     alice.sees("system", "--- last 1 line of #games ---")
-    expect(alice.lines("chat", "carol: anyone for chess?")).to_have_class(re.compile(r"\bhistory\b"))
+    expect(alice.lines("chat", "carol: anyone for chess?")).to_have_class(
+        re.compile(r"\bhistory\b")
+    )
     carol.expect("alice has arrived")
     bob.sees("departure", "alice has left (joined #games)")
     bob.roster("bob")
@@ -432,7 +445,7 @@ def test_merged_arrivals_and_departures_keep_the_roster(web):
     names = ["n1", "n2", "n3", "n4", "n5"]
     clients = [Netcat(server.port) for _ in names]
     try:
-        for nc, name in zip(clients, names):
+        for nc in clients:
             nc.expect(r".*What is your name\?")
         for nc, name in zip(clients, names):
             nc.say(name)
@@ -544,8 +557,12 @@ def test_screenshot_for_the_readme(web, tmp_path):
         (alice, "hi bob! is the build green?", "chat", "alice: hi bob! is the build green?"),
         (bob, "/me checks the dashboard", "me", "* bob checks the dashboard"),
         (bob, "all green, ship it", "chat", "bob: all green, ship it"),
-        (carol, "nice. I'm on the nc side of things, by the way", "chat",
-         "carol: nice. I'm on the nc side of things, by the way"),
+        (
+            carol,
+            "nice. I'm on the nc side of things, by the way",
+            "chat",
+            "carol: nice. I'm on the nc side of things, by the way",
+        ),
         (alice, "/msg bob lunch at noon?", "private", "alice (private): lunch at noon?"),
         (bob, "/msg alice sure", "private", "bob (private to alice): sure"),
         (alice, "/nick alice_w", "system", "alice is now known as alice_w"),

@@ -1,13 +1,14 @@
 """Entries of the cluster's bus (gchat/bus/entry.py): encode and decode as
 Redis hands the fields back, every way an entry can be unusable, and the
 Deduper."""
+
 import json
 
 import pytest
+from cluster_harness import as_redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster_harness import as_redis
 from gchat.bus.entry import FORMAT, OPERATIONS, BadEntry, Deduper, Entry, decode, encode
 
 BIG = 1 << 20
@@ -16,7 +17,7 @@ EVERY_KIND = [
     ["enter", "ann", "lobby"],
     ["join", "ann", "den"],
     ["leave", "ann", "connection lost"],
-    ["say", "den", "ann: héllo \u2603 \"quoted\" \\ back", True],
+    ["say", "den", 'ann: héllo \u2603 "quoted" \\ back', True],
     ["say", "den", "ann: not kept", False],
     ["nick", "ann", "Änne"],
     ["msg", "ann", "bob", "psst"],
@@ -84,7 +85,7 @@ def test_a_bad_node_id_is_refused(node):
     bad(fields([["hello"]], n=node))
 
 
-@pytest.mark.parametrize("raw", [b"", b"[", b"not json", b"[\"hello\"", b"\xff\xfe", b"[]]"])
+@pytest.mark.parametrize("raw", [b"", b"[", b"not json", b'["hello"', b"\xff\xfe", b"[]]"])
 def test_operations_that_are_not_json_are_refused(raw):
     assert bad(fields([], o=raw)).startswith("does not parse")
 
@@ -94,47 +95,66 @@ def test_operations_that_are_not_a_list_are_refused(ops):
     assert bad(fields([], o=json.dumps(ops).encode())) == "operations are not a list"
 
 
-@pytest.mark.parametrize("op", [[], ["shout", "x"], ["SAY", "r", "l", True], "hello", 1, None,
-                                {"k": "say"}, [1], [None], [True, "x"]])
+@pytest.mark.parametrize(
+    "op",
+    [
+        [],
+        ["shout", "x"],
+        ["SAY", "r", "l", True],
+        "hello",
+        1,
+        None,
+        {"k": "say"},
+        [1],
+        [None],
+        [True, "x"],
+    ],
+)
 def test_an_unknown_operation_is_refused(op):
     assert bad(fields([["hello"], op])).startswith("unknown operation")
 
 
-@pytest.mark.parametrize("op", [
-    ["enter", "ann"],
-    ["enter", "ann", "lobby", "extra"],
-    ["enter", 1, "lobby"],
-    ["join", "ann", None],
-    ["leave", "ann"],
-    ["say", "r", "line"],
-    ["say", "r", "line", "true"],
-    ["say", "r", "line", 1],
-    ["say", "r", 5, True],
-    ["nick", "a", ["b"]],
-    ["msg", "a", "b"],
-    ["msg", "a", "b", 3],
-    ["hello", "x"],
-    ["present", True],
-    ["present", 1, []],
-    ["present", True, "ann"],
-    ["present", True, {}],
-    ["lost", "n2"],
-    ["lost", "n2", None],
-])
+@pytest.mark.parametrize(
+    "op",
+    [
+        ["enter", "ann"],
+        ["enter", "ann", "lobby", "extra"],
+        ["enter", 1, "lobby"],
+        ["join", "ann", None],
+        ["leave", "ann"],
+        ["say", "r", "line"],
+        ["say", "r", "line", "true"],
+        ["say", "r", "line", 1],
+        ["say", "r", 5, True],
+        ["nick", "a", ["b"]],
+        ["msg", "a", "b"],
+        ["msg", "a", "b", 3],
+        ["hello", "x"],
+        ["present", True],
+        ["present", 1, []],
+        ["present", True, "ann"],
+        ["present", True, {}],
+        ["lost", "n2"],
+        ["lost", "n2", None],
+    ],
+)
 def test_operations_of_the_wrong_arity_or_types_are_refused(op):
     assert bad(fields([op])) == f"malformed {op[0]} operation"
 
 
-@pytest.mark.parametrize("pairs", [
-    [["ann"]],
-    [["ann", "lobby", "x"]],
-    [["ann", 1]],
-    [[None, "lobby"]],
-    ["ann"],
-    [("ann", "lobby"), 3],
-    [[]],
-    [{"ann": "lobby"}],
-])
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        [["ann"]],
+        [["ann", "lobby", "x"]],
+        [["ann", 1]],
+        [[None, "lobby"]],
+        ["ann"],
+        [("ann", "lobby"), 3],
+        [[]],
+        [{"ann": "lobby"}],
+    ],
+)
 def test_present_pairs_must_be_two_strings(pairs):
     ops = [["present", True, pairs]]
     assert bad(fields([], o=json.dumps(ops).encode())) == "malformed present operation"
@@ -169,16 +189,25 @@ def decodes_or_bad_entry(fields_):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-    | st.text(max_size=8) | st.sampled_from(sorted(OPERATIONS)),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=4), inner,
-                                                                max_size=3),
-    max_leaves=30)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8)
+    | st.sampled_from(sorted(OPERATIONS)),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=30,
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from([b"v", b"n", b"s", b"o", b"x"]),
-                       st.binary(max_size=64), max_size=5))
+@given(
+    st.dictionaries(
+        st.sampled_from([b"v", b"n", b"s", b"o", b"x"]), st.binary(max_size=64), max_size=5
+    )
+)
 def test_random_fields_never_raise_anything_but_bad_entry(raw):
     decodes_or_bad_entry(raw)
 
@@ -196,8 +225,11 @@ def test_random_json_operations_never_raise_anything_but_bad_entry(ops):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(EVERY_KIND), max_size=6), st.integers(1, 2 ** 62),
-       st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12))
+@given(
+    st.lists(st.sampled_from(EVERY_KIND), max_size=6),
+    st.integers(1, 2**62),
+    st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12),
+)
 def test_valid_entries_round_trip(ops, seq, node):
     assert decode(as_redis(encode(node, seq, ops)), BIG) == Entry(node, seq, ops)
 
@@ -220,14 +252,14 @@ def test_deduper_takes_each_entry_of_each_node_once():
     dedupe = Deduper()
     e = lambda node, seq: Entry(node, seq, [])  # noqa: E731
     assert dedupe.fresh(e("a", 1))
-    assert not dedupe.fresh(e("a", 1))   # a retried publish
-    assert dedupe.fresh(e("b", 1))       # another node counts apart
+    assert not dedupe.fresh(e("a", 1))  # a retried publish
+    assert dedupe.fresh(e("b", 1))  # another node counts apart
     assert dedupe.fresh(e("a", 2))
-    assert dedupe.fresh(e("a", 5))       # a gap (entries the stream trimmed) is fine
-    assert not dedupe.fresh(e("a", 3))   # below the last applied: a copy
+    assert dedupe.fresh(e("a", 5))  # a gap (entries the stream trimmed) is fine
+    assert not dedupe.fresh(e("a", 3))  # below the last applied: a copy
     assert not dedupe.fresh(e("a", 5))
     assert not dedupe.fresh(e("b", 1))
-    assert dedupe.fresh(e("~a", 1))      # a lost entry is a node of its own
+    assert dedupe.fresh(e("~a", 1))  # a lost entry is a node of its own
     assert not dedupe.fresh(e("~a", 1))  # published by a second survivor
     assert dedupe.last == {"a": 5, "b": 1, "~a": 1}
 

@@ -2,15 +2,16 @@
 (cluster_harness): every node applies the same entries in the stream's
 order, names are unique cluster-wide, members of other nodes count
 everywhere, nodes come and go, and copies of entries change nothing."""
+
 import pytest
+from cluster_harness import LOST_PREFIX, Cluster
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster_harness import Cluster, LOST_PREFIX
 from gchat import protocol as p
 from gchat.bus.entry import Entry, encode
-from gchat.protocol import BUS_DOWN, NODE_LOST
 from gchat.events import Why
+from gchat.protocol import BUS_DOWN, NODE_LOST
 
 PROMPT = p.NAME_PROMPT
 
@@ -54,12 +55,12 @@ def test_concurrent_lines_of_two_nodes_are_seen_in_the_streams_order_everywhere(
     h.step("A")
     h.say(bob, "b1")
     h.step("B")
-    h.say(ann, "a2")    # a chat line goes out at once, a1 still out or not
+    h.say(ann, "a2")  # a chat line goes out at once, a1 still out or not
     h.say(bob, "b2")
     h.step("B", "A")
     h.say(amy, "a3")
     h.step("A")
-    h.deliver("B")       # B reads everything; A has read nothing yet
+    h.deliver("B")  # B reads everything; A has read nothing yet
     expected = ["ann: a1", "bob: b1", "bob: b2", "ann: a2", "amy: a3"]
     assert h.take_now(bob) == expected
     assert h.take_now(ann) == []  # its own line is not back at A yet
@@ -71,8 +72,9 @@ def test_concurrent_lines_of_two_nodes_are_seen_in_the_streams_order_everywhere(
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["say", "step", "deliver"]), st.integers(0, 3)),
-                max_size=40))
+@given(
+    st.lists(st.tuples(st.sampled_from(["say", "step", "deliver"]), st.integers(0, 3)), max_size=40)
+)
 def test_every_member_sees_the_same_lines_in_the_same_order_whatever_the_interleaving(script):
     h = Cluster(nodes=("A", "B", "C"))
     people = [h.named("A", "a0"), h.named("B", "b1"), h.named("C", "c2"), h.named("A", "a3")]
@@ -117,8 +119,11 @@ def test_a_clients_own_order_what_it_is_told_waits_for_what_it_published():
     h.say(bob, "after")
     h.step("B")
     h.deliver("A", limit=1)  # ann's entry only
-    assert h.take_now(ann) == ["ann: hello", "Here now (2): ann, bob",
-                               "error: unknown command /bogus (try /help)"]
+    assert h.take_now(ann) == [
+        "ann: hello",
+        "Here now (2): ann, bob",
+        "error: unknown command /bogus (try /help)",
+    ]
     assert h.take(ann) == ["bob: after"]
     assert h.take(bob) == ["ann: hello", "bob: after"]
 
@@ -139,8 +144,12 @@ def test_who_typed_right_after_join_answers_for_the_new_room_in_order():
     settled(h, ann, bob)
     h.say(ann, "/who", "/join den", "/who")
     # As one server says it: the lobby's roster, the move, den's roster.
-    assert h.take(ann) == ["Here now (2): ann, bob", "You are now in #den",
-                           "Nobody else is here.", "Here now (1): ann"]
+    assert h.take(ann) == [
+        "Here now (2): ann, bob",
+        "You are now in #den",
+        "Nobody else is here.",
+        "Here now (1): ann",
+    ]
 
 
 def test_an_error_typed_before_join_comes_before_the_move():
@@ -148,8 +157,12 @@ def test_an_error_typed_before_join_comes_before_the_move():
     ann, bob = h.named("A", "ann"), h.named("B", "bob")
     settled(h, ann, bob)
     h.say(ann, "hello", "/bogus", "/join den")
-    assert h.take(ann) == ["ann: hello", "error: unknown command /bogus (try /help)",
-                           "You are now in #den", "Nobody else is here."]
+    assert h.take(ann) == [
+        "ann: hello",
+        "error: unknown command /bogus (try /help)",
+        "You are now in #den",
+        "Nobody else is here.",
+    ]
 
 
 def test_a_line_typed_right_after_join_goes_to_the_new_room():
@@ -162,7 +175,8 @@ def test_a_line_typed_right_after_join_goes_to_the_new_room():
     assert h.take_all(ann, amy, bob) == [
         ["You are now in #den", "Also here (1): bob", "ann: meant for den"],
         ["ann has left (joined #den)"],
-        ["ann has arrived", "ann: meant for den"]]
+        ["ann has arrived", "ann: meant for den"],
+    ]
 
 
 def test_join_and_back_in_one_read():
@@ -170,8 +184,12 @@ def test_join_and_back_in_one_read():
     ann, bob = h.named("A", "ann"), h.named("B", "bob")
     settled(h, ann, bob)
     h.say(ann, "/join den", "/join lobby")
-    assert h.take(ann) == ["You are now in #den", "Nobody else is here.",
-                           "You are now in #lobby", "Also here (1): bob"]
+    assert h.take(ann) == [
+        "You are now in #den",
+        "Nobody else is here.",
+        "You are now in #lobby",
+        "Also here (1): bob",
+    ]
 
 
 def test_a_private_line_to_a_local_member_waits_for_its_own_entries():
@@ -216,7 +234,8 @@ def test_a_name_known_to_be_taken_is_refused_at_once_and_bad_names_too():
     h.say(c, "a b")
     assert h.take_now(c) == [
         "error: 'U+0020' is not allowed in a name (letters, digits, _ - . only)",
-        p.NAME_PROMPT_AGAIN]
+        p.NAME_PROMPT_AGAIN,
+    ]
     assert not h.chat("B").requests  # nothing was asked of Redis
 
 
@@ -227,8 +246,13 @@ def test_typing_ahead_lines_wait_for_the_name_then_come_in_order():
     cid = h.connect("A")
     h.say(cid, "cid", "first", "/me waves", "/who")
     assert h.take_now(cid) == [PROMPT]
-    assert h.take(cid) == ["You are cid", "Also here (1): bob", "cid: first", "* cid waves",
-                           "Here now (2): cid, bob"]
+    assert h.take(cid) == [
+        "You are cid",
+        "Also here (1): bob",
+        "cid: first",
+        "* cid waves",
+        "Here now (2): cid, bob",
+    ]
     assert h.take_now(bob) == ["cid has arrived", "cid: first", "* cid waves"]
 
 
@@ -240,10 +264,15 @@ def test_a_refused_name_and_the_lines_typed_after_it_go_on_as_names():
     h.say(c, "zed")
     h.say(d, "Zed", "dan", "hi")
     h.step("B", "A")
-    assert h.take(d) == [PROMPT, "error: the name Zed is taken", p.NAME_PROMPT_AGAIN,
-                         "You are dan", "Also here (2): ann, zed", "dan: hi"]
-    assert h.take(c) == [PROMPT, "You are zed", "Also here (1): ann", "dan has arrived",
-                         "dan: hi"]
+    assert h.take(d) == [
+        PROMPT,
+        "error: the name Zed is taken",
+        p.NAME_PROMPT_AGAIN,
+        "You are dan",
+        "Also here (2): ann, zed",
+        "dan: hi",
+    ]
+    assert h.take(c) == [PROMPT, "You are zed", "Also here (1): ann", "dan has arrived", "dan: hi"]
     assert h.take(ann) == ["zed has arrived", "dan has arrived", "dan: hi"]
 
 
@@ -373,15 +402,21 @@ def test_join_across_nodes_moves_the_member_everywhere_with_the_rooms_history():
     h.say(bob, "lobby line")
     settled(h, ann, amy, bob)
     h.say(bob, "/join DEN")
-    assert h.take(bob) == ["You are now in #den", "Also here (1): ann",
-                           *history_block("den", ["ann: den line", "* ann reads"])]
+    assert h.take(bob) == [
+        "You are now in #den",
+        "Also here (1): ann",
+        *history_block("den", ["ann: den line", "* ann reads"]),
+    ]
     assert h.take(amy) == ["bob has left (joined #den)"]
     assert h.take(ann) == ["bob has arrived"]
     h.say(ann, "in den")
     assert h.take_all(ann, amy, bob) == [["ann: in den"], [], ["ann: in den"]]
     h.say(bob, "/join lobby")
-    assert h.take(bob) == ["You are now in #lobby", "Also here (1): amy",
-                           *history_block("lobby", ["bob: lobby line"])]
+    assert h.take(bob) == [
+        "You are now in #lobby",
+        "Also here (1): amy",
+        *history_block("lobby", ["bob: lobby line"]),
+    ]
     assert h.take_all(ann, amy) == [["bob has left (joined #lobby)"], ["bob has arrived"]]
 
 
@@ -426,11 +461,18 @@ def test_a_node_started_later_learns_who_is_here_without_announcements():
     h.run()
     chat = h.chat("C")
     assert {name: member.room.name for name, member in chat.names.items()} == {
-        "ann": "lobby", "bob": "den"}
+        "ann": "lobby",
+        "bob": "den",
+    }
     cid = h.connect("C")
     h.say(cid, "cid", "/who", "/rooms")
-    assert h.take(cid) == [PROMPT, "You are cid", "Also here (1): ann", "Here now (2): cid, ann",
-                           "Rooms (2): #lobby (2, you are here), #den (1)"]
+    assert h.take(cid) == [
+        PROMPT,
+        "You are cid",
+        "Also here (1): ann",
+        "Here now (2): cid, ann",
+        "Rooms (2): #lobby (2, you are here), #den (1)",
+    ]
     assert h.take_all(ann, bob) == [["cid has arrived"], []]
     h.say(cid, "/join den")
     assert h.take(cid) == ["You are now in #den", "Also here (1): bob"]
@@ -471,10 +513,15 @@ def test_a_node_started_later_has_the_rooms_histories_once():
     h.run()
     cid = h.connect("C")
     h.say(cid, "cid", "/join den")
-    assert h.take(cid) == [PROMPT, "You are cid", "Also here (1): bob",
-                           *history_block("lobby", ["ann: one", "ann: two", "bob: three"]),
-                           "You are now in #den", "Also here (1): ann",
-                           *history_block("den", ["ann: d3", "ann: d4", "ann: d5"])]
+    assert h.take(cid) == [
+        PROMPT,
+        "You are cid",
+        "Also here (1): bob",
+        *history_block("lobby", ["ann: one", "ann: two", "bob: three"]),
+        "You are now in #den",
+        "Also here (1): ann",
+        *history_block("den", ["ann: d3", "ann: d4", "ann: d5"]),
+    ]
 
 
 def test_a_lost_node_s_members_leave_everywhere_once_and_their_names_are_free():
@@ -486,8 +533,7 @@ def test_a_lost_node_s_members_leave_everywhere_once_and_their_names_are_free():
     h.say(cid, "/join den")
     settled(h, ann, bob, ben, cid)
     h.kill("B")
-    assert h.take_all(ann, cid) == [["bob has left (server lost)"],
-                                    ["ben has left (server lost)"]]
+    assert h.take_all(ann, cid) == [["bob has left (server lost)"], ["ben has left (server lost)"]]
     assert h.names == {"ann": "A", "cid": "C"}
     h.say(ann, "/who")
     h.say(cid, "/who")
@@ -531,8 +577,11 @@ def test_merged_departures_of_a_lost_node_in_a_big_room():
     (line,) = h.take(ann)
     # (In which order: see test_a_lost_node_s_members_leave_in_one_order_everywhere.)
     assert line.endswith(" have left")
-    assert sorted(line[:-len(" have left")].split(", ")) == [
-        "p1 (server lost)", "p2 (server lost)", "p3 (server lost)"]
+    assert sorted(line[: -len(" have left")].split(", ")) == [
+        "p1 (server lost)",
+        "p2 (server lost)",
+        "p3 (server lost)",
+    ]
 
 
 def test_a_lost_node_s_members_leave_in_one_order_everywhere():
@@ -579,12 +628,27 @@ def test_republished_entries_are_applied_once():
     h.run()
     h.say(ann, "/join lobby")
     seen = h.take_all(ann, bob)
-    assert seen == [["bob has arrived", "ann: one", "bob: two", "You are now in #den",
-                     "Nobody else is here.", "bob (private): psst",
-                     "ann is now known as anna", "You are now in #lobby",
-                     "Also here (1): bob", *history_block("lobby", ["ann: one", "bob: two"])],
-                    ["ann: one", "bob: two", "bob (private to ann): psst",
-                     "ann has left (joined #den)", "anna has arrived"]]
+    assert seen == [
+        [
+            "bob has arrived",
+            "ann: one",
+            "bob: two",
+            "You are now in #den",
+            "Nobody else is here.",
+            "bob (private): psst",
+            "ann is now known as anna",
+            "You are now in #lobby",
+            "Also here (1): bob",
+            *history_block("lobby", ["ann: one", "bob: two"]),
+        ],
+        [
+            "ann: one",
+            "bob: two",
+            "bob (private to ann): psst",
+            "ann has left (joined #den)",
+            "anna has arrived",
+        ],
+    ]
     copies = h.replay()
     assert copies == len(h.stream) // 2
     h.replay(node="A")
@@ -687,7 +751,7 @@ def test_a_full_bus_refuses_lines_says_so_and_publishes_nothing():
     h = Cluster()
     ann, bob = h.named("A", "ann"), h.named("B", "bob")
     settled(h, ann, bob)
-    h.chat("A").backlog = lambda: 10 ** 9
+    h.chat("A").backlog = lambda: 10**9
     h.chat("A").bus_up = lambda: False  # the bound is for an outage
     before = len(h.stream)
     h.say(ann, "lost?", "/me tries", "/msg bob psst")
@@ -820,7 +884,7 @@ def test_chat_lines_follow_each_other_at_once_and_a_command_waits_for_them():
     ann, bob = h.named("A", "ann"), h.named("B", "bob")
     settled(h, ann, bob)
     h.say(ann, "one")
-    h.step("A")              # one is out
+    h.step("A")  # one is out
     h.say(ann, "two", "/who", "three")
     chat = h.chat("A")
     assert chat.busy.get(ann) == [b"/who", b"three"]  # two went out at once

@@ -3,6 +3,7 @@ script as a process: a file's options take effect in a running server, the
 command line overrides them, a bad file is an error naming its key and
 line, --print-config's output reads back to the same configuration, and
 --log-format json writes one parseable record per line."""
+
 import json
 import re
 import socket
@@ -11,7 +12,6 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
-
 from chat_client import gchat_executable
 
 if sys.version_info >= (3, 11):
@@ -22,8 +22,9 @@ else:
 
 def gchat(*args, cwd=None):
     """gchat run to completion (--print-config, or an error): its result."""
-    return subprocess.run([gchat_executable(), *args], capture_output=True, text=True,
-                          timeout=30, cwd=cwd)
+    return subprocess.run(
+        [gchat_executable(), *args], capture_output=True, text=True, timeout=30, cwd=cwd
+    )
 
 
 def write(tmp_path, text, name="gchat.toml"):
@@ -46,12 +47,15 @@ def test_help_documents_the_new_options():
 
 
 def test_print_config_shows_the_file_and_the_defaults(tmp_path):
-    path = write(tmp_path, '# a deployment\n'
-                           'idle-timeout = 120\n'
-                           'http = "127.0.0.1:8080"\n'
-                           'allow-origin = ["https://a.example", "https://b.example"]\n'
-                           'compat = true\n'
-                           'sendq = "2M"\n')
+    path = write(
+        tmp_path,
+        "# a deployment\n"
+        "idle-timeout = 120\n"
+        'http = "127.0.0.1:8080"\n'
+        'allow-origin = ["https://a.example", "https://b.example"]\n'
+        "compat = true\n"
+        'sendq = "2M"\n',
+    )
     result = gchat("--config", path, "--print-config")
     assert result.returncode == 0, result.stderr
     # Printing is all it does: no server, so no log.
@@ -85,8 +89,9 @@ def test_file_options_take_effect_in_the_server(tmp_path, start_gchat):
 
 def test_command_line_overrides_the_file(tmp_path, start_gchat):
     path = write(tmp_path, 'max-line = 10\nhistory = 5\nallow-origin = ["https://a.example"]\n')
-    values = tomllib.loads(printed("--config", path, "--max-line", "20",
-                                   "--allow-origin", "https://b.example"))
+    values = tomllib.loads(
+        printed("--config", path, "--max-line", "20", "--allow-origin", "https://b.example")
+    )
     assert values["max-line"] == 20
     assert values["history"] == 5  # what the command line does not give stays the file's
     # A repeatable option given on the command line replaces the file's list.
@@ -111,17 +116,20 @@ def test_unknown_key_is_an_error_naming_key_and_line(tmp_path):
     assert "did you mean idle-timeout?" in err
 
 
-@pytest.mark.parametrize("text, line, key", [
-    ('history = 5\nmax-line = "lots"\n', 2, "max-line"),
-    ('\ncompat = "yes"\n', 2, "compat"),
-    ('history = true\n', 1, "history"),
-    ('slow-policy = "sometimes"\n', 1, "slow-policy"),
-    ('allow-origin = "https://a.example"\n', 1, "allow-origin"),
-    ('port = 1.5\n', 1, "port"),
-    ('http = "localhost:http"\n', 1, "http"),
-    # Passes the option's type, fails Config's own check: still located.
-    ('host = "h"\nhistory = -1\n', 2, "history"),
-])
+@pytest.mark.parametrize(
+    "text, line, key",
+    [
+        ('history = 5\nmax-line = "lots"\n', 2, "max-line"),
+        ('\ncompat = "yes"\n', 2, "compat"),
+        ("history = true\n", 1, "history"),
+        ('slow-policy = "sometimes"\n', 1, "slow-policy"),
+        ('allow-origin = "https://a.example"\n', 1, "allow-origin"),
+        ("port = 1.5\n", 1, "port"),
+        ('http = "localhost:http"\n', 1, "http"),
+        # Passes the option's type, fails Config's own check: still located.
+        ('host = "h"\nhistory = -1\n', 2, "history"),
+    ],
+)
 def test_wrong_value_is_an_error_naming_key_and_line(tmp_path, text, line, key):
     err = refused(tmp_path, text)
     assert re.search(rf"gchat\.toml, line {line}: {re.escape(key)} = ", err), err
@@ -156,22 +164,28 @@ def test_print_config_round_trip_of_the_defaults(tmp_path):
 def test_print_config_round_trip_of_every_kind_of_value(tmp_path):
     # One of each kind: flags, repeatable, (host, port) pairs with IPv6,
     # networks, sizes, floats, choices, and text that needs escaping.
-    path = write(tmp_path, "\n".join([
-        'compat = true',
-        'proxy-protocol = true',
-        'proxy-from = "10.0.0.0/8, fd00::/8"',
-        'http = "[::1]:8080"',
-        'admin = "9100"',
-        'allow-origin = ["https://a.example", "https://b.example"]',
-        'sendq = "64K"',
-        'arrival-merge-window = 0.1',
-        'flood-rate = 2.5',
-        'slow-policy = "drop"',
-        'log-level = "DEBUG"',
-        'log-format = "json"',
-        'tls-cert = "C:\\\\certs\\\\\\"odd\\" \u00e9.pem"',
-        'tls-key = "key.pem"',
-        ""]))
+    path = write(
+        tmp_path,
+        "\n".join(
+            [
+                "compat = true",
+                "proxy-protocol = true",
+                'proxy-from = "10.0.0.0/8, fd00::/8"',
+                'http = "[::1]:8080"',
+                'admin = "9100"',
+                'allow-origin = ["https://a.example", "https://b.example"]',
+                'sendq = "64K"',
+                "arrival-merge-window = 0.1",
+                "flood-rate = 2.5",
+                'slow-policy = "drop"',
+                'log-level = "DEBUG"',
+                'log-format = "json"',
+                'tls-cert = "C:\\\\certs\\\\\\"odd\\" \u00e9.pem"',
+                'tls-key = "key.pem"',
+                "",
+            ]
+        ),
+    )
     first = printed("--config", path, "--history", "7")
     values = tomllib.loads(first)
     assert values["history"] == 7

@@ -5,6 +5,7 @@ page, and nothing links outside the repository.
 mkdocs.yml turns every link, anchor and nav check into a warning, and
 strict mode makes a warning fail the build, so a broken link or a page
 left out of the nav fails here."""
+
 import re
 import subprocess
 import sys
@@ -53,22 +54,32 @@ def strip_code(markdown: str) -> str:
 def external_urls(markdown: str) -> list:
     """URLs outside code that point to another site (localhost is ours)."""
     urls = re.findall(r"https?://[^\s)>\]]+", strip_code(markdown))
-    return [url for url in urls
-            if not re.match(r"https?://(localhost|127\.0\.0\.1|\[::1\])([:/]|$)", url)]
+    return [
+        url
+        for url in urls
+        if not re.match(r"https?://(localhost|127\.0\.0\.1|\[::1\])([:/]|$)", url)
+    ]
 
 
 def test_the_site_builds_in_strict_mode_without_a_warning(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     # Strict mode already fails on warnings; say which, should a version
     # of mkdocs print one and still succeed.
     assert not re.search(r"^(WARNING|ERROR)\b", output, flags=re.M), output
     for page in nav_pages():
-        built = tmp_path / "site" / (page[:-len(".md")] + "/index.html"
-                                      if page != "index.md" else "index.html")
+        built = (
+            tmp_path
+            / "site"
+            / (page[: -len(".md")] + "/index.html" if page != "index.md" else "index.html")
+        )
         assert built.is_file(), f"{page} was not built"
 
 
@@ -90,8 +101,9 @@ def test_the_readme_shows_the_exact_command_ci_runs():
     assert "pytest" in command, f"the last command of .ci/run is not the test command: {command}"
     readme = README.read_text(encoding="utf-8")
     blocks = re.findall(r"^```sh\n(.*?)^```", readme, flags=re.M | re.S)
-    assert any(command in block.splitlines() for block in blocks), \
+    assert any(command in block.splitlines() for block in blocks), (
         f"README.md has no code block with .ci/run's command: {command}"
+    )
 
 
 def test_the_readme_links_to_every_page():
@@ -120,7 +132,8 @@ def test_the_haproxy_configuration_shown_is_the_one_tested():
     runs HAProxy with, with its documented ports: the text users copy is
     the one tested."""
     from test_e2e_haproxy import HAPROXY_CFG
+
     page = (DOCS / "deploying.md").read_text(encoding="utf-8")
-    section = page[page.index("## HAProxy in front"):]
+    section = page[page.index("## HAProxy in front") :]
     block = section.split("```\n", 2)[1]
     assert block == HAPROXY_CFG.format(v1=7000, v2=7001, gchat=8000, check="")

@@ -1,6 +1,7 @@
 """The cluster end to end: real `gchat --redis` processes and a real
 redis-server that each test starts on a free port (gchat_bench.processes), kills
 and starts again."""
+
 import os
 import re
 import signal
@@ -9,8 +10,8 @@ import sys
 import time
 
 import redis
-
 from chat_client import DEFAULT_TIMEOUT, gchat_executable
+
 from gchat_bench.processes import RedisServer
 
 # Fast liveness for the tests: a node is declared lost after 1 s without a
@@ -62,8 +63,9 @@ def test_a_line_reaches_every_member_on_every_node_in_one_order(start_gchat, red
         lines = [client.expect(r"(a0|b0): from . \d+", skip=True)]
         lines += client.lines(59)
         seen.append(lines)
-        assert sorted(lines) == sorted([f"a0: from a {i}" for i in range(30)]
-                                       + [f"b0: from b {i}" for i in range(30)])
+        assert sorted(lines) == sorted(
+            [f"a0: from a {i}" for i in range(30)] + [f"b0: from b {i}" for i in range(30)]
+        )
     assert all(lines == seen[0] for lines in seen), "members saw different orders"
     # Each sender's own lines keep their order.
     assert [x for x in seen[0] if x.startswith("a0")] == [f"a0: from a {i}" for i in range(30)]
@@ -72,7 +74,7 @@ def test_a_line_reaches_every_member_on_every_node_in_one_order(start_gchat, red
 def test_names_are_unique_across_nodes_even_when_racing(start_gchat, redis_server):
     a, b = node(start_gchat, redis_server), node(start_gchat, redis_server)
     pairs = []
-    for i in range(10):
+    for _ in range(10):
         pair = (a.client(), b.client())
         for client in pair:
             client.expect(r".*name\?")
@@ -110,11 +112,16 @@ def test_msg_who_rooms_and_rosters_count_the_whole_cluster(start_gchat, redis_se
     bob.say("/join #den")
     bob.expect("You are now in #den", skip=True)
     alice.expect("bob has left \\(joined #den\\)", skip=True)
-    until(lambda: re.search(r"#den \(1\)", (alice.say("/rooms") or
-                                              alice.expect("Rooms.*", skip=True))))
+    until(
+        lambda: re.search(
+            r"#den \(1\)", (alice.say("/rooms") or alice.expect("Rooms.*", skip=True))
+        )
+    )
     alice.say("/who")
-    assert alice.expect("Here now.*", skip=True) in ("Here now (2): alice, carol",
-                                                     "Here now (2): carol, alice")
+    assert alice.expect("Here now.*", skip=True) in (
+        "Here now (2): alice, carol",
+        "Here now (2): carol, alice",
+    )
 
 
 def test_history_is_the_rooms_and_a_later_node_shows_it(start_gchat, redis_server):
@@ -126,22 +133,26 @@ def test_history_is_the_rooms_and_a_later_node_shows_it(start_gchat, redis_serve
     b = node(start_gchat, redis_server)  # started after the lines were said
     bob = b.named("bob")
     bob.expect(r"--- last 3 lines of #lobby ---")
-    assert bob.lines(4) == ["alice: line 0", "alice: line 1", "alice: line 2",
-                            "--- end of history ---"]
+    assert bob.lines(4) == [
+        "alice: line 0",
+        "alice: line 1",
+        "alice: line 2",
+        "--- end of history ---",
+    ]
     # The later node knows who is here without anyone arriving again.
     until(lambda: "(2)" in who(bob), what="alice in bob's /who")
 
 
-def test_a_killed_node_s_members_leave_everywhere_and_free_their_names(start_gchat,
-                                                                       redis_server):
+def test_a_killed_node_s_members_leave_everywhere_and_free_their_names(start_gchat, redis_server):
     a, b = node(start_gchat, redis_server), node(start_gchat, redis_server)
     alice = a.named("alice")
     on_b = [b.named("bob"), b.named("bea")]  # kept: a dropped client disconnects
     alice.expect("bea has arrived", skip=True)
     b.proc.kill()  # kill -9: no goodbye
     started = time.monotonic()
-    left = sorted(alice.expect(r"(bob|bea) has left \(server lost\)", skip=True, timeout=10)
-                  for _ in range(2))
+    left = sorted(
+        alice.expect(r"(bob|bea) has left \(server lost\)", skip=True, timeout=10) for _ in range(2)
+    )
     assert left == ["bea has left (server lost)", "bob has left (server lost)"]
     # --node-timeout 1: noticed within a few heartbeats, not at once, not never.
     assert time.monotonic() - started < 6
@@ -150,8 +161,7 @@ def test_a_killed_node_s_members_leave_everywhere_and_free_their_names(start_gch
         client.closed_after(5)
 
 
-def test_redis_killed_and_restarted_empty_loses_and_duplicates_nothing(start_gchat,
-                                                                       redis_server):
+def test_redis_killed_and_restarted_empty_loses_and_duplicates_nothing(start_gchat, redis_server):
     a, b = node(start_gchat, redis_server), node(start_gchat, redis_server)
     alice = a.named("alice")
     bob = b.named("bob")
@@ -172,10 +182,10 @@ def test_redis_killed_and_restarted_empty_loses_and_duplicates_nothing(start_gch
     for client in (alice, bob):
         got = [client.expect(r"(alice|bob): (alice|bob) \d", skip=True, timeout=15)]
         got += client.lines(9)
-        assert sorted(got) == sorted([f"alice: alice {i}" for i in range(5)]
-                                     + [f"bob: bob {i}" for i in range(5)]), got
-        assert [g for g in got if g.startswith("alice")] == [f"alice: alice {i}"
-                                                              for i in range(5)]
+        assert sorted(got) == sorted(
+            [f"alice: alice {i}" for i in range(5)] + [f"bob: bob {i}" for i in range(5)]
+        ), got
+        assert [g for g in got if g.startswith("alice")] == [f"alice: alice {i}" for i in range(5)]
         assert [g for g in got if g.startswith("bob")] == [f"bob: bob {i}" for i in range(5)]
         assert client.quiet(0.5), "a line came twice"
     # The names held were asserted again: bob is still bob's, on both nodes.
@@ -193,8 +203,10 @@ def test_redis_killed_and_restarted_empty_loses_and_duplicates_nothing(start_gch
 def test_a_stopped_node_gets_what_was_published_before_redis_died(start_gchat, redis_server):
     # A node stopped (SIGSTOP) while the others publish has not read their
     # entries when Redis dies; they are published again from the window.
-    a, b = node(start_gchat, redis_server, "--node-timeout", "30"), \
-        node(start_gchat, redis_server, "--node-timeout", "30")
+    a, b = (
+        node(start_gchat, redis_server, "--node-timeout", "30"),
+        node(start_gchat, redis_server, "--node-timeout", "30"),
+    )
     alice = a.named("alice")
     bob = b.named("bob")
     alice.expect("bob has arrived", skip=True)
@@ -210,8 +222,7 @@ def test_a_stopped_node_gets_what_was_published_before_redis_died(start_gchat, r
     assert bob.quiet(1.0)
 
 
-def test_past_the_outage_bound_a_sender_is_told_its_line_was_not_sent(start_gchat,
-                                                                      redis_server):
+def test_past_the_outage_bound_a_sender_is_told_its_line_was_not_sent(start_gchat, redis_server):
     a = node(start_gchat, redis_server, "--bus-backlog", "3")
     alice = a.named("alice")
     redis_server.kill()
@@ -221,8 +232,11 @@ def test_past_the_outage_bound_a_sender_is_told_its_line_was_not_sent(start_gcha
     refusals = [alice.expect(r"error: .*not sent", skip=True) for _ in range(2)]
     assert len(refusals) == 2
     redis_server.start()
-    assert [alice.expect(r"alice: line \d", skip=True, timeout=15)] + alice.lines(2) == \
-        ["alice: line 0", "alice: line 1", "alice: line 2"]
+    assert [alice.expect(r"alice: line \d", skip=True, timeout=15)] + alice.lines(2) == [
+        "alice: line 0",
+        "alice: line 1",
+        "alice: line 2",
+    ]
     assert alice.quiet(0.5)
 
 
@@ -230,8 +244,8 @@ def test_bad_entries_on_the_bus_are_logged_and_skipped(start_gchat, redis_server
     a = node(start_gchat, redis_server)
     alice = a.named("alice")
     r = redis.Redis.from_url(redis_server.url)
-    r.xadd("gchat:stream", {"hello": "world"})                           # another program
-    r.xadd("gchat:stream", {"v": "99", "n": "x", "s": 1, "o": "[]"})    # another version
+    r.xadd("gchat:stream", {"hello": "world"})  # another program
+    r.xadd("gchat:stream", {"v": "99", "n": "x", "s": 1, "o": "[]"})  # another version
     r.xadd("gchat:stream", {"v": "1", "n": "x", "s": 1, "o": "{not json"})
     r.xadd("gchat:stream", {"v": "1", "n": "x", "s": 2, "o": '[["say", "lobby"]]'})
     a.wait_for_log(r"skipped bus entry .*version")
@@ -246,9 +260,9 @@ def test_compat_is_the_seeds_one_room_across_nodes(start_gchat, redis_server):
     a = node(start_gchat, redis_server, "--compat")
     b = node(start_gchat, redis_server, "--compat")
     one = a.client()
-    me = one.expect(r"You are (\S+)")[len("You are "):]
+    me = one.expect(r"You are (\S+)")[len("You are ") :]
     two = b.client()
-    two_addr = two.expect(r"You are (\S+)")[len("You are "):]
+    two_addr = two.expect(r"You are (\S+)")[len("You are ") :]
     one.expect(f"{re.escape(two_addr)} has arrived")
     one.say("hi")
     two.expect(f"{re.escape(me)}: hi")
@@ -262,7 +276,10 @@ def test_start_fails_clearly_without_redis(tmp_path, redis_server):
     redis_server.kill()
     proc = subprocess.run(
         [gchat_path(), "--port", "0", "--redis", f"redis://127.0.0.1:{port}/0"],
-        capture_output=True, text=True, timeout=30)
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "cannot reach Redis" in errors[0], proc.stderr
@@ -272,13 +289,21 @@ def test_start_fails_clearly_on_a_wrong_password(start_gchat):
     server = RedisServer(password="s3cret").start()
     try:
         wrong = f"redis://:nope@127.0.0.1:{server.port}/0"
-        proc = subprocess.run([gchat_path(), "--port", "0", "--redis", wrong],
-                              capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(
+            [gchat_path(), "--port", "0", "--redis", wrong],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert proc.returncode == 1
         assert "refused the password" in proc.stderr and "nope" not in proc.stderr, proc.stderr
         none = f"redis://127.0.0.1:{server.port}/0"
-        proc = subprocess.run([gchat_path(), "--port", "0", "--redis", none],
-                              capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(
+            [gchat_path(), "--port", "0", "--redis", none],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert proc.returncode == 1 and "refused the password" in proc.stderr, proc.stderr
         good = start_gchat("--redis", server.url)
         good.named("alice")
@@ -289,9 +314,13 @@ def test_start_fails_clearly_on_a_wrong_password(start_gchat):
 def test_without_the_cluster_extra_redis_names_it(tmp_path):
     (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['redis'] = None\n")
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    proc = subprocess.run([gchat_path(), "--port", "0", "--redis",
-                           "redis://127.0.0.1:1/0"], capture_output=True, text=True, env=env,
-                          timeout=30)
+    proc = subprocess.run(
+        [gchat_path(), "--port", "0", "--redis", "redis://127.0.0.1:1/0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     assert proc.returncode == 1
     assert "pip install 'gchat[cluster]'" in proc.stderr, proc.stderr
 
@@ -306,8 +335,9 @@ def test_the_outage_bound_holds_after_a_restart_that_republished(start_gchat, re
     alice = a.named("alice")
     for i in range(10):  # with Redis up, a burst past the bound goes through
         alice.say(f"up {i}")
-    assert [alice.expect(r"alice: up \d", skip=True)] + alice.lines(9) == \
-        [f"alice: up {i}" for i in range(10)]
+    assert [alice.expect(r"alice: up \d", skip=True)] + alice.lines(9) == [
+        f"alice: up {i}" for i in range(10)
+    ]
     redis_server.kill()
     a.wait_for_log(r"lost the cluster's Redis")
     redis_server.start()
@@ -319,8 +349,11 @@ def test_the_outage_bound_holds_after_a_restart_that_republished(start_gchat, re
         alice.say(f"down {i}")
     assert len([alice.expect(r"error: .*not sent", skip=True) for _ in range(2)]) == 2
     redis_server.start()
-    assert [alice.expect(r"alice: down \d", skip=True, timeout=15)] + alice.lines(2) == \
-        ["alice: down 0", "alice: down 1", "alice: down 2"]
+    assert [alice.expect(r"alice: down \d", skip=True, timeout=15)] + alice.lines(2) == [
+        "alice: down 0",
+        "alice: down 1",
+        "alice: down 2",
+    ]
 
 
 def test_client_sockets_stay_plain_once_redis_py_patched_the_socket_module(tmp_path):
@@ -346,14 +379,15 @@ def test_client_sockets_stay_plain_once_redis_py_patched_the_socket_module(tmp_p
         "sock = got[0]\n"
         "assert socket.socket is gevent.socket.socket\n"
         "assert type(sock) is monkey.get_original('socket', 'socket'), type(sock)\n"
-        "print('plain')\n")
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=30)
+        "print('plain')\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0 and proc.stdout.strip() == "plain", proc.stderr
 
 
 def test_rediss_means_tls_to_redis(start_gchat, tmp_path):
     from test_e2e_tls import make_ca, make_cert
+
     ca = make_ca(tmp_path)
     cert, key = make_cert(tmp_path, "redis")
     server = RedisServer(tls=(cert, key, ca)).start()
@@ -366,8 +400,12 @@ def test_rediss_means_tls_to_redis(start_gchat, tmp_path):
         alice.expect("bob: over TLS", skip=True)
         # The same Redis in plain text is refused: it speaks TLS only.
         plain = server.url.replace("rediss://", "redis://").split("?")[0]
-        proc = subprocess.run([gchat_path(), "--port", "0", "--redis", plain],
-                              capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(
+            [gchat_path(), "--port", "0", "--redis", plain],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert proc.returncode == 1 and "cannot reach Redis" in proc.stderr, proc.stderr
     finally:
         server.stop()
@@ -375,14 +413,17 @@ def test_rediss_means_tls_to_redis(start_gchat, tmp_path):
 
 def test_metrics_show_the_bus_and_the_cluster(start_gchat, redis_server):
     from test_e2e_web import metrics
+
     a = node(start_gchat, redis_server, "--http", "0")
     b = node(start_gchat, redis_server)
     alice, bob = a.named("alice"), b.named("bob")
     alice.expect("bob has arrived", skip=True)
     bob.say("hello")
     alice.expect("bob: hello", skip=True)
-    samples = until(lambda: (lambda m: m if m[("gchat_cluster_nodes",)] == 2 else None)(
-        metrics(a.http_port)), what="two nodes in /metrics")
+    samples = until(
+        lambda: (lambda m: m if m[("gchat_cluster_nodes",)] == 2 else None)(metrics(a.http_port)),
+        what="two nodes in /metrics",
+    )
     assert samples[("gchat_bus_up",)] == 1
     assert samples[("gchat_bus_published_total",)] >= 1
     assert samples[("gchat_bus_read_total",)] >= 3  # hellos, enters, the line

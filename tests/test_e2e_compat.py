@@ -32,10 +32,19 @@ def test_seed_transcript_byte_for_byte(compat):
     b.close()
     c.expect(f"{b_addr} has left")
 
-    assert a.raw == (f"You are {a_addr}\n{b_addr} has arrived\n{a_addr}: Hi!\n"
-                     f"{b_addr}: Hi yourself.\n").encode()
-    assert b.raw == (f"You are {b_addr}\n{a_addr}: Hi!\n{b_addr}: Hi yourself.\n"
-                     f"{a_addr} has left\n{c_addr} has arrived\n{b_addr}: Welcome.\n").encode()
+    assert (
+        a.raw
+        == (
+            f"You are {a_addr}\n{b_addr} has arrived\n{a_addr}: Hi!\n{b_addr}: Hi yourself.\n"
+        ).encode()
+    )
+    assert (
+        b.raw
+        == (
+            f"You are {b_addr}\n{a_addr}: Hi!\n{b_addr}: Hi yourself.\n"
+            f"{a_addr} has left\n{c_addr} has arrived\n{b_addr}: Welcome.\n"
+        ).encode()
+    )
     assert c.raw == (f"You are {c_addr}\n{b_addr}: Welcome.\n{b_addr} has left\n").encode()
     assert c.quiet()
 

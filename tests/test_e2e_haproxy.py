@@ -2,6 +2,7 @@
 package) sending v1 and v2 headers, and over raw sockets for every way a
 header can be missing, wrong, late, split or from the wrong peer.  gchat runs
 as the console script; every wait has a deadline."""
+
 import ipaddress
 import os
 import re
@@ -12,8 +13,8 @@ import subprocess
 import time
 
 import pytest
-
 from chat_client import ChatClient
+
 from gchat_bench.processes import free_port
 
 # The configuration docs/deploying.md shows under "HAProxy in front", with its
@@ -59,11 +60,20 @@ class HAProxy:
         self.v1, self.v2 = free_port(), free_port()
         self.config = tmp_path / "haproxy.cfg"
         # A health check every 100 ms: HAProxy sends it a v2 LOCAL header.
-        self.config.write_text(HAPROXY_CFG.format(
-            v1=self.v1, v2=self.v2, gchat=gchat.port, check=" check inter 100ms" if check else ""))
-        self.proc = subprocess.Popen([HAPROXY, "-f", str(self.config), "-db"],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
+        self.config.write_text(
+            HAPROXY_CFG.format(
+                v1=self.v1,
+                v2=self.v2,
+                gchat=gchat.port,
+                check=" check inter 100ms" if check else "",
+            )
+        )
+        self.proc = subprocess.Popen(
+            [HAPROXY, "-f", str(self.config), "-db"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         try:
             # With health checks on, the checks themselves show HAProxy is
             # up, and a probe would be one more arrival to tell from them.
@@ -128,13 +138,19 @@ def v2(command=0x1, family=0x11, block=b"") -> bytes:
 
 
 def inet4(src, sport, dst="127.0.0.1", dport=8000) -> bytes:
-    return (ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed
-            + struct.pack(">HH", sport, dport))
+    return (
+        ipaddress.IPv4Address(src).packed
+        + ipaddress.IPv4Address(dst).packed
+        + struct.pack(">HH", sport, dport)
+    )
 
 
 def inet6(src, sport, dst="::1", dport=8000) -> bytes:
-    return (ipaddress.IPv6Address(src).packed + ipaddress.IPv6Address(dst).packed
-            + struct.pack(">HH", sport, dport))
+    return (
+        ipaddress.IPv6Address(src).packed
+        + ipaddress.IPv6Address(dst).packed
+        + struct.pack(">HH", sport, dport)
+    )
 
 
 def tlv(kind: int, value: bytes) -> bytes:
@@ -156,6 +172,7 @@ def closed_without_a_word(client):
 
 
 # --- Behind HAProxy ---------------------------------------------------------
+
 
 def test_clients_through_haproxy_are_told_their_own_address(start_gchat, haproxy):
     server = start_gchat("--compat", "--proxy-protocol")
@@ -189,12 +206,15 @@ def test_haproxy_health_checks_are_served_as_local_with_their_real_address(start
     # the loopback address HAProxy connects from.
     line = watcher.expect(r"127\.0\.0\.1:\d+ has arrived")
     check = re.escape(line.split()[0])
-    server.wait_for_log(f"PROXY header from {check}: v2 LOCAL UNKNOWN, client "
-                        r"\('127\.0\.0\.1', \d+\)")
+    server.wait_for_log(
+        f"PROXY header from {check}: v2 LOCAL UNKNOWN, client "
+        r"\('127\.0\.0\.1', \d+\)"
+    )
     watcher.expect(f"{check} has left")
 
 
 # --- Raw headers, good ones ---------------------------------------------------
+
 
 def test_v1_headers_give_the_client_the_address_they_carry(start_gchat):
     server = start_gchat("--compat", "--proxy-protocol")
@@ -235,12 +255,13 @@ def test_v2_local_is_served_with_its_real_address(start_gchat):
 
 def test_a_header_split_across_sends_works(start_gchat):
     server = start_gchat("--compat", "--proxy-protocol")
-    for header, shown in ((v1(src="192.0.2.77", sport=7777), r"192\.0\.2\.77:7777"),
-                          (v2(block=inet4("192.0.2.78", 7878) + tlv(0x04, b"pad")),
-                           r"192\.0\.2\.78:7878")):
+    for header, shown in (
+        (v1(src="192.0.2.77", sport=7777), r"192\.0\.2\.77:7777"),
+        (v2(block=inet4("192.0.2.78", 7878) + tlv(0x04, b"pad")), r"192\.0\.2\.78:7878"),
+    ):
         client = server.client()
         for start in range(0, len(header), 5):
-            client.send(header[start:start + 5])
+            client.send(header[start : start + 5])
             # Each partial header leaves the server waiting: nothing said,
             # nothing closed (quiet() only checks that nothing happens).
             if start + 5 < len(header):
@@ -249,6 +270,7 @@ def test_a_header_split_across_sends_works(start_gchat):
 
 
 # --- Raw headers, bad ones ----------------------------------------------------
+
 
 def test_bad_or_missing_headers_close_the_connection_and_spare_everyone_else(start_gchat):
     server = start_gchat("--compat", "--proxy-protocol")
@@ -262,8 +284,10 @@ def test_bad_or_missing_headers_close_the_connection_and_spare_everyone_else(sta
     plain = server.client()
     plain.say("hello, is this gchat?")
     closed_without_a_word(plain)
-    server.wait_for_log(f"bad PROXY header from {re.escape(plain.address)}: "
-                        r"no PROXY header: starts with b'h'")
+    server.wait_for_log(
+        f"bad PROXY header from {re.escape(plain.address)}: "
+        r"no PROXY header: starts with b'h'"
+    )
 
     # Malformed ones, v1 and v2.
     cases = [
@@ -273,8 +297,10 @@ def test_bad_or_missing_headers_close_the_connection_and_spare_everyone_else(sta
         (b"PROXY UNKNOWN " + b"x" * 100, r"v1 line has no CRLF within 107 bytes"),
         (v2(command=0x2, block=inet4("192.0.2.1", 1)), r"unknown v2 command 0x2"),
         (v2(family=0x21, block=inet4("192.0.2.1", 1)), r"v2 address block of 12 bytes"),
-        (V2_SIGNATURE[:-1] + b"X" + b"\x21\x11\x00\x0c" + inet4("192.0.2.1", 1),
-         r"bad v2 signature"),
+        (
+            V2_SIGNATURE[:-1] + b"X" + b"\x21\x11\x00\x0c" + inet4("192.0.2.1", 1),
+            r"bad v2 signature",
+        ),
         (v2(block=inet4("192.0.2.1", 1) + tlv(0x03, b"\0\0\0\0")), r"v2 CRC32C mismatch"),
     ]
     for header, reason in cases:
@@ -297,8 +323,10 @@ def test_a_peer_outside_proxy_from_is_closed_with_a_log_line(start_gchat):
     server = start_gchat("--compat", "--proxy-protocol", "--proxy-from", "10.0.0.0/8")
     client = proxied(server, v1(src="192.0.2.1", sport=1))
     closed_without_a_word(client)
-    server.wait_for_log(f"PROXY header refused: {re.escape(client.address)} is not in "
-                        r"--proxy-from \(10\.0\.0\.0/8\)")
+    server.wait_for_log(
+        f"PROXY header refused: {re.escape(client.address)} is not in "
+        r"--proxy-from \(10\.0\.0\.0/8\)"
+    )
 
 
 def test_no_header_within_the_handshake_timeout_closes(start_gchat):
@@ -314,8 +342,10 @@ def test_no_header_within_the_handshake_timeout_closes(start_gchat):
     elapsed = time.monotonic() - began
     assert 0.4 <= elapsed < 5, elapsed
     for client in (silent, partial):
-        server.wait_for_log(f"no complete PROXY header from {re.escape(client.address)} "
-                            r"within 0\.5 s")
+        server.wait_for_log(
+            f"no complete PROXY header from {re.escape(client.address)} "
+            r"within 0\.5 s"
+        )
     # A client that finished in time is not timed out later.
     a.say("after the timeout")
     a.expect(r"192\.0\.2\.1:1111: after the timeout")
@@ -340,7 +370,7 @@ def test_every_way_a_header_ends_leaks_no_descriptor_watcher_or_greenlet(start_g
     for i in range(100):
         client = server.client()
         kind = i % 5
-        if kind == 0:    # malformed: the server closes
+        if kind == 0:  # malformed: the server closes
             client.send(b"GET / HTTP/1.1\r\n")
         elif kind == 1:  # half a header, then the client leaves
             client.send(v1()[:12])
@@ -351,7 +381,7 @@ def test_every_way_a_header_ends_leaks_no_descriptor_watcher_or_greenlet(start_g
             client.close()
         elif kind == 3:  # nothing: the handshake timeout
             pass
-        else:            # a good header, then the client leaves
+        else:  # a good header, then the client leaves
             client.send(v1(src="192.0.2.5", sport=i))
             client.sock.shutdown(socket.SHUT_WR)
         crowd.append(client)

@@ -1,6 +1,7 @@
 """Bad input, floods, connection limits and peer faults, end to end over
 real sockets: the server keeps serving everyone else and every bad input
 gets a clear answer."""
+
 import os
 import re
 import resource
@@ -10,7 +11,6 @@ import struct
 import time
 
 import pytest
-
 from chat_client import ChatClient
 
 
@@ -38,6 +38,7 @@ def wait_until(predicate, timeout=15.0, what="condition"):
 
 
 # --- Input -------------------------------------------------------------
+
 
 def test_long_line_is_discarded_with_an_error_and_the_client_stays(start_gchat):
     server = start_gchat("--max-line", "100")
@@ -114,6 +115,7 @@ def test_http_request_gets_one_line_and_is_closed(start_gchat, mode):
 
 # --- Floods ------------------------------------------------------------
 
+
 def test_flooder_is_delayed_not_dropped_and_delays_nobody_else(start_gchat):
     server = start_gchat("--flood-rate", "20", "--flood-burst", "5")
     watcher = server.named("watcher")
@@ -134,8 +136,7 @@ def test_flooder_is_delayed_not_dropped_and_delays_nobody_else(start_gchat):
     # lines (burst plus rate) went before it.
     assert len(seen) < 30
     flood = [line for line in seen if line.startswith("flooder: ")]
-    flood += [watcher.expect(r"flooder: flood \d+", skip=True)
-              for _ in range(60 - 1 - len(flood))]
+    flood += [watcher.expect(r"flooder: flood \d+", skip=True) for _ in range(60 - 1 - len(flood))]
     assert flood == [f"flooder: flood {i}" for i in range(1, 60)]  # all of it, in order
 
 
@@ -158,6 +159,7 @@ def test_flood_control_is_off_in_compat(start_gchat):
 
 # --- Connections -------------------------------------------------------
 
+
 def test_max_clients_refuses_with_server_full(start_gchat):
     server = start_gchat("--max-clients", "3")
     clients = [server.named(name) for name in ("a", "b", "c")]
@@ -173,8 +175,9 @@ def test_max_per_ip(start_gchat):
     held = [server.named("a"), server.named("b")]  # two from 127.0.0.1, kept open
     third = server.client()
     assert third.closed_after() == ["error: too many connections from your address"]
-    other = socket.create_connection((server.host, server.port), timeout=10,
-                                      source_address=("127.0.0.2", 0))
+    other = socket.create_connection(
+        (server.host, server.port), timeout=10, source_address=("127.0.0.2", 0)
+    )
     other.settimeout(10)
     assert b"name" in other.recv(1000)  # another address is admitted
     other.close()
@@ -184,12 +187,13 @@ def test_max_per_ip(start_gchat):
 def _limit_files(count):
     def set_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
+
     return set_limit
 
 
 def greeted(socks, timeout):
     """The sockets among socks that receive "You are ..." within timeout."""
-    pending = {sock: b"" for sock in socks}
+    pending = dict.fromkeys(socks, b"")
     done = []
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
@@ -207,6 +211,7 @@ def test_running_out_of_descriptors_pauses_accepting_and_recovers(start_gchat, m
     in the backlog; the server lives on, and admits them once descriptors
     are free again."""
     import subprocess
+
     real_popen = subprocess.Popen
 
     def popen_with_low_limit(*args, **kw):
@@ -216,8 +221,7 @@ def test_running_out_of_descriptors_pauses_accepting_and_recovers(start_gchat, m
     monkeypatch.setattr(subprocess, "Popen", popen_with_low_limit)
     server = start_gchat("--compat", "--max-clients", "1000")
     monkeypatch.setattr(subprocess, "Popen", real_popen)
-    clients = [socket.create_connection((server.host, server.port), timeout=10)
-               for _ in range(70)]
+    clients = [socket.create_connection((server.host, server.port), timeout=10) for _ in range(70)]
     server.wait_for_log(r"accept failed .*pausing accepts")
     served = greeted(clients, timeout=2)
     assert 0 < len(served) < 70  # the rest wait in the backlog

@@ -1,5 +1,6 @@
 """Name mode (the default): exercises 8.12 (roster) and 8.14 (names), and
 every command, over real sockets against the gchat console script."""
+
 import re
 
 from gchat.protocol import HELP_LINES

@@ -1,5 +1,6 @@
 """The gchat console script as a process: --help, python -m gchat,
 graceful stop on SIGTERM and SIGINT, bad arguments."""
+
 import re
 import signal
 import socket
@@ -7,44 +8,74 @@ import subprocess
 import sys
 
 import pytest
-
 from chat_client import gchat_executable
 
-OPTIONS = ["--host", "--port", "--compat", "--idle-timeout", "--name-timeout", "--sendq",
-           "--slow-policy", "--max-line", "--sndbuf", "--backlog", "--roster-limit", "--arrival-merge-threshold", "--arrival-merge-window",
-           "--close-linger", "--flood-rate", "--flood-burst", "--max-clients", "--max-per-ip",
-           "--shutdown-timeout", "--log-level", "--version"]
+OPTIONS = [
+    "--host",
+    "--port",
+    "--compat",
+    "--idle-timeout",
+    "--name-timeout",
+    "--sendq",
+    "--slow-policy",
+    "--max-line",
+    "--sndbuf",
+    "--backlog",
+    "--roster-limit",
+    "--arrival-merge-threshold",
+    "--arrival-merge-window",
+    "--close-linger",
+    "--flood-rate",
+    "--flood-burst",
+    "--max-clients",
+    "--max-per-ip",
+    "--shutdown-timeout",
+    "--log-level",
+    "--version",
+]
 
 
 def test_help_lists_every_option():
-    out = subprocess.run([gchat_executable(), "--help"], capture_output=True, text=True,
-                         timeout=30, check=True).stdout
+    out = subprocess.run(
+        [gchat_executable(), "--help"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
     for option in OPTIONS:
         assert option in out
 
 
 def test_python_dash_m_runs_the_same_cli():
-    out = subprocess.run([sys.executable, "-m", "gchat", "--help"], capture_output=True,
-                         text=True, timeout=30, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "gchat", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
     assert "--slow-policy" in out
 
 
-@pytest.mark.parametrize("args, complaint", [
-    (["--slow-policy", "sometimes"], "invalid choice"),
-    (["--sendq", "lots"], "not a size"),
-    (["--idle-timeout", "-1"], "must not be negative"),
-    (["--port", "70000"], "port must be"),
-])
+@pytest.mark.parametrize(
+    "args, complaint",
+    [
+        (["--slow-policy", "sometimes"], "invalid choice"),
+        (["--sendq", "lots"], "not a size"),
+        (["--idle-timeout", "-1"], "must not be negative"),
+        (["--port", "70000"], "port must be"),
+    ],
+)
 def test_bad_arguments_are_refused_with_a_message(args, complaint):
-    result = subprocess.run([gchat_executable(), *args], capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run([gchat_executable(), *args], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert complaint in result.stderr
 
 
 def test_port_in_use_is_a_clear_error(gchat):
-    result = subprocess.run([gchat_executable(), "--host", "127.0.0.1", "--port", str(gchat.port)],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [gchat_executable(), "--host", "127.0.0.1", "--port", str(gchat.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 1
     assert "cannot listen" in result.stderr
 

@@ -4,6 +4,7 @@ errors, /rooms, history blocks, the least recently used empty room dropped
 at --max-rooms, departures in the right room (merged in big rooms), bursts
 of /join, and --compat untouched.  Every wait has a deadline; quiet() is
 used only to check that something did NOT happen."""
+
 import re
 import socket
 import struct
@@ -15,6 +16,7 @@ END = "--- end of history ---"
 
 
 # --- Helpers -----------------------------------------------------------
+
 
 def header(room, count):
     """The history block's first line (the spec's "last N lines", in the
@@ -89,10 +91,13 @@ def rooms(client):
     line = client.expect(r"Rooms \(\d+\): .*")
     match = re.fullmatch(r"Rooms \((\d+)\): (.*?)(?:, and (\d+) more)?", line)
     assert match, line
-    entries = [(name, int(count), bool(own)) for name, count, own in
-               re.findall(r"(#[^ ,]+) \((\d+)(, you are here)?\)", match.group(2))]
-    assert ", ".join(f"{n} ({c}{', you are here' if o else ''})" for n, c, o in entries) \
-        == match.group(2), line
+    entries = [
+        (name, int(count), bool(own))
+        for name, count, own in re.findall(r"(#[^ ,]+) \((\d+)(, you are here)?\)", match.group(2))
+    ]
+    assert ", ".join(
+        f"{n} ({c}{', you are here' if o else ''})" for n, c, o in entries
+    ) == match.group(2), line
     return int(match.group(1)), entries, int(match.group(3) or 0)
 
 
@@ -103,6 +108,7 @@ def reset(client):
 
 
 # --- Rooms keep to themselves ------------------------------------------
+
 
 def test_two_rooms_do_not_hear_each_other(gchat):
     alice = enter(gchat, "alice", "red")
@@ -145,8 +151,14 @@ def test_join_sends_room_line_roster_history_then_live_lines(gchat):
     guest = gchat.named("guest")
     stay.expect("guest has arrived")
     guest.send("/join #games\n/who\n")  # the answer to /who is live, after the block
-    expected = ["You are now in #Games", "Also here (1): host",
-                "--- last 2 lines of #Games ---", "host: one", "* host deals", END]
+    expected = [
+        "You are now in #Games",
+        "Also here (1): host",
+        "--- last 2 lines of #Games ---",
+        "host: one",
+        "* host deals",
+        END,
+    ]
     assert guest.lines(len(expected)) == expected
     assert who_names(guest.line()) == {"host", "guest"}
     host.expect("guest has arrived")
@@ -177,8 +189,13 @@ def test_room_names_compare_after_nfkc_and_casefold(start_gchat):
     server = start_gchat("--flood-rate", "0")
     first = enter(server, "first", "games")
     held = []  # kept open: a client garbage-collected would leave
-    for name, arg in [("plain", "games"), ("hash", "#games"), ("upper", "GAMES"),
-                      ("wide", "ＧＡＭＥＳ"), ("widehash", "#Ｇａｍｅｓ")]:
+    for name, arg in [
+        ("plain", "games"),
+        ("hash", "#games"),
+        ("upper", "GAMES"),
+        ("wide", "ＧＡＭＥＳ"),
+        ("widehash", "#Ｇａｍｅｓ"),
+    ]:
         client = server.named(name)
         held.append(client)
         join(client, arg, "games")  # the same room: its spelling as created
@@ -209,14 +226,19 @@ def test_join_errors_leave_the_client_where_it_was(start_gchat):
         ("/join", re.escape("error: usage: /join ROOM")),
         ("/JOIN   ", re.escape("error: usage: /join ROOM")),
         ("/join #", r"error: (usage: /join ROOM|a room name .*)"),
-        ("/join bad!name", re.escape(
-            "error: '!' is not allowed in a room name (letters, digits, _ - . only)")),
+        (
+            "/join bad!name",
+            re.escape("error: '!' is not allowed in a room name (letters, digits, _ - . only)"),
+        ),
         ("/join two words", r"error: .*"),
         ("/join " + "x" * 33, "error: a room name has at most 32 characters"),
         ("/join #" + "x" * 33, "error: a room name has at most 32 characters"),
         ("/join lobby", "error: you are already in #lobby"),
         ("/join #LOBBY", "error: you are already in #lobby"),
-        ("/join two", re.escape("error: too many rooms (2); join an existing one (/rooms lists them)")),
+        (
+            "/join two",
+            re.escape("error: too many rooms (2); join an existing one (/rooms lists them)"),
+        ),
     ]
     for i, (line, error) in enumerate(cases):
         a.say(line)
@@ -248,6 +270,7 @@ def test_join_errors_leave_the_client_where_it_was(start_gchat):
 
 # --- --max-rooms: the least recently used empty room goes ---------------
 
+
 def test_least_recently_used_empty_room_is_dropped_never_the_lobby(start_gchat):
     server = start_gchat("--max-rooms", "3", "--flood-rate", "0")
     b = server.named("b")
@@ -277,8 +300,13 @@ def test_least_recently_used_empty_room_is_dropped_never_the_lobby(start_gchat):
     c = server.client()
     c.line()
     c.say("c")
-    assert c.lines(5) == ["You are c", "Nobody else is here.", header("lobby", 1),
-                          "b: in the lobby", END]
+    assert c.lines(5) == [
+        "You are c",
+        "Nobody else is here.",
+        header("lobby", 1),
+        "b: in the lobby",
+        END,
+    ]
     join(c, "y", "y", others=(), history=["b: y line"])
     # lobby (0), #x (b), #y (c): the only empty room is the lobby, so no new room
     b.say("/join w")
@@ -289,6 +317,7 @@ def test_least_recently_used_empty_room_is_dropped_never_the_lobby(start_gchat):
 
 
 # --- History -----------------------------------------------------------
+
 
 def test_history_keeps_the_last_n_chat_and_me_lines_only(start_gchat):
     server = start_gchat("--history", "3")
@@ -379,6 +408,7 @@ def test_history_zero_sends_none(start_gchat):
 
 # --- /msg, /who, /rooms ------------------------------------------------
 
+
 def test_msg_crosses_rooms_and_who_lists_own_room_only(gchat):
     a = enter(gchat, "a", "red")
     c = enter(gchat, "c", "red", a)
@@ -441,6 +471,7 @@ def test_rooms_lists_every_room_with_exact_counts(start_gchat, limit):
 
 # --- Departures --------------------------------------------------------
 
+
 def test_departures_are_announced_in_the_leavers_room(gchat):
     red1 = enter(gchat, "red1", "red")
     red2 = enter(gchat, "red2", "red", red1)
@@ -482,8 +513,10 @@ def test_idle_departure_is_announced_in_its_room_only(start_gchat):
     lobby.expect("lob: awake")
     assert sleepy.closed_after(5) == ["error: idle for 1 s; disconnecting"]
     # then they go idle too; until then chatty alone heard of sleepy
-    assert chatty.closed_after(5) == ["sleepy has left (idle timeout)",
-                                      "error: idle for 1 s; disconnecting"]
+    assert chatty.closed_after(5) == [
+        "sleepy has left (idle timeout)",
+        "error: idle for 1 s; disconnecting",
+    ]
     assert other.closed_after(5) == ["error: idle for 1 s; disconnecting"]
     assert lobby.closed_after(5) == ["error: idle for 1 s; disconnecting"]
 
@@ -505,8 +538,9 @@ def parse_departures(line):
 
 
 def test_merged_departures_name_everyone_who_left(start_gchat):
-    server = start_gchat("--arrival-merge-threshold", "3", "--arrival-merge-window", "1",
-                         "--flood-rate", "0")
+    server = start_gchat(
+        "--arrival-merge-threshold", "3", "--arrival-merge-window", "1", "--flood-rate", "0"
+    )
     watcher = enter(server, "watcher", "big")
     other = enter(server, "other", "big", watcher)
     leavers = {}
@@ -527,8 +561,14 @@ def test_merged_departures_name_everyone_who_left(start_gchat):
     leavers["l4"].say("/join elsewhere")
     leavers["l5"].close()
     leavers["l6"].say("/join #elsewhere")
-    expected = {"l1": "", "l2": "connection lost", "l3": "see ya",
-                "l4": "joined #elsewhere", "l5": "", "l6": "joined #elsewhere"}
+    expected = {
+        "l1": "",
+        "l2": "connection lost",
+        "l3": "see ya",
+        "l4": "joined #elsewhere",
+        "l5": "",
+        "l6": "joined #elsewhere",
+    }
     heard = {}
     for member in [watcher, other]:
         lines, left = [], {}
@@ -551,6 +591,7 @@ def test_merged_departures_name_everyone_who_left(start_gchat):
 
 
 # --- Churn and bursts --------------------------------------------------
+
 
 def test_tight_join_leave_loop_keeps_order_and_other_rooms_flow(start_gchat):
     server = start_gchat("--flood-rate", "0")
@@ -592,8 +633,9 @@ def test_a_thousand_joins_in_a_burst(start_gchat):
     total, entries, more = rooms(burster)
     assert (total, more) == (50, 0)
     assert entries[:2] == [("#r999", 1, True), ("#calm", 2, False)]
-    assert sorted(entries[2:]) == sorted([("#lobby", 0, False)]
-                                         + [(f"#r{i}", 0, False) for i in range(952, 999)])
+    assert sorted(entries[2:]) == sorted(
+        [("#lobby", 0, False)] + [(f"#r{i}", 0, False) for i in range(952, 999)]
+    )
     calm2.say("after the burst")
     everyone_hears([calm1, calm2], "calm2: after the burst")
     newcomer = server.named("newcomer")  # still accepting
@@ -604,11 +646,17 @@ def test_a_thousand_joins_in_a_burst(start_gchat):
 
 # --- Hostile names, /help, --compat ------------------------------------
 
+
 def test_room_names_with_control_characters_are_refused(gchat):
     a = enter(gchat, "a", "safe")
     b = enter(gchat, "b", "safe", a)
-    for bad in [b"/join ga\x01mes\n", b"/join \x1b[31mred\n", b"/join del\x7f\n",
-                "/join c1\u009bx\n".encode(), b"/join nul\x00\n"]:
+    for bad in [
+        b"/join ga\x01mes\n",
+        b"/join \x1b[31mred\n",
+        b"/join del\x7f\n",
+        "/join c1\u009bx\n".encode(),
+        b"/join nul\x00\n",
+    ]:
         a.send(bad)
         a.expect(r"error: '[^']+' is not allowed in a room name \(letters, digits, _ - \. only\)")
     a.say("still safe")
@@ -644,6 +692,11 @@ def test_compat_has_no_rooms_and_no_history(compat):
     late.expect(f"{a.address}: after")  # its very next line: no history
     a.expect(f"{a.address}: after")
     assert late.raw == f"You are {late.address}\n{a.address}: after\n".encode()
-    assert a.raw == (f"You are {a.address}\n{a.address}: /join x\n{a.address}: /join #games\n"
-                     f"{a.address}: /rooms\n{late.address} has arrived\n"
-                     f"{a.address}: after\n").encode()
+    assert (
+        a.raw
+        == (
+            f"You are {a.address}\n{a.address}: /join x\n{a.address}: /join #games\n"
+            f"{a.address}: /rooms\n{late.address} has arrived\n"
+            f"{a.address}: after\n"
+        ).encode()
+    )

@@ -1,4 +1,5 @@
 """2,000 clients at once, over real sockets, in name mode and --compat."""
+
 import re
 import selectors
 import socket
@@ -14,7 +15,7 @@ class Crowd:
         self.selector = selectors.DefaultSelector()
         self.socks = []
         self.data = {}
-        for i in range(count):
+        for _ in range(count):
             sock = socket.create_connection(("127.0.0.1", port), timeout=30)
             sock.setblocking(False)
             self.socks.append(sock)

@@ -1,5 +1,6 @@
 """Exercise 8.15: a client that never reads must not delay anyone else.
 Its output is bounded by --sendq; --slow-policy decides what happens then."""
+
 import re
 
 MESSAGES = 1500
@@ -71,8 +72,9 @@ def test_drop_policy_skips_messages_in_order_and_says_how_many(start_gchat):
         if match:
             received.append(int(match.group(1)))
         elif not line.endswith(" has arrived"):
-            match = re.fullmatch(r"error: you were too slow to read; (\d+) messages were skipped",
-                                 line)
+            match = re.fullmatch(
+                r"error: you were too slow to read; (\d+) messages were skipped", line
+            )
             assert match, line
             missed += int(match.group(1))
     assert missed > 0

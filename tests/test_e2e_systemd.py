@@ -6,6 +6,7 @@ memory-deny-write-execute, which gchat.service asks for.
 
 Needs systemd's tools: `apt-get install -y systemd` (the package, not a
 running systemd)."""
+
 import ctypes
 import os
 import re
@@ -20,9 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from chat_client import (DEFAULT_TIMEOUT, ChatClient, LoggedProcess, gchat_executable,
-                         named_client)
+from chat_client import DEFAULT_TIMEOUT, ChatClient, LoggedProcess, gchat_executable, named_client
 from ws_client import WsClient, http_request
 
 from gchat.config import Config
@@ -107,8 +106,9 @@ class Activated(LoggedProcess):
             if "PYTHONPATH" in os.environ:
                 argv += ["-E", "PYTHONPATH"]
             argv += [gchat_executable(), *args]
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
             if self._listening(len(names)):
                 break
             self.stop()
@@ -151,11 +151,15 @@ def activate():
 
 
 def get(port, path) -> bytes:
-    return http_request("127.0.0.1", port, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                        "Connection: close\r\n\r\n".encode())
+    return http_request(
+        "127.0.0.1",
+        port,
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode(),
+    )
 
 
 # Socket activation ----------------------------------------------------------
+
 
 def test_activated_line_port_serves_chat_and_says_ready(activate):
     """gchat serves the socket systemd-socket-activate bound: its own
@@ -246,13 +250,17 @@ def test_a_datagram_socket_is_a_clear_error(activate):
 
 # The units -------------------------------------------------------------------
 
+
 def unit_lines(text: str) -> list:
     return [line for line in text.splitlines() if line and not line.startswith("#")]
 
 
 def settings(path: Path, key: str) -> list:
-    return [line.split("=", 1)[1] for line in unit_lines(path.read_text())
-            if line.split("=", 1)[0] == key]
+    return [
+        line.split("=", 1)[1]
+        for line in unit_lines(path.read_text())
+        if line.split("=", 1)[0] == key
+    ]
 
 
 @pytest.fixture
@@ -271,15 +279,19 @@ def units(tmp_path) -> Path:
         copy = (tmp_path / name).read_text().splitlines()
         differ = [(a, b) for a, b in zip(original, copy) if a != b]
         assert len(original) == len(copy)
-        assert differ == ([(EXEC_START, f"ExecStart={gchat_executable()}")]
-                          if name == "gchat.service" else [])
+        assert differ == (
+            [(EXEC_START, f"ExecStart={gchat_executable()}")] if name == "gchat.service" else []
+        )
     return tmp_path
 
 
 def test_units_verify_without_a_warning(units):
-    result = subprocess.run([tool("systemd-analyze"), "verify",
-                             *(str(units / name) for name in UNITS)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [tool("systemd-analyze"), "verify", *(str(units / name) for name in UNITS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout + result.stderr == ""
 
@@ -305,9 +317,18 @@ def test_units_are_wired_by_name():
 def test_service_sandboxing_stays_tight(units):
     """systemd's own score of the sandbox (0 best, 10 worst): at most 2.0
     (1.5 now); dropping a protection pushes it over."""
-    result = subprocess.run([tool("systemd-analyze"), "security", "--offline=true",
-                             "--threshold=20", str(units / "gchat.service")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            tool("systemd-analyze"),
+            "security",
+            "--offline=true",
+            "--threshold=20",
+            str(units / "gchat.service"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
 
 
@@ -337,10 +358,17 @@ def mdwe_wrapper(tmp_path) -> list:
     wrapper.write_text(MDWE_WRAPPER)
     prefix = [sys.executable, str(wrapper)]
     probe = subprocess.run(
-        prefix + [sys.executable, "-c",
-                  "import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE"
-                  " | mmap.PROT_EXEC)"],
-        capture_output=True, text=True, timeout=30)
+        prefix
+        + [
+            sys.executable,
+            "-c",
+            "import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE"
+            " | mmap.PROT_EXEC)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert probe.returncode != 0 and "PermissionError" in probe.stderr, probe.stderr
     return prefix
 

@@ -3,6 +3,7 @@ and `openssl s_client` as real clients, plain text and garbage on the TLS
 port, a handshake that never finishes, client certificates, and SIGHUP
 reloading the certificate without dropping anyone.  The certificates are
 made at test time with the openssl command."""
+
 import re
 import shutil
 import signal
@@ -11,7 +12,6 @@ import ssl
 import subprocess
 
 import pytest
-
 from chat_client import DEFAULT_TIMEOUT
 
 HOST = "127.0.0.1"
@@ -22,20 +22,61 @@ def openssl(*args, cwd):
 
 
 def make_ca(folder, name="ca"):
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-            f"/CN=gchat test {name}", "-keyout", f"{name}.key", "-out", f"{name}.pem", cwd=folder)
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN=gchat test {name}",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.pem",
+        cwd=folder,
+    )
     return folder / f"{name}.pem"
 
 
 def make_cert(folder, name, ca="ca", cn=None, server=True):
     """A key and a certificate signed by ca; a server one names 127.0.0.1."""
     cn = cn or name
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
-            "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=folder)
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        f"/CN={cn}",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        cwd=folder,
+    )
     ext = folder / f"{name}.ext"
     ext.write_text("subjectAltName=IP:127.0.0.1\n" if server else "extendedKeyUsage=clientAuth\n")
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-            "-CAcreateserial", "-days", "2", "-extfile", ext.name, "-out", f"{name}.pem", cwd=folder)
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.pem",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        ext.name,
+        "-out",
+        f"{name}.pem",
+        cwd=folder,
+    )
     return folder / f"{name}.pem", folder / f"{name}.key"
 
 
@@ -109,8 +150,9 @@ def closed_soon(sock, timeout=5.0) -> bool:
 
 @pytest.fixture
 def tls_server(start_gchat, pki):
-    server = start_gchat("--tls-cert", str(pki["cert"]), "--tls-key", str(pki["key"]),
-                         "--tls-handshake-timeout", "1")
+    server = start_gchat(
+        "--tls-cert", str(pki["cert"]), "--tls-key", str(pki["key"]), "--tls-handshake-timeout", "1"
+    )
     return server, pki
 
 
@@ -128,10 +170,21 @@ def test_two_tls_clients_chat(tls_server):
 def test_openssl_s_client_is_a_client(tls_server):
     server, pki = tls_server
     watcher = TlsClient(server.port, pki["ca"]).named("watcher")
-    proc = subprocess.Popen(["openssl", "s_client", "-connect", f"{HOST}:{server.port}", "-quiet",
-                             "-CAfile", str(pki["ca"]), "-verify_return_error"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"{HOST}:{server.port}",
+            "-quiet",
+            "-CAfile",
+            str(pki["ca"]),
+            "-verify_return_error",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         proc.stdin.write(b"sslclient\nhello from openssl\n")
         proc.stdin.flush()
@@ -171,8 +224,14 @@ def test_plain_text_garbage_and_silence_are_closed_and_nobody_else_notices(tls_s
 def test_client_certificates_when_a_client_ca_is_given(start_gchat, pki):
     folder = pki["dir"]
     client_cert, client_key = make_cert(folder, "client", server=False)
-    server = start_gchat("--tls-cert", str(pki["cert"]), "--tls-key", str(pki["key"]),
-                         "--tls-client-ca", str(pki["ca"]))
+    server = start_gchat(
+        "--tls-cert",
+        str(pki["cert"]),
+        "--tls-key",
+        str(pki["key"]),
+        "--tls-client-ca",
+        str(pki["ca"]),
+    )
     good = TlsClient(server.port, pki["ca"], cert=client_cert, key=client_key).named("certified")
     good.say("/who")
     good.expect(r"Here now \(1\): certified")
@@ -207,10 +266,21 @@ def test_sighup_reloads_the_certificate_without_dropping_anyone(tls_server):
 
 def test_a_bad_certificate_at_start_is_one_error_and_exit_1(tmp_path):
     from chat_client import gchat_executable
+
     (tmp_path / "bad.pem").write_text("nothing\n")
-    proc = subprocess.run([gchat_executable(), "--port", "0", "--tls-cert", str(tmp_path / "bad.pem"),
-                           "--tls-key", str(tmp_path / "bad.pem")], capture_output=True,
-                          timeout=DEFAULT_TIMEOUT)
+    proc = subprocess.run(
+        [
+            gchat_executable(),
+            "--port",
+            "0",
+            "--tls-cert",
+            str(tmp_path / "bad.pem"),
+            "--tls-key",
+            str(tmp_path / "bad.pem"),
+        ],
+        capture_output=True,
+        timeout=DEFAULT_TIMEOUT,
+    )
     assert proc.returncode == 1
     assert b"cannot start" in proc.stderr
 
@@ -220,11 +290,13 @@ def test_the_context_asks_for_tls_1_2_at_least_and_verifies_client_certificates(
     refuses TLS 1.1 on its own, so a handshake could not tell."""
     from gchat.config import Config
     from gchat.transport.tls import TlsContext
+
     plain = TlsContext(Config(tls_cert=str(pki["cert"]), tls_key=str(pki["key"]))).context
     assert plain.minimum_version == ssl.TLSVersion.TLSv1_2
     assert plain.verify_mode == ssl.CERT_NONE
-    mutual = TlsContext(Config(tls_cert=str(pki["cert"]), tls_key=str(pki["key"]),
-                               tls_client_ca=str(pki["ca"]))).context
+    mutual = TlsContext(
+        Config(tls_cert=str(pki["cert"]), tls_key=str(pki["key"]), tls_client_ca=str(pki["ca"]))
+    ).context
     assert mutual.verify_mode == ssl.CERT_REQUIRED
 
 
@@ -232,8 +304,9 @@ def https_get(port, ca, path):
     context = ssl.create_default_context(cafile=str(ca))
     with socket.create_connection((HOST, port), timeout=10) as raw:
         with context.wrap_socket(raw, server_hostname=HOST) as sock:
-            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
-                         "Connection: close\r\n\r\n".encode())
+            sock.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n".encode()
+            )
             data = b""
             while True:
                 chunk = sock.recv(65536)
@@ -244,8 +317,17 @@ def https_get(port, ca, path):
 
 def test_http_becomes_https_and_wss_in_the_same_rooms(start_gchat, pki):
     from ws_client import WsClient
-    server = start_gchat("--tls-cert", str(pki["cert"]), "--tls-key", str(pki["key"]),
-                         "--http", "0", "--tls-handshake-timeout", "1")
+
+    server = start_gchat(
+        "--tls-cert",
+        str(pki["cert"]),
+        "--tls-key",
+        str(pki["key"]),
+        "--http",
+        "0",
+        "--tls-handshake-timeout",
+        "1",
+    )
     health = https_get(server.http_port, pki["ca"], "/healthz")
     assert health.startswith(b"HTTP/1.1 200") and health.endswith(b"ok")
     line_client = TlsClient(server.port, pki["ca"]).named("liner")
@@ -275,9 +357,20 @@ def test_http_becomes_https_and_wss_in_the_same_rooms(start_gchat, pki):
 def test_a_slow_tls_client_under_the_drop_policy_is_told_what_it_missed(start_gchat, pki):
     """Skipped lines are never encrypted, and the notice is encrypted in
     its turn: the client's TLS stream stays valid throughout."""
-    server = start_gchat("--tls-cert", str(pki["cert"]), "--tls-key", str(pki["key"]),
-                         "--slow-policy", "drop", "--sendq", "20000", "--sndbuf", "4096",
-                         "--flood-rate", "0")
+    server = start_gchat(
+        "--tls-cert",
+        str(pki["cert"]),
+        "--tls-key",
+        str(pki["key"]),
+        "--slow-policy",
+        "drop",
+        "--sendq",
+        "20000",
+        "--sndbuf",
+        "4096",
+        "--flood-rate",
+        "0",
+    )
     slow = TlsClient(server.port, pki["ca"], rcvbuf=4096).named("slow")
     talker = TlsClient(server.port, pki["ca"]).named("talker")
     slow.expect("talker has arrived")
@@ -288,8 +381,9 @@ def test_a_slow_tls_client_under_the_drop_policy_is_told_what_it_missed(start_gc
     chats, skipped = [], 0
     while len(chats) + skipped < 300:
         line = slow.line()
-        notice = re.fullmatch(r"error: you were too slow to read; (\d+) messages were skipped",
-                              line)
+        notice = re.fullmatch(
+            r"error: you were too slow to read; (\d+) messages were skipped", line
+        )
         if notice:
             skipped += int(notice.group(1))
         elif line.startswith("talker: 0"):

@@ -2,6 +2,7 @@
 HTTP routes and their hardening, WebSocket clients in the same rooms as
 TCP clients, every WebSocket close code, the Origin check, and /healthz
 and /metrics (parsed with prometheus-client's own parser)."""
+
 import re
 import signal
 import socket
@@ -9,9 +10,8 @@ import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from wsproto.events import Pong
-
 from ws_client import WsClient, http_request, masked_frame
+from wsproto.events import Pong
 
 HOST = "127.0.0.1"
 
@@ -63,8 +63,9 @@ def test_routes_page_health_metrics_404_and_405(web):
     assert status(health) == 200 and body(health) == b"ok"
     assert ("gchat_clients", ("transport", "tcp")) in metrics(web.http_port)
     assert status(get(web.http_port, "/nowhere")) == 404
-    assert status(get(web.http_port, "/healthz", method="POST",
-                      extra=b"Content-Length: 0\r\n")) == 405
+    assert (
+        status(get(web.http_port, "/healthz", method="POST", extra=b"Content-Length: 0\r\n")) == 405
+    )
 
 
 def test_admin_port_takes_health_and_metrics_off_the_public_port(start_gchat):
@@ -144,12 +145,15 @@ def test_a_message_over_the_bound_closes_with_1009(start_gchat):
     watcher.expect(r"big has left.*")
 
 
-@pytest.mark.parametrize("frame, code", [
-    (masked_frame(0x2, b"\x00\x01binary"), 1003),
-    (masked_frame(0x1, b"bad \xff\xfe utf-8"), 1007),
-    (masked_frame(0x1, b"unmasked", mask=False), 1002),
-    (masked_frame(0x7, b"no such opcode"), 1002),
-])
+@pytest.mark.parametrize(
+    "frame, code",
+    [
+        (masked_frame(0x2, b"\x00\x01binary"), 1003),
+        (masked_frame(0x1, b"bad \xff\xfe utf-8"), 1007),
+        (masked_frame(0x1, b"unmasked", mask=False), 1002),
+        (masked_frame(0x7, b"no such opcode"), 1002),
+    ],
+)
 def test_bad_frames_close_with_their_codes_and_others_go_on(web, frame, code):
     other = ws_named(web, "other")
     client = ws_named(web, "bad")
@@ -175,6 +179,7 @@ def test_ping_gets_pong_and_close_handshakes_both_ways(web):
 
 def test_permessage_deflate_is_declined(web):
     from wsproto.extensions import PerMessageDeflate
+
     client = WsClient(HOST, web.http_port, extensions=[PerMessageDeflate()])
     assert client.accepted.extensions == []
     client.expect(r".*name\?")
@@ -218,8 +223,9 @@ def test_metrics_move_as_traffic_flows(web):
 
 
 def test_healthz_turns_503_while_shutdown_drains(start_gchat):
-    server = start_gchat("--http", "0", "--flood-rate", "0", "--sendq", "64M",
-                         "--shutdown-timeout", "5")
+    server = start_gchat(
+        "--http", "0", "--flood-rate", "0", "--sendq", "64M", "--shutdown-timeout", "5"
+    )
     stuck = server.client(rcvbuf=4096)  # never reads: shutdown waits for its output
     stuck.line()
     stuck.say("stuck")
@@ -227,8 +233,10 @@ def test_healthz_turns_503_while_shutdown_drains(start_gchat):
     talker.send(("x" * 1000 + "\n") * 4000)
     talker.expect("talker: x+", skip=True)
     deadline = time.monotonic() + 10
-    while status(get(server.http_port, "/metrics")) == 200 and \
-            metrics(server.http_port)[("gchat_deliveries_total",)] < 4000:
+    while (
+        status(get(server.http_port, "/metrics")) == 200
+        and metrics(server.http_port)[("gchat_deliveries_total",)] < 4000
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.05)  # polling a counter under a deadline
     server.signal(signal.SIGTERM)
@@ -247,10 +255,15 @@ def test_frames_sent_with_the_upgrade_request_are_read(web):
     WebSocket: the server reads them first."""
     import base64
     import os
+
     key = base64.b64encode(os.urandom(16))
-    head = (b"GET /ws HTTP/1.1\r\nHost: " + f"{HOST}:{web.http_port}".encode() +
-            b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + key +
-            b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = (
+        b"GET /ws HTTP/1.1\r\nHost: "
+        + f"{HOST}:{web.http_port}".encode()
+        + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
+        + key
+        + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
     with socket.create_connection((HOST, web.http_port), timeout=10) as sock:
         sock.sendall(head + masked_frame(0x1, b"early\n/who"))
         data = b""

@@ -1,16 +1,18 @@
 """The hub under stress, with the server in-process: a fault while handling
 one client's event is logged with its traceback, that client is
 disconnected, and the broadcaster keeps serving the rest; readers pause
-while the inbox is over its bound, and nothing is lost.  The server runs in-process (in a thread with its own gevent loop) so that
-the test can plant the fault; the clients are real sockets."""
+while the inbox is over its bound, and nothing is lost.  The server runs
+in-process (in a thread with its own gevent loop) so that the test can
+plant the fault; the clients are real sockets."""
+
 import logging
 import threading
 
 import pytest
-
 from chat_client import named_client
-from gchat.config import Config
+
 from gchat.chat import Chat
+from gchat.config import Config
 
 
 @pytest.fixture
@@ -107,6 +109,7 @@ def faulty_outbox(monkeypatch):
     """Handing output to one client's outbox raises (a transport's bug),
     for the client whose name is "victim", once it is named."""
     from gchat.outbox import Outbox
+
     real_offer = Outbox.offer
     victims = set()
 
@@ -120,16 +123,17 @@ def faulty_outbox(monkeypatch):
 
 
 def test_fault_while_delivering_to_one_client_disconnects_it_alone(
-        faulty_outbox, inprocess_server, caplog):
+    faulty_outbox, inprocess_server, caplog
+):
     import gc
 
     from gchat.transport.base import Connection
+
     caplog.set_level(logging.ERROR, logger="gchat")
     a = named_client("127.0.0.1", inprocess_server, "a")
     victim = named_client("127.0.0.1", inprocess_server, "victim")
     a.expect("victim has arrived")
-    conn = next(o for o in gc.get_objects()
-                if isinstance(o, Connection) and o.name == "victim")
+    conn = next(o for o in gc.get_objects() if isinstance(o, Connection) and o.name == "victim")
     faulty_outbox.add(conn.outbox)
     a.say("this batch breaks victim's transport")
     a.expect("a: this batch breaks victim's transport")  # a still gets the batch

@@ -4,6 +4,7 @@ Every `import` and `from ... import` in gchat/, at module level or inside
 a function, is read with ast (nothing is imported), and resolved to the
 gchat module it names.  docs/how-it-works.md explains the layers.
 """
+
 import ast
 import sys
 from pathlib import Path
@@ -16,34 +17,76 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gchat"
 # never a higher one.  A new module must be placed here (test_every_module_has_a_layer).
 LAYERS = {
     # Leaves: the hub's vocabulary, every user-visible text, the options, logging.
-    "gchat": 0, "gchat.events": 0, "gchat.protocol": 0, "gchat.config": 0, "gchat.logs": 0,
+    "gchat": 0,
+    "gchat.events": 0,
+    "gchat.protocol": 0,
+    "gchat.config": 0,
+    "gchat.logs": 0,
     # The pure core: no sockets, no gevent, no clock.
-    "gchat.fanout": 1, "gchat.outbox": 1, "gchat.room": 1, "gchat.rooms": 1, "gchat.chat": 1,
-    "gchat.cluster": 1, "gchat.timeouts": 1, "gchat.proxy_header": 1, "gchat.bus.entry": 1,
+    "gchat.fanout": 1,
+    "gchat.outbox": 1,
+    "gchat.room": 1,
+    "gchat.rooms": 1,
+    "gchat.chat": 1,
+    "gchat.cluster": 1,
+    "gchat.timeouts": 1,
+    "gchat.proxy_header": 1,
+    "gchat.bus.entry": 1,
     # The broadcaster greenlet, the one owner of the chat's state.
     "gchat.hub": 2,
     # Connections and the bus's I/O: they talk to the hub through events.
-    "gchat.transport": 3, "gchat.transport.base": 3, "gchat.transport.tls": 3,
-    "gchat.transport.websocket": 3, "gchat.transport.http": 3, "gchat.transport.proxy": 3,
-    "gchat.bus": 3, "gchat.bus.redis_bus": 3,
+    "gchat.transport": 3,
+    "gchat.transport.base": 3,
+    "gchat.transport.tls": 3,
+    "gchat.transport.websocket": 3,
+    "gchat.transport.http": 3,
+    "gchat.transport.proxy": 3,
+    "gchat.bus": 3,
+    "gchat.bus.redis_bus": 3,
     # The edges the server plugs in.
-    "gchat.metrics": 4, "gchat.systemd": 4, "gchat.config_file": 4,
+    "gchat.metrics": 4,
+    "gchat.systemd": 4,
+    "gchat.config_file": 4,
     # The assembly, then the entry points.
     "gchat.server": 5,
-    "gchat.cli": 6, "gchat.workers": 6, "gchat.__main__": 6, "gchat.options_doc": 6,
+    "gchat.cli": 6,
+    "gchat.workers": 6,
+    "gchat.__main__": 6,
+    "gchat.options_doc": 6,
 }
 
 PURE = [name for name, layer in LAYERS.items() if layer <= 1 and name != "gchat"]
 # What a pure module never imports: I/O, the event loop, the clock.
-IMPURE = {"gevent", "greenlet", "socket", "ssl", "select", "selectors", "time", "redis", "h11",
-          "wsproto", "os", "subprocess", "threading", "asyncio", "prometheus_client"}
+IMPURE = {
+    "gevent",
+    "greenlet",
+    "socket",
+    "ssl",
+    "select",
+    "selectors",
+    "time",
+    "redis",
+    "h11",
+    "wsproto",
+    "os",
+    "subprocess",
+    "threading",
+    "asyncio",
+    "prometheus_client",
+}
 
 # Rules of DESIGN.md beyond the layers' order.
 FORBIDDEN = {
     # A transport may import the connection base and the events, never the
     # server, the hub or the chat's state.
-    "gchat.transport.": {"gchat.server", "gchat.hub", "gchat.room", "gchat.rooms",
-                         "gchat.chat", "gchat.cluster"},
+    "gchat.transport.": {
+        "gchat.server",
+        "gchat.hub",
+        "gchat.room",
+        "gchat.rooms",
+        "gchat.chat",
+        "gchat.cluster",
+    },
     # The bus may import events, entry and protocol, never the hub or the
     # cluster's rules.
     "gchat.bus.": {"gchat.hub", "gchat.cluster", "gchat.chat", "gchat.server"},
@@ -59,14 +102,19 @@ def module_name(path: Path) -> str:
 
 def modules() -> dict:
     """module name -> its parsed source, for every .py file in gchat/."""
-    return {module_name(path): ast.parse(path.read_text(), str(path))
-            for path in sorted(PACKAGE.rglob("*.py"))}
+    return {
+        module_name(path): ast.parse(path.read_text(), str(path))
+        for path in sorted(PACKAGE.rglob("*.py"))
+    }
 
 
 def imported(name: str, tree: ast.AST, known: set) -> dict:
     """The modules name imports: module -> (line, top-level package)."""
-    package = name if (PACKAGE.parent / name.replace(".", "/") / "__init__.py").exists() \
+    package = (
+        name
+        if (PACKAGE.parent / name.replace(".", "/") / "__init__.py").exists()
         else name.rpartition(".")[0]
+    )
     found = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -75,7 +123,7 @@ def imported(name: str, tree: ast.AST, known: set) -> dict:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module
@@ -92,8 +140,11 @@ def graph() -> dict:
     known = set(trees)
     edges = {}
     for name, tree in trees.items():
-        edges[name] = {target: line for target, line in imported(name, tree, known).items()
-                       if target in known and target != name}
+        edges[name] = {
+            target: line
+            for target, line in imported(name, tree, known).items()
+            if target in known and target != name
+        }
     return edges
 
 
@@ -108,7 +159,7 @@ def find_cycle(edges: dict):
         stack.append(node)
         for target in sorted(edges[node]):
             if colour[target] == GREY:
-                return stack[stack.index(target):] + [target]
+                return stack[stack.index(target) :] + [target]
             if colour[target] == WHITE:
                 cycle = visit(target)
                 if cycle:
@@ -152,18 +203,23 @@ def test_every_module_has_a_layer():
 
 
 def test_imports_point_down():
-    upward = [f"{name} (layer {LAYERS[name]}) imports {target} (layer {LAYERS[target]}) "
-              f"at line {line}"
-              for name, targets in graph().items() for target, line in targets.items()
-              if LAYERS[target] > LAYERS[name]]
+    upward = [
+        f"{name} (layer {LAYERS[name]}) imports {target} (layer {LAYERS[target]}) at line {line}"
+        for name, targets in graph().items()
+        for target, line in targets.items()
+        if LAYERS[target] > LAYERS[name]
+    ]
     assert not upward, "\n".join(upward)
 
 
 def test_design_rules():
-    broken = [f"{name} imports {target} at line {line}"
-              for name, targets in graph().items() for target, line in targets.items()
-              for prefix, banned in FORBIDDEN.items()
-              if name.startswith(prefix) and target in banned]
+    broken = [
+        f"{name} imports {target} at line {line}"
+        for name, targets in graph().items()
+        for target, line in targets.items()
+        for prefix, banned in FORBIDDEN.items()
+        if name.startswith(prefix) and target in banned
+    ]
     assert not broken, "\n".join(broken)
 
 
@@ -183,12 +239,14 @@ def test_private_names_stay_home():
     for name, tree in trees.items():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gchat"):
-                leaks += [f"{name} imports {node.module}.{alias.name}" for alias in node.names
-                          if alias.name.startswith("_") and not alias.name.startswith("__")]
+                leaks += [
+                    f"{name} imports {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
     assert not leaks, "\n".join(leaks)
 
 
 if __name__ == "__main__":  # print the graph, for the docs
     for module, targets in sorted(graph().items()):
-        print(f"{LAYERS.get(module, '?')} {module}: {', '.join(sorted(targets))}",
-              file=sys.stdout)
+        print(f"{LAYERS.get(module, '?')} {module}: {', '.join(sorted(targets))}", file=sys.stdout)

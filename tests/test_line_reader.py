@@ -1,5 +1,6 @@
 """LineReader: the same input fed at every chunk size gives the same lines
 (as Twisted's LineReceiver tests do), with the length bound."""
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,7 +12,7 @@ def feed_in_chunks(data: bytes, size: int, max_line: int):
     reader = LineReader(max_line)
     out = []
     for i in range(0, len(data), size):
-        out += reader.feed(data[i:i + size])
+        out += reader.feed(data[i : i + size])
     return out + reader.finish(), reader
 
 
@@ -83,14 +84,17 @@ def reference_split(data: bytes, max_line: int):
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=st.binary(max_size=300), sizes=st.lists(st.integers(1, 40), min_size=1, max_size=30),
-       max_line=st.integers(1, 30))
+@given(
+    data=st.binary(max_size=300),
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=30),
+    max_line=st.integers(1, 30),
+)
 def test_any_bytes_at_any_chunking_match_a_reference_split(data, sizes, max_line):
     reader = LineReader(max_line)
     out, position, i = [], 0, 0
     while position < len(data):
         size = sizes[i % len(sizes)]
-        out += reader.feed(data[position:position + size])
+        out += reader.feed(data[position : position + size])
         position += size
         i += 1
         assert reader.buffered <= max_line + 1

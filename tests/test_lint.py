@@ -1,6 +1,7 @@
 """ruff over gchat/, bench/ and tests/: the lint rules and the format
 chosen in pyproject.toml ([tool.ruff]).  A finding fails the suite, so
 that the README's test command (and so CI) keeps the habit."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,9 @@ TREES = ["gchat", "bench", "tests"]
 
 
 def ruff(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ruff", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ruff", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_ruff_check_finds_nothing():
@@ -31,6 +33,7 @@ def test_the_rules_are_the_projects_and_can_fail(tmp_path):
     bad.write_text("import os\nx = {'a':1}\n")
     check = ruff("check", "--no-cache", "--config", str(ROOT / "pyproject.toml"), str(bad))
     assert check.returncode == 1 and "F401" in check.stdout, check.stdout + check.stderr
-    fmt = ruff("format", "--check", "--no-cache", "--config", str(ROOT / "pyproject.toml"),
-               str(bad))
+    fmt = ruff(
+        "format", "--check", "--no-cache", "--config", str(ROOT / "pyproject.toml"), str(bad)
+    )
     assert fmt.returncode == 1, fmt.stdout + fmt.stderr

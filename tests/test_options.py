@@ -1,6 +1,7 @@
 """Every option declared once: Config's fields carry their flag, help and
 checks (config.option), and the parser, config_from_args, the checks in
 Config.__post_init__ and docs/options.md are derived from them."""
+
 import argparse
 import dataclasses
 import re
@@ -8,11 +9,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from chat_client import gchat_executable
+
 from gchat import cli, config
-from gchat.config import (FLOOD_RATE, GROUP_KEYS, GROUPS, IDLE_TIMEOUT, Config, flag_options,
-                          help_text, options)
+from gchat.config import (
+    FLOOD_RATE,
+    GROUP_KEYS,
+    GROUPS,
+    IDLE_TIMEOUT,
+    Config,
+    flag_options,
+    help_text,
+    options,
+)
 from gchat.options_doc import render_markdown
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "options.md"
@@ -24,6 +33,7 @@ def actions(parser: argparse.ArgumentParser) -> dict:
 
 
 # The parser, from the fields ---------------------------------------------------
+
 
 def test_every_field_with_a_flag_is_in_the_parser_with_its_default():
     parser_actions = actions(cli.build_parser())
@@ -54,7 +64,9 @@ def test_the_flags_that_do_not_follow_the_field_name():
     parser_actions = actions(cli.build_parser())
     assert parser_actions["shutdown_flush_timeout"].option_strings == ["--shutdown-timeout"]
     assert parser_actions["handshake_timeout"].option_strings == [
-        "--tls-handshake-timeout", "--handshake-timeout"]
+        "--tls-handshake-timeout",
+        "--handshake-timeout",
+    ]
     for spelling in ("--tls-handshake-timeout", "--handshake-timeout"):
         args = cli.build_parser().parse_args([spelling, "4"])
         assert cli.config_from_args(args).handshake_timeout == 4.0
@@ -90,10 +102,27 @@ def test_the_defaults_come_from_config():
 
 
 def test_config_from_args_converts_each_kind_of_value():
-    args = cli.build_parser().parse_args([
-        "--host", "0.0.0.0", "--sndbuf", "4k", "--http", "8080", "--admin", "[::1]:9100",
-        "--allow-origin", "https://a", "--allow-origin", "https://b",
-        "--proxy-from", "10.0.0.0/8", "--compat", "--max-clients", "9"])
+    args = cli.build_parser().parse_args(
+        [
+            "--host",
+            "0.0.0.0",
+            "--sndbuf",
+            "4k",
+            "--http",
+            "8080",
+            "--admin",
+            "[::1]:9100",
+            "--allow-origin",
+            "https://a",
+            "--allow-origin",
+            "https://b",
+            "--proxy-from",
+            "10.0.0.0/8",
+            "--compat",
+            "--max-clients",
+            "9",
+        ]
+    )
     made = cli.config_from_args(args)
     assert made.sndbuf == 4096
     assert made.http == ("0.0.0.0", 8080) and made.admin == ("::1", 9100)
@@ -104,6 +133,7 @@ def test_config_from_args_converts_each_kind_of_value():
 
 # Help that states the default -------------------------------------------------
 
+
 def test_help_states_each_default_from_the_field():
     assert help_text(options()["history"]).endswith("(default 20)")
     assert help_text(options()["sendq"]).endswith("(default 1 MiB)")
@@ -112,11 +142,13 @@ def test_help_states_each_default_from_the_field():
     assert help_text(options()["sndbuf"]).endswith("(default: the kernel's autotuning)")
     headroom = Config.__dataclass_fields__["fd_headroom"].default
     assert help_text(options()["max_clients"]).endswith(
-        f"(default: the open-file limit less {headroom})")
+        f"(default: the open-file limit less {headroom})"
+    )
 
 
-@pytest.mark.parametrize("name, mode_default", [("idle_timeout", IDLE_TIMEOUT),
-                                                ("flood_rate", FLOOD_RATE)])
+@pytest.mark.parametrize(
+    "name, mode_default", [("idle_timeout", IDLE_TIMEOUT), ("flood_rate", FLOOD_RATE)]
+)
 def test_a_none_default_states_the_mode_default_the_config_applies(name, mode_default):
     assert getattr(Config(), name) is None
     text = help_text(options()[name])
@@ -133,23 +165,27 @@ def test_no_help_hard_codes_a_default():
 
 # The checks, from the fields ---------------------------------------------------
 
-@pytest.mark.parametrize("values, message", [
-    ({"sendq": 0}, "sendq must be positive"),
-    ({"inbox_size": 0}, "inbox_size must be positive"),
-    ({"bus_stream_max": -1}, "bus_stream_max must be positive"),
-    ({"name_timeout": -1}, "name_timeout must not be negative"),
-    ({"shutdown_flush_timeout": -1}, "shutdown_flush_timeout must not be negative"),
-    ({"idle_timeout": -1}, "idle_timeout must not be negative"),
-    ({"flood_rate": -1}, "flood_rate must not be negative"),
-    ({"flood_burst": 0}, "flood_burst must be at least 1"),
-    ({"max_clients": 0}, "max_clients must be positive"),
-    ({"max_per_ip": -1}, "max_per_ip must not be negative"),
-    ({"history": -1}, "history must not be negative"),
-    ({"port": 65536}, "port must be 0..65535"),
-    ({"slow_policy": "x"}, "slow_policy must be one of ('disconnect', 'drop'), not 'x'"),
-    ({"tls_cert": "c"}, "tls_cert and tls_key go together"),
-    ({"tls_client_ca": "ca"}, "tls_client_ca needs tls_cert and tls_key"),
-])
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"sendq": 0}, "sendq must be positive"),
+        ({"inbox_size": 0}, "inbox_size must be positive"),
+        ({"bus_stream_max": -1}, "bus_stream_max must be positive"),
+        ({"name_timeout": -1}, "name_timeout must not be negative"),
+        ({"shutdown_flush_timeout": -1}, "shutdown_flush_timeout must not be negative"),
+        ({"idle_timeout": -1}, "idle_timeout must not be negative"),
+        ({"flood_rate": -1}, "flood_rate must not be negative"),
+        ({"flood_burst": 0}, "flood_burst must be at least 1"),
+        ({"max_clients": 0}, "max_clients must be positive"),
+        ({"max_per_ip": -1}, "max_per_ip must not be negative"),
+        ({"history": -1}, "history must not be negative"),
+        ({"port": 65536}, "port must be 0..65535"),
+        ({"slow_policy": "x"}, "slow_policy must be one of ('disconnect', 'drop'), not 'x'"),
+        ({"tls_cert": "c"}, "tls_cert and tls_key go together"),
+        ({"tls_client_ca": "ca"}, "tls_client_ca needs tls_cert and tls_key"),
+    ],
+)
 def test_config_checks(values, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         Config(**values)
@@ -162,14 +198,17 @@ def test_none_means_the_default_and_passes_the_checks():
 
 # docs/options.md ---------------------------------------------------------------
 
+
 def test_docs_page_is_the_generated_one():
-    assert DOCS.read_text(encoding="utf-8") == render_markdown(), \
+    assert DOCS.read_text(encoding="utf-8") == render_markdown(), (
         "docs/options.md is stale: run `python -m gchat.options_doc > docs/options.md`"
+    )
 
 
 def test_every_option_of_the_help_is_on_the_docs_page():
-    out = subprocess.run([gchat_executable(), "--help"], capture_output=True, text=True,
-                         timeout=30, check=True).stdout
+    out = subprocess.run(
+        [gchat_executable(), "--help"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
     flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", out))
     assert len(flags) > 40
     page = DOCS.read_text(encoding="utf-8")

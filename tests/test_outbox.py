@@ -1,5 +1,6 @@
 """Outbox: bounded per-client output and the slow-client policies, driven
 with a fake non-blocking send (no sockets)."""
+
 import pytest
 
 from gchat.outbox import Outbox
@@ -90,7 +91,7 @@ def test_drop_policy_skips_whole_offers_and_reports_them_once_caught_up():
     box.offer(b"a\n")
     box.offer(b"b\nc\n")
     box.offer(b"0123456789\n")  # would pass the limit: dropped, 1 line
-    box.offer(b"x\ny\nz\n")     # 2 + 4 + 6 = 12 > 10: dropped, 3 lines
+    box.offer(b"x\ny\nz\n")  # 2 + 4 + 6 = 12 > 10: dropped, 3 lines
     assert box.missed == 4 and box.dropped == 4
     sock.drain(box)
     assert sock.received == b"a\nb\nc\nerror: you were too slow to read; 4 messages were skipped\n"
@@ -105,8 +106,9 @@ def test_drop_policy_notice_comes_before_anything_newer():
     box.sent(sock.send(box.pending()))  # "1234567\n" sent: caught up, notice parked
     box.offer(b"new\n")
     sock.drain(box)
-    assert sock.received == (b"1234567\nerror: you were too slow to read; "
-                             b"1 messages were skipped\nnew\n")
+    assert sock.received == (
+        b"1234567\nerror: you were too slow to read; 1 messages were skipped\nnew\n"
+    )
 
 
 def test_partial_send_of_the_parked_head_keeps_the_rest_in_order():

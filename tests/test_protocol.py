@@ -1,4 +1,5 @@
 """Pure protocol pieces: command parsing, name rules, text safety, rendering."""
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -6,35 +7,41 @@ from hypothesis import strategies as st
 from gchat import protocol as p
 
 
-@pytest.mark.parametrize("line, command", [
-    ("hello", p.Chat("hello")),
-    ("", p.Chat("")),
-    ("//who", p.Chat("/who")),
-    ("// spaced", p.Chat("/ spaced")),
-    ("/who", p.Who()),
-    ("/WHO", p.Who()),
-    ("/help", p.Help()),
-    ("/quit", p.Quit("")),
-    ("/quit  see you  ", p.Quit("see you")),
-    ("/me waves hello", p.Me("waves hello")),
-    ("/nick bob", p.Nick("bob")),
-    ("/nick  bob ", p.Nick("bob")),
-    ("/msg bob hi there", p.Msg("bob", "hi there")),
-])
+@pytest.mark.parametrize(
+    "line, command",
+    [
+        ("hello", p.Chat("hello")),
+        ("", p.Chat("")),
+        ("//who", p.Chat("/who")),
+        ("// spaced", p.Chat("/ spaced")),
+        ("/who", p.Who()),
+        ("/WHO", p.Who()),
+        ("/help", p.Help()),
+        ("/quit", p.Quit("")),
+        ("/quit  see you  ", p.Quit("see you")),
+        ("/me waves hello", p.Me("waves hello")),
+        ("/nick bob", p.Nick("bob")),
+        ("/nick  bob ", p.Nick("bob")),
+        ("/msg bob hi there", p.Msg("bob", "hi there")),
+    ],
+)
 def test_parse_commands(line, command):
     assert p.parse(line) == command
 
 
-@pytest.mark.parametrize("line, error", [
-    ("/me", "usage: /me ACTION"),
-    ("/nick", "usage: /nick NEW"),
-    ("/nick two words", "usage: /nick NEW"),
-    ("/msg", "usage: /msg NAME TEXT"),
-    ("/msg bob", "usage: /msg NAME TEXT"),
-    ("/msg bob   ", "usage: /msg NAME TEXT"),
-    ("/bogus", "unknown command /bogus (try /help)"),
-    ("/", "unknown command / (try /help)"),
-])
+@pytest.mark.parametrize(
+    "line, error",
+    [
+        ("/me", "usage: /me ACTION"),
+        ("/nick", "usage: /nick NEW"),
+        ("/nick two words", "usage: /nick NEW"),
+        ("/msg", "usage: /msg NAME TEXT"),
+        ("/msg bob", "usage: /msg NAME TEXT"),
+        ("/msg bob   ", "usage: /msg NAME TEXT"),
+        ("/bogus", "unknown command /bogus (try /help)"),
+        ("/", "unknown command / (try /help)"),
+    ],
+)
 def test_parse_errors(line, error):
     assert p.parse(line) == p.Invalid(error)
 
@@ -50,20 +57,24 @@ def test_parse_never_raises(line):
     assert p.parse(line) is not None
 
 
-@pytest.mark.parametrize("name", ["a", "Bob", "x" * 24, "名前", "Ünïcödé", "a_b-c.d", "R2D2",
-                                  "नमस्ते"])
+@pytest.mark.parametrize(
+    "name", ["a", "Bob", "x" * 24, "名前", "Ünïcödé", "a_b-c.d", "R2D2", "नमस्ते"]
+)
 def test_valid_names(name):
     assert p.validate_name(name) is None
 
 
-@pytest.mark.parametrize("name, why", [
-    ("", "at least one"),
-    ("x" * 25, "at most 24"),
-    ("a b", "not allowed"),
-    ("a;b", "not allowed"),
-    ("tab\t", "U+0009"),
-    ("\u0301a", "not allowed"),  # a name cannot start with a combining mark
-])
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("", "at least one"),
+        ("x" * 25, "at most 24"),
+        ("a b", "not allowed"),
+        ("a;b", "not allowed"),
+        ("tab\t", "U+0009"),
+        ("\u0301a", "not allowed"),  # a name cannot start with a combining mark
+    ],
+)
 def test_invalid_names_say_why(name, why):
     assert why in p.validate_name(name)
 
@@ -94,8 +105,10 @@ def test_roster_lines():
     assert p.render_roster([], 0, newcomer=True) == "Nobody else is here."
     assert p.render_roster(["a", "b"], 2, newcomer=True) == "Also here (2): a, b"
     assert p.render_roster(["a"], 1, newcomer=False) == "Here now (1): a"
-    assert p.render_roster(["a", "b"], 5, newcomer=True) == \
-        "Also here (5): a, b, and 3 more (/who lists all)"
+    assert (
+        p.render_roster(["a", "b"], 5, newcomer=True)
+        == "Also here (5): a, b, and 3 more (/who lists all)"
+    )
 
 
 def test_addresses_are_written_as_go_writes_them():

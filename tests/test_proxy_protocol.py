@@ -1,6 +1,7 @@
 """The PROXY protocol parser (gchat/proxy_header.py), pure: headers built
 byte by byte from HAProxy's doc/proxy-protocol.txt, fed whole, split at
 every position and in arbitrary pieces, and every way of being malformed."""
+
 import dataclasses
 import ipaddress
 import struct
@@ -9,9 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gchat.proxy_header import (NEED_MORE, V1_MAX_LENGTH, V2_SIGNATURE, Malformed, ProxyHeader,
-                                  ProxyHeaderParser, crc32c, parse, peer_allowed)
 from gchat.protocol import format_address
+from gchat.proxy_header import (
+    NEED_MORE,
+    V1_MAX_LENGTH,
+    V2_SIGNATURE,
+    Malformed,
+    ProxyHeader,
+    ProxyHeaderParser,
+    crc32c,
+    parse,
+    peer_allowed,
+)
 
 REAL = ("10.9.8.7", 40000)  # the connection's own peer, for client_address()
 
@@ -25,13 +35,19 @@ def v2(command=0x1, family=0x11, block=b"", version=0x2, length=None):
 
 
 def inet4(src="192.0.2.1", dst="198.51.100.2", sport=56324, dport=443) -> bytes:
-    return (ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed
-            + struct.pack(">HH", sport, dport))
+    return (
+        ipaddress.IPv4Address(src).packed
+        + ipaddress.IPv4Address(dst).packed
+        + struct.pack(">HH", sport, dport)
+    )
 
 
 def inet6(src="2001:db8::1", dst="2001:db8::2", sport=56324, dport=443) -> bytes:
-    return (ipaddress.IPv6Address(src).packed + ipaddress.IPv6Address(dst).packed
-            + struct.pack(">HH", sport, dport))
+    return (
+        ipaddress.IPv6Address(src).packed
+        + ipaddress.IPv6Address(dst).packed
+        + struct.pack(">HH", sport, dport)
+    )
 
 
 def tlv(kind: int, value: bytes) -> bytes:
@@ -66,11 +82,13 @@ def feed_in_pieces(data: bytes, cuts) -> object:
 
 # --- Version 1 -------------------------------------------------------------
 
+
 def test_v1_tcp4():
     data = b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\nGET / HTTP/1.1\r\n"
     result = parse(data)
-    assert result == ProxyHeader(1, "PROXY", "TCP4", ("192.168.0.1", 56324), ("192.168.0.11", 443),
-                                 47, b"GET / HTTP/1.1\r\n")
+    assert result == ProxyHeader(
+        1, "PROXY", "TCP4", ("192.168.0.1", 56324), ("192.168.0.11", 443), 47, b"GET / HTTP/1.1\r\n"
+    )
     assert result.client_address(REAL) == ("192.168.0.1", 56324)
 
 
@@ -107,12 +125,15 @@ def test_v1_tcp6_ipv4_mapped_is_the_ipv4_host():
     assert result.source == ("192.0.2.1", 1)
 
 
-@pytest.mark.parametrize("line", [
-    b"PROXY UNKNOWN\r\n",
-    b"PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff "
-    b"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n",
-    b"PROXY UNKNOWN anything at all, ignored \x01\xff\r\n",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"PROXY UNKNOWN\r\n",
+        b"PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff "
+        b"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n",
+        b"PROXY UNKNOWN anything at all, ignored \x01\xff\r\n",
+    ],
+)
 def test_v1_unknown_uses_the_real_address(line):
     assert len(line) <= V1_MAX_LENGTH
     result = parse(line + b"rest")
@@ -144,54 +165,85 @@ def test_v1_without_crlf_waits_until_107_bytes_then_fails():
     assert parse(prefix[:107]) == Malformed("v1 line has no CRLF within 107 bytes")
 
 
-@pytest.mark.parametrize("data", [b"P", b"PRO", b"PROXY", b"PROXY ", b"PROXY TCP4 1.2.3.4",
-                                  b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r"])
+@pytest.mark.parametrize(
+    "data",
+    [b"P", b"PRO", b"PROXY", b"PROXY ", b"PROXY TCP4 1.2.3.4", b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r"],
+)
 def test_v1_incomplete_needs_more(data):
     assert parse(data) is NEED_MORE
 
 
-@pytest.mark.parametrize("line,reason", [
-    (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n", "v1 line ends in LF without CR"),
-    (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\rX", "v1 line has a CR without LF"),
-    (b"PROXY TCP4 1.2.3.4\n5.6.7.8 1 2\r\n", "v1 line ends in LF without CR"),
-    (b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n", "v1 protocol b'TCP5' is not TCP4, TCP6 or UNKNOWN"),
-    (b"PROXY tcp4 1.2.3.4 5.6.7.8 1 2\r\n", "v1 protocol b'tcp4' is not TCP4, TCP6 or UNKNOWN"),
-    (b"PROXY UNKNOWNX\r\n", "v1 protocol b'UNKNOWNX' is not TCP4, TCP6 or UNKNOWN"),
-    (b"PROXY \r\n", "v1 protocol b'' is not TCP4, TCP6 or UNKNOWN"),
-    (b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n", "v1 line has 4 fields, not 5"),
-    (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n", "v1 line has 6 fields, not 5"),
-    (b"PROXY TCP4 1.2.3.4  5.6.7.8 1 2\r\n", "v1 line has 6 fields, not 5"),
-    (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 \r\n", "v1 line has 6 fields, not 5"),
-    (b"PROXY  TCP4 1.2.3.4 5.6.7.8 1 2\r\n", "v1 protocol b'' is not TCP4, TCP6 or UNKNOWN"),
-])
+@pytest.mark.parametrize(
+    "line,reason",
+    [
+        (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n", "v1 line ends in LF without CR"),
+        (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\rX", "v1 line has a CR without LF"),
+        (b"PROXY TCP4 1.2.3.4\n5.6.7.8 1 2\r\n", "v1 line ends in LF without CR"),
+        (b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n", "v1 protocol b'TCP5' is not TCP4, TCP6 or UNKNOWN"),
+        (b"PROXY tcp4 1.2.3.4 5.6.7.8 1 2\r\n", "v1 protocol b'tcp4' is not TCP4, TCP6 or UNKNOWN"),
+        (b"PROXY UNKNOWNX\r\n", "v1 protocol b'UNKNOWNX' is not TCP4, TCP6 or UNKNOWN"),
+        (b"PROXY \r\n", "v1 protocol b'' is not TCP4, TCP6 or UNKNOWN"),
+        (b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n", "v1 line has 4 fields, not 5"),
+        (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n", "v1 line has 6 fields, not 5"),
+        (b"PROXY TCP4 1.2.3.4  5.6.7.8 1 2\r\n", "v1 line has 6 fields, not 5"),
+        (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 \r\n", "v1 line has 6 fields, not 5"),
+        (b"PROXY  TCP4 1.2.3.4 5.6.7.8 1 2\r\n", "v1 protocol b'' is not TCP4, TCP6 or UNKNOWN"),
+    ],
+)
 def test_v1_malformed_lines(line, reason):
     assert parse(line) == Malformed(reason)
 
 
-@pytest.mark.parametrize("address", [
-    "256.1.1.1", "1.2.3", "1.2.3.4.5", "01.2.3.4", "1.2.3.04", "1.2.3.4 ", "-1.2.3.4", "1.2.3.",
-    "::1", "1.2.3.4/8", "0x1.2.3.4", "１.2.3.4",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "256.1.1.1",
+        "1.2.3",
+        "1.2.3.4.5",
+        "01.2.3.4",
+        "1.2.3.04",
+        "1.2.3.4 ",
+        "-1.2.3.4",
+        "1.2.3.",
+        "::1",
+        "1.2.3.4/8",
+        "0x1.2.3.4",
+        "１.2.3.4",
+    ],
+)
 def test_v1_tcp4_bad_addresses(address):
     line = f"PROXY TCP4 {address} 5.6.7.8 1 2\r\n".encode()
     result = parse(line)
     assert isinstance(result, Malformed), result
 
 
-@pytest.mark.parametrize("address", [
-    "1.2.3.4", "::g", "1:2:3:4:5:6:7:8:9", "1::2::3", "fe80::1%eth0", "12345::1", ":::", "::1/128",
-    "",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "1.2.3.4",
+        "::g",
+        "1:2:3:4:5:6:7:8:9",
+        "1::2::3",
+        "fe80::1%eth0",
+        "12345::1",
+        ":::",
+        "::1/128",
+        "",
+    ],
+)
 def test_v1_tcp6_bad_addresses(address):
     line = f"PROXY TCP6 {address} ::1 1 2\r\n".encode()
     assert isinstance(parse(line), Malformed)
 
 
-@pytest.mark.parametrize("port", ["65536", "99999", "007", "00", "-1", "+1", "1e3", "", "123456",
-                                  "0x10", " 1"])
+@pytest.mark.parametrize(
+    "port", ["65536", "99999", "007", "00", "-1", "+1", "1e3", "", "123456", "0x10", " 1"]
+)
 def test_v1_bad_ports(port):
-    for line in (f"PROXY TCP4 1.2.3.4 5.6.7.8 {port} 2\r\n",
-                 f"PROXY TCP4 1.2.3.4 5.6.7.8 1 {port}\r\n"):
+    for line in (
+        f"PROXY TCP4 1.2.3.4 5.6.7.8 {port} 2\r\n",
+        f"PROXY TCP4 1.2.3.4 5.6.7.8 1 {port}\r\n",
+    ):
         assert isinstance(parse(line.encode()), Malformed), line
 
 
@@ -207,11 +259,13 @@ def test_v1_line_split_at_every_position():
 
 # --- Version 2 -------------------------------------------------------------
 
+
 def test_v2_proxy_tcp4():
     data = v2(block=inet4()) + b"after"
     result = parse(data)
-    assert result == ProxyHeader(2, "PROXY", "TCP4", ("192.0.2.1", 56324), ("198.51.100.2", 443),
-                                 28, b"after")
+    assert result == ProxyHeader(
+        2, "PROXY", "TCP4", ("192.0.2.1", 56324), ("198.51.100.2", 443), 28, b"after"
+    )
 
 
 def test_v2_proxy_tcp6():
@@ -224,8 +278,13 @@ def test_v2_proxy_tcp6():
 
 
 def test_v2_tlvs_are_skipped():
-    tlvs = (tlv(0x01, b"h2") + tlv(0x02, b"chat.example.org") + tlv(0x04, b"")
-            + tlv(0x20, b"\x01\0\0\0\0" + tlv(0x21, b"TLSv1.3")) + tlv(0xE0, b"x" * 300))
+    tlvs = (
+        tlv(0x01, b"h2")
+        + tlv(0x02, b"chat.example.org")
+        + tlv(0x04, b"")
+        + tlv(0x20, b"\x01\0\0\0\0" + tlv(0x21, b"TLSv1.3"))
+        + tlv(0xE0, b"x" * 300)
+    )
     for family, block in ((0x11, inet4()), (0x21, inet6())):
         data = v2(family=family, block=block + tlvs) + b"line\n"
         result = parse(data)
@@ -243,7 +302,8 @@ def test_v2_crc32c_tlv_is_checked():
     bad = good[:-1] + bytes([good[-1] ^ 1])
     assert parse(bad) == Malformed("v2 CRC32C mismatch")
     assert parse(v2(block=inet4() + tlv(0x03, b"\0\0\0"))) == Malformed(
-        "v2 CRC32C TLV of 3 bytes, not 4")
+        "v2 CRC32C TLV of 3 bytes, not 4"
+    )
 
 
 def test_v2_health_check_header_captured_from_haproxy():
@@ -257,18 +317,30 @@ def test_v2_health_check_header_captured_from_haproxy():
     assert result.client_address(REAL) == REAL
 
 
-@pytest.mark.parametrize("tail,reason", [
-    (b"\x01", "v2 TLV header truncated at byte 28"),
-    (b"\x01\x00", "v2 TLV header truncated at byte 28"),
-    (b"\x01\x00\x05abc", "v2 TLV 0x01 of 5 bytes overruns the header"),
-    (tlv(0x04, b"ok") + b"\x02\x00", "v2 TLV header truncated at byte 33"),
-])
+@pytest.mark.parametrize(
+    "tail,reason",
+    [
+        (b"\x01", "v2 TLV header truncated at byte 28"),
+        (b"\x01\x00", "v2 TLV header truncated at byte 28"),
+        (b"\x01\x00\x05abc", "v2 TLV 0x01 of 5 bytes overruns the header"),
+        (tlv(0x04, b"ok") + b"\x02\x00", "v2 TLV header truncated at byte 33"),
+    ],
+)
 def test_v2_bad_tlvs(tail, reason):
     assert parse(v2(block=inet4() + tail)) == Malformed(reason)
 
 
-@pytest.mark.parametrize("family,block", [(0x00, b""), (0x11, inet4()), (0x21, inet6()),
-                                          (0x31, b"\0" * 216), (0x77, b"junk"), (0x11, b"")])
+@pytest.mark.parametrize(
+    "family,block",
+    [
+        (0x00, b""),
+        (0x11, inet4()),
+        (0x21, inet6()),
+        (0x31, b"\0" * 216),
+        (0x77, b"junk"),
+        (0x11, b""),
+    ],
+)
 def test_v2_local_uses_the_real_address_and_skips_the_block(family, block):
     # The spec: LOCAL discards the block, family included, and must not
     # assume it is empty.
@@ -279,34 +351,42 @@ def test_v2_local_uses_the_real_address_and_skips_the_block(family, block):
     assert result.client_address(REAL) == REAL
 
 
-@pytest.mark.parametrize("family,block", [
-    (0x00, b""),                           # UNSPEC
-    (0x00, b"addresses to be ignored"),
-    (0x10, inet4()), (0x20, inet6()),      # a family, protocol UNSPEC
-    (0x12, inet4()), (0x22, inet6()),      # UDP
-    (0x31, b"/tmp/a".ljust(108, b"\0") + b"/tmp/b".ljust(108, b"\0")),  # AF_UNIX stream
-    (0x32, b"\0" * 216 + tlv(0x04, b"")),  # AF_UNIX datagram, with a TLV
-])
+@pytest.mark.parametrize(
+    "family,block",
+    [
+        (0x00, b""),  # UNSPEC
+        (0x00, b"addresses to be ignored"),
+        (0x10, inet4()),
+        (0x20, inet6()),  # a family, protocol UNSPEC
+        (0x12, inet4()),
+        (0x22, inet6()),  # UDP
+        (0x31, b"/tmp/a".ljust(108, b"\0") + b"/tmp/b".ljust(108, b"\0")),  # AF_UNIX stream
+        (0x32, b"\0" * 216 + tlv(0x04, b"")),  # AF_UNIX datagram, with a TLV
+    ],
+)
 def test_v2_proxy_without_tcp_addresses_uses_the_real_address(family, block):
     result = parse(v2(family=family, block=block))
     assert (result.command, result.transport, result.source) == ("PROXY", "UNKNOWN", None)
     assert result.client_address(REAL) == REAL
 
 
-@pytest.mark.parametrize("data,reason", [
-    (v2(version=0x1, block=inet4()), "v2 signature with version 1"),
-    (v2(version=0x3, block=inet4()), "v2 signature with version 3"),
-    (v2(command=0x2, block=inet4()), "unknown v2 command 0x2"),
-    (v2(command=0xF, block=inet4()), "unknown v2 command 0xf"),
-    (v2(family=0x41, block=inet4()), "unknown v2 family/protocol 0x41"),
-    (v2(family=0x13, block=inet4()), "unknown v2 family/protocol 0x13"),
-    (v2(family=0x11, block=inet4()[:11]), "v2 address block of 11 bytes; family 1 needs 12"),
-    (v2(family=0x21, block=inet4()), "v2 address block of 12 bytes; family 2 needs 36"),
-    (v2(family=0x31, block=b"\0" * 215), "v2 address block of 215 bytes; family 3 needs 216"),
-    (b"\r\n\r\n\x00\r\nQUIT\r" + b"\x21\x11\x00\x0c" + inet4(), "bad v2 signature"),
-    (b"\r\n\r\nX", "bad v2 signature"),
-    (b"\r\r", "bad v2 signature"),
-])
+@pytest.mark.parametrize(
+    "data,reason",
+    [
+        (v2(version=0x1, block=inet4()), "v2 signature with version 1"),
+        (v2(version=0x3, block=inet4()), "v2 signature with version 3"),
+        (v2(command=0x2, block=inet4()), "unknown v2 command 0x2"),
+        (v2(command=0xF, block=inet4()), "unknown v2 command 0xf"),
+        (v2(family=0x41, block=inet4()), "unknown v2 family/protocol 0x41"),
+        (v2(family=0x13, block=inet4()), "unknown v2 family/protocol 0x13"),
+        (v2(family=0x11, block=inet4()[:11]), "v2 address block of 11 bytes; family 1 needs 12"),
+        (v2(family=0x21, block=inet4()), "v2 address block of 12 bytes; family 2 needs 36"),
+        (v2(family=0x31, block=b"\0" * 215), "v2 address block of 215 bytes; family 3 needs 216"),
+        (b"\r\n\r\n\x00\r\nQUIT\r" + b"\x21\x11\x00\x0c" + inet4(), "bad v2 signature"),
+        (b"\r\n\r\nX", "bad v2 signature"),
+        (b"\r\r", "bad v2 signature"),
+    ],
+)
 def test_v2_malformed(data, reason):
     assert parse(data) == Malformed(reason)
 
@@ -325,8 +405,12 @@ def test_v2_truncated_needs_more():
 
 
 def test_v2_split_at_every_position():
-    data = with_crc(v2(family=0x21, block=inet6() + tlv(0x02, b"example.org")
-                       + tlv(0x03, b"\0\0\0\0"))) + b"first line\n"
+    data = (
+        with_crc(
+            v2(family=0x21, block=inet6() + tlv(0x02, b"example.org") + tlv(0x03, b"\0\0\0\0"))
+        )
+        + b"first line\n"
+    )
     whole = parse(data)
     assert whole.transport == "TCP6" and whole.leftover == b"first line\n"
     for cut in range(1, len(data)):
@@ -336,9 +420,21 @@ def test_v2_split_at_every_position():
 
 # --- Neither -------------------------------------------------------------
 
-@pytest.mark.parametrize("data", [b"hello\n", b"GET / HTTP/1.1\r\n", b"\x16\x03\x01\x02\x00",
-                                  b"proxy TCP4", b"PROXYTCP4", b"PROXY\tTCP4", b"\0", b" PROXY",
-                                  b"PRoXY "])
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"hello\n",
+        b"GET / HTTP/1.1\r\n",
+        b"\x16\x03\x01\x02\x00",
+        b"proxy TCP4",
+        b"PROXYTCP4",
+        b"PROXY\tTCP4",
+        b"\0",
+        b" PROXY",
+        b"PRoXY ",
+    ],
+)
 def test_anything_else_is_refused_at_once(data):
     # As soon as the bytes cannot begin a header: a chat client that
     # connects straight to a --proxy-protocol port is closed, not kept.
@@ -373,8 +469,9 @@ def test_peer_allowed():
 ipv4s = st.ip_addresses(v=4).map(str)
 ipv6s = st.ip_addresses(v=6).filter(lambda a: a.ipv4_mapped is None).map(str)
 ports = st.integers(0, 65535)
-tlvs = st.lists(st.tuples(st.integers(0, 255).filter(lambda t: t != 0x03), st.binary(max_size=40)),
-                max_size=4).map(lambda items: b"".join(tlv(k, v) for k, v in items))
+tlvs = st.lists(
+    st.tuples(st.integers(0, 255).filter(lambda t: t != 0x03), st.binary(max_size=40)), max_size=4
+).map(lambda items: b"".join(tlv(k, v) for k, v in items))
 
 
 @st.composite
@@ -397,8 +494,11 @@ def headers(draw):
         src, dst = draw(ipv4s), draw(ipv4s)
         return v2(block=inet4(src, dst, sport, dport) + draw(tlvs)) + tail, (src, sport), tail
     src, dst = draw(ipv6s), draw(ipv6s)
-    return (v2(family=0x21, block=inet6(src, dst, sport, dport) + draw(tlvs)) + tail,
-            (src, sport), tail)
+    return (
+        v2(family=0x21, block=inet6(src, dst, sport, dport) + draw(tlvs)) + tail,
+        (src, sport),
+        tail,
+    )
 
 
 @settings(max_examples=300, deadline=None)
@@ -409,7 +509,7 @@ def test_any_valid_header_split_anyhow_parses_the_same(case, cuts):
     assert isinstance(whole, ProxyHeader), whole
     assert whole.source == source
     assert whole.leftover == tail
-    assert data[:whole.length] + whole.leftover == data
+    assert data[: whole.length] + whole.leftover == data
     assert feed_in_pieces(data, [c for c in cuts if c < len(data)]) == whole
 
 
@@ -430,7 +530,7 @@ def test_a_corrupted_header_gets_the_same_answer_whole_or_split(case, data):
     raw, _, _ = case
     length = parse(raw).length
     index = data.draw(st.integers(0, length - 1))
-    flipped = raw[:index] + bytes([raw[index] ^ data.draw(st.integers(1, 255))]) + raw[index + 1:]
+    flipped = raw[:index] + bytes([raw[index] ^ data.draw(st.integers(1, 255))]) + raw[index + 1 :]
     whole = parse(flipped)
     assert whole is NEED_MORE or isinstance(whole, (ProxyHeader, Malformed))
     assert feed_in_pieces(flipped, range(1, len(flipped))) == whole

@@ -1,9 +1,10 @@
 """The chat's rules in one room, driven without sockets: fake connections,
 the real Chat, Room and Fanout, and the bytes each connection would be
 sent.  Rooms, history and moves: test_rooms.py."""
-import pytest
 
+import pytest
 from chat_harness import Harness, named
+
 from gchat import protocol as p
 from gchat.events import Why
 
@@ -30,13 +31,25 @@ def test_arrival_and_chat_in_one_batch_reach_each_client_in_order():
     b = h.connect("b-addr")
     h.say(b, "bob")
     h.say(a, "after")
-    assert h.take(a) == [p.NAME_PROMPT, "You are ann", "Nobody else is here.", "ann: before",
-                         "bob has arrived", "ann: after"]
+    assert h.take(a) == [
+        p.NAME_PROMPT,
+        "You are ann",
+        "Nobody else is here.",
+        "ann: before",
+        "bob has arrived",
+        "ann: after",
+    ]
     # The newcomer's history holds what was said before it came, framed,
     # and then live lines: "ann: before" once, "ann: after" once.
-    assert h.take(b) == [p.NAME_PROMPT, "You are bob", "Also here (1): ann",
-                         "--- last 1 line of #lobby ---", "ann: before", p.HISTORY_CLOSE,
-                         "ann: after"]
+    assert h.take(b) == [
+        p.NAME_PROMPT,
+        "You are bob",
+        "Also here (1): ann",
+        "--- last 1 line of #lobby ---",
+        "ann: before",
+        p.HISTORY_CLOSE,
+        "ann: after",
+    ]
 
 
 def test_private_lines_are_interleaved_in_order_with_broadcasts():
@@ -59,7 +72,10 @@ def test_departure_mid_batch_gets_what_came_before_and_its_farewell():
     assert departed == [(b, Why.QUIT)]
     assert h.received.pop(b).decode().splitlines() == ["ann: first", "Goodbye."]
     assert h.received.pop(a).decode().splitlines() == [
-        "ann: first", "bob has left (bye all)", "ann: second"]
+        "ann: first",
+        "bob has left (bye all)",
+        "ann: second",
+    ]
 
 
 def test_name_taken_and_freed_after_departure():
@@ -164,9 +180,12 @@ def test_arrival_storm_in_a_big_room_is_announced_in_one_line():
     h.say(old[1], "hello")
     assert h.take(old[0]) == ["n0, n1 and 2 more have arrived", "b: hello"]
     # Each newcomer's roster counts everyone present at the announcement.
-    assert h.take(newcomers[0]) == [p.NAME_PROMPT, "You are n0",
-                                    "Also here (6): a, b, and 4 more (/who lists all)",
-                                    "b: hello"]
+    assert h.take(newcomers[0]) == [
+        p.NAME_PROMPT,
+        "You are n0",
+        "Also here (6): a, b, and 4 more (/who lists all)",
+        "b: hello",
+    ]
     assert h.take(newcomers[3])[2] == "Also here (6): a, b, and 4 more (/who lists all)"
 
 

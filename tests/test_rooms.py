@@ -1,11 +1,12 @@
 """Rooms and history, driven without sockets (chat_harness): moving
 between rooms, who hears what, history order and bounds, the registry's
 LRU eviction, room name rules, and every error of /join."""
+
 import pytest
+from chat_harness import Harness, named
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chat_harness import Harness, named
 from gchat import protocol as p
 from gchat.events import Why
 
@@ -21,8 +22,11 @@ def crowd(h, names):
 
 
 def history_block(room, lines):
-    return [f"--- last {len(lines)} line{'s' if len(lines) != 1 else ''} of #{room} ---",
-            *lines, p.HISTORY_CLOSE]
+    return [
+        f"--- last {len(lines)} line{'s' if len(lines) != 1 else ''} of #{room} ---",
+        *lines,
+        p.HISTORY_CLOSE,
+    ]
 
 
 def test_join_moves_the_client_and_each_room_hears_only_its_own():
@@ -57,9 +61,12 @@ def test_join_sends_room_line_roster_history_then_live_in_one_piece():
     h.writes.clear()
     h.say(b, "/join DEN")
     h.say(a, "live")
-    assert h.take(b) == ["You are now in #den", "Also here (1): anne",
-                         *history_block("den", ["ann: line 3", "ann: line 4", "* ann yawns"]),
-                         "anne: live"]
+    assert h.take(b) == [
+        "You are now in #den",
+        "Also here (1): anne",
+        *history_block("den", ["ann: line 3", "ann: line 4", "* ann yawns"]),
+        "anne: live",
+    ]
     assert h.writes[b] == 1  # everything of the batch, history included, in one write
 
 
@@ -70,8 +77,12 @@ def test_history_keeps_chat_and_me_but_not_arrivals_departures_or_private_lines(
     h.chat.depart(b, Why.EOF)
     c = h.connect("c-addr")
     h.say(c, "cid")
-    assert h.take(c) == [p.NAME_PROMPT, "You are cid", "Also here (1): ann",
-                         *history_block("lobby", ["ann: hi", "* ann waves"])]
+    assert h.take(c) == [
+        p.NAME_PROMPT,
+        "You are cid",
+        "Also here (1): ann",
+        *history_block("lobby", ["ann: hi", "* ann waves"]),
+    ]
 
 
 def test_an_empty_history_sends_no_frame_and_history_zero_keeps_none():
@@ -94,8 +105,11 @@ def test_an_emptied_room_keeps_its_history_for_a_later_joiner():
     h.take(a), h.take(b)
     assert h.chat.rooms.get("attic").size == 0
     h.say(b, "/join Attic")
-    assert h.take(b) == ["You are now in #attic", "Nobody else is here.",
-                         *history_block("attic", ["ann: dusty"])]
+    assert h.take(b) == [
+        "You are now in #attic",
+        "Nobody else is here.",
+        *history_block("attic", ["ann: dusty"]),
+    ]
 
 
 @pytest.mark.parametrize("history", [1, 2, 7])
@@ -125,16 +139,30 @@ def test_a_move_in_the_middle_of_a_batch_keeps_the_clients_output_in_order():
     h.say(c, "/msg bob psst")
     h.say(b, "/join lobby")
     h.say(a, "three")
-    assert h.take(b) == ["ann: one", "You are now in #x", "Also here (1): cid",
-                         *history_block("x", ["cid: in x"]),
-                         "cid (private): psst",
-                         "You are now in #lobby", "Also here (1): ann",
-                         *history_block("lobby", ["ann: one", "ann: two"]),
-                         "ann: three"]
-    assert h.take(a) == ["ann: one", "bob has left (joined #x)", "ann: two",
-                         "bob has arrived", "ann: three"]
-    assert h.take(c) == ["cid: in x", "bob has arrived", "cid (private to bob): psst",
-                         "bob has left (joined #lobby)"]
+    assert h.take(b) == [
+        "ann: one",
+        "You are now in #x",
+        "Also here (1): cid",
+        *history_block("x", ["cid: in x"]),
+        "cid (private): psst",
+        "You are now in #lobby",
+        "Also here (1): ann",
+        *history_block("lobby", ["ann: one", "ann: two"]),
+        "ann: three",
+    ]
+    assert h.take(a) == [
+        "ann: one",
+        "bob has left (joined #x)",
+        "ann: two",
+        "bob has arrived",
+        "ann: three",
+    ]
+    assert h.take(c) == [
+        "cid: in x",
+        "bob has arrived",
+        "cid (private to bob): psst",
+        "bob has left (joined #lobby)",
+    ]
 
 
 def test_msg_reaches_a_name_in_any_room_and_who_lists_only_ones_own_room():
@@ -162,8 +190,10 @@ def test_join_errors_leave_the_client_where_it_was():
         ("/join #", "error: a room name needs at least one character"),
         ("/join sixsix", "error: a room name has at most 5 characters"),
         ("/join a!", "error: '!' is not allowed in a room name (letters, digits, _ - . only)"),
-        ("/join a b", "error: 'U+0020' is not allowed in a room name"
-                            " (letters, digits, _ - . only)"),
+        (
+            "/join a b",
+            "error: 'U+0020' is not allowed in a room name (letters, digits, _ - . only)",
+        ),
         ("/join LOBBY", "error: you are already in #lobby"),
         ("/join new", "error: too many rooms (2); join an existing one (/rooms lists them)"),
     ]:
@@ -184,8 +214,11 @@ def test_room_names_are_cleaned_of_controls_and_compared_after_nfkc_and_case_fol
     h.say(a, "/join Games")
     h.say(b, "/join #ＧＡＭＥＳ")  # full-width: the same room after NFKC
     h.take(a)
-    assert h.take(b) == ["ann has left (joined #Games)", "You are now in #Games",
-                         "Also here (1): ann"]
+    assert h.take(b) == [
+        "ann has left (joined #Games)",
+        "You are now in #Games",
+        "Also here (1): ann",
+    ]
     assert len(h.chat.rooms) == 2
 
 
@@ -222,12 +255,10 @@ def test_rooms_lists_own_room_first_then_the_fullest_bounded_with_exact_counts()
     h.say(people[1], "/join d", "/join b")  # d is left empty
     h.take(people[0])
     h.say(people[0], "/rooms")
-    assert h.take(people[0]) == [
-        "Rooms (5): #a (1, you are here), #c (3), #b (2), and 2 more"]
+    assert h.take(people[0]) == ["Rooms (5): #a (1, you are here), #c (3), #b (2), and 2 more"]
     h.take(people[6])
     h.say(people[6], "/rooms")
-    assert h.take(people[6]) == [
-        "Rooms (5): #lobby (1, you are here), #c (3), #b (2), and 2 more"]
+    assert h.take(people[6]) == ["Rooms (5): #lobby (1, you are here), #c (3), #b (2), and 2 more"]
 
 
 def test_departures_are_announced_in_the_room_the_client_was_in():
@@ -280,7 +311,8 @@ def test_a_join_storm_through_a_big_lobby_costs_the_lobby_one_line_per_window():
     h.now += 1
     assert h.take(watcher) == [
         "o0 (joined #r0), o1 (joined #r1), o2 (joined #r2), o3 (joined #r3), "
-        "o4 (joined #r4) have left"]
+        "o4 (joined #r4) have left"
+    ]
 
 
 def test_arrivals_and_departures_of_one_window_are_told_departures_first():
@@ -301,14 +333,22 @@ def test_compat_has_no_rooms_and_no_history():
     h.say(a, "/join x", "/rooms")
     b = h.connect("2.2.2.2:2")
     assert h.take(b) == ["You are 2.2.2.2:2"]
-    assert h.take(a) == ["You are 1.1.1.1:1", "1.1.1.1:1: /join x", "1.1.1.1:1: /rooms",
-                         "2.2.2.2:2 has arrived"]
+    assert h.take(a) == [
+        "You are 1.1.1.1:1",
+        "1.1.1.1:1: /join x",
+        "1.1.1.1:1: /rooms",
+        "2.2.2.2:2 has arrived",
+    ]
     assert len(h.chat.rooms) == 1
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from(
-    ["say", "join", "quit", "back", "name"])), max_size=60))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from(["say", "join", "quit", "back", "name"])),
+        max_size=60,
+    )
+)
 def test_every_client_is_in_exactly_one_room_and_rooms_stay_within_bounds(steps):
     """Random moves, lines and departures: the registry, the names and the
     rooms' members always agree, and nobody is told a line of a room it
@@ -366,7 +406,7 @@ def test_deliveries_and_bytes_are_counted_exactly_members_with_views_included():
     before = h.chat.counts["bytes_out"]
     deliveries = []
     h.say(a, "one", "/msg bob psst", "two")  # bob gets a view of its own
-    h.say(c, "/nosuch")                       # so does cid (an error)
+    h.say(c, "/nosuch")  # so does cid (an error)
 
     def deliver(conn, data):
         deliveries.append(data)

@@ -2,6 +2,7 @@
 message format, the watchdog's variables, the Notifier over a real unix
 datagram socket, and the watchdog ping's going through the hub's loop (a
 stalled hub stops the pings while the event loop runs on)."""
+
 import os
 import socket
 import threading
@@ -24,6 +25,7 @@ def env(fds, names=None, pid=PID):
 
 
 # LISTEN_FDS / LISTEN_PID / LISTEN_FDNAMES ------------------------------------
+
 
 def test_no_variables_no_sockets():
     assert parse_listen_fds({}, PID) == {}
@@ -57,18 +59,21 @@ def test_an_unnamed_socket_beside_named_ones_is_the_line_port():
     assert parse_listen_fds(env(2, "http:gchat.socket"), PID) == {"http": 3, "line": 4}
 
 
-@pytest.mark.parametrize("environ, complaint", [
-    (env(1, "chat"), r"socket 3 is named 'chat'.*line, http, admin"),
-    (env(2, "line:metrics"), r"socket 4 is named 'metrics'"),
-    (env(2, "line:line"), r"two sockets named 'line' \(descriptors 3 and 4\)"),
-    (env(2), r"sockets 3 \(unknown\), 4 \(unknown\) have no name"),
-    (env(2, "line:unknown"), r"sockets 4 \(unknown\) have no name"),
-    (env(2, "line"), r"names 1 sockets but LISTEN_FDS=2"),
-    (env(1, "line:http"), r"names 2 sockets but LISTEN_FDS=1"),
-    ({"LISTEN_FDS": "two", "LISTEN_PID": str(PID)}, r"not numbers"),
-    ({"LISTEN_FDS": "1", "LISTEN_PID": "self"}, r"not numbers"),
-    (env(-1), r"negative"),
-])
+@pytest.mark.parametrize(
+    "environ, complaint",
+    [
+        (env(1, "chat"), r"socket 3 is named 'chat'.*line, http, admin"),
+        (env(2, "line:metrics"), r"socket 4 is named 'metrics'"),
+        (env(2, "line:line"), r"two sockets named 'line' \(descriptors 3 and 4\)"),
+        (env(2), r"sockets 3 \(unknown\), 4 \(unknown\) have no name"),
+        (env(2, "line:unknown"), r"sockets 4 \(unknown\) have no name"),
+        (env(2, "line"), r"names 1 sockets but LISTEN_FDS=2"),
+        (env(1, "line:http"), r"names 2 sockets but LISTEN_FDS=1"),
+        ({"LISTEN_FDS": "two", "LISTEN_PID": str(PID)}, r"not numbers"),
+        ({"LISTEN_FDS": "1", "LISTEN_PID": "self"}, r"not numbers"),
+        (env(-1), r"negative"),
+    ],
+)
 def test_bad_activation_is_a_clear_error(environ, complaint):
     with pytest.raises(ActivationError, match=complaint):
         parse_listen_fds(environ, PID)
@@ -79,11 +84,14 @@ def test_an_activation_error_is_a_value_error():
     assert issubclass(ActivationError, ValueError)
 
 
-@pytest.mark.parametrize("environ", [
-    env(1, "line", pid=PID + 1),
-    env(1, "chat", pid=PID + 1),
-    {"LISTEN_FDS": "0", "LISTEN_PID": str(PID), "LISTEN_FDNAMES": ""},
-])
+@pytest.mark.parametrize(
+    "environ",
+    [
+        env(1, "line", pid=PID + 1),
+        env(1, "chat", pid=PID + 1),
+        {"LISTEN_FDS": "0", "LISTEN_PID": str(PID), "LISTEN_FDNAMES": ""},
+    ],
+)
 def test_listen_sockets_unsets_the_variables(environ):
     """As sd_listen_fds(1): whatever they said, no child inherits them."""
     environ = dict(environ, PATH="/usr/bin")
@@ -100,70 +108,91 @@ def test_listen_sockets_unsets_the_variables_on_error_too():
 
 # sd_notify messages -----------------------------------------------------------
 
+
 def test_message_format():
-    assert systemd.message(("READY", 1), ("STATUS", "3 clients, 2 rooms")) == \
-        b"READY=1\nSTATUS=3 clients, 2 rooms"
+    assert (
+        systemd.message(("READY", 1), ("STATUS", "3 clients, 2 rooms"))
+        == b"READY=1\nSTATUS=3 clients, 2 rooms"
+    )
     assert systemd.message(("WATCHDOG", 1)) == b"WATCHDOG=1"
-    assert systemd.message(("STOPPING", 1), ("STATUS", "shutting down: closing 0 clients")) == \
-        b"STOPPING=1\nSTATUS=shutting down: closing 0 clients"
+    assert (
+        systemd.message(("STOPPING", 1), ("STATUS", "shutting down: closing 0 clients"))
+        == b"STOPPING=1\nSTATUS=shutting down: closing 0 clients"
+    )
     assert systemd.message(("STATUS", "café")) == "STATUS=café".encode()
 
 
-@pytest.mark.parametrize("fields", [
-    [("STATUS", "two\nlines")],
-    [("READY=1\nSTATUS", "x")],
-    [("ready", 1)],
-    [("", 1)],
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [("STATUS", "two\nlines")],
+        [("READY=1\nSTATUS", "x")],
+        [("ready", 1)],
+        [("", 1)],
+    ],
+)
 def test_message_refuses_what_would_be_another_assignment(fields):
     with pytest.raises(ValueError):
         systemd.message(*fields)
 
 
-@pytest.mark.parametrize("clients, rooms, text", [
-    (0, 1, "0 clients, 1 room"),
-    (1, 1, "1 client, 1 room"),
-    (2, 3, "2 clients, 3 rooms"),
-    (10000, 0, "10000 clients, 0 rooms"),
-])
+@pytest.mark.parametrize(
+    "clients, rooms, text",
+    [
+        (0, 1, "0 clients, 1 room"),
+        (1, 1, "1 client, 1 room"),
+        (2, 3, "2 clients, 3 rooms"),
+        (10000, 0, "10000 clients, 0 rooms"),
+    ],
+)
 def test_status_text(clients, rooms, text):
     assert systemd.status_text(clients, rooms) == text
 
 
-@pytest.mark.parametrize("value, address", [
-    ("/run/systemd/notify", "/run/systemd/notify"),
-    ("@gchat/notify", "\0gchat/notify"),
-    ("", None),
-    (None, None),
-    ("vsock:2:1234", None),
-])
+@pytest.mark.parametrize(
+    "value, address",
+    [
+        ("/run/systemd/notify", "/run/systemd/notify"),
+        ("@gchat/notify", "\0gchat/notify"),
+        ("", None),
+        (None, None),
+        ("vsock:2:1234", None),
+    ],
+)
 def test_notify_address(value, address):
     assert systemd.notify_address(value) == address
 
 
-@pytest.mark.parametrize("environ, interval", [
-    ({}, None),
-    ({"WATCHDOG_USEC": "30000000"}, 15.0),
-    ({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(PID)}, 0.5),
-    ({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(PID + 1)}, None),
-    ({"WATCHDOG_USEC": "", "WATCHDOG_PID": str(PID)}, None),
-])
+@pytest.mark.parametrize(
+    "environ, interval",
+    [
+        ({}, None),
+        ({"WATCHDOG_USEC": "30000000"}, 15.0),
+        ({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(PID)}, 0.5),
+        ({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(PID + 1)}, None),
+        ({"WATCHDOG_USEC": "", "WATCHDOG_PID": str(PID)}, None),
+    ],
+)
 def test_watchdog_interval_is_half_the_timeout_for_our_pid(environ, interval):
     assert systemd.watchdog_interval(environ, PID) == interval
 
 
-@pytest.mark.parametrize("environ", [
-    {"WATCHDOG_USEC": "soon"},
-    {"WATCHDOG_USEC": "0"},
-    {"WATCHDOG_USEC": "-5"},
-    {"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "me"},
-])
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"WATCHDOG_USEC": "soon"},
+        {"WATCHDOG_USEC": "0"},
+        {"WATCHDOG_USEC": "-5"},
+        {"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "me"},
+    ],
+)
 def test_bad_watchdog_variables_are_errors(environ):
     with pytest.raises(ValueError):
         systemd.watchdog_interval(environ, PID)
 
 
 # The Notifier over real sockets ----------------------------------------------
+
 
 @pytest.fixture
 def receiver():
@@ -212,8 +241,11 @@ def test_status_is_sent_each_time_with_the_counts(receiver):
     notifier.status("0 clients, 1 room")
     notifier.status("1 client, 2 rooms")
     got = [sock.recv(4096) for _ in range(3)]
-    assert got == [b"READY=1\nSTATUS=0 clients, 1 room", b"STATUS=0 clients, 1 room",
-                   b"STATUS=1 client, 2 rooms"]
+    assert got == [
+        b"READY=1\nSTATUS=0 clients, 1 room",
+        b"STATUS=0 clients, 1 room",
+        b"STATUS=1 client, 2 rooms",
+    ]
     assert received_within(sock, 0.2) == []  # and nothing more
     notifier.close()
 
@@ -236,6 +268,7 @@ def test_without_notify_socket_nothing_is_sent():
 
 
 # The watchdog ping goes through the hub --------------------------------------
+
 
 @pytest.fixture
 def attached_server(receiver):

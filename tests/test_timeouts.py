@@ -1,4 +1,5 @@
 """next_wait: the idle and name deadlines of one reader (pure)."""
+
 from gchat.events import Why
 from gchat.timeouts import next_wait
 
@@ -8,7 +9,10 @@ def test_named_client_waits_until_its_idle_deadline():
 
 
 def test_named_client_past_its_idle_deadline_is_idle():
-    assert next_wait(now=14, named=True, name_deadline=None, last_heard=8, idle=5) == (Why.IDLE, None)
+    assert next_wait(now=14, named=True, name_deadline=None, last_heard=8, idle=5) == (
+        Why.IDLE,
+        None,
+    )
 
 
 def test_no_idle_limit_means_no_wake_up():
@@ -16,8 +20,10 @@ def test_no_idle_limit_means_no_wake_up():
 
 
 def test_unnamed_client_past_the_name_deadline_times_out():
-    assert next_wait(now=61, named=False, name_deadline=60, last_heard=0, idle=300) == \
-        (Why.NAME_TIMEOUT, None)
+    assert next_wait(now=61, named=False, name_deadline=60, last_heard=0, idle=300) == (
+        Why.NAME_TIMEOUT,
+        None,
+    )
 
 
 def test_unnamed_client_wakes_at_the_idle_deadline_a_name_line_would_start():

@@ -1,6 +1,7 @@
 """mypy over gchat/, with the configuration in pyproject.toml: a strict
 core (every def of the pure modules annotated), a lenient edge (checked,
 not annotated).  Any finding fails, with mypy's own output."""
+
 import re
 import subprocess
 import sys
@@ -42,8 +43,9 @@ def overrides_for(module: str) -> list:
     for table in mypy_config().get("overrides", []):
         patterns = table["module"]
         for pattern in [patterns] if isinstance(patterns, str) else patterns:
-            if pattern == module or (pattern.endswith(".*") and
-                                     (module + ".").startswith(pattern[:-1])):
+            if pattern == module or (
+                pattern.endswith(".*") and (module + ".").startswith(pattern[:-1])
+            ):
                 found.append(table)
                 break
     return found
@@ -53,17 +55,29 @@ def test_mypy_finds_nothing(tmp_path):
     # The cache goes to tmp_path: nothing is written into the checkout
     # (pytest.ini keeps its own cache out too).
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--config-file", str(PYPROJECT),
-         "--cache-dir", str(tmp_path / "mypy-cache")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--config-file",
+            str(PYPROJECT),
+            "--cache-dir",
+            str(tmp_path / "mypy-cache"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     output = result.stdout + result.stderr
     print(output)
     assert result.returncode == 0, f"mypy found problems:\n{output}"
     # Every module was checked: `files` has not been narrowed.
     modules = len(list((ROOT / "gchat").rglob("*.py")))
     checked = re.search(r"in (\d+) source files?", output)
-    assert checked and int(checked.group(1)) == modules, \
+    assert checked and int(checked.group(1)) == modules, (
         f"mypy checked {checked and checked.group(1)} files, gchat/ has {modules}:\n{output}"
+    )
 
 
 def test_the_strict_core_is_listed_as_strict():
@@ -74,20 +88,25 @@ def test_the_strict_core_is_listed_as_strict():
     assert config.get("check_untyped_defs") is True
     for module in STRICT:
         tables = overrides_for(module)
-        assert any(t.get("disallow_untyped_defs") is True for t in tables), \
+        assert any(t.get("disallow_untyped_defs") is True for t in tables), (
             f"{module} is not under disallow_untyped_defs = true in pyproject.toml"
-        assert any(t.get("disallow_incomplete_defs") is True for t in tables), \
+        )
+        assert any(t.get("disallow_incomplete_defs") is True for t in tables), (
             f"{module} is not under disallow_incomplete_defs = true in pyproject.toml"
+        )
         # Nor is it let off by another table.
         for table in tables:
             assert not table.get("ignore_errors"), f"{module}: ignore_errors in {table}"
             assert not table.get("disable_error_code"), f"{module}: errors disabled in {table}"
-            assert table.get("disallow_untyped_defs", True) is True, \
+            assert table.get("disallow_untyped_defs", True) is True, (
                 f"{module}: disallow_untyped_defs turned off in {table}"
-            assert table.get("disallow_incomplete_defs", True) is True, \
+            )
+            assert table.get("disallow_incomplete_defs", True) is True, (
                 f"{module}: disallow_incomplete_defs turned off in {table}"
-            assert table.get("check_untyped_defs", True) is True, \
+            )
+            assert table.get("check_untyped_defs", True) is True, (
                 f"{module}: check_untyped_defs turned off in {table}"
+            )
 
 
 def test_overrides_for_matches_exact_names_and_wildcards():

@@ -6,6 +6,7 @@ fixture).
 The tests named *_bus_* need the cluster bus (gchat/bus): clients on
 different workers meet only through it.  The others test the supervisor's
 mechanics, which hold whatever the workers do with --redis."""
+
 import re
 import signal
 import subprocess
@@ -14,8 +15,8 @@ import urllib.request
 
 import psutil
 import pytest
-
 from chat_client import ChatClient, GchatProcess, gchat_executable, named_client
+
 from gchat_bench.processes import free_port
 
 DEADLINE = 15.0
@@ -119,13 +120,21 @@ def started_pids(text: str) -> list:
 
 # Refusals ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("args, complaint", [
-    (["--workers", "2"], r"--workers needs --redis"),
-    (["--workers", "-1", "--redis", "redis://127.0.0.1:1/0"], r"--workers must not be negative"),
-])
+
+@pytest.mark.parametrize(
+    "args, complaint",
+    [
+        (["--workers", "2"], r"--workers needs --redis"),
+        (
+            ["--workers", "-1", "--redis", "redis://127.0.0.1:1/0"],
+            r"--workers must not be negative",
+        ),
+    ],
+)
 def test_bad_workers_options_are_refused(args, complaint):
-    result = subprocess.run([gchat_executable(), "--port", "0", *args], capture_output=True,
-                            text=True, timeout=30)
+    result = subprocess.run(
+        [gchat_executable(), "--port", "0", *args], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 2
     assert "usage:" in result.stderr
     assert re.search(complaint, result.stderr), result.stderr
@@ -133,15 +142,29 @@ def test_bad_workers_options_are_refused(args, complaint):
 
 def test_a_port_in_use_is_a_clear_error(gchat):
     """The supervisor binds the port before starting any worker."""
-    result = subprocess.run([gchat_executable(), "--host", "127.0.0.1", "--port", str(gchat.port),
-                             "--workers", "2", "--redis", "redis://127.0.0.1:1/0"],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [
+            gchat_executable(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(gchat.port),
+            "--workers",
+            "2",
+            "--redis",
+            "redis://127.0.0.1:1/0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{gchat.port}: Address already in use" in result.stderr
     assert "started" not in result.stderr
 
 
 # The supervisor's mechanics ---------------------------------------------------
+
 
 def test_workers_share_one_port_and_serve_every_connection(start_workers):
     server = start_workers(2, "--http", "0")
@@ -150,12 +173,16 @@ def test_workers_share_one_port_and_serve_every_connection(start_workers):
     assert len(main) == 1, server.stderr_text()
     assert f"listening on 127.0.0.1:{server.port} (2 workers)" in lines[main[0]]
     # Each worker served the same ports before the supervisor said so.
-    serving = [i for i, line in enumerate(lines)
-               if re.search(rf"gchat\.worker\d: gchat \S+ serving on 127\.0\.0\.1:{server.port}$",
-                            line)]
+    serving = [
+        i
+        for i, line in enumerate(lines)
+        if re.search(rf"gchat\.worker\d: gchat \S+ serving on 127\.0\.0\.1:{server.port}$", line)
+    ]
     assert len(serving) == 2 and max(serving) < main[0], server.stderr_text()
-    assert server.http_port and sum(f"http serving on 127.0.0.1:{server.http_port}" in line
-                                    for line in lines) == 2
+    assert (
+        server.http_port
+        and sum(f"http serving on 127.0.0.1:{server.http_port}" in line for line in lines) == 2
+    )
     pids = set(workers(server))
     assert len(pids) == 2
 
@@ -178,8 +205,11 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(start_workers):
     victim = min(before)
     survivor = next(pid for pid in before if pid != victim)
     psutil.Process(victim).kill()
-    server.wait_for_log(rf"worker \d \(pid {victim}\) died: killed by signal 9 \(SIGKILL\); "
-                        r"restarting in 0\.1 s", timeout=DEADLINE)
+    server.wait_for_log(
+        rf"worker \d \(pid {victim}\) died: killed by signal 9 \(SIGKILL\); "
+        r"restarting in 0\.1 s",
+        timeout=DEADLINE,
+    )
     server.wait_for_log(r"worker \d \(pid \d+\) serving again", timeout=DEADLINE)
     after = workers(server)
     assert len(after) == 2 and victim not in after and survivor in after
@@ -217,8 +247,10 @@ def test_workers_stop_when_the_supervisor_is_killed(start_workers):
     server.supervisor.kill()
     server.proc.wait(DEADLINE)
     assert "Server shutting down. Goodbye." in client.closed_after(DEADLINE)
-    wait_until(lambda: not any(alive(proc) for proc in pids.values()),
-               "the workers stop after their supervisor's death")
+    wait_until(
+        lambda: not any(alive(proc) for proc in pids.values()),
+        "the workers stop after their supervisor's death",
+    )
     assert "the supervisor is gone; stopping" in server.stderr_text()
 
 
@@ -247,15 +279,34 @@ def test_a_worker_failing_at_start_stops_the_supervisor(redis_server, tmp_path):
     others and exits with its status, its error line shown."""
     missing = str(tmp_path / "missing.pem")
     started = time.monotonic()
-    result = subprocess.run([gchat_executable(), "--host", "127.0.0.1", "--port", "0",
-                             "--workers", "2", "--redis", redis_server.url,
-                             "--tls-cert", missing, "--tls-key", missing],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            gchat_executable(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--workers",
+            "2",
+            "--redis",
+            redis_server.url,
+            "--tls-cert",
+            missing,
+            "--tls-key",
+            missing,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1, result.stderr
     assert time.monotonic() - started < 20
     assert re.search(r"gchat\.worker\d: cannot start: .*No such file", result.stderr)
-    assert re.search(r"worker \d \(pid \d+\) exited before it was ready \(exit code 1\); "
-                     "stopping", result.stderr)
+    assert re.search(
+        r"worker \d \(pid \d+\) exited before it was ready \(exit code 1\); "
+        "stopping",
+        result.stderr,
+    )
     assert "listening on" not in result.stderr
     pids = started_pids(result.stderr)
     assert len(pids) == 2
@@ -264,13 +315,27 @@ def test_a_worker_failing_at_start_stops_the_supervisor(redis_server, tmp_path):
 
 # With the cluster bus -----------------------------------------------------------
 
+
 def test_bus_unreachable_redis_stops_the_supervisor():
     """--redis where nothing listens: every worker fails at start (the bus
     refuses to serve without Redis), and so does the supervisor."""
     url = f"redis://127.0.0.1:{free_port()}/0"
-    result = subprocess.run([gchat_executable(), "--host", "127.0.0.1", "--port", "0",
-                             "--workers", "2", "--redis", url],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            gchat_executable(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--workers",
+            "2",
+            "--redis",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1, result.stderr
     assert "cannot start" in result.stderr and url.split("/0")[0].split("//")[1] in result.stderr
     assert "exited before it was ready" in result.stderr
@@ -280,7 +345,8 @@ def test_bus_unreachable_redis_stops_the_supervisor():
 def test_bus_clients_on_different_workers_see_each_other(start_workers):
     server = start_workers(2)
     by_worker = clients_on_every_worker(
-        server, lambda i: named_client(server.host, server.port, f"u{i}"))
+        server, lambda i: named_client(server.host, server.port, f"u{i}")
+    )
     (pid_a, a), (pid_b, b) = sorted(by_worker.items())
     name_a = re.search(r"You are (\S+)", a.raw.decode()).group(1)
     name_b = re.search(r"You are (\S+)", b.raw.decode()).group(1)
@@ -296,7 +362,8 @@ def test_bus_a_dead_workers_clients_leave_and_come_back(start_workers):
     reconnects is seen arriving."""
     server = start_workers(2, "--node-timeout", "1")
     by_worker = clients_on_every_worker(
-        server, lambda i: named_client(server.host, server.port, f"u{i}"))
+        server, lambda i: named_client(server.host, server.port, f"u{i}")
+    )
     (victim, lost), (_, watcher) = sorted(by_worker.items())
     name = re.search(r"You are (\S+)", lost.raw.decode()).group(1)
     psutil.Process(victim).kill()
@@ -314,7 +381,8 @@ def test_bus_a_restarted_worker_frees_its_predecessors_names_at_once(start_worke
     node's heartbeat (--node-timeout 60 here) would have expired."""
     server = start_workers(2, "--node-timeout", "60")
     by_worker = clients_on_every_worker(
-        server, lambda i: named_client(server.host, server.port, f"v{i}"))
+        server, lambda i: named_client(server.host, server.port, f"v{i}")
+    )
     (victim, lost), (_, watcher) = sorted(by_worker.items())
     name = re.search(r"You are (\S+)", lost.raw.decode()).group(1)
     started = time.monotonic()

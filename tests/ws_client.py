@@ -1,17 +1,25 @@
 """Test helpers for the web face: a blocking WebSocket client over a real
 socket (wsproto as the client side), raw frames for the bad-input tests,
 and plain HTTP requests.  Every wait has a deadline."""
+
 import os
 import socket
 import struct
 import time
 
+from chat_client import LineExpectations
 from wsproto import WSConnection
 from wsproto.connection import ConnectionType
-from wsproto.events import (AcceptConnection, CloseConnection, Message, Ping,
-                            RejectConnection, RejectData, Request, TextMessage)
-
-from chat_client import LineExpectations
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Message,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -19,8 +27,16 @@ DEFAULT_TIMEOUT = 10.0
 class WsClient(LineExpectations):
     """A WebSocket client that reads whole lines of the line protocol."""
 
-    def __init__(self, host, port, origin=None, extensions=(), timeout=DEFAULT_TIMEOUT,
-                 extra_headers=(), ssl_context=None):
+    def __init__(
+        self,
+        host,
+        port,
+        origin=None,
+        extensions=(),
+        timeout=DEFAULT_TIMEOUT,
+        extra_headers=(),
+        ssl_context=None,
+    ):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         if ssl_context is not None:  # wss
             self.sock = ssl_context.wrap_socket(self.sock, server_hostname=host)
@@ -30,13 +46,20 @@ class WsClient(LineExpectations):
             headers.append((b"origin", origin.encode()))
         self.timeout = timeout
         self.buffer = ""
-        self.frames = []      # the text payload of every frame received, in order
-        self.events = []      # every other event: Pong, CloseConnection, ...
+        self.frames = []  # the text payload of every frame received, in order
+        self.events = []  # every other event: Pong, CloseConnection, ...
         self.close_code = None
         self.eof = False
-        self.sock.sendall(self.ws.send(Request(host=f"{host}:{port}", target="/ws",
-                                               extra_headers=headers,
-                                               extensions=list(extensions))))
+        self.sock.sendall(
+            self.ws.send(
+                Request(
+                    host=f"{host}:{port}",
+                    target="/ws",
+                    extra_headers=headers,
+                    extensions=list(extensions),
+                )
+            )
+        )
         self.accepted = None  # AcceptConnection, or the RejectConnection
         self._message = []
         deadline = time.monotonic() + timeout
@@ -51,7 +74,9 @@ class WsClient(LineExpectations):
         try:
             data = self.sock.recv(65536)
         except socket.timeout:
-            raise TimeoutError(f"nothing more within the deadline; buffered {self.buffer[-300:]!r}")
+            raise TimeoutError(
+                f"nothing more within the deadline; buffered {self.buffer[-300:]!r}"
+            ) from None
         except (ConnectionResetError, OSError) as err:
             if isinstance(err, socket.timeout):
                 raise

@@ -9,6 +9,7 @@ alone buys; against gchat, what the rest of gchat's design buys (no
 per-client queue put and greenlet switch per message, rendering once,
 bounded output).
 """
+
 import sys
 
 from gchat_bench.baselines import seed_port

@@ -26,6 +26,7 @@ clients, the sender included, as ``ADDR: text``; on disconnect the others
 get ``ADDR has left``.  ADDR is the client's address as the server sees it
 (``127.0.0.1:54321``; ``[::1]:54321`` for IPv6, like Go's net package).
 """
+
 import argparse
 import signal
 import socket
@@ -52,8 +53,8 @@ class SeedServer:
     """The broadcaster and the per-connection handler of the seed."""
 
     def __init__(self):
-        self.events = Queue()          # ("enter"|"leave", q) or ("msg", bytes)
-        self.clients = set()           # owned by the broadcaster greenlet only
+        self.events = Queue()  # ("enter"|"leave", q) or ("msg", bytes)
+        self.clients = set()  # owned by the broadcaster greenlet only
         self.broadcaster = gevent.spawn(self._broadcast)
 
     def _broadcast(self):
@@ -66,7 +67,7 @@ class SeedServer:
                 clients.add(item)
             else:  # leave
                 clients.discard(item)
-                item.put(None)         # the seed closes the channel: writer ends
+                item.put(None)  # the seed closes the channel: writer ends
 
     def handle(self, sock, address):
         """Serve one client; the socket closes when this returns."""
@@ -88,10 +89,10 @@ class SeedServer:
                     break
                 if line.endswith(b"\n"):
                     line = line[:-1]
-                    if line.endswith(b"\r"):   # ScanLines drops a trailing \r
+                    if line.endswith(b"\r"):  # ScanLines drops a trailing \r
                         line = line[:-1]
                 elif len(line) > MAX_LINE:
-                    break                      # bufio.ErrTooLong ends the loop
+                    break  # bufio.ErrTooLong ends the loop
                 self.events.put(("msg", who + b": " + line))
         except OSError:
             pass
@@ -122,9 +123,11 @@ def main(argv=None, server_class=SeedServer):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    ap.add_argument("--compat", action="store_true",
-                    help="accepted for symmetry with gchat; this server only "
-                         "speaks the seed protocol")
+    ap.add_argument(
+        "--compat",
+        action="store_true",
+        help="accepted for symmetry with gchat; this server only speaks the seed protocol",
+    )
     args = ap.parse_args(argv)
 
     seed = server_class()
@@ -137,6 +140,7 @@ def main(argv=None, server_class=SeedServer):
 
     def stop():
         server.stop(timeout=1)
+
     gevent.signal_handler(signal.SIGTERM, stop)
     gevent.signal_handler(signal.SIGINT, stop)
     server.serve_forever()

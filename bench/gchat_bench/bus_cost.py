@@ -15,6 +15,7 @@ can instead, which shows where one Redis saturates.
 
 Prints one JSON object.  Bounded in time; targets 127.0.0.1 only.
 """
+
 import argparse
 import json
 import os
@@ -32,9 +33,12 @@ from gchat_bench.servers import process_cpu_s
 
 def start_node(url):
     gchat = os.path.join(os.path.dirname(sys.executable), "gchat")
-    proc = subprocess.Popen([gchat, "--host", "127.0.0.1", "--port", "0", "--redis", url],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            preexec_fn=die_with_parent)
+    proc = subprocess.Popen(
+        [gchat, "--host", "127.0.0.1", "--port", "0", "--redis", url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=die_with_parent,
+    )
     for raw in proc.stderr:
         if re.search(rb"listening on", raw):
             return proc
@@ -68,8 +72,12 @@ def main(argv=None) -> int:
             count = 0
             while sent + count < due and count < 1000:
                 seq += 1
-                pipe.xadd("gchat:stream", encode("benchpublisher", seq, ops),
-                          maxlen=100_000, approximate=True)
+                pipe.xadd(
+                    "gchat:stream",
+                    encode("benchpublisher", seq, ops),
+                    maxlen=100_000,
+                    approximate=True,
+                )
                 count += 1
             if count:
                 pipe.execute()
@@ -81,13 +89,17 @@ def main(argv=None) -> int:
         time.sleep(1.0)
         after = [process_cpu_s(pid) for pid in pids]
         cpu = [a - b for a, b in zip(after, before)]
-        result = {"entries": sent, "seconds": round(elapsed, 2),
-                  "entries_per_s": round(sent / elapsed),
-                  "lines_per_entry": args.lines, "nodes": args.nodes,
-                  "redis_cpu_s": round(cpu[0], 3),
-                  "redis_cpu_us_per_entry": round(cpu[0] / sent * 1e6, 2),
-                  "node_cpu_s": [round(c, 3) for c in cpu[1:]],
-                  "node_cpu_us_per_entry": [round(c / sent * 1e6, 2) for c in cpu[1:]]}
+        result = {
+            "entries": sent,
+            "seconds": round(elapsed, 2),
+            "entries_per_s": round(sent / elapsed),
+            "lines_per_entry": args.lines,
+            "nodes": args.nodes,
+            "redis_cpu_s": round(cpu[0], 3),
+            "redis_cpu_us_per_entry": round(cpu[0] / sent * 1e6, 2),
+            "node_cpu_s": [round(c, 3) for c in cpu[1:]],
+            "node_cpu_us_per_entry": [round(c / sent * 1e6, 2) for c in cpu[1:]],
+        }
         print(json.dumps(result))
         return 0
     finally:

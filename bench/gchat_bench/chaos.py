@@ -19,6 +19,7 @@ JSON object and a short table, as the other scenarios print.
     gchat-bench soak --clients 2000 --duration 120
     gchat-bench fuzz --clients 500 --duration 30 --spawn='--flood-rate 10'
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,7 +89,7 @@ def read_greeting(sock, name: str, compat: bool) -> bytes:
         if at >= 0:
             end = buf.find(b"\n", at + len(want))
             if end >= 0:
-                return buf[end + 1:]
+                return buf[end + 1 :]
 
 
 def connect(host: str, port: int):
@@ -111,8 +112,21 @@ def fuzz_bytes(rng: random.Random) -> bytes:
         elif kind == 3:
             pieces.append(b"z" * rng.randint(4000, FUZZ_MAX_BYTES))  # over --max-line
         elif kind == 4:
-            pieces.append(rng.choice([b"/who\n", b"/nick \xff\n", b"/msg k0 hi\n", b"/me \x00\n",
-                                      b"/stats\n", b"/help\n", b"//x\n", b"/\n", b"/nick\n"]))
+            pieces.append(
+                rng.choice(
+                    [
+                        b"/who\n",
+                        b"/nick \xff\n",
+                        b"/msg k0 hi\n",
+                        b"/me \x00\n",
+                        b"/stats\n",
+                        b"/help\n",
+                        b"//x\n",
+                        b"/\n",
+                        b"/nick\n",
+                    ]
+                )
+            )
         elif kind == 5:
             pieces.append(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         elif kind == 6:
@@ -136,8 +150,8 @@ class Chaos:
         self.sent = [0] * a.senders
         self.stopping = False
         self.sessions = 0
-        self.session_breaks = 0   # churn sessions whose lines were not an unbroken run
-        self.churn_errors = 0     # churn connects that failed (counted, not fatal)
+        self.session_breaks = 0  # churn sessions whose lines were not an unbroken run
+        self.churn_errors = 0  # churn connects that failed (counted, not fatal)
         self.fuzz_bytes = 0
 
     # keepers ---------------------------------------------------------------
@@ -283,13 +297,22 @@ class Chaos:
             dup += t.duplicated
             reord += t.reordered
         return {
-            "scenario": a.scenario, "clients": a.clients, "keepers": a.keepers,
-            "senders": a.senders, "rate": a.rate, "duration_s": round(elapsed, 1),
-            "sent": total, "expected": total * a.keepers,
+            "scenario": a.scenario,
+            "clients": a.clients,
+            "keepers": a.keepers,
+            "senders": a.senders,
+            "rate": a.rate,
+            "duration_s": round(elapsed, 1),
+            "sent": total,
+            "expected": total * a.keepers,
             "received": sum(lst.tracker.received for _, lst in self.keepers),
-            "lost": lost, "duplicated": dup, "reordered": reord,
-            "keepers_drained": len(finished), "sessions": self.sessions,
-            "session_breaks": self.session_breaks, "connect_errors": self.churn_errors,
+            "lost": lost,
+            "duplicated": dup,
+            "reordered": reord,
+            "keepers_drained": len(finished),
+            "sessions": self.sessions,
+            "session_breaks": self.session_breaks,
+            "connect_errors": self.churn_errors,
             "fuzz_bytes": self.fuzz_bytes,
         }
 
@@ -298,8 +321,10 @@ def _inner_gaps(tracker: SeqTracker) -> dict:
     """Numbers missing after the first line seen of each sender: a churner
     joins mid-stream, so it may miss a sender's beginning (the run 0..k-1
     that its first line skipped), never anything after that."""
-    return {sender: {n for n in missing if n >= _prefix_end(missing)}
-            for sender, missing in tracker.missing.items()}
+    return {
+        sender: {n for n in missing if n >= _prefix_end(missing)}
+        for sender, missing in tracker.missing.items()
+    }
 
 
 def _prefix_end(missing: set) -> int:
@@ -314,14 +339,26 @@ def parse_args(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="gchat-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("scenario", choices=["soak", "fuzz"])
     p.add_argument("--clients", type=int, default=2000, help="all clients (default %(default)s)")
-    p.add_argument("--keepers", type=int, default=None,
-                   help="clients that stay and are checked (default: 3/4 of --clients)")
+    p.add_argument(
+        "--keepers",
+        type=int,
+        default=None,
+        help="clients that stay and are checked (default: 3/4 of --clients)",
+    )
     p.add_argument("--senders", type=int, default=5, help="(default %(default)s)")
-    p.add_argument("--rate", type=float, default=50.0, help="messages/s of all senders (default %(default)s)")
+    p.add_argument(
+        "--rate", type=float, default=50.0, help="messages/s of all senders (default %(default)s)"
+    )
     p.add_argument("--size", type=int, default=64, help="bytes per line (default %(default)s)")
-    p.add_argument("--duration", type=float, default=120.0, help="seconds of sending (default %(default)s)")
-    p.add_argument("--max-stay", type=float, default=2.0,
-                   help="longest a churner stays connected, s (default %(default)s)")
+    p.add_argument(
+        "--duration", type=float, default=120.0, help="seconds of sending (default %(default)s)"
+    )
+    p.add_argument(
+        "--max-stay",
+        type=float,
+        default=2.0,
+        help="longest a churner stays connected, s (default %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--compat", action="store_true")
     target = p.add_mutually_exclusive_group()

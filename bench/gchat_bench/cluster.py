@@ -8,6 +8,7 @@ deals its clients over the nodes; the accounting does not change, because
 what a client is owed depends on its room, never on its node.  The process
 side (spawning redis-server and the nodes, their CPU) is in servers.py.
 """
+
 from __future__ import annotations
 
 from gchat_bench.servers import BenchError, check_loopback
@@ -34,10 +35,12 @@ def parse_pids(s: str, n: int) -> list:
     try:
         pids = [int(x) for x in s.split(",")]
     except ValueError:
-        raise BenchError("--server-pid wants PID[,PID...], got %r" % s)
+        raise BenchError("--server-pid wants PID[,PID...], got %r" % s) from None
     if len(pids) != n:
-        raise BenchError("--server-pid: %d pids for %d targets (one per target, "
-                         "in the same order)" % (len(pids), n))
+        raise BenchError(
+            "--server-pid: %d pids for %d targets (one per target, "
+            "in the same order)" % (len(pids), n)
+        )
     return pids
 
 
@@ -74,8 +77,7 @@ def room_members(receivers_by_room: list) -> dict:
     return members
 
 
-def expected_deliveries(sent_by: dict, receivers: int, rooms: int = 0,
-                        members: dict = None) -> int:
+def expected_deliveries(sent_by: dict, receivers: int, rooms: int = 0, members: dict = None) -> int:
     """Deliveries owed for a phase: sent_by is {sender id: lines sent}.
 
     Without rooms every line is owed to every reader still connected, on

@@ -51,6 +51,7 @@ soak_checks.py, a client in soak_client.py, the processes (redis-server
 through processes.RedisServer, as for the bench and the tests) in
 soak_procs.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,14 +74,13 @@ from gevent import socket as gsocket  # cooperative sockets, without monkey-patc
 from gchat_bench.processes import HOST
 from gchat_bench.soak_checks import PROBLEMS_SHOWN, check_session, owed, verify, warnings
 from gchat_bench.soak_client import RECV_SIZE, Client
-from gchat_bench.soak_procs import (START_TIMEOUT, Node, RedisProc, gchat_command, kill_all,
-                                    stop_all)
+from gchat_bench.soak_procs import START_TIMEOUT, Node, RedisProc, gchat_command, kill_all, stop_all
 
-NAME_TIMEOUT = 10.0      # a stayer or churner getting "You are NAME"
-ACCOUNT_WAIT = 1.0       # a churner waits this long for its lines to come back before it leaves
-GRACE = 1.0              # after the drain: late duplicates and refusals still count
+NAME_TIMEOUT = 10.0  # a stayer or churner getting "You are NAME"
+ACCOUNT_WAIT = 1.0  # a churner waits this long for its lines to come back before it leaves
+GRACE = 1.0  # after the drain: late duplicates and refusals still count
 CHAOS_AT = (("redis", 0.20), ("node", 0.35), ("redis", 0.55))
-SCHEDULE_MARGIN = 1.0    # seconds between one event's end and the next's start
+SCHEDULE_MARGIN = 1.0  # seconds between one event's end and the next's start
 
 
 def plan(duration: float, redis_down: float, node_down: float) -> list:
@@ -92,10 +92,14 @@ def plan(duration: float, redis_down: float, node_down: float) -> list:
         events.append((kind, at, round(at + (redis_down if kind == "redis" else node_down), 2)))
     ends = [e[2] for e in events[:-1]]
     starts = [e[1] for e in events[1:]]
-    if any(s - e < SCHEDULE_MARGIN for e, s in zip(ends, starts)) or \
-            duration - events[-1][2] < SCHEDULE_MARGIN:
-        raise ValueError("--duration %g is too short for the chaos schedule %s; make it longer "
-                         "or --redis-down/--node-down shorter" % (duration, events))
+    if (
+        any(s - e < SCHEDULE_MARGIN for e, s in zip(ends, starts))
+        or duration - events[-1][2] < SCHEDULE_MARGIN
+    ):
+        raise ValueError(
+            "--duration %g is too short for the chaos schedule %s; make it longer "
+            "or --redis-down/--node-down shorter" % (duration, events)
+        )
     return events
 
 
@@ -119,7 +123,7 @@ class Soak:
         self.stop_churn = False
         self.began = time.monotonic()
         self.sendlog = open(os.path.join(logdir, "sent.log"), "wb") if a.dump else None
-        self.t0 = None            # sending started: the chaos schedule counts from here
+        self.t0 = None  # sending started: the chaos schedule counts from here
         self.events: list = []
         self.failures: list = []
         self.problems: list = []
@@ -142,8 +146,11 @@ class Soak:
         now = time.monotonic()
         self.events.append(({"event": what, **extra}, now))
         if not self.a.quiet:
-            print("cluster_soak %7.2fs %s %s" % (now - self.began, what, extra or ""),
-                  file=sys.stderr, flush=True)
+            print(
+                "cluster_soak %7.2fs %s %s" % (now - self.began, what, extra or ""),
+                file=sys.stderr,
+                flush=True,
+            )
 
     def timeline(self) -> list:
         zero = self.t0 if self.t0 is not None else self.began
@@ -152,10 +159,18 @@ class Soak:
     # processes ---------------------------------------------------------
 
     def node_argv(self) -> list:
-        argv = gchat_command() + ["--redis", self.redis.url,
-                                  "--host", HOST, "--port", "0",
-                                  "--node-timeout", "%g" % self.a.node_timeout,
-                                  "--flood-rate", "0"]
+        argv = gchat_command() + [
+            "--redis",
+            self.redis.url,
+            "--host",
+            HOST,
+            "--port",
+            "0",
+            "--node-timeout",
+            "%g" % self.a.node_timeout,
+            "--flood-rate",
+            "0",
+        ]
         if self.a.bus_backlog is not None:
             argv += ["--bus-backlog", str(self.a.bus_backlog)]
         return argv + shlex.split(self.a.node_args)
@@ -174,8 +189,10 @@ class Soak:
         for c in self.stayers:
             c.named.wait(NAME_TIMEOUT)
             if c.state == 0 or c.closed:
-                raise RuntimeError("stayer %s was not named on node%d: %s"
-                                   % (c.name, c.node, c.name_error or "no answer"))
+                raise RuntimeError(
+                    "stayer %s was not named on node%d: %s"
+                    % (c.name, c.node, c.name_error or "no answer")
+                )
 
     def stayer_send(self, c: Client, phase: float):
         interval = 1.0 / self.a.rate
@@ -234,8 +251,9 @@ class Soak:
         try:
             while not c.closed and not self.stop_churn and time.monotonic() < stay_until:
                 c.say()
-                gevent.sleep(min(interval * rng.uniform(0.5, 1.5),
-                                 max(0.0, stay_until - time.monotonic())))
+                gevent.sleep(
+                    min(interval * rng.uniform(0.5, 1.5), max(0.0, stay_until - time.monotonic()))
+                )
             wait_until = time.monotonic() + ACCOUNT_WAIT
             while not c.closed and not c.accounted() and time.monotonic() < wait_until:
                 gevent.sleep(0.05)
@@ -335,13 +353,19 @@ class Soak:
         self.redis.start()
         for node in self.nodes:
             self.start_node(node)
-        self.event("started", redis_port=self.redis.port,
-                   nodes=[n.port for n in self.nodes], victim=self.victim.index)
+        self.event(
+            "started",
+            redis_port=self.redis.port,
+            nodes=[n.port for n in self.nodes],
+            victim=self.victim.index,
+        )
         self.start_stayers(a.stayers)
         self.event("stayers named", stayers=len(self.stayers))
         chaos_start = self.t0 = time.monotonic()
-        senders = [gevent.spawn(self.stayer_send, c, self.rng.uniform(0, 1.0 / a.rate))
-                   for c in self.stayers]
+        senders = [
+            gevent.spawn(self.stayer_send, c, self.rng.uniform(0, 1.0 / a.rate))
+            for c in self.stayers
+        ]
         churners = [gevent.spawn(self.churner, slot) for slot in range(a.clients - a.stayers)]
         chaos = gevent.spawn(self.chaos, schedule)
         gevent.sleep(a.duration)
@@ -370,8 +394,10 @@ class Soak:
             c.reader.kill()
         for proc in [n.proc for n in self.nodes] + [self.redis]:
             if not proc.alive():  # died by itself: the chaos restarted all it killed
-                self.failures.append("%s is not running at the end (exit %s):\n%s" % (
-                    proc.name, proc.returncode, proc.log_tail()))
+                self.failures.append(
+                    "%s is not running at the end (exit %s):\n%s"
+                    % (proc.name, proc.returncode, proc.log_tail())
+                )
         node_stats = {"node%d" % n.index: self.probe_stats(n) for n in self.nodes if n.up}
         cpu = {"node%d" % n.index: n.proc.cpu() for n in self.nodes}
         cpu["redis"] = self.redis.cpu()
@@ -396,14 +422,17 @@ class Soak:
         owed_by = {}
         refused = unexplained = 0
         for c in self.stayers + self.sessions:
-            want, gone, odd = owed(c.sent, c.refusals, present.get(c.name, set()) | c.echoed,
-                                   c.settled)
+            want, gone, odd = owed(
+                c.sent, c.refusals, present.get(c.name, set()) | c.echoed, c.settled
+            )
             owed_by[c.name] = want
             refused += len(gone)
             unexplained += odd
             if odd and len(self.problems) < PROBLEMS_SHOWN:
-                self.problems.append("refusals: %s got %d, but only %d of its lines reached "
-                                     "nobody" % (c.name, c.refusals, len(gone)))
+                self.problems.append(
+                    "refusals: %s got %d, but only %d of its lines reached "
+                    "nobody" % (c.name, c.refusals, len(gone))
+                )
         checked = [c for c in self.stayers if c not in dropped]
         res = verify({c.name: (keys[i] for i in c.seen) for c in checked}, owed_by)
         ref = res.pop("reference")
@@ -419,51 +448,90 @@ class Soak:
                 breaks[k] += r[k]
         refusals = sum(c.refusals for c in self.stayers + self.sessions)
         events = self.timeline()
-        kills = {"redis": sum(1 for e in events if e["event"] == "redis killed"),
-                 "node": sum(1 for e in events if e["event"] == "node killed")}
-        restarts = {"redis": sum(1 for e in events if e["event"] == "redis restarted"),
-                    "node": sum(1 for e in events if e["event"] == "node restarted")}
-        planned = {"redis": sum(1 for e in schedule if e[0] == "redis"),
-                   "node": sum(1 for e in schedule if e[0] == "node")}
+        kills = {
+            "redis": sum(1 for e in events if e["event"] == "redis killed"),
+            "node": sum(1 for e in events if e["event"] == "node killed"),
+        }
+        restarts = {
+            "redis": sum(1 for e in events if e["event"] == "redis restarted"),
+            "node": sum(1 for e in events if e["event"] == "node restarted"),
+        }
+        planned = {
+            "redis": sum(1 for e in schedule if e[0] == "redis"),
+            "node": sum(1 for e in schedule if e[0] == "node"),
+        }
         out = {
             "result": None,
-            "seed": a.seed, "duration_s": a.duration, "elapsed_s": elapsed,
-            "nodes": a.nodes, "victim": self.victim.index, "clients": a.clients,
-            "stayers": len(self.stayers), "churners": a.clients - a.stayers,
-            "rate": a.rate, "churn_rate": a.churn_rate,
+            "seed": a.seed,
+            "duration_s": a.duration,
+            "elapsed_s": elapsed,
+            "nodes": a.nodes,
+            "victim": self.victim.index,
+            "clients": a.clients,
+            "stayers": len(self.stayers),
+            "churners": a.clients - a.stayers,
+            "rate": a.rate,
+            "churn_rate": a.churn_rate,
             "lines_sent": sum(c.sent for c in self.stayers + self.sessions),
             "stayer_lines_sent": sum(c.sent for c in self.stayers),
             "churner_lines_sent": sum(c.sent for c in self.sessions),
             "sessions": len(self.sessions),
-            "deliveries_expected": res["expected"], "deliveries_received": res["received"],
-            "lost": res["lost"], "duplicated": res["duplicated"],
-            "out_of_order": res["out_of_order"], "unexpected": res["unexpected"],
+            "deliveries_expected": res["expected"],
+            "deliveries_received": res["received"],
+            "lost": res["lost"],
+            "duplicated": res["duplicated"],
+            "out_of_order": res["out_of_order"],
+            "unexpected": res["unexpected"],
             "order_mismatches": res["order_mismatches"],
-            "refusals": refusals, "refused_lines_missing": refused,
+            "refusals": refusals,
+            "refused_lines_missing": refused,
             "refusals_unexplained": unexplained,
-            "session_breaks": broken_sessions, "session_gaps": breaks["gaps"],
+            "session_breaks": broken_sessions,
+            "session_gaps": breaks["gaps"],
             "session_duplicated": breaks["duplicated"],
-            "session_out_of_order": breaks["out_of_order"], "session_order": breaks["order"],
+            "session_out_of_order": breaks["out_of_order"],
+            "session_order": breaks["order"],
             "stayers_dropped": len(dropped),
             "sessions_cut": self.cut_by_kill,
             "server_lost_departures_seen": self.stayers[0].server_lost if self.stayers else 0,
-            "connect_errors": self.connect_errors, "name_failures": self.name_failures,
+            "connect_errors": self.connect_errors,
+            "name_failures": self.name_failures,
             "name_errors": self.name_errors,
             "other_errors": self.error_lines,
-            "drained": drained, "drain_s": drain_s,
-            "redis_kills": kills["redis"], "node_kills": kills["node"],
+            "drained": drained,
+            "drain_s": drain_s,
+            "redis_kills": kills["redis"],
+            "node_kills": kills["node"],
             "restarts": restarts,
             "chaos": events,
-            "cpu_s": cpu, "node_stats": node_stats,
-            "exit_codes": {p.name: p.exit_codes for p in [n.proc for n in self.nodes] + [self.redis]},
+            "cpu_s": cpu,
+            "node_stats": node_stats,
+            "exit_codes": {
+                p.name: p.exit_codes for p in [n.proc for n in self.nodes] + [self.redis]
+            },
             "failures": self.failures,
             "problems": self.problems + res["problems"],
             "logs": self.logdir,
         }
-        ok = (not self.failures and drained and kills == planned and restarts == planned
-              and all(out[k] == 0 for k in ("lost", "duplicated", "out_of_order", "unexpected",
-                                            "order_mismatches", "refusals_unexplained",
-                                            "session_breaks", "stayers_dropped")))
+        ok = (
+            not self.failures
+            and drained
+            and kills == planned
+            and restarts == planned
+            and all(
+                out[k] == 0
+                for k in (
+                    "lost",
+                    "duplicated",
+                    "out_of_order",
+                    "unexpected",
+                    "order_mismatches",
+                    "refusals_unexplained",
+                    "session_breaks",
+                    "stayers_dropped",
+                )
+            )
+        )
         out["result"] = "PASS" if ok else "FAIL"
         out["warnings"] = warnings(node_stats)
         return out
@@ -473,37 +541,79 @@ class Soak:
 
 
 def parse_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m gchat_bench.cluster_soak",
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=float, default=120.0,
-                   help="seconds of sending, chaos included (default %(default)s)")
-    p.add_argument("--clients", type=int, default=200, help="stayers + churners (default %(default)s)")
-    p.add_argument("--stayers", type=int, default=None,
-                   help="clients that stay and are checked in full (default: a quarter)")
+    p = argparse.ArgumentParser(
+        prog="python -m gchat_bench.cluster_soak", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=120.0,
+        help="seconds of sending, chaos included (default %(default)s)",
+    )
+    p.add_argument(
+        "--clients", type=int, default=200, help="stayers + churners (default %(default)s)"
+    )
+    p.add_argument(
+        "--stayers",
+        type=int,
+        default=None,
+        help="clients that stay and are checked in full (default: a quarter)",
+    )
     p.add_argument("--nodes", type=int, default=2, help="gchat nodes, >= 2 (default %(default)s)")
-    p.add_argument("--rate", type=float, default=1.0,
-                   help="lines/s each stayer sends (default %(default)s)")
-    p.add_argument("--churn-rate", type=float, default=1.0,
-                   help="lines/s a churner sends while connected (default %(default)s)")
+    p.add_argument(
+        "--rate", type=float, default=1.0, help="lines/s each stayer sends (default %(default)s)"
+    )
+    p.add_argument(
+        "--churn-rate",
+        type=float,
+        default=1.0,
+        help="lines/s a churner sends while connected (default %(default)s)",
+    )
     p.add_argument("--min-stay", type=float, default=1.0, help="(default %(default)s s)")
-    p.add_argument("--max-stay", type=float, default=5.0,
-                   help="a churner stays connected this long at most (default %(default)s s)")
-    p.add_argument("--node-timeout", type=float, default=2.0,
-                   help="the nodes' --node-timeout (default %(default)s)")
-    p.add_argument("--redis-down", type=float, default=None,
-                   help="seconds Redis stays dead (default: 5%% of --duration, 1-3)")
-    p.add_argument("--node-down", type=float, default=None,
-                   help="seconds the victim node stays dead (default: --node-timeout + 1)")
-    p.add_argument("--bus-backlog", type=int, default=None,
-                   help="the nodes' --bus-backlog (default: theirs)")
+    p.add_argument(
+        "--max-stay",
+        type=float,
+        default=5.0,
+        help="a churner stays connected this long at most (default %(default)s s)",
+    )
+    p.add_argument(
+        "--node-timeout",
+        type=float,
+        default=2.0,
+        help="the nodes' --node-timeout (default %(default)s)",
+    )
+    p.add_argument(
+        "--redis-down",
+        type=float,
+        default=None,
+        help="seconds Redis stays dead (default: 5%% of --duration, 1-3)",
+    )
+    p.add_argument(
+        "--node-down",
+        type=float,
+        default=None,
+        help="seconds the victim node stays dead (default: --node-timeout + 1)",
+    )
+    p.add_argument(
+        "--bus-backlog", type=int, default=None, help="the nodes' --bus-backlog (default: theirs)"
+    )
     p.add_argument("--node-args", default="", help="more options for every node")
-    p.add_argument("--drain-timeout", type=float, default=30.0,
-                   help="longest wait for the last lines after sending stops (default %(default)s)")
-    p.add_argument("--redis-server", default=shutil.which("redis-server") or "/usr/bin/redis-server")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="longest wait for the last lines after sending stops (default %(default)s)",
+    )
+    p.add_argument(
+        "--redis-server", default=shutil.which("redis-server") or "/usr/bin/redis-server"
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--keep-logs", action="store_true", help="keep the logs on success too")
-    p.add_argument("--dump", action="store_true",
-                   help="write what each stayer sent and received into the logs (implies --keep-logs)")
+    p.add_argument(
+        "--dump",
+        action="store_true",
+        help="write what each stayer sent and received into the logs (implies --keep-logs)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args(argv)
@@ -530,14 +640,28 @@ def parse_args(argv) -> argparse.Namespace:
 
 
 def print_table(res: dict):
-    skip = {"chaos", "problems", "node_stats", "cpu_s", "other_errors", "failures", "name_errors",
-            "warnings", "exit_codes"}
+    skip = {
+        "chaos",
+        "problems",
+        "node_stats",
+        "cpu_s",
+        "other_errors",
+        "failures",
+        "name_errors",
+        "warnings",
+        "exit_codes",
+    }
     for key, value in res.items():
         if key not in skip:
             print("%-28s %s" % (key, value))
     print("%-28s %s" % ("cpu_s", " ".join("%s=%s" % kv for kv in res["cpu_s"].items())))
-    print("%-28s %s" % ("exit_codes", " ".join("%s=%s" % (k, ",".join(map(str, v)))
-                                               for k, v in res["exit_codes"].items())))
+    print(
+        "%-28s %s"
+        % (
+            "exit_codes",
+            " ".join("%s=%s" % (k, ",".join(map(str, v))) for k, v in res["exit_codes"].items()),
+        )
+    )
     for node, stats in res["node_stats"].items():
         print("%-28s %s" % ("stats " + node, " ".join("%s=%s" % kv for kv in stats.items())))
     print("chaos:")
@@ -575,8 +699,13 @@ def main(argv=None) -> int:
         with gevent.Timeout(limit, RuntimeError("the soak overran its %g s bound" % limit)):
             res = soak.run_all()
     except (RuntimeError, OSError) as e:
-        res = {"result": "FAIL", "seed": a.seed, "failures": [str(e)],
-               "chaos": soak.timeline() if soak is not None else [], "logs": logdir}
+        res = {
+            "result": "FAIL",
+            "seed": a.seed,
+            "failures": [str(e)],
+            "chaos": soak.timeline() if soak is not None else [],
+            "logs": logdir,
+        }
     finally:
         stop_all()
     if res["result"] == "PASS" and not a.keep_logs:

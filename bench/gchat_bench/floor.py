@@ -17,6 +17,7 @@ that is the least time a broadcast to N clients can take on one core,
 whatever the server is written in.  bench/RESULTS.md compares it with
 gchat's CPU per delivery.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-LINE = b"~floor " + b"x" * 63 + b"\n"    # 71 bytes, like a fanout chat line
+LINE = b"~floor " + b"x" * 63 + b"\n"  # 71 bytes, like a fanout chat line
 
 
 def _raise_nofile(needed: int) -> None:
@@ -78,7 +79,7 @@ def measure(clients: int, rounds: int, host: str = "127.0.0.1", threads: int = 1
     to_parent, from_child = os.pipe()
     go_read, go_write = os.pipe()
     pid = os.fork()
-    if pid == 0:                          # the clients' side
+    if pid == 0:  # the clients' side
         try:
             listener.close()
             socks = [socket.create_connection((host, port)) for _ in range(clients)]
@@ -87,7 +88,7 @@ def measure(clients: int, rounds: int, host: str = "127.0.0.1", threads: int = 1
             os.write(from_child, b"c")
             total = 0
             for _ in range(rounds + 1):
-                os.read(go_read, 1)      # sleep until the round is sent
+                os.read(go_read, 1)  # sleep until the round is sent
                 time.sleep(0.05)
                 total += _drain(socks)
                 os.write(from_child, b"d")
@@ -130,31 +131,53 @@ def measure(clients: int, rounds: int, host: str = "127.0.0.1", threads: int = 1
     for s in senders:
         s.close()
     listener.close()
-    return {"clients": clients, "rounds": rounds, "threads": threads,
-            "send_us_per_round": [round(x, 2) for x in per_send],
-            "send_us_median": round(statistics.median(per_send), 2),
-            "repeat_send_us": round(repeat, 2),
-            "broadcast_ms_median": round(statistics.median(wall_ms), 1),
-            "bytes_sent": len(LINE) * clients * (rounds + 2), "bytes_received": received}
+    return {
+        "clients": clients,
+        "rounds": rounds,
+        "threads": threads,
+        "send_us_per_round": [round(x, 2) for x in per_send],
+        "send_us_median": round(statistics.median(per_send), 2),
+        "repeat_send_us": round(repeat, 2),
+        "broadcast_ms_median": round(statistics.median(wall_ms), 1),
+        "bytes_sent": len(LINE) * clients * (rounds + 2),
+        "bytes_received": received,
+    }
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gchat_bench.floor", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clients", type=int, default=1000,
-                    help="sockets to send to (default 1000; at most ~19000: 20000 open files per process)")
+    ap = argparse.ArgumentParser(
+        prog="python -m gchat_bench.floor",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--clients",
+        type=int,
+        default=1000,
+        help="sockets to send to (default 1000; at most ~19000: 20000 open files per process)",
+    )
     ap.add_argument("--rounds", type=int, default=5, help="broadcasts to time (default 5)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="threads that share each broadcast (default 1)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="threads that share each broadcast (default 1)"
+    )
     a = ap.parse_args(argv)
     if a.clients < 1 or a.rounds < 1 or a.threads < 1:
         ap.error("--clients, --rounds and --threads must be at least 1")
     res = measure(a.clients, a.rounds, threads=a.threads)
     print(json.dumps(res))
-    print("one line to each of %d idle sockets: %.2f us of CPU per send (median of %d), "
-          "%.1f ms per broadcast with %d thread(s); a second line to a busy socket: %.2f us"
-          % (a.clients, res["send_us_median"], a.rounds, res["broadcast_ms_median"],
-             a.threads, res["repeat_send_us"]), file=sys.stderr)
+    print(
+        "one line to each of %d idle sockets: %.2f us of CPU per send (median of %d), "
+        "%.1f ms per broadcast with %d thread(s); a second line to a busy socket: %.2f us"
+        % (
+            a.clients,
+            res["send_us_median"],
+            a.rounds,
+            res["broadcast_ms_median"],
+            a.threads,
+            res["repeat_send_us"],
+        ),
+        file=sys.stderr,
+    )
     return 0 if res["bytes_received"] == res["bytes_sent"] else 1
 
 

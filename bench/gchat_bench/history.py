@@ -28,6 +28,7 @@ included.  Every cycle is checked: the full room's block must hold exactly
 Phases alternate (full first in odd runs, empty first in even ones) and
 --repeat R reports medians.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,16 @@ import gevent
 from gevent import socket as gsocket
 
 from gchat_bench.runner import host_busy, wait_for_idle
-from gchat_bench.servers import (BenchError, Server, check_loopback, gchat_command,
-                                 process_cpu_s, spawn_argv)
+from gchat_bench.servers import (
+    BenchError,
+    Server,
+    check_loopback,
+    gchat_command,
+    process_cpu_s,
+    spawn_argv,
+)
 
-TIMEOUT = 30.0   # any one read; a server that stops answering fails the run
+TIMEOUT = 30.0  # any one read; a server that stops answering fails the run
 
 
 class LineClient:
@@ -62,7 +69,7 @@ class LineClient:
             i = self.buf.find(b"\n")
             if i >= 0:
                 out = bytes(self.buf[:i])
-                del self.buf[:i + 1]
+                del self.buf[: i + 1]
                 return out.rstrip(b"\r")
             chunk = self.sock.recv(1 << 16)
             if not chunk:
@@ -109,7 +116,7 @@ class Member:
             body = (b"h%d " % k).ljust(line_bytes, b"y")
             c.send(body + b"\n")
             c.until(self.name + b": h%d " % k)
-        for room in (self.empty, self.out):   # create E and O, no history
+        for room in (self.empty, self.out):  # create E and O, no history
             c.send(b"/join %s\n" % room)
             c.until(b"You are now in #" + room)
 
@@ -120,7 +127,7 @@ class Member:
         for _ in range(n):
             c.send(b"/join %s\n/join %s\n" % (room, self.out))
             c.until(b"You are now in #" + room)
-            c.line()                                  # roster
+            c.line()  # roster
             got = -1
             ln = c.line()
             if ln.startswith(b"--- last "):
@@ -134,7 +141,7 @@ class Member:
             if not ln.startswith(b"You are now in #" + self.out):
                 # Something else came between: read on to the confirmation.
                 c.until(b"You are now in #" + self.out)
-            c.line()                                  # roster of O
+            c.line()  # roster of O
             if got != want:
                 errors.append({"room": room.decode(), "history_lines": got, "want": want})
 
@@ -145,8 +152,10 @@ def run_phase(members: list, which: str, joins: int, lines: int, pid) -> dict:
     me0 = process_cpu_s(os.getpid()) or 0.0
     host0, ncpu = host_busy()
     t0 = time.monotonic()
-    greenlets = [gevent.spawn(m.cycles, m.full if which == "full" else m.empty,
-                              joins, lines, errors) for m in members]
+    greenlets = [
+        gevent.spawn(m.cycles, m.full if which == "full" else m.empty, joins, lines, errors)
+        for m in members
+    ]
     gevent.joinall(greenlets, raise_error=True)
     wall = time.monotonic() - t0
     cpu1 = process_cpu_s(pid) if pid else None
@@ -162,8 +171,9 @@ def measure(host: str, port: int, pid, a: argparse.Namespace, rep: int) -> dict:
     tag = "h%04x" % random.getrandbits(16)
     members = [Member(host, port, tag, i) for i in range(a.clients)]
     try:
-        gevent.joinall([gevent.spawn(m.start, a.lines, a.line_bytes) for m in members],
-                       raise_error=True)
+        gevent.joinall(
+            [gevent.spawn(m.start, a.lines, a.line_bytes) for m in members], raise_error=True
+        )
         order = ("full", "empty") if rep % 2 == 0 else ("empty", "full")
         ph = {w: run_phase(members, w, a.joins, a.lines, pid) for w in order}
     finally:
@@ -171,16 +181,23 @@ def measure(host: str, port: int, pid, a: argparse.Namespace, rep: int) -> dict:
             m.c.close()
     n = a.clients * a.joins
     res = {
-        "scenario": "history", "clients": a.clients, "joins_per_client": a.joins,
-        "joins": n, "history_lines": a.lines, "line_bytes": a.line_bytes,
+        "scenario": "history",
+        "clients": a.clients,
+        "joins_per_client": a.joins,
+        "joins": n,
+        "history_lines": a.lines,
+        "line_bytes": a.line_bytes,
         # What one block carries: the two frame lines and `lines` lines of
         # "NAME: " + line_bytes + "\n".
         "history_bytes": a.lines * (len(members[0].name) + 2 + a.line_bytes + 1),
-        "full_cpu_s": ph["full"]["cpu_s"], "empty_cpu_s": ph["empty"]["cpu_s"],
-        "full_wall_s": ph["full"]["wall_s"], "empty_wall_s": ph["empty"]["wall_s"],
+        "full_cpu_s": ph["full"]["cpu_s"],
+        "empty_cpu_s": ph["empty"]["cpu_s"],
+        "full_wall_s": ph["full"]["wall_s"],
+        "empty_wall_s": ph["empty"]["wall_s"],
         "history_errors": len(ph["full"]["errors"]) + len(ph["empty"]["errors"]),
         "history_error_samples": (ph["full"]["errors"] + ph["empty"]["errors"])[:5],
-        "order": list(order), "repeat_index": rep,
+        "order": list(order),
+        "repeat_index": rep,
         "host_other_cpu_pct": max(ph["full"]["other_pct"], ph["empty"]["other_pct"]),
     }
     if res["full_cpu_s"] is not None and res["empty_cpu_s"] is not None:
@@ -196,27 +213,52 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(
         prog="gchat-bench history",
         description="Server CPU per /join spent on sending a full room history: "
-                    "joins of rooms with a full history minus joins of rooms without.")
+        "joins of rooms with a full history minus joins of rooms without.",
+    )
     ap.add_argument("--clients", type=int, default=20, help="clients, each with its own rooms (20)")
-    ap.add_argument("--joins", type=int, default=200,
-                    help="cycles per client per phase: /join ROOM + /join OUT (200)")
-    ap.add_argument("--lines", type=int, default=20,
-                    help="history lines to fill the full room with (20: gchat's --history)")
-    ap.add_argument("--line-bytes", type=int, default=4096,
-                    help="bytes per history line sent (4096: gchat's --max-line)")
+    ap.add_argument(
+        "--joins",
+        type=int,
+        default=200,
+        help="cycles per client per phase: /join ROOM + /join OUT (200)",
+    )
+    ap.add_argument(
+        "--lines",
+        type=int,
+        default=20,
+        help="history lines to fill the full room with (20: gchat's --history)",
+    )
+    ap.add_argument(
+        "--line-bytes",
+        type=int,
+        default=4096,
+        help="bytes per history line sent (4096: gchat's --max-line)",
+    )
     ap.add_argument("--repeat", type=int, default=3, help="runs; the summary has medians (3)")
     where = ap.add_mutually_exclusive_group()
     where.add_argument("--target", metavar="HOST:PORT", help="a running server (loopback)")
-    where.add_argument("--spawn", metavar="OPTIONS", default="",
-                       help="start gchat with OPTIONS (--flood-rate 0 is added)")
+    where.add_argument(
+        "--spawn",
+        metavar="OPTIONS",
+        default="",
+        help="start gchat with OPTIONS (--flood-rate 0 is added)",
+    )
     ap.add_argument("--server-pid", type=int, help="with --target: its pid, for its CPU")
-    ap.add_argument("--server-cmd", metavar="CMD",
-                    help="spawn this command instead of gchat (it gets --host H --port 0 "
-                         "and the --spawn OPTIONS)")
-    ap.add_argument("--max-other-load", metavar="PCT", type=float, default=None,
-                    help="wait for an idle machine before each run; discard and re-run "
-                         "(at most --retries times) a run in which others used more than "
-                         "PCT%% of the machine")
+    ap.add_argument(
+        "--server-cmd",
+        metavar="CMD",
+        help="spawn this command instead of gchat (it gets --host H --port 0 "
+        "and the --spawn OPTIONS)",
+    )
+    ap.add_argument(
+        "--max-other-load",
+        metavar="PCT",
+        type=float,
+        default=None,
+        help="wait for an idle machine before each run; discard and re-run "
+        "(at most --retries times) a run in which others used more than "
+        "PCT%% of the machine",
+    )
     ap.add_argument("--retries", type=int, default=5)
     ap.add_argument("--json", action="store_true", help="one JSON object per run, then the summary")
     a = ap.parse_args(argv)
@@ -249,8 +291,11 @@ def main(argv=None) -> int:
                 r = measure(host, port, pid, a, rep)
                 if server is not None:
                     server.check_alive()
-                if (a.max_other_load is None or attempt == a.retries
-                        or r["host_other_cpu_pct"] <= a.max_other_load):
+                if (
+                    a.max_other_load is None
+                    or attempt == a.retries
+                    or r["host_other_cpu_pct"] <= a.max_other_load
+                ):
                     break
                 r["discarded"] = "others used %.0f%% of the machine" % r["host_other_cpu_pct"]
                 print("run %d discarded: %s" % (rep + 1, r["discarded"]), file=sys.stderr)
@@ -259,10 +304,18 @@ def main(argv=None) -> int:
             runs.append(r)
             if a.json:
                 print(json.dumps(r), flush=True)
-            print("run %d: history %s us/join (full %s, empty %s us per cycle of 2 joins), "
-                  "errors %d" % (rep + 1, _f(r.get("history_us_per_join")),
-                                 _f(r.get("full_us_per_cycle")), _f(r.get("empty_us_per_cycle")),
-                                 r["history_errors"]), file=sys.stderr)
+            print(
+                "run %d: history %s us/join (full %s, empty %s us per cycle of 2 joins), "
+                "errors %d"
+                % (
+                    rep + 1,
+                    _f(r.get("history_us_per_join")),
+                    _f(r.get("full_us_per_cycle")),
+                    _f(r.get("empty_us_per_cycle")),
+                    r["history_errors"],
+                ),
+                file=sys.stderr,
+            )
     except BenchError as e:
         print("gchat-bench history: error: %s" % e, file=sys.stderr)
         return 2
@@ -270,9 +323,17 @@ def main(argv=None) -> int:
         if server is not None:
             server.stop()
     summary = dict(runs[0], summary="median", runs=len(runs))
-    for k in ("full_cpu_s", "empty_cpu_s", "full_wall_s", "empty_wall_s", "full_us_per_cycle",
-              "empty_us_per_cycle", "history_us_per_join", "join_us_no_history",
-              "host_other_cpu_pct"):
+    for k in (
+        "full_cpu_s",
+        "empty_cpu_s",
+        "full_wall_s",
+        "empty_wall_s",
+        "full_us_per_cycle",
+        "empty_us_per_cycle",
+        "history_us_per_join",
+        "join_us_no_history",
+        "host_other_cpu_pct",
+    ):
         vals = [r[k] for r in runs if r.get(k) is not None]
         summary[k] = statistics.median(vals) if vals else None
     summary["history_errors"] = sum(r["history_errors"] for r in runs)
@@ -282,13 +343,24 @@ def main(argv=None) -> int:
     if a.json:
         print(json.dumps(summary), flush=True)
     out = sys.stderr if a.json else sys.stdout
-    print("history: %d clients x %d joins per phase, %d lines of %d B (%d B per block), "
-          "median of %d:\n  server CPU per join for the history block: %s us "
-          "(runs: %s)\n  a join without history: %s us; errors: %d"
-          % (a.clients, a.joins, a.lines, a.line_bytes, summary["history_bytes"], len(runs),
-             _f(summary["history_us_per_join"]),
-             ", ".join(_f(v) for v in summary["history_us_per_join_runs"]),
-             _f(summary["join_us_no_history"]), summary["history_errors"]), file=out)
+    print(
+        "history: %d clients x %d joins per phase, %d lines of %d B (%d B per block), "
+        "median of %d:\n  server CPU per join for the history block: %s us "
+        "(runs: %s)\n  a join without history: %s us; errors: %d"
+        % (
+            a.clients,
+            a.joins,
+            a.lines,
+            a.line_bytes,
+            summary["history_bytes"],
+            len(runs),
+            _f(summary["history_us_per_join"]),
+            ", ".join(_f(v) for v in summary["history_us_per_join_runs"]),
+            _f(summary["join_us_no_history"]),
+            summary["history_errors"],
+        ),
+        file=out,
+    )
     return 0 if summary["history_errors"] == 0 else 1
 
 

@@ -1,13 +1,18 @@
 """The sweep plot: latency percentiles and deliveries/s against clients."""
+
 from __future__ import annotations
 
 import matplotlib
 
-matplotlib.use("Agg")   # files only: no display on a server
+matplotlib.use("Agg")  # files only: no display on a server
 import matplotlib.pyplot as plt  # noqa: E402
 
-PCTS = [("p50_ms", "p50", "-"), ("p90_ms", "p90", "--"),
-        ("p99_ms", "p99", "-."), ("p999_ms", "p99.9", ":")]
+PCTS = [
+    ("p50_ms", "p50", "-"),
+    ("p90_ms", "p90", "--"),
+    ("p99_ms", "p99", "-."),
+    ("p999_ms", "p99.9", ":"),
+]
 
 
 def plot_sweep(results: list, path: str, title: str = "") -> None:
@@ -29,28 +34,42 @@ def plot_sweep(results: list, path: str, title: str = "") -> None:
         for key, label, style in PCTS:
             pts = [(x, r[key]) for x, r in zip(xs, rows) if r.get(key)]
             if pts:
-                ax1.plot(*zip(*pts), style, marker="o", ms=4, color=col,
-                         label="%s %s" % (srv, label))
+                ax1.plot(
+                    *zip(*pts), style, marker="o", ms=4, color=col, label="%s %s" % (srv, label)
+                )
         pts = [(x, r["deliveries_per_s"]) for x, r in zip(xs, rows) if r.get("deliveries_per_s")]
         if pts:
             ax2.plot(*zip(*pts), "-", marker="o", color=col, label=srv)
-        pts = [(x, r["server_cpu_us_per_delivery"]) for x, r in zip(xs, rows)
-               if r.get("server_cpu_us_per_delivery")]
+        pts = [
+            (x, r["server_cpu_us_per_delivery"])
+            for x, r in zip(xs, rows)
+            if r.get("server_cpu_us_per_delivery")
+        ]
         if pts:
             ax3.plot(*zip(*pts), "-", marker="o", color=col, label=srv)
         if with_memory:
-            pts = [(x, r["server_rss_per_client_kb"]) for x, r in zip(xs, rows)
-                   if r.get("server_rss_per_client_kb")]
+            pts = [
+                (x, r["server_rss_per_client_kb"])
+                for x, r in zip(xs, rows)
+                if r.get("server_rss_per_client_kb")
+            ]
             if pts:
                 axes[3].plot(*zip(*pts), "-", marker="o", color=col, label=srv)
-        sat = [(x, r["deliveries_per_s"]) for x, r in zip(xs, rows)
-               if r.get("generator_saturated") and r.get("deliveries_per_s")]
+        sat = [
+            (x, r["deliveries_per_s"])
+            for x, r in zip(xs, rows)
+            if r.get("generator_saturated") and r.get("deliveries_per_s")
+        ]
         if sat:
-            ax2.plot(*zip(*sat), "x", ms=10, color="red",
-                     label="%s: generator saturated" % srv)
+            ax2.plot(*zip(*sat), "x", ms=10, color="red", label="%s: generator saturated" % srv)
     # Open loop: what the schedule asked for (rate x receivers).
-    offered = sorted({(r["clients"], r["rate"] * r.get("receivers", r["clients"]))
-                      for r in results if r.get("offered") and r.get("rate")})
+    offered = sorted(
+        {
+            (r["clients"], r["rate"] * r.get("receivers", r["clients"]))
+            for r in results
+            if r.get("offered") and r.get("rate")
+        }
+    )
     if offered:
         ax2.plot(*zip(*offered), ":", color="gray", label="offered (rate x clients)")
     xs_all = sorted({r["clients"] for r in results})
@@ -91,33 +110,52 @@ def plot_rooms(results: list, path: str, title: str = "") -> None:
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for si, srv in enumerate(servers):
-        rows = sorted((r for r in results if r["server"] == srv and r.get("rooms")),
-                      key=lambda r: r["room_size"])
+        rows = sorted(
+            (r for r in results if r["server"] == srv and r.get("rooms")),
+            key=lambda r: r["room_size"],
+        )
         xs = [r["room_size"] for r in rows]
         col = colors[si % len(colors)]
-        pts = [(x, r["server_cpu_us_per_delivery"]) for x, r in zip(xs, rows)
-               if r.get("server_cpu_us_per_delivery")]
+        pts = [
+            (x, r["server_cpu_us_per_delivery"])
+            for x, r in zip(xs, rows)
+            if r.get("server_cpu_us_per_delivery")
+        ]
         if pts:
             ax1.plot(*zip(*pts), "-", marker="o", color=col, label=srv)
             rooms = {r["room_size"]: r["rooms"] for r in rows}
             for x, y in pts:
-                ax1.annotate("%.1f us\n(%d rooms)" % (y, rooms[x]), (x, y),
-                             textcoords="offset points", xytext=(4, 6), fontsize=8)
+                ax1.annotate(
+                    "%.1f us\n(%d rooms)" % (y, rooms[x]),
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(4, 6),
+                    fontsize=8,
+                )
             ax1.set_ylim(0, max(y for _, y in pts) * 1.3)
         for key, label, style in (("p50_ms", "p50", "-"), ("p99_ms", "p99", "-.")):
             pts = [(x, r[key]) for x, r in zip(xs, rows) if r.get(key)]
             if pts:
-                ax2.plot(*zip(*pts), style, marker="o", ms=4, color=col,
-                         label="%s %s" % (srv, label))
+                ax2.plot(
+                    *zip(*pts), style, marker="o", ms=4, color=col, label="%s %s" % (srv, label)
+                )
         pts = [(x, r["deliveries_per_s"]) for x, r in zip(xs, rows) if r.get("deliveries_per_s")]
         if pts:
             ax3.plot(*zip(*pts), "-", marker="o", color=col, label=srv)
-        sat = [(x, r["deliveries_per_s"]) for x, r in zip(xs, rows)
-               if r.get("generator_saturated") and r.get("deliveries_per_s")]
+        sat = [
+            (x, r["deliveries_per_s"])
+            for x, r in zip(xs, rows)
+            if r.get("generator_saturated") and r.get("deliveries_per_s")
+        ]
         if sat:
             ax3.plot(*zip(*sat), "x", ms=10, color="red", label="%s: generator saturated" % srv)
-    offered = sorted({(r["room_size"], r["rate"] * r["room_size"])
-                      for r in results if r.get("offered") and r.get("rate") and r.get("rooms")})
+    offered = sorted(
+        {
+            (r["room_size"], r["rate"] * r["room_size"])
+            for r in results
+            if r.get("offered") and r.get("rate") and r.get("rooms")
+        }
+    )
     if offered:
         ax3.plot(*zip(*offered), ":", color="gray", label="offered (rate x room size)")
     for ax in (ax1, ax2, ax3):

@@ -14,6 +14,7 @@ with ``--cluster-enabled yes`` and a workdir of its own for its
 nodes.conf, that ``redis-cli --cluster create`` joins: it belongs beside
 RedisServer here.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,8 @@ import subprocess
 import tempfile
 import time
 import uuid
-from typing import Callable, Optional, Sequence
+from collections.abc import Sequence
+from typing import Callable, Optional
 
 HOST = "127.0.0.1"
 # redis-server starts in milliseconds; a busy machine with a cold disk can
@@ -67,8 +69,9 @@ def die_with_parent() -> None:
     """
     try:
         import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG = 1
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
     except Exception:
         pass
 
@@ -76,13 +79,19 @@ def die_with_parent() -> None:
 def redis_executable(path: Optional[str] = None) -> str:
     """path if given, else redis-server on PATH or where Debian puts it
     (/usr/bin, or /usr/sbin, which a non-root PATH may not hold)."""
-    cands = [path] if path else [shutil.which("redis-server"), "/usr/bin/redis-server",
-                                 "/usr/sbin/redis-server"]
+    cands = (
+        [path]
+        if path
+        else [shutil.which("redis-server"), "/usr/bin/redis-server", "/usr/sbin/redis-server"]
+    )
     for cand in cands:
         if cand and os.access(cand, os.X_OK):
             return cand
-    raise StartError("no redis-server at %s" % path if path else
-                     "no redis-server on PATH (apt-get install redis-server)")
+    raise StartError(
+        "no redis-server at %s" % path
+        if path
+        else "no redis-server on PATH (apt-get install redis-server)"
+    )
 
 
 def _command(*args: bytes) -> bytes:
@@ -114,9 +123,15 @@ class RedisServer:
 
     host = HOST
 
-    def __init__(self, executable: Optional[str] = None, *, password: Optional[str] = None,
-                 tls: Optional[Sequence] = None, workdir: Optional[str] = None,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        executable: Optional[str] = None,
+        *,
+        password: Optional[str] = None,
+        tls: Optional[Sequence] = None,
+        workdir: Optional[str] = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         """tls: (certificate, key, CA) files: it then speaks TLS only
         (rediss://), on its one port, without asking clients for theirs."""
         self.executable = redis_executable(executable)
@@ -134,7 +149,7 @@ class RedisServer:
             self._log = open(os.path.join(workdir, "redis.log"), "ab")
         self.proc: Optional[subprocess.Popen] = None
         self.exit_codes: list = []
-        self._port_known = False    # started once: clients have self.port, keep it
+        self._port_known = False  # started once: clients have self.port, keep it
 
     @property
     def url(self) -> str:
@@ -150,7 +165,7 @@ class RedisServer:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, timeout: float = START_TIMEOUT) -> "RedisServer":
+    def start(self, timeout: float = START_TIMEOUT) -> RedisServer:
         """Start it and wait until it answers.  Before its first start
         a port taken since free_port() picked it is swapped for another;
         after, the same port is tried again until timeout (the one that
@@ -165,11 +180,15 @@ class RedisServer:
                 return self
             self._reap()
             if "in use" not in self.log_tail(5):
-                raise StartError("redis-server exited (exit %s) on port %d:\n%s"
-                                 % (self.exit_codes[-1], self.port, self.log_tail()))
+                raise StartError(
+                    "redis-server exited (exit %s) on port %d:\n%s"
+                    % (self.exit_codes[-1], self.port, self.log_tail())
+                )
             if time.monotonic() >= deadline:
-                raise StartError("redis-server found port %d taken until the timeout:\n%s"
-                                 % (self.port, self.log_tail()))
+                raise StartError(
+                    "redis-server found port %d taken until the timeout:\n%s"
+                    % (self.port, self.log_tail())
+                )
             if not self._port_known:
                 self.port = free_port()
             self.sleep(POLL_INTERVAL)
@@ -177,14 +196,40 @@ class RedisServer:
     def _argv(self) -> list:
         if self.tls:
             cert, key, ca = self.tls
-            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
-                      "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
-                      "--tls-auth-clients", "no"]
+            listen = [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(cert),
+                "--tls-key-file",
+                str(key),
+                "--tls-ca-cert-file",
+                str(ca),
+                "--tls-auth-clients",
+                "no",
+            ]
         else:
             listen = ["--port", str(self.port)]
-        argv = [self.executable, *listen, "--bind", self.host, "--save", "", "--appendonly", "no",
-                "--dir", self.dir, "--dbfilename", self.dbfilename, "--logfile", "",
-                "--daemonize", "no"]
+        argv = [
+            self.executable,
+            *listen,
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self.dir,
+            "--dbfilename",
+            self.dbfilename,
+            "--logfile",
+            "",
+            "--daemonize",
+            "no",
+        ]
         if self.password:
             argv += ["--requirepass", self.password]
         return argv
@@ -196,9 +241,14 @@ class RedisServer:
         # which then stops redis-server in its turn (after the nodes of a
         # cluster, so that they leave while it is there).
         try:
-            self.proc = subprocess.Popen(self._argv(), stdin=subprocess.DEVNULL, stdout=self._log,
-                                         stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=die_with_parent)
+            self.proc = subprocess.Popen(
+                self._argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
         except OSError as e:
             raise StartError("cannot start %s: %s" % (self.executable, e)) from None
 
@@ -212,8 +262,9 @@ class RedisServer:
                 return True
             self.sleep(POLL_INTERVAL)
         self.kill()
-        raise StartError("redis-server on port %d did not answer:\n%s"
-                         % (self.port, self.log_tail()))
+        raise StartError(
+            "redis-server on port %d did not answer:\n%s" % (self.port, self.log_tail())
+        )
 
     def _answering_pid(self) -> Optional[int]:
         """The pid of the redis-server that answers on self.port (INFO
@@ -235,7 +286,7 @@ class RedisServer:
                 request = _command(b"AUTH", self.password.encode()) + request
             sock.sendall(request)
             reply = b""
-            while not reply.startswith(b"-"):   # an error: not (yet) serving us
+            while not reply.startswith(b"-"):  # an error: not (yet) serving us
                 m = PROCESS_ID_RE.search(reply)
                 if m:
                     return int(m.group(1))
@@ -243,7 +294,7 @@ class RedisServer:
                 if not data:
                     break
                 reply += data
-        except OSError:     # ssl.SSLError and the 1 s timeout included
+        except OSError:  # ssl.SSLError and the 1 s timeout included
             pass
         finally:
             sock.close()

@@ -1,4 +1,5 @@
 """Turning result dicts into a table, medians and ratios."""
+
 from __future__ import annotations
 
 import statistics
@@ -32,8 +33,11 @@ COLUMNS = [
 EXTRA = {
     "join": [("connect_s", "connect_s", ".2f"), ("join_s", "join_s", ".2f")],
     "idle": [("kB/client", "server_rss_per_client_kb", ".1f")],
-    "slow": [("ctl_p99", "control_p99_ms", ".2f"), ("p99/ctl", "p99_vs_control", ".2f"),
-             ("slow_cut", "slow_closed_by_server", "d")],
+    "slow": [
+        ("ctl_p99", "control_p99_ms", ".2f"),
+        ("p99/ctl", "p99_vs_control", ".2f"),
+        ("slow_cut", "slow_closed_by_server", "d"),
+    ],
     "saturate": [("window", "window", "d")],
     "fanout": [("lag50", "send_lag_p50_ms", ".2f"), ("lag99", "send_lag_p99_ms", ".2f")],
 }
@@ -80,8 +84,9 @@ def table(results: list) -> str:
         # CPU of each node (with its workers) and of redis-server follow.
         at = cols.index(("srv%", "server_cpu_pct", ".0f")) + 1
         nmax = max(r.get("nodes", 0) for r in results)
-        cols[at:at] = ([("n%d%%" % i, "node%d_cpu_pct" % i, ".0f") for i in range(nmax)]
-                       + [("redis%", "redis_cpu_pct", ".0f")])
+        cols[at:at] = [("n%d%%" % i, "node%d_cpu_pct" % i, ".0f") for i in range(nmax)] + [
+            ("redis%", "redis_cpu_pct", ".0f")
+        ]
     rows = [[h for h, _, _ in cols]]
     for r in results:
         rows.append([fmt(r.get(k), f) for _, k, f in cols])
@@ -139,7 +144,9 @@ def ratio_table(subject: dict, bases: list) -> str:
     """Lines saying how `subject` compares with each baseline."""
     lines = []
     for b in bases:
-        lines.append("%s vs %s (clients=%s):" % (subject["server"], b["server"], subject["clients"]))
+        lines.append(
+            "%s vs %s (clients=%s):" % (subject["server"], b["server"], subject["clients"])
+        )
         for k, label, higher in RATIO_KEYS:
             r = ratio(subject.get(k), b.get(k))
             if r is None:
@@ -147,6 +154,8 @@ def ratio_table(subject: dict, bases: list) -> str:
             # Within 2% is noise on this machine, not a difference.
             better = (r > 1) == higher if abs(r - 1) > 0.02 else None
             word = {True: "better", False: "worse", None: "same"}[better]
-            lines.append("  %-16s %10s  vs %10s   x%.2f (%s)" % (
-                label, fmt(subject.get(k), ".3g"), fmt(b.get(k), ".3g"), r, word))
+            lines.append(
+                "  %-16s %10s  vs %10s   x%.2f (%s)"
+                % (label, fmt(subject.get(k), ".3g"), fmt(b.get(k), ".3g"), r, word)
+            )
     return "\n".join(lines)

@@ -10,6 +10,7 @@ Against a cluster (servers.Cluster) the clients are dealt over its nodes
 (cluster.node_of) and the server's CPU is also reported node by node and
 for redis-server.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,8 @@ from tqdm import tqdm
 from gchat_bench.cluster import expected_deliveries, part_cpu, room_members, spread
 from gchat_bench.processes import die_with_parent
 from gchat_bench.servers import BenchError, Cluster, RssSampler, Server, process_cpu_s
+from gchat_bench.stats import MIN_SIZE, SCAN_IMPL, merge_encoded, percentiles_ms
 from gchat_bench.transports import TRANSPORTS
-from gchat_bench.stats import SCAN_IMPL, MIN_SIZE, merge_encoded, percentiles_ms
 
 SCENARIOS = ("fanout", "saturate", "join", "idle", "slow")
 # Scenarios that can spread the clients over rooms (--rooms).
@@ -71,23 +72,23 @@ class Options:
     scenario: str = "fanout"
     clients: int = 1000
     senders: int = 10
-    rate: float = 100.0            # messages/s, all senders together (open loop)
-    duration: float = 10.0         # seconds of sending (idle: of holding)
-    size: int = 64                 # bytes per chat line sent, "\n" excluded
-    window: int = 4                # saturate: messages in flight per sender
-    slow_clients: int = 10         # slow: clients that never read
-    workers: int = 0               # 0: one per core, at most one per 50 clients
+    rate: float = 100.0  # messages/s, all senders together (open loop)
+    duration: float = 10.0  # seconds of sending (idle: of holding)
+    size: int = 64  # bytes per chat line sent, "\n" excluded
+    window: int = 4  # saturate: messages in flight per sender
+    slow_clients: int = 10  # slow: clients that never read
+    workers: int = 0  # 0: one per core, at most one per 50 clients
     compat: bool = False
-    rooms: int = 0                 # >0: clients spread over this many rooms (name mode)
-    source_addrs: int = 0          # 0: automatic
-    connect_concurrency: int = 200 # handshakes in progress per worker
+    rooms: int = 0  # >0: clients spread over this many rooms (name mode)
+    source_addrs: int = 0  # 0: automatic
+    connect_concurrency: int = 200  # handshakes in progress per worker
     connect_timeout: float = 60.0
     settle_timeout: float = 300.0  # join storm: arrivals to deliver to all
     drain_quiet: float = 5.0
     drain_timeout: float = 60.0
     progress: Optional[bool] = None  # None: when stderr is a terminal
-    transport: str = "tcp"         # "tcp", "ws" (gchat's --http port) or "tls"
-    scrape_metrics: float = 0.0    # >0: GET /metrics on the --http port this often (s)
+    transport: str = "tcp"  # "tcp", "ws" (gchat's --http port) or "tls"
+    scrape_metrics: float = 0.0  # >0: GET /metrics on the --http port this often (s)
 
     def validate(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -109,14 +110,18 @@ class Options:
             raise BenchError("--size must be at least %d (the marker needs room)" % MIN_SIZE)
         if self.rooms:
             if self.compat:
-                raise BenchError("--rooms needs name mode: the seed protocol (--compat, "
-                                 "and compare, which runs it) has no rooms")
+                raise BenchError(
+                    "--rooms needs name mode: the seed protocol (--compat, "
+                    "and compare, which runs it) has no rooms"
+                )
             if self.scenario not in ROOM_SCENARIOS:
-                raise BenchError("--rooms works with %s, not %s"
-                                 % (", ".join(ROOM_SCENARIOS), self.scenario))
+                raise BenchError(
+                    "--rooms works with %s, not %s" % (", ".join(ROOM_SCENARIOS), self.scenario)
+                )
             if not 1 <= self.rooms <= self.clients:
-                raise BenchError("--rooms must be between 1 and --clients "
-                                 "(every room needs a member)")
+                raise BenchError(
+                    "--rooms must be between 1 and --clients (every room needs a member)"
+                )
 
 
 def wait_for_idle(busy_pct: float = 15.0, window: float = 5.0, timeout: float = 600.0) -> float:
@@ -169,9 +174,11 @@ def node_addresses(server, transport: str) -> list:
         port = node.port
         if transport == "ws" and node.proc is not None:
             if node.http_port is None:
-                raise BenchError("--ws: the server printed no 'http listening on' line "
-                                 "(spawn gchat with --http 0; with --target give the "
-                                 "--http port)")
+                raise BenchError(
+                    "--ws: the server printed no 'http listening on' line "
+                    "(spawn gchat with --http 0; with --target give the "
+                    "--http port)"
+                )
             port = node.http_port
         out.append((node.host, port))
     return out
@@ -185,8 +192,9 @@ class WorkerPool:
         self.opts = opts
         n = opts.clients
         total = n + n_slow
-        nw = opts.workers or max(1, min(os.cpu_count() or 1, math.ceil(n / 50)),
-                                 math.ceil(total / per_worker_clients()))
+        nw = opts.workers or max(
+            1, min(os.cpu_count() or 1, math.ceil(n / 50)), math.ceil(total / per_worker_clients())
+        )
         self.n = nw
         nodes = node_addresses(server, opts.transport)
         nsrc = opts.source_addrs or math.ceil(total / CLIENTS_PER_SOURCE)
@@ -201,22 +209,29 @@ class WorkerPool:
         self.procs = []
         for w in range(nw):
             cfg = {
-                "host": nodes[0][0], "port": nodes[0][1], "transport": opts.transport,
+                "host": nodes[0][0],
+                "port": nodes[0][1],
+                "transport": opts.transport,
                 "mode": "compat" if opts.compat else "name",
                 "clients": list(range(w, n, nw)),
                 "slow": list(range(n + w, n + n_slow, nw)),
                 "senders_total": max(senders, 1),
                 # Sender j is client j: spread round-robin over the workers.
                 "sender_of": {str(j): j for j in range(w, senders, nw)},
-                "size": opts.size, "source_addrs": srcs, "name_prefix": prefix,
+                "size": opts.size,
+                "source_addrs": srcs,
+                "name_prefix": prefix,
                 "rooms": opts.rooms,
             }
             if len(nodes) > 1:
                 # Client i connects to nodes[cluster.node_of(i, len(nodes), rooms)].
                 cfg["nodes"] = nodes
-            p = subprocess.Popen([sys.executable, "-m", "gchat_bench.worker"],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 preexec_fn=die_with_parent)
+            p = subprocess.Popen(
+                [sys.executable, "-m", "gchat_bench.worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                preexec_fn=die_with_parent,
+            )
             p.stdin.write((json.dumps(cfg) + "\n").encode())
             p.stdin.flush()
             self.procs.append(p)
@@ -238,7 +253,7 @@ class WorkerPool:
                 p.stdin.write((json.dumps(msg) + "\n").encode())
                 p.stdin.flush()
             except BrokenPipeError:
-                raise BenchError("worker %d died (exit %s)" % (i, p.poll()))
+                raise BenchError("worker %d died (exit %s)" % (i, p.poll())) from None
 
     def gather(self, ev: str, timeout: float, bar=None, bar_key=None) -> list:
         """Wait for each worker's reply to ev; feed progress to the bar."""
@@ -257,8 +272,9 @@ class WorkerPool:
                     continue
                 if not chunk:
                     self.sel.unregister(key.fd)
-                    raise BenchError("worker %d exited (code %s) during %r"
-                                     % (i, self.procs[i].wait(), ev))
+                    raise BenchError(
+                        "worker %d exited (code %s) during %r" % (i, self.procs[i].wait(), ev)
+                    )
                 self._buf[i] += chunk
                 while b"\n" in self._buf[i]:
                     line, self._buf[i] = self._buf[i].split(b"\n", 1)
@@ -268,12 +284,15 @@ class WorkerPool:
                         if bar is not None and bar_key:
                             bar.set(sum(p.get(bar_key, 0) for p in self.progress))
                     elif msg["ev"] == "error":
-                        raise BenchError("worker %d failed in %s: %s" % (i, msg["cmd"], msg["error"]))
+                        raise BenchError(
+                            "worker %d failed in %s: %s" % (i, msg["cmd"], msg["error"])
+                        )
                     elif msg["ev"] == ev:
                         replies[i] = msg
                     else:
-                        raise BenchError("worker %d: unexpected %r while waiting for %r"
-                                         % (i, msg["ev"], ev))
+                        raise BenchError(
+                            "worker %d: unexpected %r while waiting for %r" % (i, msg["ev"], ev)
+                        )
             self.server.check_alive()
         self.progress = [{} for _ in range(self.n)]
         return replies
@@ -305,8 +324,15 @@ class Bar:
 
     def __init__(self, enabled: Optional[bool], desc: str, total=None, unit="it"):
         disable = None if enabled is None else not enabled
-        self.t = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
-                      disable=disable, leave=False, dynamic_ncols=True)
+        self.t = tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            file=sys.stderr,
+            disable=disable,
+            leave=False,
+            dynamic_ncols=True,
+        )
 
     def set(self, n) -> None:
         self.t.n = n
@@ -347,8 +373,9 @@ class Window:
         if parts is not None:
             # The cluster's other processes (redis, a node whose pid is
             # known but not in the sum) are not "other load" either.
-            mine = sum(gen) + sum(v for k, v in parts.items()
-                                  if k.endswith("_cpu_s") and k != "nodes_cpu_s" and v)
+            mine = sum(gen) + sum(
+                v for k, v in parts.items() if k.endswith("_cpu_s") and k != "nodes_cpu_s" and v
+            )
         out = {
             "elapsed": elapsed,
             "server_cpu_s": srv,
@@ -359,7 +386,9 @@ class Window:
             # CPU neither the server nor the generator was charged for:
             # kernel softirq work for loopback TCP, and other load on a
             # shared machine.  In % of all cores.
-            "host_other_cpu_pct": max(0.0, 100.0 * (host_s - mine) / (max(elapsed, 1e-6) * self.ncpu)),
+            "host_other_cpu_pct": max(
+                0.0, 100.0 * (host_s - mine) / (max(elapsed, 1e-6) * self.ncpu)
+            ),
             "generator_cores": sum(gen) / w,
         }
         if parts is not None:
@@ -393,18 +422,34 @@ def base_result(opts: Options, server: Server) -> dict:
 
 def _base_result(opts: Options, server: Server) -> dict:
     return {
-        "scenario": opts.scenario, "server": server.name,
+        "scenario": opts.scenario,
+        "server": server.name,
         "mode": "compat" if opts.compat else "name",
-        "clients": opts.clients, "senders": 0, "rate": 0.0,
-        "duration_s": opts.duration, "size": opts.size,
+        "clients": opts.clients,
+        "senders": 0,
+        "rate": 0.0,
+        "duration_s": opts.duration,
+        "size": opts.size,
         "deliveries_per_s": None,
-        "p50_ms": None, "p90_ms": None, "p99_ms": None, "p999_ms": None,
-        "max_ms": None, "mean_ms": None,
-        "sent": 0, "expected": 0, "received": 0, "lost": 0,
-        "duplicated": 0, "reordered": 0, "disconnected": 0,
-        "connect_errors": 0, "server_cpu_s": None,
-        "server_cpu_us_per_delivery": None, "server_rss_mb": None,
-        "generator_saturated": False, "generator_cpu_pct": None,
+        "p50_ms": None,
+        "p90_ms": None,
+        "p99_ms": None,
+        "p999_ms": None,
+        "max_ms": None,
+        "mean_ms": None,
+        "sent": 0,
+        "expected": 0,
+        "received": 0,
+        "lost": 0,
+        "duplicated": 0,
+        "reordered": 0,
+        "disconnected": 0,
+        "connect_errors": 0,
+        "server_cpu_s": None,
+        "server_cpu_us_per_delivery": None,
+        "server_rss_mb": None,
+        "generator_saturated": False,
+        "generator_cpu_pct": None,
         "host_cpu_pct": None,
         # "C" or "python": how the workers parse lines (stats.SCAN_IMPL;
         # the workers import the same install as this process).
@@ -416,10 +461,17 @@ def connect(pool: WorkerPool, opts: Options, which: str, count: int, res: dict) 
     """Connect `which` clients through the handshake; fold in errors."""
     bar = Bar(opts.progress, "connect %s" % which, total=count, unit="cl")
     try:
-        reps = pool.command("connect", {"which": which, "concurrency": opts.connect_concurrency,
-                                        "timeout": opts.connect_timeout},
-                            timeout=opts.connect_timeout * (1 + count / 1000) + 60,
-                            bar=bar, bar_key="connected" if which == "normal" else None)
+        reps = pool.command(
+            "connect",
+            {
+                "which": which,
+                "concurrency": opts.connect_concurrency,
+                "timeout": opts.connect_timeout,
+            },
+            timeout=opts.connect_timeout * (1 + count / 1000) + 60,
+            bar=bar,
+            bar_key="connected" if which == "normal" else None,
+        )
     finally:
         bar.close()
     ok = sum(r["ok"] for r in reps)
@@ -432,29 +484,37 @@ def connect(pool: WorkerPool, opts: Options, which: str, count: int, res: dict) 
         # A cluster: clients that got through on each node (cluster.node_of).
         res["node_connected"] = [sum(col) for col in zip(*(r["by_node"] for r in reps))]
     if which == "normal" and ok == 0:
-        raise BenchError("no client got through the handshake: %s"
-                         % res.get("connect_error_samples"))
-    return {"ok": ok, "hist": merge_encoded([r["hist"] for r in reps]),
-            "t_last_ready": max(r["t_last_ready"] for r in reps)}
+        raise BenchError(
+            "no client got through the handshake: %s" % res.get("connect_error_samples")
+        )
+    return {
+        "ok": ok,
+        "hist": merge_encoded([r["hist"] for r in reps]),
+        "t_last_ready": max(r["t_last_ready"] for r in reps),
+    }
 
 
 def settle(pool: WorkerPool, opts: Options, k: int, timeout: Optional[float] = None) -> dict:
     """Send sync marker k from one client and wait until all readers saw it."""
     # With rooms every worker sends the markers of the rooms it leads.
-    args = [{"k": k, "send": i == 0 or bool(opts.rooms),
-             "timeout": timeout or opts.settle_timeout}
-            for i in range(pool.n)]
+    args = [
+        {"k": k, "send": i == 0 or bool(opts.rooms), "timeout": timeout or opts.settle_timeout}
+        for i in range(pool.n)
+    ]
     # A join storm can take a while to deliver: show clients that are done.
     bar = Bar(opts.progress, "settle", total=opts.clients, unit="cl")
     try:
-        reps = pool.command("sync", args, timeout=(timeout or opts.settle_timeout) + 30,
-                            bar=bar, bar_key="synced")
+        reps = pool.command(
+            "sync", args, timeout=(timeout or opts.settle_timeout) + 30, bar=bar, bar_key="synced"
+        )
     finally:
         bar.close()
-    out = {"missing": sum(r["missing"] for r in reps),
-           "seen": sum(r["seen"] for r in reps),
-           "t_done": max(r["t_done"] for r in reps),
-           "lines": sum(r["lines"] for r in reps)}
+    out = {
+        "missing": sum(r["missing"] for r in reps),
+        "seen": sum(r["seen"] for r in reps),
+        "t_done": max(r["t_done"] for r in reps),
+        "lines": sum(r["lines"] for r in reps),
+    }
     if opts.rooms:
         out["leaked"] = sum(r["leaked"] for r in reps)
         out["leak_samples"] = [x for r in reps for x in r["leak_samples"]][:10]
@@ -463,7 +523,7 @@ def settle(pool: WorkerPool, opts: Options, k: int, timeout: Optional[float] = N
 
 def measure_phase(pool: WorkerPool, server: Server, opts: Options, closed: bool) -> dict:
     """One measured phase of sending and draining; returns its figures."""
-    run = random.randrange(10 ** 8, 10 ** 9)
+    run = random.randrange(10**8, 10**9)
     pool.command("arm", {"run": run}, timeout=60)
     t0 = time.monotonic_ns() + int(START_LEAD_S * 1e9)
     args = {"run": run, "t0": t0, "duration": opts.duration}
@@ -486,10 +546,18 @@ def measure_phase(pool: WorkerPool, server: Server, opts: Options, closed: bool)
             sent_by.update(r["sent_by"])
         bar = Bar(opts.progress, "drain", total=None, unit="dlv")
         try:
-            dr = pool.command("drain", {"total_sent": total_sent, "sent_by": sent_by,
-                                        "quiet": opts.drain_quiet,
-                                        "timeout": opts.drain_timeout},
-                              timeout=opts.drain_timeout + 60, bar=bar, bar_key="unique")
+            dr = pool.command(
+                "drain",
+                {
+                    "total_sent": total_sent,
+                    "sent_by": sent_by,
+                    "quiet": opts.drain_quiet,
+                    "timeout": opts.drain_timeout,
+                },
+                timeout=opts.drain_timeout + 60,
+                bar=bar,
+                bar_key="unique",
+            )
         finally:
             bar.close()
     last_rx = max(r["last_rx"] for r in dr)
@@ -510,8 +578,11 @@ def measure_phase(pool: WorkerPool, server: Server, opts: Options, closed: bool)
     blocked = sum(r["blocked"] for r in sent_r)
     span = (last_rx - t0) / 1e9 if last_rx > t0 else None
     out = {
-        "sent": total_sent, "offered": offered, "expected": expected,
-        "received": received, "lost": expected - unique,
+        "sent": total_sent,
+        "offered": offered,
+        "expected": expected,
+        "received": received,
+        "lost": expected - unique,
         "duplicated": sum(r["duplicated"] for r in dr),
         "reordered": sum(r["reordered"] for r in dr),
         "receivers": receivers,
@@ -524,10 +595,13 @@ def measure_phase(pool: WorkerPool, server: Server, opts: Options, closed: bool)
         "deliveries_per_s": received / span if span else None,
         "send_rate": total_sent / opts.duration,
         "send_lag_p99_ms": percentiles_ms(lag)["p99_ms"],
-        "server_rss_mb": rss.peak / 2 ** 20 if rss.peak else None,
+        "server_rss_mb": rss.peak / 2**20 if rss.peak else None,
         "server_cpu_s": cpu["server_cpu_s"],
-        "server_cpu_us_per_delivery": (cpu["server_cpu_s"] * 1e6 / received
-                                       if cpu["server_cpu_s"] is not None and received else None),
+        "server_cpu_us_per_delivery": (
+            cpu["server_cpu_s"] * 1e6 / received
+            if cpu["server_cpu_s"] is not None and received
+            else None
+        ),
         "generator_cpu_s": cpu["generator_cpu_s"],
         "generator_cpu_pct": cpu["generator_cpu_pct"],
         "host_cpu_pct": cpu["host_cpu_pct"],
@@ -553,18 +627,21 @@ def saturated(cpu: dict) -> bool:
     include its own queueing), or if the machine was full while the server
     had less than a core and the generator used at least half a core (the
     generator took CPU the server could have used; a machine filled by
-    someone else's load is not the generator's doing).  An open-loop shortfall without server push-back (a sender
-    blocked in send means the server stopped reading) also counts; see
-    measure_phase.
+    someone else's load is not the generator's doing).  An open-loop
+    shortfall without server push-back (a sender blocked in send means the
+    server stopped reading) also counts; see measure_phase.
     """
     if cpu["generator_cpu_pct"] >= 100 * SATURATED_CPU:
         return True
     # A cluster (several processes) is its own limit when one of its
     # processes is: the busiest one stands for "the server" here.
     srv = cpu.get("server_cpu_max_process_pct", cpu.get("server_cpu_pct"))
-    return bool(cpu["host_cpu_pct"] >= 100 * HOST_FULL
-                and cpu["generator_cores"] >= GENERATOR_SIGNIFICANT
-                and srv is not None and srv < 100 * SATURATED_CPU)
+    return bool(
+        cpu["host_cpu_pct"] >= 100 * HOST_FULL
+        and cpu["generator_cores"] >= GENERATOR_SIGNIFICANT
+        and srv is not None
+        and srv < 100 * SATURATED_CPU
+    )
 
 
 def run_scenario(opts: Options, server: Server) -> dict:
@@ -609,7 +686,7 @@ def run_scenario(opts: Options, server: Server) -> dict:
             if scraper:
                 scraper.start()
             m = measure_phase(pool, server, opts, closed=True)
-            m["rate"] = m["send_rate"]   # closed loop: the rate it reached
+            m["rate"] = m["send_rate"]  # closed loop: the rate it reached
             res.update(m)
         elif opts.scenario == "slow":
             res["rate"] = opts.rate
@@ -624,10 +701,13 @@ def run_scenario(opts: Options, server: Server) -> dict:
             res["slow_still_open"] = sum(r["open"] for r in sc)
             for k in ("p50_ms", "p99_ms", "p999_ms", "deliveries_per_s", "lost"):
                 res["control_" + k] = control[k]
-            res["p99_vs_control"] = (res["p99_ms"] / control["p99_ms"]
-                                     if res["p99_ms"] and control["p99_ms"] else None)
+            res["p99_vs_control"] = (
+                res["p99_ms"] / control["p99_ms"] if res["p99_ms"] and control["p99_ms"] else None
+            )
             res["control_generator_saturated"] = control["generator_saturated"]
-            res["generator_saturated"] = res["generator_saturated"] or control["generator_saturated"]
+            res["generator_saturated"] = (
+                res["generator_saturated"] or control["generator_saturated"]
+            )
         return res
     finally:
         if scraper:
@@ -637,7 +717,7 @@ def run_scenario(opts: Options, server: Server) -> dict:
             res["server_pids"] = server.pids()
             if server.redis is not None:
                 r = server.redis.rss_bytes()
-                res["redis_rss_mb"] = r / 2 ** 20 if r else None
+                res["redis_rss_mb"] = r / 2**20 if r else None
         pool.close()
 
 
@@ -648,8 +728,9 @@ class MetricsScraper:
 
     def __init__(self, server: Server, interval: float):
         if server.http_port is None:
-            raise BenchError("--scrape-metrics: the server has no --http port "
-                             "(spawn gchat with --http 0)")
+            raise BenchError(
+                "--scrape-metrics: the server has no --http port (spawn gchat with --http 0)"
+            )
         self.addr = (server.host, server.http_port)
         self.interval = interval
         self.ok = self.errors = 0
@@ -662,6 +743,7 @@ class MetricsScraper:
 
     def _run(self) -> None:
         import http.client
+
         conn = None
         nxt = time.monotonic()
         while not self._stop.is_set():
@@ -691,10 +773,12 @@ class MetricsScraper:
         if self._t.is_alive():
             self._stop.set()
             self._t.join()
-        return {"metrics_scrapes": self.ok, "metrics_scrape_errors": self.errors,
-                "metrics_scrape_ms_p50": (statistics.median(self.times) * 1e3
-                                          if self.times else None),
-                "scrape_interval_s": self.interval}
+        return {
+            "metrics_scrapes": self.ok,
+            "metrics_scrape_errors": self.errors,
+            "metrics_scrape_ms_p50": (statistics.median(self.times) * 1e3 if self.times else None),
+            "scrape_interval_s": self.interval,
+        }
 
 
 def _join(pool, server, opts, res, rss_before) -> dict:
@@ -708,26 +792,34 @@ def _join(pool, server, opts, res, rss_before) -> dict:
     cpu = win.finish(wall=join_s)
     _leaks(res, s)
     res.update(percentiles_ms(conn["hist"]))
-    res.update({
-        "connected": conn["ok"],
-        "connect_s": (conn["t_last_ready"] - t_start) / 1e9,
-        "join_s": join_s,
-        # Deliveries: every line the clients received (welcomes, prompts,
-        # rosters, arrivals, the sync marker).
-        "deliveries": s["lines"],
-        "deliveries_per_s": s["lines"] / join_s if join_s > 0 else None,
-        "sent": 1, "expected": conn["ok"], "received": s["seen"], "lost": s["missing"],
-        "server_rss_mb": rss.peak / 2 ** 20 if rss.peak else None,
-        "server_cpu_s": cpu["server_cpu_s"],
-        "server_cpu_us_per_delivery": (cpu["server_cpu_s"] * 1e6 / s["lines"]
-                                       if cpu["server_cpu_s"] is not None and s["lines"] else None),
-        "generator_cpu_s": cpu["generator_cpu_s"],
-        "generator_cpu_pct": cpu["generator_cpu_pct"],
-        "host_cpu_pct": cpu["host_cpu_pct"],
-        "host_other_cpu_pct": cpu["host_other_cpu_pct"],
-        "server_cpu_pct": cpu["server_cpu_pct"],
-        "generator_saturated": saturated(cpu),
-    })
+    res.update(
+        {
+            "connected": conn["ok"],
+            "connect_s": (conn["t_last_ready"] - t_start) / 1e9,
+            "join_s": join_s,
+            # Deliveries: every line the clients received (welcomes, prompts,
+            # rosters, arrivals, the sync marker).
+            "deliveries": s["lines"],
+            "deliveries_per_s": s["lines"] / join_s if join_s > 0 else None,
+            "sent": 1,
+            "expected": conn["ok"],
+            "received": s["seen"],
+            "lost": s["missing"],
+            "server_rss_mb": rss.peak / 2**20 if rss.peak else None,
+            "server_cpu_s": cpu["server_cpu_s"],
+            "server_cpu_us_per_delivery": (
+                cpu["server_cpu_s"] * 1e6 / s["lines"]
+                if cpu["server_cpu_s"] is not None and s["lines"]
+                else None
+            ),
+            "generator_cpu_s": cpu["generator_cpu_s"],
+            "generator_cpu_pct": cpu["generator_cpu_pct"],
+            "host_cpu_pct": cpu["host_cpu_pct"],
+            "host_other_cpu_pct": cpu["host_other_cpu_pct"],
+            "server_cpu_pct": cpu["server_cpu_pct"],
+            "generator_saturated": saturated(cpu),
+        }
+    )
     res.update(cluster_cpu(cpu, s["lines"]))
     _rss_per_client(res, server, rss_before, conn["ok"])
     return res
@@ -760,20 +852,26 @@ def _idle(pool, server, opts, res, rss_before) -> dict:
     # Still there?  Every client must see one more marker.
     s = settle(pool, opts, 2, timeout=60)
     _leaks(res, s)
-    res.update({
-        "sent": 1, "expected": conn["ok"], "received": s["seen"], "lost": s["missing"],
-        "server_rss_mb": statistics.median(samples) / 2 ** 20 if samples else None,
-        "server_cpu_s": cpu["server_cpu_s"],
-        "server_cpu_pct": cpu["server_cpu_pct"],
-        "generator_cpu_s": cpu["generator_cpu_s"],
-        "generator_cpu_pct": cpu["generator_cpu_pct"],
-        "host_cpu_pct": cpu["host_cpu_pct"],
-        "host_other_cpu_pct": cpu["host_other_cpu_pct"],
-        "generator_saturated": saturated(cpu),
-    })
+    res.update(
+        {
+            "sent": 1,
+            "expected": conn["ok"],
+            "received": s["seen"],
+            "lost": s["missing"],
+            "server_rss_mb": statistics.median(samples) / 2**20 if samples else None,
+            "server_cpu_s": cpu["server_cpu_s"],
+            "server_cpu_pct": cpu["server_cpu_pct"],
+            "generator_cpu_s": cpu["generator_cpu_s"],
+            "generator_cpu_pct": cpu["generator_cpu_pct"],
+            "host_cpu_pct": cpu["host_cpu_pct"],
+            "host_other_cpu_pct": cpu["host_other_cpu_pct"],
+            "generator_saturated": saturated(cpu),
+        }
+    )
     res.update(cluster_cpu(cpu, None))
-    _rss_per_client(res, server, rss_before, conn["ok"],
-                    statistics.median(samples) if samples else None)
+    _rss_per_client(
+        res, server, rss_before, conn["ok"], statistics.median(samples) if samples else None
+    )
     return res
 
 
@@ -787,6 +885,7 @@ def _leaks(res: dict, reply: dict) -> None:
 
 def _rss_per_client(res, server, before, n, after=None) -> None:
     after = after if after is not None else server.rss_bytes()
-    res["server_rss_before_mb"] = before / 2 ** 20 if before else None
-    res["server_rss_per_client_kb"] = ((after - before) / 1024 / n
-                                       if before and after and n else None)
+    res["server_rss_before_mb"] = before / 2**20 if before else None
+    res["server_rss_per_client_kb"] = (
+        (after - before) / 1024 / n if before and after and n else None
+    )

@@ -12,6 +12,7 @@ A cluster (several gchat nodes on one redis-server, each node possibly a
 answers the same questions as a ``Server`` (where to connect, CPU, RSS,
 alive?) summed over all of its processes, and also node by node.
 """
+
 from __future__ import annotations
 
 import collections
@@ -97,8 +98,9 @@ def gchat_command() -> list:
     for cand in (Path(sys.executable).parent / "gchat", shutil.which("gchat")):
         if cand and Path(cand).exists():
             return [str(cand)]
-    raise BenchError("gchat is not installed (no gchat.__main__, no gchat script); "
-                     "use --target or --server-cmd")
+    raise BenchError(
+        "gchat is not installed (no gchat.__main__, no gchat script); use --target or --server-cmd"
+    )
 
 
 def baseline_command(module: str) -> list:
@@ -114,8 +116,9 @@ def help_text(cmd: list) -> str:
     key = tuple(cmd)
     if key not in _help_cache:
         try:
-            out = subprocess.run(list(cmd) + ["--help"], capture_output=True,
-                                 text=True, timeout=START_TIMEOUT)
+            out = subprocess.run(
+                list(cmd) + ["--help"], capture_output=True, text=True, timeout=START_TIMEOUT
+            )
             _help_cache[key] = out.stdout + out.stderr
         except (OSError, subprocess.TimeoutExpired):
             _help_cache[key] = ""
@@ -142,8 +145,9 @@ def spawn_argv(cmd: list, options: str, compat: bool, host: str = "127.0.0.1") -
     return argv + opts
 
 
-def _watch_log(proc: subprocess.Popen, stream, name: str, tail: collections.deque,
-               on_line) -> threading.Event:
+def _watch_log(
+    proc: subprocess.Popen, stream, name: str, tail: collections.deque, on_line
+) -> threading.Event:
     """Read a child's log for its whole life in a thread (a server that logs
     every connection must never block on a full pipe), keep the last lines
     in tail, call on_line(line) on each; the event is set by on_line or at
@@ -170,9 +174,16 @@ class Server:
     descendants, and stop() kills any descendant left behind.
     """
 
-    def __init__(self, name: str, host: str, port: int, pid: Optional[int] = None,
-                 proc: Optional[subprocess.Popen] = None, argv: Optional[list] = None,
-                 tree: bool = False):
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        pid: Optional[int] = None,
+        proc: Optional[subprocess.Popen] = None,
+        argv: Optional[list] = None,
+        tree: bool = False,
+    ):
         self.name = name
         self.host = host
         self.port = port
@@ -181,7 +192,7 @@ class Server:
         self.argv = argv
         self.tree = tree
         self.exit_code: Optional[int] = None
-        self.http_port: Optional[int] = None   # gchat --http: its port
+        self.http_port: Optional[int] = None  # gchat --http: its port
         self.stderr_tail: collections.deque = collections.deque(maxlen=30)
         self._ps = None
         self._signalled = False
@@ -195,10 +206,10 @@ class Server:
             try:
                 self._ps = psutil.Process(pid)
             except psutil.Error:
-                raise BenchError("no process with --server-pid %d" % pid)
+                raise BenchError("no process with --server-pid %d" % pid) from None
 
     @classmethod
-    def spawn(cls, name: str, argv: list, tree: bool = False) -> "Server":
+    def spawn(cls, name: str, argv: list, tree: bool = False) -> Server:
         """Start argv and wait for its "listening on HOST:PORT" line."""
         return cls.launch(name, argv, tree)()
 
@@ -209,21 +220,25 @@ class Server:
         start at once).  Call it from the thread that called launch: the
         child dies with that thread (PR_SET_PDEATHSIG is per thread)."""
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    preexec_fn=die_with_parent)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                preexec_fn=die_with_parent,
+            )
         except OSError as e:
-            raise BenchError("cannot start %s: %s" % (shlex.join(argv), e))
+            raise BenchError("cannot start %s: %s" % (shlex.join(argv), e)) from None
         tail: collections.deque = collections.deque(maxlen=30)
         found: dict = {}
         http: dict = {}
 
         def on_line(line: str) -> bool:
             m = LISTENING_RE.search(line)
-            if m and HTTP_RE.search(line[:m.start()]):
+            if m and HTTP_RE.search(line[: m.start()]):
                 # gchat's "http listening on" comes before the line port's.
                 http["port"] = int(m.group(2))
-            elif m and not re.search(r"\badmin\s*$", line[:m.start()]):
+            elif m and not re.search(r"\badmin\s*$", line[: m.start()]):
                 found["host"], found["port"] = m.group(1), int(m.group(2))
                 return True
             return False
@@ -231,15 +246,18 @@ class Server:
         ready = _watch_log(proc, proc.stderr, name, tail, on_line)
         t0 = time.monotonic()
 
-        def wait() -> "Server":
+        def wait() -> Server:
             ready.wait(max(0.0, START_TIMEOUT - (time.monotonic() - t0)))
             if not found:
                 proc.kill()
                 proc.wait()
-                raise BenchError("%s did not print 'listening on HOST:PORT' (exit %s): %s\n%s"
-                                 % (name, proc.returncode, shlex.join(argv), "\n".join(tail)))
-            srv = cls(name, found["host"], found["port"], pid=proc.pid, proc=proc, argv=argv,
-                      tree=tree)
+                raise BenchError(
+                    "%s did not print 'listening on HOST:PORT' (exit %s): %s\n%s"
+                    % (name, proc.returncode, shlex.join(argv), "\n".join(tail))
+                )
+            srv = cls(
+                name, found["host"], found["port"], pid=proc.pid, proc=proc, argv=argv, tree=tree
+            )
             srv.stderr_tail = tail
             srv.http_port = http.get("port")
             return srv
@@ -250,8 +268,10 @@ class Server:
     def check_alive(self) -> None:
         """Raise if a spawned server has died under load."""
         if self.proc is not None and self.proc.poll() is not None:
-            raise BenchError("server %s exited with code %s during the run:\n%s"
-                             % (self.name, self.proc.returncode, "\n".join(self.stderr_tail)))
+            raise BenchError(
+                "server %s exited with code %s during the run:\n%s"
+                % (self.name, self.proc.returncode, "\n".join(self.stderr_tail))
+            )
 
     def children(self, fresh: bool = True) -> list:
         """tree: the live descendants (psutil.Process); [] otherwise.
@@ -316,23 +336,26 @@ class Server:
                     conns = c.net_connections(kind="tcp")
                 except psutil.Error:
                     continue
-                if any(x.status == psutil.CONN_LISTEN and x.laddr and x.laddr.port == self.port
-                       for x in conns):
+                if any(
+                    x.status == psutil.CONN_LISTEN and x.laddr and x.laddr.port == self.port
+                    for x in conns
+                ):
                     listening += 1
             if listening >= k:
                 return
             self.check_alive()
             if time.monotonic() > deadline:
-                raise BenchError("%s: %d of %d workers listen on port %d after %.0f s:\n%s"
-                                 % (self.name, listening, k, self.port, timeout,
-                                    "\n".join(self.stderr_tail)))
+                raise BenchError(
+                    "%s: %d of %d workers listen on port %d after %.0f s:\n%s"
+                    % (self.name, listening, k, self.port, timeout, "\n".join(self.stderr_tail))
+                )
             time.sleep(LISTEN_POLL_S)
 
     def terminate(self) -> None:
         """Send SIGTERM once (stop() then waits); no-op if not spawned."""
         if self.proc is None or self._signalled or self.proc.poll() is not None:
             return
-        self.children()     # know every descendant before they may be orphaned
+        self.children()  # know every descendant before they may be orphaned
         self._signalled = True
         try:
             os.kill(self.proc.pid, signal.SIGTERM)
@@ -354,7 +377,7 @@ class Server:
         self.exit_code = self.proc.returncode
         for c in self._children:
             try:
-                c.kill()        # psutil: only if it is still the same process
+                c.kill()  # psutil: only if it is still the same process
             except psutil.Error:
                 pass
 
@@ -371,14 +394,16 @@ class ClusterRedis(Server):
         self.url = redis.url
 
     @classmethod
-    def spawn_redis(cls, executable: Optional[str] = None) -> "ClusterRedis":
+    def spawn_redis(cls, executable: Optional[str] = None) -> ClusterRedis:
         """Start redis-server (executable, else the one on PATH) and wait
         until it answers."""
         try:
             exe = redis_executable(executable)
         except StartError as e:
-            raise BenchError("%s (the cluster forms spawn one: apt-get install redis-server, "
-                             "or --redis-server PATH)" % e) from None
+            raise BenchError(
+                "%s (the cluster forms spawn one: apt-get install redis-server, "
+                "or --redis-server PATH)" % e
+            ) from None
         try:
             return cls(RedisServer(exe).start(START_TIMEOUT))
         except StartError as e:
@@ -386,8 +411,10 @@ class ClusterRedis(Server):
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
-            raise BenchError("redis-server exited with code %s during the run:\n%s"
-                             % (self.proc.returncode, self.redis.log_tail()))
+            raise BenchError(
+                "redis-server exited with code %s during the run:\n%s"
+                % (self.proc.returncode, self.redis.log_tail())
+            )
 
     def stop(self) -> None:
         if self.exit_code is None:
@@ -406,8 +433,9 @@ class Cluster:
     addresses() for every node and cpu_by_part() for the CPU of each.
     """
 
-    def __init__(self, name: str, nodes: list, redis: Optional[Server] = None,
-                 server_workers: int = 0):
+    def __init__(
+        self, name: str, nodes: list, redis: Optional[Server] = None, server_workers: int = 0
+    ):
         if not nodes:
             raise BenchError("a cluster needs at least one node")
         self.name = name
@@ -422,8 +450,14 @@ class Cluster:
         self.exit_codes: dict = {}
 
     @classmethod
-    def spawn(cls, name: str, argv: list, nodes: int, server_workers: int = 0,
-              redis_path: Optional[str] = None) -> "Cluster":
+    def spawn(
+        cls,
+        name: str,
+        argv: list,
+        nodes: int,
+        server_workers: int = 0,
+        redis_path: Optional[str] = None,
+    ) -> Cluster:
         """Start redis-server, then `nodes` copies of argv with ``--redis
         URL`` (and ``--workers K`` if server_workers), each on its own port
         (argv has --port 0), all at once; wait until every node listens
@@ -437,8 +471,9 @@ class Cluster:
                 extra += ["--workers", str(server_workers)]
             # All nodes start at once (gevent's imports take a second each).
             for i in range(nodes):
-                waits.append(Server.launch("%s/node%d" % (name, i), argv + extra,
-                                           tree=bool(server_workers)))
+                waits.append(
+                    Server.launch("%s/node%d" % (name, i), argv + extra, tree=bool(server_workers))
+                )
             errors = []
             for w in waits:
                 try:
@@ -456,7 +491,7 @@ class Cluster:
                 n.terminate()
             for n in started:
                 n.stop()
-            for w in waits:     # launched, not yet (or never) listening
+            for w in waits:  # launched, not yet (or never) listening
                 if w.proc.poll() is None:
                     w.proc.kill()
                     w.proc.wait()
@@ -500,13 +535,17 @@ class Cluster:
 
     def processes(self) -> dict:
         """{part: number of processes now} (a supervisor plus its workers)."""
-        return {name: (1 + len(p.children())) if p.pid is not None else None
-                for name, p in self.parts()}
+        return {
+            name: (1 + len(p.children())) if p.pid is not None else None for name, p in self.parts()
+        }
 
     def pids(self) -> dict:
         """{part: [pids]}: each part's process and every descendant seen."""
-        return {name: [p.pid] + sorted(p.seen_pids - {p.pid})
-                for name, p in self.parts() if p.pid is not None}
+        return {
+            name: [p.pid] + sorted(p.seen_pids - {p.pid})
+            for name, p in self.parts()
+            if p.pid is not None
+        }
 
     def stop(self) -> None:
         """SIGTERM every node at once, wait for them, then stop redis-server
@@ -517,8 +556,7 @@ class Cluster:
             n.stop()
         if self.redis is not None:
             self.redis.stop()
-        self.exit_codes = {name: p.exit_code for name, p in self.parts()
-                           if p.proc is not None}
+        self.exit_codes = {name: p.exit_code for name, p in self.parts() if p.proc is not None}
         bad = [c for c in self.exit_codes.values() if c not in (None, 0)]
         self.exit_code = bad[0] if bad else (0 if self.exit_codes else None)
 

@@ -10,17 +10,21 @@ feed them synthetic logs and show that each check can fail.
 - check_session: a churner's session, which came and went mid-stream;
 - warnings: node counters not back at rest after the drain.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections.abc import Iterable
+from typing import Optional
 
 PROBLEMS_SHOWN = 20
 
 # A chat line of the soak: (sender's name, its sequence number).
 Key = tuple[str, int]
 
-def owed(sent: int, refusals: int, delivered: Iterable[int],
-         settled: bool) -> tuple[set[int], set[int], int]:
+
+def owed(
+    sent: int, refusals: int, delivered: Iterable[int], settled: bool
+) -> tuple[set[int], set[int], int]:
     """What every stayer must get of one sender's lines 0..sent-1.
 
     delivered: the seqs that reached someone (a stayer, or the sender
@@ -40,14 +44,15 @@ def owed(sent: int, refusals: int, delivered: Iterable[int],
     top = max(delivered, default=-1)
     checkable = range(sent) if settled else range(top + 1)
     absent = sorted(set(checkable) - delivered)
-    refused = set(absent[len(absent) - min(refusals, len(absent)):]) if refusals else set()
+    refused = set(absent[len(absent) - min(refusals, len(absent)) :]) if refusals else set()
     unsure = 0 if settled else sent - (top + 1)
     unexplained = max(0, refusals - len(absent) - unsure)
     return delivered | (set(absent) - refused), refused, unexplained
 
 
-def verify(received: dict[str, Iterable[Key]], owed_by: dict[str, set[int]],
-           limit: int = PROBLEMS_SHOWN) -> dict:
+def verify(
+    received: dict[str, Iterable[Key]], owed_by: dict[str, set[int]], limit: int = PROBLEMS_SHOWN
+) -> dict:
     """Check what the stayers received.
 
     received: {receiver: iterable of (sender, seq) in arrival order};
@@ -60,8 +65,15 @@ def verify(received: dict[str, Iterable[Key]], owed_by: dict[str, set[int]],
     the reference's.  Also returns the reference's
     index {(sender, seq): position} for check_session.
     """
-    res = {"expected": 0, "received": 0, "lost": 0, "duplicated": 0, "out_of_order": 0,
-           "unexpected": 0, "order_mismatches": 0}
+    res = {
+        "expected": 0,
+        "received": 0,
+        "lost": 0,
+        "duplicated": 0,
+        "out_of_order": 0,
+        "unexpected": 0,
+        "order_mismatches": 0,
+    }
     problems: list = []
 
     def problem(text):
@@ -72,9 +84,9 @@ def verify(received: dict[str, Iterable[Key]], owed_by: dict[str, set[int]],
     ref_name = None
     owed_total = sum(len(s) for s in owed_by.values())
     for receiver, lines in received.items():
-        seen: dict = {}       # sender -> set of seqs
-        top: dict = {}        # sender -> highest seq received
-        order = []            # first receptions, in arrival order
+        seen: dict = {}  # sender -> set of seqs
+        top: dict = {}  # sender -> highest seq received
+        order = []  # first receptions, in arrival order
         count = 0
         for key in lines:
             count += 1
@@ -90,8 +102,10 @@ def verify(received: dict[str, Iterable[Key]], owed_by: dict[str, set[int]],
             order.append(key)
             if seq < top.get(sender, -1):
                 res["out_of_order"] += 1
-                problem("out of order: %s got %s#%d after %s#%d"
-                        % (receiver, sender, seq, sender, top[sender]))
+                problem(
+                    "out of order: %s got %s#%d after %s#%d"
+                    % (receiver, sender, seq, sender, top[sender])
+                )
             else:
                 top[sender] = seq
             if seq not in owed_by.get(sender, ()):
@@ -112,15 +126,16 @@ def verify(received: dict[str, Iterable[Key]], owed_by: dict[str, set[int]],
         if where is not None:
             res["order_mismatches"] += 1
             a, b = where
-            problem("order: %s got %s#%d before %s#%d, %s the other way"
-                    % (receiver, a[0], a[1], b[0], b[1], ref_name))
+            problem(
+                "order: %s got %s#%d before %s#%d, %s the other way"
+                % (receiver, a[0], a[1], b[0], b[1], ref_name)
+            )
     res["problems"] = problems
     res["reference"] = ref_index or {}
     return res
 
 
-def first_inversion(order: Iterable[Key],
-                    ref_index: dict[Key, int]) -> Optional[tuple[Key, Key]]:
+def first_inversion(order: Iterable[Key], ref_index: dict[Key, int]) -> Optional[tuple[Key, Key]]:
     """The first pair (a, b) of order, a before b, that ref_index has the
     other way round (lines ref_index does not hold are skipped); None when
     order agrees with it."""
@@ -136,8 +151,9 @@ def first_inversion(order: Iterable[Key],
     return None
 
 
-def check_session(lines: Iterable[Key], owed_by: dict[str, set[int]],
-                  ref_index: dict[Key, int]) -> dict[str, int]:
+def check_session(
+    lines: Iterable[Key], owed_by: dict[str, set[int]], ref_index: dict[Key, int]
+) -> dict[str, int]:
     """What one churner session saw: it came in and went mid-stream, so per
     sender it may miss the beginning and the end, never anything between
     its first and last line of that sender that is owed.  Also no

@@ -4,6 +4,7 @@ chat lines it receives as ids (Soak.intern) in arrival order, for the
 checks (soak_checks.py), and accounts for its own lines: which came back,
 how many were refused ("not sent").
 """
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from gchat_bench.cluster_soak import Soak
 
 RECV_SIZE = 1 << 16
-READ_PAUSE = 0.05        # a named client reads at most this often (the kernel buffers meanwhile)
+READ_PAUSE = 0.05  # a named client reads at most this often (the kernel buffers meanwhile)
 
 HISTORY_OPEN = b"--- last "
 HISTORY_CLOSE = b"--- end of history ---"
@@ -44,7 +45,7 @@ class Client:
         self.sock: Optional[gsocket.socket] = None
         self.reader: Optional[gevent.Greenlet] = None
         self.tail = b""
-        self.state = 0            # 0 naming, 1 live, 2 in the history block
+        self.state = 0  # 0 naming, 1 live, 2 in the history block
         self.named = Event()
         self.name_error: Optional[str] = None
         self.closed = False
@@ -53,10 +54,10 @@ class Client:
         self.sent = 0
         self.echoed: set = set()  # own lines that came back
         self.echo_max = -1
-        self.refusals = 0         # "error: ... not sent"
+        self.refusals = 0  # "error: ... not sent"
         self.errors = 0
         self.server_lost = 0
-        self.settled = False      # every line came back or was refused (set when it went)
+        self.settled = False  # every line came back or was refused (set when it went)
 
     def connect(self, port: int):
         self.sock = gsocket.create_connection((HOST, port), timeout=5)
@@ -123,7 +124,7 @@ class Client:
 
     def _other(self, line: bytes):
         if line.startswith(HISTORY_OPEN):
-            self.state = 2   # comes after the roster, before any live line
+            self.state = 2  # comes after the roster, before any live line
         elif line.startswith(b"error: "):
             if NOT_SENT in line:
                 self._refusal()
@@ -150,8 +151,9 @@ class Client:
         self.sock.sendall(b"~%d %d\n" % (self.soak.run, self.sent))
         self.sent += 1
         if self.stayer and self.soak.a.dump:
-            self.soak.sendlog.write(b"%.3f %s %d\n" % (time.monotonic() - self.soak.began,
-                                                      self.nameb, self.sent - 1))
+            self.soak.sendlog.write(
+                b"%.3f %s %d\n" % (time.monotonic() - self.soak.began, self.nameb, self.sent - 1)
+            )
 
     def close(self, how: int = 1):
         if self.reader is not None:

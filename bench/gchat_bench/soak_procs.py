@@ -10,6 +10,7 @@ redis-server is processes.RedisServer, as for the bench and the tests;
 Proc and RedisProc are both a Child (alive, CPU, exit codes, log, stop),
 so the soak treats them alike.
 """
+
 from __future__ import annotations
 
 import abc
@@ -29,8 +30,8 @@ from gchat_bench.processes import RedisServer, die_with_parent
 from gchat_bench.servers import process_cpu_s
 
 LISTENING_RE = re.compile(rb"listening on \[?([0-9.]+)\]?:(\d+)")
-START_TIMEOUT = 30.0     # a process printing "listening on" / redis-server answering
-STOP_TIMEOUT = 5.0       # SIGTERM, then SIGKILL
+START_TIMEOUT = 30.0  # a process printing "listening on" / redis-server answering
+STOP_TIMEOUT = 5.0  # SIGTERM, then SIGKILL
 
 # The children running now: kill_all's list.
 _LIVE: set[Child] = set()
@@ -60,7 +61,7 @@ class Child(abc.ABC):
     own session); stop() to kill it (SIGKILL) or end it (SIGTERM)."""
 
     name: str
-    cpu_done = 0.0      # CPU seconds of the incarnations that ended
+    cpu_done = 0.0  # CPU seconds of the incarnations that ended
 
     @property
     @abc.abstractmethod
@@ -111,9 +112,15 @@ class Proc(Child):
         self.starts += 1
         self.log_path = os.path.join(self.logdir, "%s.%d.log" % (self.name, self.starts))
         with open(self.log_path, "wb") as log:
-            self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, close_fds=True,
-                                          start_new_session=True, preexec_fn=die_with_parent)
+            self.popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                close_fds=True,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
         _LIVE.add(self)
 
     @property
@@ -167,8 +174,10 @@ class Proc(Child):
             if not self.alive():
                 break
             gevent.sleep(0.05)
-        raise RuntimeError("%s did not print 'listening on' (exit %s):\n%s"
-                           % (self.name, self.returncode, self.log_tail()))
+        raise RuntimeError(
+            "%s did not print 'listening on' (exit %s):\n%s"
+            % (self.name, self.returncode, self.log_tail())
+        )
 
 
 class RedisProc(Child):
@@ -179,8 +188,9 @@ class RedisProc(Child):
     name = "redis"
 
     def __init__(self, executable: str, logdir: str):
-        self.server = RedisServer(executable, workdir=os.path.join(logdir, "redis"),
-                                  sleep=gevent.sleep)
+        self.server = RedisServer(
+            executable, workdir=os.path.join(logdir, "redis"), sleep=gevent.sleep
+        )
 
     @property
     def port(self) -> int:

@@ -20,6 +20,7 @@ rather than the time the bytes left is what keeps an open-loop benchmark
 honest about coordinated omission: a stall in the generator or the server
 shows up as latency.
 """
+
 from __future__ import annotations
 
 import os
@@ -96,8 +97,9 @@ def bucket_value(index: int) -> int:
     return (HDR_HALF + top) << (shift + 1)
 
 
-def scan_run_py(buf, start: int, end: int, prefix: bytes, nxt, buckets,
-                now_ns: int, own: int) -> tuple:
+def scan_run_py(
+    buf, start: int, end: int, prefix: bytes, nxt, buckets, now_ns: int, own: int
+) -> tuple:
     """Account for the data lines of one phase in ``buf[start:end]``.
 
     The reference for the C version in _scan.c, which the worker uses when
@@ -125,8 +127,19 @@ def scan_run_py(buf, start: int, end: int, prefix: bytes, nxt, buckets,
     return matched, received, in_order, own_count, stale, -1, -1, -1
 
 
-def scan_rooms_py(buf, start: int, end: int, prefix: bytes, nxt, buckets,
-                  now_ns: int, own: int, rooms: int, room: int, senders: int) -> tuple:
+def scan_rooms_py(
+    buf,
+    start: int,
+    end: int,
+    prefix: bytes,
+    nxt,
+    buckets,
+    now_ns: int,
+    own: int,
+    rooms: int,
+    room: int,
+    senders: int,
+) -> tuple:
     """scan_run_py for a receiver in room ``room`` of ``rooms`` (--rooms).
 
     Sender s (a client index) is in room ``s % rooms`` and is the
@@ -168,8 +181,12 @@ def scan_rooms_py(buf, start: int, end: int, prefix: bytes, nxt, buckets,
 def census_py(buf, start: int, end: int) -> tuple:
     """(newlines, markers, sync_markers, errors) in buf[start:end]: counts of
     b"\n", b"~", b"~S" and b"error:".  The reference for _scan.census."""
-    return (buf.count(b"\n", start, end), buf.count(b"~", start, end),
-            buf.count(b"~S", start, end), buf.count(b"error:", start, end))
+    return (
+        buf.count(b"\n", start, end),
+        buf.count(b"~", start, end),
+        buf.count(b"~S", start, end),
+        buf.count(b"error:", start, end),
+    )
 
 
 # GCHAT_BENCH_SCAN=python forces the reference even where the C scan was
@@ -178,8 +195,9 @@ try:
     if os.environ.get("GCHAT_BENCH_SCAN") == "python":
         raise ImportError("GCHAT_BENCH_SCAN=python")
     from gchat_bench._scan import census, scan_rooms, scan_run
+
     SCAN_IMPL = "C"
-except ImportError:         # built without a C compiler: same results, slower
+except ImportError:  # built without a C compiler: same results, slower
     census, scan_run, scan_rooms = census_py, scan_run_py, scan_rooms_py
     SCAN_IMPL = "python"
 
@@ -271,8 +289,14 @@ def percentiles_ms(h: HdrHistogram) -> dict:
     print zeros that look like a fast server.
     """
     if h.get_total_count() == 0:
-        return {"p50_ms": None, "p90_ms": None, "p99_ms": None,
-                "p999_ms": None, "max_ms": None, "mean_ms": None}
+        return {
+            "p50_ms": None,
+            "p90_ms": None,
+            "p99_ms": None,
+            "p999_ms": None,
+            "max_ms": None,
+            "mean_ms": None,
+        }
     return {
         "p50_ms": h.get_value_at_percentile(50) / 1000.0,
         "p90_ms": h.get_value_at_percentile(90) / 1000.0,
@@ -299,7 +323,7 @@ class SeqTracker:
     __slots__ = ("nxt", "missing", "unique", "received", "duplicated", "reordered")
 
     def __init__(self, senders: int):
-        self.nxt = array("q", bytes(8 * senders))   # int64, as the C scan needs
+        self.nxt = array("q", bytes(8 * senders))  # int64, as the C scan needs
         self.missing: dict = {}
         self.unique = 0
         self.received = 0

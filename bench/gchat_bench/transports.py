@@ -17,6 +17,7 @@ line bytes arrived with the end of the handshake are handed back then.
 
 ``make_cert`` makes the self-signed certificate a spawned gchat gets.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -46,6 +47,7 @@ class Closed(Exception):
 
 
 # ---------------------------------------------------------------- WebSocket
+
 
 class WsDecoder:
     """Server frames -> the concatenated payload bytes of its data frames.
@@ -94,9 +96,9 @@ class WsDecoder:
                 self.head = data[pos:]
                 break
             if ln == 126:
-                ln = int.from_bytes(data[pos + 2:pos + 4], "big")
+                ln = int.from_bytes(data[pos + 2 : pos + 4], "big")
             elif ln == 127:
-                ln = int.from_bytes(data[pos + 2:pos + 10], "big")
+                ln = int.from_bytes(data[pos + 2 : pos + 10], "big")
             op = b0 & 0x0F
             if op in (0, 1):
                 self.ctrl = 0
@@ -109,7 +111,7 @@ class WsDecoder:
             pos += hl
             take = min(ln, n - pos)
             if not self.ctrl:
-                out.append(data[pos:pos + take])
+                out.append(data[pos : pos + take])
             pos += take
             self.left = ln - take
             if self.closed:
@@ -129,8 +131,7 @@ def ws_frame(payload: bytes, opcode: int = 1) -> bytes:
     key = os.urandom(4)
     if n:
         mask = (key * (n // 4 + 1))[:n]
-        payload = (int.from_bytes(payload, "big")
-                   ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
+        payload = (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
     return head + key + payload
 
 
@@ -138,8 +139,7 @@ def ws_unmask(frame_payload: bytes, key: bytes) -> bytes:
     """The inverse of the masking in ws_frame (tests)."""
     n = len(frame_payload)
     mask = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(frame_payload, "big")
-            ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
+    return (int.from_bytes(frame_payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
 
 
 def recv_some(sock, timeout: float) -> bytes:
@@ -148,8 +148,9 @@ def recv_some(sock, timeout: float) -> bytes:
         try:
             data = sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
-            wait_read(sock.fileno(), timeout=timeout,
-                      timeout_exc=socket.timeout("handshake timed out"))
+            wait_read(
+                sock.fileno(), timeout=timeout, timeout_exc=socket.timeout("handshake timed out")
+            )
             continue
         if not data:
             raise TransportError("connection closed during the handshake")
@@ -177,9 +178,12 @@ class WsTransport:
 
     def handshake(self, sock, host: str, port: int, timeout: float) -> bytes:
         key = base64.b64encode(os.urandom(16))
-        send_all(sock, b"GET /ws HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
-                       b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                       b"Sec-WebSocket-Version: 13\r\n\r\n" % (host.encode(), port, key))
+        send_all(
+            sock,
+            b"GET /ws HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n" % (host.encode(), port, key),
+        )
         buf = b""
         while b"\r\n\r\n" not in buf:
             if len(buf) > MAX_HEAD:
@@ -207,10 +211,11 @@ class WsTransport:
 
 # ---------------------------------------------------------------------- TLS
 
+
 def client_context() -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE   # loopback only; see the module docstring
+    ctx.verify_mode = ssl.CERT_NONE  # loopback only; see the module docstring
     return ctx
 
 
@@ -233,7 +238,7 @@ class TlsTransport:
                     send_all(sock, pending)
                 self.inc.write(recv_some(sock, timeout))
             except ssl.SSLError as e:
-                raise TransportError("TLS handshake: %s" % e)
+                raise TransportError("TLS handshake: %s" % e) from None
         pending = self.out.read()
         if pending:
             send_all(sock, pending)
@@ -251,9 +256,9 @@ class TlsTransport:
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:
-            raise Closed(b"".join(out))
+            raise Closed(b"".join(out)) from None
         except ssl.SSLError as e:
-            raise TransportError("TLS: %s" % e)
+            raise TransportError("TLS: %s" % e) from None
         return b"".join(out) if len(out) != 1 else out[0]
 
     def encode(self, data: bytes) -> bytes:
@@ -282,12 +287,31 @@ def make_cert() -> tuple:
         atexit.register(shutil.rmtree, d, True)
         cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
         try:
-            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-                            "-days", "1", "-subj", "/CN=localhost", "-addext",
-                            "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
-                           check=True, capture_output=True, timeout=60)
+            subprocess.run(
+                [
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=localhost",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                    "-keyout",
+                    key,
+                    "-out",
+                    cert,
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
         except (OSError, subprocess.SubprocessError) as e:
-            raise RuntimeError("cannot make a TLS certificate with openssl: %s" % e)
+            raise RuntimeError("cannot make a TLS certificate with openssl: %s" % e) from None
         _cert.update(cert=cert, key=key)
     return _cert["cert"], _cert["key"]
 

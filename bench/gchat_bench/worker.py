@@ -21,6 +21,7 @@ A Worker is those parts put together, one concern each: ClientSockets
 While a command runs the worker also emits ``{"ev": "progress", ...}``
 lines twice a second.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,10 +56,13 @@ class Worker:
 
     def progress(self) -> dict:
         rx = self.receiver
-        return {"connected": sum(1 for c in self.clients if c.state == READY),
-                "synced": sum(1 for c in self.clients if c.sync >= rx.sync_target
-                              and rx.sync_target),
-                "sent": self.senders.sent, "unique": rx.unique_total, "lines": rx.lines}
+        return {
+            "connected": sum(1 for c in self.clients if c.state == READY),
+            "synced": sum(1 for c in self.clients if c.sync >= rx.sync_target and rx.sync_target),
+            "sent": self.senders.sent,
+            "unique": rx.unique_total,
+            "lines": rx.lines,
+        }
 
     def close(self) -> None:
         self.sockets.close_all(self.clients + self.slow_clients)
@@ -83,9 +87,13 @@ class Worker:
             if c.idx in self.sender_of:
                 c.sender_id = self.sender_of[c.idx]
         errs = [c.error for c in todo if c.state != READY]
-        reply = {"ok": len(ok), "errors": len(errs), "error_samples": errs[:3],
-                 "hist": rec.encoded(),
-                 "t_last_ready": max([c.t_ready for c in ok], default=0)}
+        reply = {
+            "ok": len(ok),
+            "errors": len(errs),
+            "error_samples": errs[:3],
+            "hist": rec.encoded(),
+            "t_last_ready": max([c.t_ready for c in ok], default=0),
+        }
         nodes = self.sockets.nodes
         if len(nodes) > 1:
             # A cluster: how many got through on each node.

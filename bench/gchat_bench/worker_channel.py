@@ -2,12 +2,14 @@
 parent (runner.py): one JSON object per line, commands on the worker's
 stdin, replies and events on its stdout.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import sys
-from typing import Any, Callable, Iterable
+from collections.abc import Iterable
+from typing import Any, Callable
 
 import gevent
 
@@ -27,6 +29,7 @@ def parent_input():
     """stdin as a gevent file: reading a command waits without blocking
     the clients' loop."""
     from gevent.fileobject import FileObjectPosix
+
     return FileObjectPosix(sys.stdin.fileno(), "rb", close=False)
 
 
@@ -47,7 +50,7 @@ class CommandChannel:
     def __init__(self, handler: Any, progress: Callable[[], dict]):
         self.handler = handler
         self.progress = progress
-        self.busy = False       # a command is running: emit progress
+        self.busy = False  # a command is running: emit progress
         gevent.spawn(self._progress_loop)
 
     def _progress_loop(self) -> None:

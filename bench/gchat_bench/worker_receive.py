@@ -11,6 +11,7 @@ falls as the load rises.  Keep it that way: the counters the scan updates
 are attributes of the Receiver itself, read and written without any
 object in between.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,10 +19,29 @@ import time
 
 import gevent
 
-from gchat_bench.stats import (ROOM_SYNC_RE, SYNC_RE, LatencyRecorder, SeqTracker, census,
-                               room_name, run_prefix, scan_rooms, scan_run)
-from gchat_bench.worker_sockets import (HIST_IN, HIST_MAYBE, HIST_NONE, JOINING, PROMPT, READY,
-                                        ROSTER, WELCOME, Client, ClientSockets)
+from gchat_bench.stats import (
+    ROOM_SYNC_RE,
+    SYNC_RE,
+    LatencyRecorder,
+    SeqTracker,
+    census,
+    room_name,
+    run_prefix,
+    scan_rooms,
+    scan_run,
+)
+from gchat_bench.worker_sockets import (
+    HIST_IN,
+    HIST_MAYBE,
+    HIST_NONE,
+    JOINING,
+    PROMPT,
+    READY,
+    ROSTER,
+    WELCOME,
+    Client,
+    ClientSockets,
+)
 
 # A partial line longer than this is not a chat line we sent; keep only its
 # end, so a server that never sends "\n" cannot grow our memory.
@@ -52,18 +72,18 @@ class Receiver:
         if self.rooms:
             self.track_size = max(1, -(-self.senders_total // self.rooms))
             self.scan = self.scan_rooms
-        self.leaked = 0          # lines (data or sync) from another room, whole run
+        self.leaked = 0  # lines (data or sync) from another room, whole run
         self.leak_samples: list = []
-        self.lines = 0           # every "\n" received, chat or not
-        self.errors = 0          # lines starting "error:" after the handshake
-        self.sync_target = 0     # the sync marker being waited for (cmd_sync sets it)
-        self.disconnected = 0    # receivers closed after they were ready (whole run)
+        self.lines = 0  # every "\n" received, chat or not
+        self.errors = 0  # lines starting "error:" after the handshake
+        self.sync_target = 0  # the sync marker being waited for (cmd_sync sets it)
+        self.disconnected = 0  # receivers closed after they were ready (whole run)
         # Phase state (reset by arm).
-        self.run_prefix = None   # b"~<run> " of the phase being measured
-        self.armed = None        # the run id arm last prepared for
+        self.run_prefix = None  # b"~<run> " of the phase being measured
+        self.armed = None  # the run id arm last prepared for
         self.lat = LatencyRecorder()
         self.stale = 0
-        self.unique_total = 0    # unique deliveries to receivers still connected
+        self.unique_total = 0  # unique deliveries to receivers still connected
         self.first_rx = 0
         self.last_rx = 0
 
@@ -124,8 +144,9 @@ class Receiver:
                     if self.rooms:
                         # Named, in the lobby: move to the bench room.
                         c.state = JOINING
-                        self.sockets.send_line(c, b"/join %s\n"
-                                               % room_name(self.name_prefix, c.room))
+                        self.sockets.send_line(
+                            c, b"/join %s\n" % room_name(self.name_prefix, c.room)
+                        )
                         continue
                     self.on_ready(c, now)
                     return pos
@@ -162,7 +183,7 @@ class Receiver:
             line = data[pos:nl].rstrip(b"\r")
             if c.hist == HIST_MAYBE:
                 if not line.startswith(HISTORY_OPEN):
-                    c.hist = HIST_NONE      # no history: this is a live line
+                    c.hist = HIST_NONE  # no history: this is a live line
                     return pos
                 c.hist = HIST_IN
             elif line == HISTORY_END:
@@ -188,8 +209,7 @@ class Receiver:
 
     # ------------------------------------------------------------ account
 
-    def scan(self, c: Client, buf: bytes, start: int, end: int, now: int,
-             counts: tuple) -> None:
+    def scan(self, c: Client, buf: bytes, start: int, end: int, now: int, counts: tuple) -> None:
         """Account for the marker lines in buf[start:end] (whole lines);
         counts is census(buf, start, end)."""
         _, markers, sync_markers, errors = counts
@@ -210,8 +230,17 @@ class Receiver:
             return
         self._scan_data(c, buf, start, end, now, markers, prefix, by_room=False)
 
-    def _scan_data(self, c: Client, buf: bytes, start: int, end: int, now: int,
-                   markers: int, prefix: bytes, by_room: bool) -> int:
+    def _scan_data(
+        self,
+        c: Client,
+        buf: bytes,
+        start: int,
+        end: int,
+        now: int,
+        markers: int,
+        prefix: bytes,
+        by_room: bool,
+    ) -> int:
         """The data lines of this run in buf[start:end], through the C scan
         (scan_run; scan_rooms with --rooms), with the tracker's slow path for
         lines out of order, the counters and the senders' credits.  markers:
@@ -253,8 +282,9 @@ class Receiver:
             c.event.set()
         return leaked
 
-    def scan_rooms(self, c: Client, buf: bytes, start: int, end: int, now: int,
-                   counts: tuple) -> None:
+    def scan_rooms(
+        self, c: Client, buf: bytes, start: int, end: int, now: int, counts: tuple
+    ) -> None:
         """scan() for --rooms: sync markers and data lines of the client's
         own room only; those of another room count as leaked."""
         _, markers, sync_markers, errors = counts
@@ -288,8 +318,9 @@ class Receiver:
 
     def note_leak(self, c: Client, sender: int, sender_room: int) -> None:
         if len(self.leak_samples) < LEAK_SAMPLES:
-            self.leak_samples.append({"client": c.idx, "room": c.room,
-                                      "sender": sender, "sender_room": sender_room})
+            self.leak_samples.append(
+                {"client": c.idx, "room": c.room, "sender": sender, "sender_room": sender_room}
+            )
 
     # ------------------------------------------------------------- phases
 
@@ -313,8 +344,12 @@ class Receiver:
                 break
             gevent.sleep(0.01)
         done = [c.t_sync for c in self.readers() if c.sync >= k]
-        reply = {"missing": len(waiting), "seen": len(done),
-                 "t_done": max(done, default=0), "lines": self.lines}
+        reply = {
+            "missing": len(waiting),
+            "seen": len(done),
+            "t_done": max(done, default=0),
+            "lines": self.lines,
+        }
         if self.rooms:
             reply["leaked"] = self.leaked
             reply["leak_samples"] = self.leak_samples
@@ -336,8 +371,11 @@ class Receiver:
                 room_sent[int(sid) % self.rooms] += n
         while True:
             readers = self.readers()
-            owed = (total * len(readers) if room_sent is None
-                    else sum(room_sent[c.room] for c in readers))
+            owed = (
+                total * len(readers)
+                if room_sent is None
+                else sum(room_sent[c.room] for c in readers)
+            )
             if self.unique_total >= owed:
                 complete = True
                 break
@@ -349,7 +387,7 @@ class Receiver:
             gevent.sleep(0.01)
         readers = self.readers()
         trs = [c.tracker for c in readers]
-        self.run_prefix = None   # later lines of this phase count as stale
+        self.run_prefix = None  # later lines of this phase count as stale
         samples = []
         if not complete:
             samples = loss_samples(readers, msg.get("sent_by") or {}, rooms=self.rooms)
@@ -358,9 +396,13 @@ class Receiver:
             by_room: dict = {}
             for c in readers:
                 by_room[c.room] = by_room.get(c.room, 0) + 1
-            extra = {"receivers_by_room": by_room, "leaked": self.leaked,
-                     "leak_samples": self.leak_samples}
-        return {**extra,
+            extra = {
+                "receivers_by_room": by_room,
+                "leaked": self.leaked,
+                "leak_samples": self.leak_samples,
+            }
+        return {
+            **extra,
             "receivers": len(readers),
             "unique": sum(t.unique for t in trs),
             "received": sum(t.received for t in trs),
@@ -389,14 +431,21 @@ def loss_samples(readers: list, sent_by: dict, limit: int = 5, rooms: int = 0) -
             slot = s
             if rooms:
                 if s % rooms != c.room:
-                    continue        # not owed to this client
+                    continue  # not owed to this client
                 slot = s // rooms
             miss = sorted(tr.missing.get(slot, ()))[:3]
             if len(miss) < 3 and tr.nxt[slot] < total:
                 miss += list(range(tr.nxt[slot], min(total, tr.nxt[slot] + 3 - len(miss))))
             if miss:
-                out.append({"client": c.idx, "sender": s, "missing": miss,
-                            "sent": total, "next": tr.nxt[slot]})
+                out.append(
+                    {
+                        "client": c.idx,
+                        "sender": s,
+                        "missing": miss,
+                        "sent": total,
+                        "next": tr.nxt[slot],
+                    }
+                )
                 if len(out) >= limit:
                     return out
     return out

@@ -9,6 +9,7 @@ scheduled time.  A closed-loop sender keeps a window of lines in flight
 and sends again when the receiver (worker_receive.py) credits it with
 its own lines come back.
 """
+
 from __future__ import annotations
 
 import time
@@ -17,8 +18,13 @@ import gevent
 import gevent.event
 import gevent.pool
 
-from gchat_bench.stats import (LatencyRecorder, latency_bucket, make_payload,
-                               room_sync_payload, sync_payload)
+from gchat_bench.stats import (
+    LatencyRecorder,
+    latency_bucket,
+    make_payload,
+    room_sync_payload,
+    sync_payload,
+)
 from gchat_bench.worker_sockets import READY, Client, ClientSockets, send_to
 
 # An open-loop sender that is far behind sends at most this many overdue
@@ -82,13 +88,18 @@ class Senders:
         group.join(timeout=msg["duration"] + msg.get("grace", 10.0))
         blocked = len(group)
         group.kill(block=True, timeout=5)
-        return {"sent": self.sent, "sent_by": self.sent_by,
-                "offered": offered if msg["mode"] == "open" else None,
-                "senders": len(senders), "blocked": blocked,
-                "lag_hist": self.lag.encoded()}
+        return {
+            "sent": self.sent,
+            "sent_by": self.sent_by,
+            "offered": offered if msg["mode"] == "open" else None,
+            "senders": len(senders),
+            "blocked": blocked,
+            "lag_hist": self.lag.encoded(),
+        }
 
-    def open_sender(self, c: Client, run: int, t0: int, end: int,
-                    interval: int, offset: int) -> None:
+    def open_sender(
+        self, c: Client, run: int, t0: int, end: int, interval: int, offset: int
+    ) -> None:
         """Send on schedule t0+offset+k*interval until end; never wait for replies.
 
         Each line carries its scheduled time, or the time it really left if
@@ -113,8 +124,12 @@ class Senders:
             lag.buckets[latency_bucket(us)] += 1
             # min: an overdue line keeps its schedule (its lateness is
             # latency), one sent early carries the real time (not a future one).
-            buf = b"".join([make_payload(run, sid, j, min(start + j * interval, now), size)
-                            for j in range(k, k + n)])
+            buf = b"".join(
+                [
+                    make_payload(run, sid, j, min(start + j * interval, now), size)
+                    for j in range(k, k + n)
+                ]
+            )
             if not self.send_batch(c, buf, n, k + n):
                 return
             k += n

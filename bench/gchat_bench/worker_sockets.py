@@ -9,6 +9,7 @@ sits in one ``select.epoll`` of this worker; one gevent io watcher on that
 epoll fd calls back, takes every ready socket in one ``poll(0)`` and reads
 it in 64 KiB chunks (see on_epoll_ready).
 """
+
 from __future__ import annotations
 
 import errno
@@ -26,8 +27,15 @@ from gevent.socket import wait_read, wait_write
 
 from gchat_bench.cluster import node_of
 from gchat_bench.stats import SeqTracker
-from gchat_bench.transports import (Closed, TlsTransport, TransportError, WsTransport,
-                                    client_context, make_transport, send_all)
+from gchat_bench.transports import (
+    Closed,
+    TlsTransport,
+    TransportError,
+    WsTransport,
+    client_context,
+    make_transport,
+    send_all,
+)
 
 # Read size per ready socket.  Big reads amortise the syscall over many
 # lines, but not above 64 KiB: CPython allocates the whole size for every
@@ -59,9 +67,29 @@ HIST_NONE, HIST_MAYBE, HIST_IN = range(3)
 class Client:
     """One simulated client; its state is touched by this worker only."""
 
-    __slots__ = ("idx", "sock", "fd", "state", "name", "attempt", "tail",
-                 "tracker", "sync", "t_sync", "sender_id", "credits", "event",
-                 "ready", "t_start", "t_ready", "slow", "error", "room", "hist", "tx")
+    __slots__ = (
+        "idx",
+        "sock",
+        "fd",
+        "state",
+        "name",
+        "attempt",
+        "tail",
+        "tracker",
+        "sync",
+        "t_sync",
+        "sender_id",
+        "credits",
+        "event",
+        "ready",
+        "t_start",
+        "t_ready",
+        "slow",
+        "error",
+        "room",
+        "hist",
+        "tx",
+    )
 
     def __init__(self, idx: int, slow: bool):
         self.idx = idx
@@ -82,8 +110,8 @@ class Client:
         self.t_ready = 0
         self.slow = slow
         self.error = ""
-        self.room = -1          # --rooms: index of the client's room
-        self.hist = HIST_NONE   # --rooms: where it is in a history block
+        self.room = -1  # --rooms: index of the client's room
+        self.hist = HIST_NONE  # --rooms: where it is in a history block
         self.tx: Optional[WsTransport | TlsTransport] = None  # --ws/--tls: its codec
 
 
@@ -119,8 +147,9 @@ class ClientSockets:
         self.ep = select.epoll()
         self.reader = gevent.get_hub().loop.io(self.ep.fileno(), 1)
 
-    def start(self, on_data: Callable[[Client, bytes], None],
-              on_close: Callable[[Client], None]) -> None:
+    def start(
+        self, on_data: Callable[[Client, bytes], None], on_close: Callable[[Client], None]
+    ) -> None:
         """Start reading: for the worker's life, every chunk to on_data."""
         self.on_data = on_data
         self.on_close = on_close
@@ -156,7 +185,7 @@ class ClientSockets:
                     try:
                         data = c.tx.decode(data)
                         if not data:
-                            continue        # only part of a frame or record so far
+                            continue  # only part of a frame or record so far
                     except Closed as e:
                         # A close frame / close_notify: the data before it, then EOF.
                         if e.args[0]:
@@ -201,8 +230,7 @@ class ClientSockets:
                     data = c.sock.recv(RECV_SIZE)
                 except (BlockingIOError, InterruptedError):
                     try:
-                        wait_read(c.sock.fileno(), timeout=quiet,
-                                  timeout_exc=socket.timeout())
+                        wait_read(c.sock.fileno(), timeout=quiet, timeout_exc=socket.timeout())
                     except socket.timeout:
                         result[c.idx] = "open"
                         return
@@ -284,8 +312,7 @@ class ClientSockets:
             err = s.connect_ex(addr)
             if err not in (0, errno.EINPROGRESS):
                 raise OSError(err, os.strerror(err))
-            wait_write(s.fileno(), timeout=timeout,
-                       timeout_exc=socket.timeout("connect timed out"))
+            wait_write(s.fileno(), timeout=timeout, timeout_exc=socket.timeout("connect timed out"))
             err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 raise OSError(err, os.strerror(err))
@@ -297,7 +324,7 @@ class ClientSockets:
                 try:
                     early = c.tx.handshake(s, addr[0], addr[1], timeout)
                 except Closed:
-                    raise OSError("closed by the server during the handshake")
+                    raise OSError("closed by the server during the handshake") from None
             c.fd = s.fileno()
             self.by_fd[c.fd] = c
             self.ep.register(c.fd, select.EPOLLIN)
@@ -312,9 +339,12 @@ class ClientSockets:
                 local = "%s:%d" % c.sock.getsockname()[:2]
             except OSError:
                 local = "?"
-            c.error = ("no welcome within %.0f s (client %s, %s, partial line %r)"
-                       % (timeout, local, "awaiting prompt" if c.state == PROMPT
-                          else "awaiting 'You are'", c.tail[:80]))
+            c.error = "no welcome within %.0f s (client %s, %s, partial line %r)" % (
+                timeout,
+                local,
+                "awaiting prompt" if c.state == PROMPT else "awaiting 'You are'",
+                c.tail[:80],
+            )
             self.close(c)
 
     def close(self, c: Client) -> None:

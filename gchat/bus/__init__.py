@@ -11,8 +11,9 @@ the entries the bus reads, in the stream's order, on every node.
 
 from urllib.parse import urlsplit, urlunsplit
 
-EXTRA_MISSING = ("--redis needs the cluster extra, which is not installed: "
-                 "pip install 'gchat[cluster]'")
+EXTRA_MISSING = (
+    "--redis needs the cluster extra, which is not installed: pip install 'gchat[cluster]'"
+)
 
 
 def redacted(url: str) -> str:
@@ -35,6 +36,7 @@ def open_bus(config):
     # patched before redis-py is imported, its calls wait cooperatively
     # instead of stopping the loop.
     from gevent import monkey
+
     monkey.patch_socket()
     if config.redis.startswith("rediss:"):
         monkey.patch_ssl()
@@ -43,6 +45,7 @@ def open_bus(config):
     except ImportError:
         raise RuntimeError(EXTRA_MISSING) from None
     from gchat.bus.redis_bus import BusError, RedisBus
+
     try:
         bus = RedisBus(config)
         histories = bus.connect()

@@ -28,8 +28,10 @@ The operations (each a JSON list, its kind first):
   ["lost", NODE, REASON]         NODE is gone (its heartbeat expired, or it
                                  stopped): its members leave with REASON
 """
+
 import json
-from typing import Any, Mapping, NamedTuple, Union
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Union
 
 FORMAT = b"1"
 
@@ -102,8 +104,7 @@ def decode(fields: Mapping[bytes, bytes], max_bytes: int) -> Entry:
 
 
 def _check(op: object) -> None:
-    if not isinstance(op, list) or not op or not isinstance(op[0], str) \
-            or op[0] not in OPERATIONS:
+    if not isinstance(op, list) or not op or not isinstance(op[0], str) or op[0] not in OPERATIONS:
         raise BadEntry(f"unknown operation {str(op)[:60]}")
     types = OPERATIONS[op[0]]
     args = op[1:]
@@ -111,8 +112,11 @@ def _check(op: object) -> None:
         raise BadEntry(f"malformed {op[0]} operation")
     if op[0] == "present":
         for pair in op[2]:
-            if (not isinstance(pair, list) or len(pair) != 2
-                    or not all(isinstance(x, str) for x in pair)):
+            if (
+                not isinstance(pair, list)
+                or len(pair) != 2
+                or not all(isinstance(x, str) for x in pair)
+            ):
                 raise BadEntry("malformed present operation")
 
 

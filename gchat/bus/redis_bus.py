@@ -49,6 +49,7 @@ waits cooperatively; hiredis parses replies in C.  The greenlets here (a
 reader, a writer, a claimer and a heart) never touch the chat: they put
 events on the hub's inbox.
 """
+
 import logging
 import os
 import time
@@ -57,10 +58,9 @@ from collections import deque
 from typing import Any
 
 import gevent
+import redis
 from gevent.event import Event
 from gevent.queue import Queue
-
-import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.retry import Retry
@@ -178,9 +178,13 @@ class RedisBus:
         self.keys = Keys(config.cluster)
         timeout = max(2.0, config.node_timeout)
         self.redis = redis.Redis.from_url(
-            config.redis, socket_timeout=timeout + READ_BLOCK_MS / 1000,
-            socket_connect_timeout=timeout, health_check_interval=0,
-            retry=Retry(NoBackoff(), 0), client_name=f"gchat-{self.node}")
+            config.redis,
+            socket_timeout=timeout + READ_BLOCK_MS / 1000,
+            socket_connect_timeout=timeout,
+            health_check_interval=0,
+            retry=Retry(NoBackoff(), 0),
+            client_name=f"gchat-{self.node}",
+        )
         self._claim = self.redis.register_script(CLAIM)
         self._release = self.redis.register_script(RELEASE)
         self._lost = self.redis.register_script(LOST)
@@ -192,11 +196,11 @@ class RedisBus:
         self.pending: deque[_Held] = deque()  # entries not yet published, in order
         # (time published, entry): kept for a resync
         self.window: deque[tuple[float, _Held]] = deque()
-        self.held_lines = 0      # chat lines in pending (the hub's bound)
-        self.names = set()       # name keys this node holds in Redis
+        self.held_lines = 0  # chat lines in pending (the hub's bound)
+        self.names = set()  # name keys this node holds in Redis
         self.unreleased = set()  # names to free once Redis answers again
-        self.peers = {}          # node id -> None: nodes seen on the stream
-        self.lost = set()        # nodes found lost (not checked again)
+        self.peers = {}  # node id -> None: nodes seen on the stream
+        self.lost = set()  # nodes found lost (not checked again)
         self.dedupe = Deduper()
         self.last_id = "0-0"
         self.up = Event()
@@ -207,9 +211,18 @@ class RedisBus:
         self._put: Any = None  # the hub's put(kind, conn, payload), given by start()
         self._greenlets = []
         self._closing = False
-        self.stats = {"bus_up": 0, "bus_outages": 0, "bus_recoveries": 0, "bus_data_lost": 0,
-                      "bus_published": 0, "bus_republished": 0, "bus_read": 0,
-                      "bus_duplicates": 0, "bus_bad_entries": 0, "bus_nodes_lost": 0}
+        self.stats = {
+            "bus_up": 0,
+            "bus_outages": 0,
+            "bus_recoveries": 0,
+            "bus_data_lost": 0,
+            "bus_published": 0,
+            "bus_republished": 0,
+            "bus_read": 0,
+            "bus_duplicates": 0,
+            "bus_bad_entries": 0,
+            "bus_nodes_lost": 0,
+        }
 
     # ------------------------------------------------------------------
     # Start and stop
@@ -220,8 +233,9 @@ class RedisBus:
         try:
             self.redis.ping()
             self._take_epoch()
-            snapshot = self._snapshot(keys=[self.keys.stream, self.keys.rooms],
-                                      args=[self.keys.history])
+            snapshot = self._snapshot(
+                keys=[self.keys.stream, self.keys.rooms], args=[self.keys.history]
+            )
             self._beat()
         except AuthenticationError as err:
             raise BusError(f"Redis refused the password: {err}") from None
@@ -252,8 +266,15 @@ class RedisBus:
         # The others let this node's members go at this point of the order
         # (those who left already left); under the id that a survivor's
         # LOST script would use, so that only one of the two is applied.
-        self.pending.append((STOPPED_SEQ, LOST_PREFIX + self.node,
-                             dumps([["lost", self.node, NODE_STOPPED]]), 0, ()))
+        self.pending.append(
+            (
+                STOPPED_SEQ,
+                LOST_PREFIX + self.node,
+                dumps([["lost", self.node, NODE_STOPPED]]),
+                0,
+                (),
+            )
+        )
         self._wake_writer.set()
         deadline = time.monotonic() + timeout
         while (self.pending and self.up.is_set()) and time.monotonic() < deadline:
@@ -262,13 +283,17 @@ class RedisBus:
         self._closing = True
         gevent.killall(self._greenlets, timeout=1)
         if self.pending:
-            log.warning("stopping with %d bus entries unpublished (Redis unavailable)",
-                        len(self.pending))
+            log.warning(
+                "stopping with %d bus entries unpublished (Redis unavailable)", len(self.pending)
+            )
         try:
             pipe = self.redis.pipeline(transaction=True)
             for key in self.names:
-                self._release(keys=[self.keys.names, self.keys.node_names(self.node)],
-                              args=[key, self.node], client=pipe)
+                self._release(
+                    keys=[self.keys.names, self.keys.node_names(self.node)],
+                    args=[key, self.node],
+                    client=pipe,
+                )
             pipe.delete(self.keys.node(self.node))
             pipe.execute()
         except (RedisError, OSError) as err:
@@ -312,9 +337,14 @@ class RedisBus:
 
     def snapshot(self) -> dict:
         """Counters for /stats."""
-        return {**self.stats, "bus_up": int(self.up.is_set()), "bus_pending": len(self.pending),
-                "bus_held_lines": self.held_lines, "bus_window": len(self.window),
-                "nodes": 1 + len([n for n in self.peers if n not in self.lost])}
+        return {
+            **self.stats,
+            "bus_up": int(self.up.is_set()),
+            "bus_pending": len(self.pending),
+            "bus_held_lines": self.held_lines,
+            "bus_window": len(self.window),
+            "nodes": 1 + len([n for n in self.peers if n not in self.lost]),
+        }
 
     # ------------------------------------------------------------------
     # Redis up and down
@@ -340,8 +370,11 @@ class RedisBus:
         self.up.clear()
         self.down_since = time.monotonic()
         self.stats["bus_outages"] += 1
-        log.error("lost the cluster's Redis: %s; holding entries (bound: %d lines)",
-                  why, self.config.bus_backlog)
+        log.error(
+            "lost the cluster's Redis: %s; holding entries (bound: %d lines)",
+            why,
+            self.config.bus_backlog,
+        )
         gevent.spawn(self._recover)
 
     def _recover(self):
@@ -358,9 +391,11 @@ class RedisBus:
             except (RedisError, OSError):
                 continue
             self.stats["bus_recoveries"] += 1
-            log.warning("Redis is back%s; %d entries to publish",
-                        " without the cluster's data: publishing again" if lost else "",
-                        len(self.pending))
+            log.warning(
+                "Redis is back%s; %d entries to publish",
+                " without the cluster's data: publishing again" if lost else "",
+                len(self.pending),
+            )
             self._set_up()
             self._wake_writer.set()
             return
@@ -380,12 +415,12 @@ class RedisBus:
         self.unreleased.clear()  # nothing is held any more
         taken = 0
         for key in list(self.names):
-            if not self._claim(keys=[self.keys.names, self.keys.node_names(self.node)],
-                               args=[key, self.node]):
+            if not self._claim(
+                keys=[self.keys.names, self.keys.node_names(self.node)], args=[key, self.node]
+            ):
                 taken += 1
         if taken:
-            log.warning("%d of this node's names were taken by others while Redis was down",
-                        taken)
+            log.warning("%d of this node's names were taken by others while Redis was down", taken)
         self.last_id = "0-0"
         if self._put is not None:
             self._put(RESYNC, None, first)
@@ -416,9 +451,11 @@ class RedisBus:
             try:
                 # RESP2's [[stream, [(id, {field: value}), ...]]]; redis-py types
                 # it as a union with RESP3's dict.
-                reply: Any = self.redis.xread({keys.stream: self.last_id},
-                                              count=self.config.bus_read_count,
-                                              block=READ_BLOCK_MS)
+                reply: Any = self.redis.xread(
+                    {keys.stream: self.last_id},
+                    count=self.config.bus_read_count,
+                    block=READ_BLOCK_MS,
+                )
             except (RedisError, OSError) as err:
                 self._fail(err)
                 continue
@@ -462,8 +499,12 @@ class RedisBus:
                     pipe.get(keys.epoch)
                     for seq, node, text, _, lines in batch:
                         # (redis-py wants a dict of its own key and value unions.)
-                        pipe.xadd(keys.stream, fields(node, seq, text),  # type: ignore[arg-type]
-                                  maxlen=maxlen, approximate=True)
+                        pipe.xadd(
+                            keys.stream,
+                            fields(node, seq, text),  # type: ignore[arg-type]
+                            maxlen=maxlen,
+                            approximate=True,
+                        )
                         for room, line in lines:
                             if history:
                                 room_key = name_key(room)
@@ -530,8 +571,7 @@ class RedisBus:
                 reasserted = []
                 for request in requests:
                     if request[0] == "claim":
-                        self._claim(keys=keys, args=[name_key(request[2]), self.node],
-                                    client=pipe)
+                        self._claim(keys=keys, args=[name_key(request[2]), self.node], client=pipe)
                     elif request[0] == "release":
                         self._release(keys=keys, args=[request[1], self.node], client=pipe)
                     elif request[0] == "reassert":
@@ -549,7 +589,7 @@ class RedisBus:
                     self._put(CLAIMED, conn, (name, BUS_DOWN_FOR_NAME))
                 continue
             self.unreleased.clear()
-            replies = iter(results[len(older):])
+            replies = iter(results[len(older) :])
             for request in requests:
                 if request[0] == "claim":
                     _, conn, name = request
@@ -563,8 +603,11 @@ class RedisBus:
                     next(replies)  # the DEL
                     taken = sum(1 for _ in reasserted if not next(replies))
                     if taken:
-                        log.warning("%d of this node's names were taken by others while it "
-                                    "was declared lost", taken)
+                        log.warning(
+                            "%d of this node's names were taken by others while it "
+                            "was declared lost",
+                            taken,
+                        )
 
     def _heart_loop(self):
         keys = self.keys
@@ -612,15 +655,29 @@ class RedisBus:
         keys = self.keys
         try:
             published = self._lost(
-                keys=[keys.node(node), keys.lost(node), keys.node_names(node), keys.names,
-                      keys.stream, keys.losses(node)],
-                args=[node, LOST_MARK_TTL, self.config.bus_stream_max,
-                      *[x for pair in lost.items() for x in pair]])
+                keys=[
+                    keys.node(node),
+                    keys.lost(node),
+                    keys.node_names(node),
+                    keys.names,
+                    keys.stream,
+                    keys.losses(node),
+                ],
+                args=[
+                    node,
+                    LOST_MARK_TTL,
+                    self.config.bus_stream_max,
+                    *[x for pair in lost.items() for x in pair],
+                ],
+            )
         except (RedisError, OSError) as err:
             self.lost.discard(node)
             self._fail(err)
             return
         if published:
             self.stats["bus_nodes_lost"] += 1
-            log.warning("node %s lost (no heartbeat for %gs): its members leave",
-                        node, self.config.node_timeout)
+            log.warning(
+                "node %s lost (no heartbeat for %gs): its members leave",
+                node,
+                self.config.node_timeout,
+            )

@@ -31,6 +31,7 @@ it.  The callbacks run in gevent's hub and never block or switch.
 The hub decides when a connection ends and calls close(); a Connection's
 socket, watchers and timers are all gone after that.
 """
+
 import errno
 import logging
 import socket
@@ -61,11 +62,32 @@ _FLOOD, _INBOX = 1, events.INBOX_FULL
 class Connection:
     """One client: its socket, reader, outbox and writer, and its timers."""
 
-    __slots__ = ("sock", "who", "name", "room", "outbox", "last_heard", "_server", "_loop", "_inbox",
-                 "_config", "_lines", "_bucket", "_held", "_paused", "_reader", "_writer",
-                 "_deadline", "_resume", "_linger", "_name_deadline", "_closing", "_closed")
+    __slots__ = (
+        "sock",
+        "who",
+        "name",
+        "room",
+        "outbox",
+        "last_heard",
+        "_server",
+        "_loop",
+        "_inbox",
+        "_config",
+        "_lines",
+        "_bucket",
+        "_held",
+        "_paused",
+        "_reader",
+        "_writer",
+        "_deadline",
+        "_resume",
+        "_linger",
+        "_name_deadline",
+        "_closing",
+        "_closed",
+    )
 
-    transport = "tcp"      # for the metrics: clients by transport
+    transport = "tcp"  # for the metrics: clients by transport
     outbox_class = Outbox  # a transport that frames its output has its own
 
     def __init__(self, sock, address, server):
@@ -80,12 +102,12 @@ class Connection:
         self._lines = LineReader(config.max_line)
         rate = config.effective_flood_rate
         self._bucket = TokenBucket(rate, config.flood_burst, loop.now()) if rate else None
-        self._held = None     # lines read but waiting for flood tokens
-        self._paused = 0      # _FLOOD | _INBOX
-        self._writer = None   # write watcher, made when first needed
+        self._held = None  # lines read but waiting for flood tokens
+        self._paused = 0  # _FLOOD | _INBOX
+        self._writer = None  # write watcher, made when first needed
         self._deadline = None  # timer for the idle and name timeouts
-        self._resume = None   # timer that ends a flood pause
-        self._linger = None   # timer that ends a lingering close
+        self._resume = None  # timer that ends a flood pause
+        self._linger = None  # timer that ends a lingering close
         self._closing = False
         self._closed = False
         self.last_heard = loop.now()
@@ -100,8 +122,9 @@ class Connection:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.sndbuf)
         except OSError:
             pass  # not TCP (a test's socketpair); nothing to tune
-        self.outbox = self.outbox_class(config.sendq, config.slow_policy, sock.send,
-                                        self._start_writer)
+        self.outbox = self.outbox_class(
+            config.sendq, config.slow_policy, sock.send, self._start_writer
+        )
         self._reader = loop.io(sock.fileno(), _READ)
 
     def __repr__(self):
@@ -237,9 +260,13 @@ class Connection:
     def _arm_deadline(self):
         # One timer, re-armed only when it fires: a line received costs one
         # store to last_heard, not a timer restart.
-        why, wait = next_wait(self._loop.now(), self._config.compat or self.name is not None,
-                              self._name_deadline, self.last_heard,
-                              self._config.effective_idle_timeout)
+        why, wait = next_wait(
+            self._loop.now(),
+            self._config.compat or self.name is not None,
+            self._name_deadline,
+            self.last_heard,
+            self._config.effective_idle_timeout,
+        )
         if why is not None:
             self._end(why)
         elif wait is not None:

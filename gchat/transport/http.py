@@ -18,6 +18,7 @@ whose Origin is neither the Host's nor one of --allow-origin is refused
 with 403, against cross-site WebSocket hijacking; a handshake without
 Origin (a tool, not a browser) is allowed.
 """
+
 import logging
 import mimetypes
 from pathlib import Path
@@ -81,8 +82,7 @@ class HttpPort:
     """One HTTP listener.  page: it serves the page and /ws; operator: it
     serves /healthz and /metrics."""
 
-    def __init__(self, chat_server, address, page: bool, operator: bool, metrics=None,
-                 sock=None):
+    def __init__(self, chat_server, address, page: bool, operator: bool, metrics=None, sock=None):
         self.chat_server = chat_server
         self.config = chat_server.config
         self.page = page
@@ -90,8 +90,7 @@ class HttpPort:
         self.metrics = metrics  # a callable returning (content type, bytes)
         self.pages = load_pages() if page else {}
         # The line port's accept loop, which outlives EMFILE.
-        self.listener = Listener(sock if sock is not None else address, self._accept,
-                                 self.config)
+        self.listener = Listener(sock if sock is not None else address, self._accept, self.config)
         self.connections: set[Any] = set()  # greenlets serving HTTP connections
 
     @property
@@ -129,15 +128,17 @@ class HttpPort:
                 if request is None:
                     return
                 upgraded = self._route(http, stream, request, address)
-                if upgraded or http.our_state is not h11.DONE or \
-                        http.their_state is not h11.DONE:
+                if upgraded or http.our_state is not h11.DONE or http.their_state is not h11.DONE:
                     return
                 http.start_next_cycle()
         except h11.RemoteProtocolError as err:
             self._refuse(http, stream, err.error_status_hint, str(err))
         except Timeout:
-            log.debug("%s: no complete request head within %g s; closing", address,
-                      self.config.http_header_timeout)
+            log.debug(
+                "%s: no complete request head within %g s; closing",
+                address,
+                self.config.http_header_timeout,
+            )
         except OSError:
             pass
         finally:
@@ -148,13 +149,15 @@ class HttpPort:
         """https: the TLS handshake (tls.TlsStream), within the handshake
         timeout; None when it failed (logged)."""
         from gchat.transport.tls import TlsStream
+
         stream = TlsStream(conn, self.chat_server.tls.context)
         try:
             with Timeout(self.config.handshake_timeout or None):  # 0: no limit
                 stream.handshake()
         except Timeout:
-            log.info("%s: no TLS handshake within %g s; closing", address,
-                     self.config.handshake_timeout)
+            log.info(
+                "%s: no TLS handshake within %g s; closing", address, self.config.handshake_timeout
+            )
             return None
         except (OSError, EOFError) as err:  # ssl.SSLError is an OSError
             log.info("%s: TLS handshake failed: %s", address, err)
@@ -173,11 +176,15 @@ class HttpPort:
                 elif isinstance(event, h11.Request):
                     # h11 bounds only a head still incomplete; one that
                     # arrived whole in a few reads is measured here.
-                    size = len(event.method) + len(event.target) + sum(
-                        len(name) + len(value) + 4 for name, value in event.headers)
+                    size = (
+                        len(event.method)
+                        + len(event.target)
+                        + sum(len(name) + len(value) + 4 for name, value in event.headers)
+                    )
                     if size > self.config.http_max_head:
-                        raise h11.RemoteProtocolError("request head too large",
-                                                      error_status_hint=431)
+                        raise h11.RemoteProtocolError(
+                            "request head too large", error_status_hint=431
+                        )
                     request = event
                 elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
                     return request
@@ -185,10 +192,21 @@ class HttpPort:
                     return None
                 # h11.Data: a body nobody asked for, read and ignored
 
-    def _respond(self, http, conn, status: int, body: bytes, content_type="text/plain; charset=utf-8",
-                 headers=()):
-        head = [("content-type", content_type), ("content-length", str(len(body))),
-                ("cache-control", "no-store"), *headers]
+    def _respond(
+        self,
+        http,
+        conn,
+        status: int,
+        body: bytes,
+        content_type="text/plain; charset=utf-8",
+        headers=(),
+    ):
+        head = [
+            ("content-type", content_type),
+            ("content-length", str(len(body))),
+            ("cache-control", "no-store"),
+            *headers,
+        ]
         data = http.send(h11.Response(status_code=status, headers=head))
         data += http.send(h11.Data(data=body)) + http.send(h11.EndOfMessage())
         conn.sendall(data)
@@ -198,16 +216,22 @@ class HttpPort:
         if http.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         try:
-            self._respond(http, conn, status, _body(p.render_http_refusal(status, why)),
-                          headers=[("connection", "close")])
+            self._respond(
+                http,
+                conn,
+                status,
+                _body(p.render_http_refusal(status, why)),
+                headers=[("connection", "close")],
+            )
         except (h11.LocalProtocolError, OSError):
             pass
 
     def _route(self, http, conn, request, address) -> bool:
         """Answer request; True when the connection became a WebSocket."""
         path = request.target.split(b"?", 1)[0].decode("ascii", "replace")
-        known = (self.page and (path == "/ws" or path in self.pages)) or \
-            (self.operator and path in ("/healthz", "/metrics"))
+        known = (self.page and (path == "/ws" or path in self.pages)) or (
+            self.operator and path in ("/healthz", "/metrics")
+        )
         if not known:
             self._respond(http, conn, 404, _body(p.HTTP_NOT_FOUND))
             return False
@@ -232,18 +256,29 @@ class HttpPort:
     def _upgrade(self, http, conn, request, address) -> bool:
         headers = {name.lower(): value for name, value in request.headers}
         if b"websocket" not in headers.get(b"upgrade", b"").lower():
-            self._respond(http, conn, 426, _body(p.HTTP_UPGRADE_EXPECTED),
-                          headers=[("upgrade", "websocket"), ("connection", "close")])
+            self._respond(
+                http,
+                conn,
+                426,
+                _body(p.HTTP_UPGRADE_EXPECTED),
+                headers=[("upgrade", "websocket"), ("connection", "close")],
+            )
             return False
         origin = headers.get(b"origin")
         host = headers.get(b"host")
-        if not origin_allowed(origin and origin.decode("latin-1"), host and host.decode("latin-1"),
-                              self.config.allow_origin):
+        if not origin_allowed(
+            origin and origin.decode("latin-1"),
+            host and host.decode("latin-1"),
+            self.config.allow_origin,
+        ):
             log.info("%s: WebSocket from origin %r refused (host %r)", address, origin, host)
             self._refuse(http, conn, 403, p.HTTP_ORIGIN_REFUSED)
             return False
-        refusal = p.HTTP_SERVER_STOPPING if self.chat_server.stopping else \
-            self.chat_server.refusal(address)
+        refusal = (
+            p.HTTP_SERVER_STOPPING
+            if self.chat_server.stopping
+            else self.chat_server.refusal(address)
+        )
         if refusal is not None:
             self._refuse(http, conn, 503, refusal)
             return False
@@ -263,14 +298,15 @@ class HttpPort:
         raw = PlainSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
         raw.setblocking(False)
         if sock is conn:
-            self.chat_server.admit(WsConnection, raw, address, ws.connection,
-                                   initial=bytes(trailing))
+            self.chat_server.admit(
+                WsConnection, raw, address, ws.connection, initial=bytes(trailing)
+            )
         else:
             # wss: the same TLS session goes on, event-driven, under the
             # WebSocket; what h11 had decrypted beyond the head is its first.
             from gchat.transport.tls import TlsWsConnection
+
             # (ws.connection is set once initiate_upgrade_connection has run.)
             ws.connection.receive_data(bytes(trailing))  # type: ignore[union-attr]
-            self.chat_server.admit(TlsWsConnection, raw, address, ws.connection,
-                                   tls=conn.state)
+            self.chat_server.admit(TlsWsConnection, raw, address, ws.connection, tls=conn.state)
         return True

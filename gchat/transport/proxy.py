@@ -5,6 +5,7 @@ stack; once the header is complete it hands the socket, the client's
 address and the leftover bytes on, and closes the connection otherwise.
 The parsing is pure, in proxy_header.py.
 """
+
 import logging
 
 import gevent
@@ -42,9 +43,12 @@ class ProxyHeaderReader:
 
     def start(self):
         if not peer_allowed(self._address[0], self._config.proxy_from):
-            log.info("PROXY header refused: %s is not in --proxy-from (%s); closing",
-                     self._who, ",".join(self._config.proxy_from),
-                     extra=log_fields(addr=self._who, reason="not in --proxy-from"))
+            log.info(
+                "PROXY header refused: %s is not in --proxy-from (%s); closing",
+                self._who,
+                ",".join(self._config.proxy_from),
+                extra=log_fields(addr=self._who, reason="not in --proxy-from"),
+            )
             self._close()
             return
         loop = gevent.get_hub().loop
@@ -60,29 +64,46 @@ class ProxyHeaderReader:
         except BlockingIOError:
             return
         except OSError as err:
-            log.debug("PROXY header from %s: %s; closing", self._who, err,
-                      extra=log_fields(addr=self._who, reason=str(err)))
+            log.debug(
+                "PROXY header from %s: %s; closing",
+                self._who,
+                err,
+                extra=log_fields(addr=self._who, reason=str(err)),
+            )
             self._close()
             return
         if not data:
-            log.debug("PROXY header from %s: connection closed before the header ended",
-                      self._who, extra=log_fields(addr=self._who, reason="closed"))
+            log.debug(
+                "PROXY header from %s: connection closed before the header ended",
+                self._who,
+                extra=log_fields(addr=self._who, reason="closed"),
+            )
             self._close()
             return
         result = self._parser.feed(data)
         if result is NEED_MORE:
             return
         if isinstance(result, Malformed):
-            log.info("bad PROXY header from %s: %s; closing", self._who, result.reason,
-                     extra=log_fields(addr=self._who, reason=result.reason))
+            log.info(
+                "bad PROXY header from %s: %s; closing",
+                self._who,
+                result.reason,
+                extra=log_fields(addr=self._who, reason=result.reason),
+            )
             self._close()
             return
         # The watchers go before the socket changes hands: the Connection
         # makes its own on the same descriptor.
         self._stop_watchers()
         address = result.client_address(self._address)
-        log.debug("PROXY header from %s: v%d %s %s, client %s", self._who, result.version,
-                  result.command, result.transport, address)
+        log.debug(
+            "PROXY header from %s: v%d %s %s, client %s",
+            self._who,
+            result.version,
+            result.command,
+            result.transport,
+            address,
+        )
         try:
             self._done(self._sock, address, result.leftover)
         except Exception:
@@ -90,9 +111,12 @@ class ProxyHeaderReader:
             self._sock.close()
 
     def _on_timeout(self):
-        log.info("no complete PROXY header from %s within %g s; closing",
-                 self._who, self._config.handshake_timeout,
-                 extra=log_fields(addr=self._who, reason="handshake timeout"))
+        log.info(
+            "no complete PROXY header from %s within %g s; closing",
+            self._who,
+            self._config.handshake_timeout,
+            extra=log_fields(addr=self._who, reason="handshake timeout"),
+        )
         self._close()
 
     def _stop_watchers(self):

@@ -17,6 +17,7 @@ line, and nobody else notices.  SIGHUP reloads the certificate and key
 (TlsContext.reload): new connections use the new ones, connected clients
 keep theirs, and a bad new file is logged while the old one stays.
 """
+
 import logging
 import ssl
 from typing import TYPE_CHECKING, Any, Callable
@@ -91,10 +92,12 @@ class TlsOutbox(Outbox):
 TLS_SLOTS = ("_tls", "_incoming", "_outgoing", "_handshaken", "_handshake_timer")
 
 if TYPE_CHECKING:
+
     class _TlsState(Connection):
         """What a type checker is told a TlsLayer is: a Connection with the
         attributes of TLS_SLOTS.  At run time the layer is a bare mixin and
         the concrete class holds the slots, which mypy cannot see."""
+
         outbox: TlsOutbox
         _tls: ssl.SSLObject
         _incoming: ssl.MemoryBIO
@@ -119,8 +122,9 @@ class TlsLayer(_TlsState):
         if tls is None:
             self._incoming = ssl.MemoryBIO()
             self._outgoing = ssl.MemoryBIO()
-            self._tls = server.tls.context.wrap_bio(self._incoming, self._outgoing,
-                                                    server_side=True)
+            self._tls = server.tls.context.wrap_bio(
+                self._incoming, self._outgoing, server_side=True
+            )
         else:
             self._tls, self._incoming, self._outgoing = tls
         self.outbox._encrypt = self._encrypt
@@ -141,8 +145,9 @@ class TlsLayer(_TlsState):
             self._loop.run_callback(self._received_early, initial)
 
     def _handshake_expired(self):
-        log.info("%s: no TLS handshake within %g s; closing", self.who,
-                 self._config.handshake_timeout)
+        log.info(
+            "%s: no TLS handshake within %g s; closing", self.who, self._config.handshake_timeout
+        )
         self._abort()
 
     def _abort(self):
@@ -294,7 +299,7 @@ class TlsStream:
                 self._flush()
                 data = self.sock.recv(_READ_SIZE)
                 if not data:
-                    raise EOFError("closed during the TLS handshake")
+                    raise EOFError("closed during the TLS handshake") from None
                 self.incoming.write(data)
             else:
                 self._flush()

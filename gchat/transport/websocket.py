@@ -21,6 +21,7 @@ its pong and a close is answered, in order with the rest of the output.
 No extension is accepted (permessage-deflate compresses per connection,
 which would break the shared framing).
 """
+
 import logging
 import struct
 from typing import TYPE_CHECKING, Optional
@@ -93,10 +94,12 @@ class WsOutbox(Outbox):
 WS_SLOTS = ("_ws", "_message_bytes", "_closed_by_us")
 
 if TYPE_CHECKING:
+
     class _WsState(Connection):
         """What a type checker is told a WsLayer is: a Connection with the
         attributes of WS_SLOTS.  At run time the layer is a bare mixin and
         the concrete class holds the slots, which mypy cannot see."""
+
         outbox: WsOutbox
         _ws: WsProtocol
         _message_bytes: int
@@ -179,8 +182,9 @@ class WsLayer(_WsState):
         if not self._closed_by_us:
             self._closed_by_us = True
             try:
-                self.outbox.offer_control(self._ws.send(
-                    CloseConnection(code=CloseReason.NORMAL_CLOSURE)))
+                self.outbox.offer_control(
+                    self._ws.send(CloseConnection(code=CloseReason.NORMAL_CLOSURE))
+                )
             except Exception:  # the state does not allow a close frame any more
                 pass
         super()._before_close()
