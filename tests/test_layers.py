@@ -32,6 +32,7 @@ LAYERS = {
     "gchat.timeouts": 1,
     "gchat.proxy_header": 1,
     "gchat.bus.entry": 1,
+    "gchat.bus.room_log": 1,
     # The broadcaster greenlet, the one owner of the chat's state.
     "gchat.hub": 2,
     # Connections and the bus's I/O: they talk to the hub through events.

@@ -28,6 +28,7 @@ STRICT = [
     "gchat.cluster",
     "gchat.timeouts",
     "gchat.bus.entry",
+    "gchat.bus.room_log",
     "gchat.proxy_header",
     "gchat.config",
 ]
