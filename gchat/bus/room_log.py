@@ -23,7 +23,11 @@ node that was slow), so:
   new master numbered other entries with their offsets.  The position can
   no longer be trusted, so the stream is read again from its start;
 - another epoch means the log was lost: the stream is read again from its
-  start too.
+  start too;
+- a gap, and a subscription that comes back (after a failover it comes back
+  on the new master), are read from the stream from the last offset applied,
+  included: if the entry there is not the one applied at that offset, the
+  offsets were handed out again, and the stream is read from its start.
 
 Exactly once is (node, seq); the offset only finds what was missed.
 
@@ -59,7 +63,7 @@ class Verdict(Enum):
 class RoomReader:
     """What one node has applied of one room's log.  See the module docstring."""
 
-    __slots__ = ("epoch", "offset", "applied")
+    __slots__ = ("epoch", "offset", "applied", "at")
 
     def __init__(self, epoch: Optional[str] = None, offset: int = 0) -> None:
         """epoch and offset: where a snapshot of the room left it (a node
@@ -68,6 +72,9 @@ class RoomReader:
         self.epoch = epoch
         self.offset = offset
         self.applied: dict[str, int] = {}  # node id -> last seq applied
+        # (node, seq) of the entry at `offset`, None at a snapshot's offset:
+        # what a read of the stream from there must find first.
+        self.at: Optional[tuple[str, int]] = None
 
     def judge(self, entry: RoomEntry) -> Verdict:
         """The verdict on entry, delivered live; nothing changes until
@@ -93,8 +100,20 @@ class RoomReader:
         """entry was seen in order: applied, or skipped as a duplicate."""
         self.epoch = entry.epoch
         self.offset = entry.offset
+        self.at = (entry.node, entry.seq)
         if entry.seq > self.applied.get(entry.node, 0):
             self.applied[entry.node] = entry.seq
+
+    def continues(self, first: Optional[RoomEntry]) -> bool:
+        """Whether a read of the stream from this reader's offset (included)
+        continues what it applied: first, the entry found at that offset
+        (None if there is none), is the one applied there.  If not, the
+        stream is to be read from its start (reset())."""
+        if self.at is None:
+            return True  # a snapshot's position: nothing applied to compare
+        if first is None or first.epoch != self.epoch or first.offset != self.offset:
+            return False
+        return (first.node, first.seq) == self.at
 
     def reset(self) -> None:
         """The stream is about to be read from its start: whatever offset
@@ -102,6 +121,7 @@ class RoomReader:
         kept, so that nothing is applied twice."""
         self.epoch = None
         self.offset = 0
+        self.at = None
 
 
 class Published(NamedTuple):
