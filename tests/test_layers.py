@@ -44,6 +44,7 @@ LAYERS = {
     "gchat.transport.proxy": 3,
     "gchat.bus": 3,
     "gchat.bus.redis_bus": 3,
+    "gchat.bus.room_stream": 3,
     # The edges the server plugs in.
     "gchat.metrics": 4,
     "gchat.systemd": 4,

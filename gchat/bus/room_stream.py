@@ -1,0 +1,175 @@
+"""One room's log in Redis: the I/O of the bus routed by interest (issue
+17), groundwork: the server does not use it yet.  What positions mean is
+room_log.py's (pure); this module is the Redis side of it.
+
+Every key of a room shares one hash tag, {CLUSTER:r:ROOM}, so that they sit
+in one slot, on one master of a Redis Cluster (or on the one Redis), and a
+script may touch them all at once:
+
+    {C:r:ROOM}:o   the offset: how many entries the room's log has had
+    {C:r:ROOM}:e   the epoch: a random word set by the first publish; a Redis
+                   that lost the room's keys starts a new one
+    {C:r:ROOM}:s   the stream: entry 0-OFFSET holds n (node), s (seq), o (ops)
+    {C:r:ROOM}:n   the chains: node id -> the last seq of its entries here
+    {C:r:ROOM}:h   the history: the room's last lines, for whoever comes
+    {C:r:ROOM}:c   the sharded pub/sub channel (SPUBLISH/SSUBSCRIBE)
+
+A publish is one script (centrifuge's broker does the same: offset, stream,
+publish in one step): check the node's chain, bump the offset, append to
+the stream (MAXLEN ~), push history lines, and SPUBLISH the entry with its
+epoch and offset to the nodes that host the room.  The chain check is what
+survives a failover: Redis Cluster replicates asynchronously, so the new
+master may lack the last entries that the old one acknowledged; the script
+then refuses the node's next entry and says where its chain ends, and the
+node publishes again what the room lacks (room_log.RoomWriter.after).
+"""
+
+from typing import Any, NamedTuple, Optional
+
+from gchat.bus.room_log import RoomEntry
+
+# KEYS: offset, epoch, stream, chains, history.  ARGV: node, seq, ops (JSON),
+# stream max length, channel, a new epoch (used if the room has none),
+# history max length, force ("1": accept a seq past the chain's next, when
+# the node no longer has what lies between), then history lines.
+# Returns {1, offset} when published, {0, last} for a copy the room has
+# (seq <= last), {-1, last} when the room lacks the node's entries after
+# last.
+PUBLISH = """
+local last = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0')
+local seq = tonumber(ARGV[2])
+if seq <= last then return {0, last} end
+if seq > last + 1 and ARGV[8] ~= '1' then return {-1, last} end
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('SET', KEYS[2], epoch)
+end
+local offset = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[4], ARGV[1], seq)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '0-' .. offset,
+           'n', ARGV[1], 's', ARGV[2], 'o', ARGV[3])
+if #ARGV > 8 then
+  for i = 9, #ARGV do redis.call('RPUSH', KEYS[5], ARGV[i]) end
+  redis.call('LTRIM', KEYS[5], -tonumber(ARGV[7]), -1)
+end
+redis.call('SPUBLISH', ARGV[5], epoch .. ' ' .. offset .. ' ' .. ARGV[1] .. ' ' .. ARGV[2]
+           .. ' ' .. ARGV[3])
+return {1, offset}
+"""
+# KEYS: epoch, stream.  ARGV: the first offset wanted.  Returns the epoch
+# (false if none) and the stream's entries from that offset on, in one
+# atomic step, so that the entries belong to that epoch.
+READ = """
+return {redis.call('GET', KEYS[1]), redis.call('XRANGE', KEYS[2], '0-' .. ARGV[1], '+')}
+"""
+# KEYS: epoch, offset, history.  What a node that starts to host the room
+# needs before it subscribes: the position, and the history as of it.
+SNAPSHOT = """
+return {redis.call('GET', KEYS[1]), tonumber(redis.call('GET', KEYS[2]) or '0'),
+        redis.call('LRANGE', KEYS[3], 0, -1)}
+"""
+
+
+class RoomKeys(NamedTuple):
+    offset: str
+    epoch: str
+    stream: str
+    chains: str
+    history: str
+    channel: str
+
+
+def room_keys(cluster: str, room_key: str) -> RoomKeys:
+    """The keys of one room (room_key: protocol.name_key of its name)."""
+    tag = "{%s:r:%s}" % (cluster, room_key)
+    return RoomKeys(*(f"{tag}:{suffix}" for suffix in ("o", "e", "s", "n", "h", "c")))
+
+
+class Published(NamedTuple):
+    """A publish's outcome: status 1 (published at value, its offset), 0 (a
+    copy: the room has the node's entries up to value) or -1 (the room
+    lacks the node's entries after value)."""
+
+    status: int
+    value: int
+
+
+def parse_message(data: bytes) -> RoomEntry:
+    """A room channel's message: "EPOCH OFFSET NODE SEQ OPS"."""
+    epoch, offset, node, seq, ops = data.split(b" ", 4)
+    return RoomEntry(epoch.decode(), int(offset), node.decode(), int(seq), [ops])
+
+
+def _entry(epoch: str, entry_id: bytes, fields: dict) -> RoomEntry:
+    offset = int(entry_id.split(b"-", 1)[1])
+    return RoomEntry(epoch, offset, fields[b"n"].decode(), int(fields[b"s"]), [fields[b"o"]])
+
+
+class RoomStream:
+    """The room logs of one cluster, over a redis-py client: redis.Redis or
+    redis.cluster.RedisCluster alike (each call touches one slot)."""
+
+    def __init__(self, client: Any, cluster: str, stream_max: int, history: int) -> None:
+        self.client = client
+        self.cluster = cluster
+        self.stream_max = stream_max
+        self.history = history
+        self._publish = client.register_script(PUBLISH)
+        self._read = client.register_script(READ)
+        self._snapshot = client.register_script(SNAPSHOT)
+
+    def keys(self, room_key: str) -> RoomKeys:
+        return room_keys(self.cluster, room_key)
+
+    def publish(
+        self,
+        room_key: str,
+        node: str,
+        seq: int,
+        ops: str,
+        new_epoch: str,
+        history: tuple = (),
+        force: bool = False,
+    ) -> Published:
+        """One entry of node's into the room (ops: its JSON); history: the
+        lines it adds to the room's history."""
+        k = self.keys(room_key)
+        status, value = self._publish(
+            keys=[k.offset, k.epoch, k.stream, k.chains, k.history],
+            args=[
+                node,
+                seq,
+                ops,
+                self.stream_max,
+                k.channel,
+                new_epoch,
+                max(1, self.history),
+                "1" if force else "0",
+                *(history if self.history else ()),
+            ],
+        )
+        return Published(int(status), int(value))
+
+    def read(self, room_key: str, first: int) -> tuple[Optional[str], list[RoomEntry]]:
+        """The room's epoch, and its stream's entries from offset first on."""
+        k = self.keys(room_key)
+        epoch, items = self._read(keys=[k.epoch, k.stream], args=[max(1, first)])
+        if epoch is None:
+            return None, []
+        text = epoch.decode()
+        return text, [_entry(text, entry_id, fields_of(raw)) for entry_id, raw in items]
+
+    def snapshot(self, room_key: str) -> tuple[Optional[str], int, list[bytes]]:
+        """The room's epoch, offset and history lines, as of one moment."""
+        k = self.keys(room_key)
+        epoch, offset, lines = self._snapshot(keys=[k.epoch, k.offset, k.history])
+        return (epoch.decode() if epoch is not None else None), int(offset), list(lines)
+
+
+def fields_of(raw: Any) -> dict:
+    """A stream entry's fields as XRANGE returns them inside a script: a
+    flat list [field, value, ...] (outside one, redis-py makes a dict)."""
+    if isinstance(raw, dict):
+        return raw
+    return dict(zip(raw[::2], raw[1::2]))
