@@ -146,7 +146,7 @@ class RedisServer:
         else:
             self.dir = workdir
             os.makedirs(workdir, exist_ok=True)
-            self._log = open(os.path.join(workdir, "redis.log"), "ab")
+            self._log = open(os.path.join(workdir, "redis.log"), "a+b")
         self.proc: Optional[subprocess.Popen] = None
         self.exit_codes: list = []
         self._port_known = False  # started once: clients have self.port, keep it
