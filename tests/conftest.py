@@ -7,7 +7,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from chat_client import GchatProcess  # noqa: E402
 
-from gchat_bench.processes import RedisServer  # noqa: E402
+from gchat_bench.processes import RedisCluster, RedisServer  # noqa: E402
 
 
 @pytest.fixture
@@ -50,3 +50,19 @@ def redis_server():
         yield server
     finally:
         server.stop()
+
+
+# A cluster's waits in the tests: a few seconds each on a quiet machine
+# (node timeout 1 s); a hang fails within this, with the nodes' logs.
+CLUSTER_TEST_TIMEOUT = 30.0
+
+
+@pytest.fixture
+def redis_cluster():
+    """A Redis Cluster of its own: 3 masters, no replica, node timeout 1 s,
+    on free ports (gchat_bench.processes.RedisCluster: .url, .masters(),
+    .master_for_key(), .kill(), .reshard(), ...), stopped and its files
+    removed after the test.  A test that needs replicas starts its own
+    RedisCluster(3, 1)."""
+    with RedisCluster(masters=3, replicas=0, timeout=CLUSTER_TEST_TIMEOUT) as cluster:
+        yield cluster

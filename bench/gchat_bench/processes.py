@@ -9,10 +9,11 @@ them all.
 
 RedisServer holds everything one redis-server needs: its command line
 (``_argv``), where it runs (workdir), readiness, a crash, a restart on
-the same port, a clean stop.  A Redis Cluster is a group of these, each
-with ``--cluster-enabled yes`` and a workdir of its own for its
-nodes.conf, that ``redis-cli --cluster create`` joins: it belongs beside
-RedisServer here.
+the same port, a clean stop.  A Redis Cluster (RedisCluster) is a group
+of these: ClusterNode is a RedisServer whose argv adds
+``--cluster-enabled yes`` and which runs in a workdir of its own for its
+nodes.conf; ``redis-cli --cluster`` joins, reshards and rebalances them,
+and RedisCluster waits, with deadlines, until the nodes agree.
 """
 
 from __future__ import annotations
@@ -138,7 +139,8 @@ class RedisServer:
         self.password = password
         self.tls = tls
         self.sleep = sleep
-        self.port = free_port()
+        self.port = 0
+        self._new_ports()
         self.dbfilename = "gchat-redis-%s.rdb" % uuid.uuid4().hex
         if workdir is None:
             self.dir = tempfile.gettempdir()
@@ -146,7 +148,7 @@ class RedisServer:
         else:
             self.dir = workdir
             os.makedirs(workdir, exist_ok=True)
-            self._log = open(os.path.join(workdir, "redis.log"), "ab")
+            self._log = open(os.path.join(workdir, "redis.log"), "a+b")
         self.proc: Optional[subprocess.Popen] = None
         self.exit_codes: list = []
         self._port_known = False  # started once: clients have self.port, keep it
@@ -190,8 +192,13 @@ class RedisServer:
                     % (self.port, self.log_tail())
                 )
             if not self._port_known:
-                self.port = free_port()
+                self._new_ports()
             self.sleep(POLL_INTERVAL)
+
+    def _new_ports(self) -> None:
+        """Pick its port: at construction, and again when its first start
+        found the port taken (ClusterNode picks its bus port too)."""
+        self.port = free_port()
 
     def _argv(self) -> list:
         if self.tls:
@@ -339,3 +346,698 @@ class RedisServer:
         size = os.fstat(fd).st_size
         data = os.pread(fd, min(size, LOG_TAIL_BYTES), max(0, size - LOG_TAIL_BYTES))
         return b"\n".join(data.splitlines()[-lines:]).decode("utf-8", "replace")
+
+
+# --- Redis Cluster -----------------------------------------------------------
+
+CLUSTER_SLOTS = 16384
+# How long a cluster's wait may last: to form, to agree again after a
+# reshard, to fail over.  With a node timeout of 1 s each takes a few
+# seconds; this is for a loaded machine, and a wait that expires says why.
+CLUSTER_TIMEOUT = 60.0
+# A cluster's poll asks every node three questions (on one connection):
+# less eager than POLL_INTERVAL.
+CLUSTER_POLL_INTERVAL = 0.05
+# One exchange with one node over loopback: the answer is immediate, or the
+# node is stuck.
+CALL_TIMEOUT = 5.0
+# The flags in CLUSTER NODES of a node that its viewer cannot count on.
+BAD_FLAGS = frozenset({"fail", "fail?", "handshake", "noaddr"})
+
+
+class ClusterError(StartError):
+    """A Redis Cluster did not form, agree or fail over before its deadline,
+    or redis-cli --cluster failed.  The message ends with the tails of the
+    nodes' logs."""
+
+
+class ReplyError(Exception):
+    """An error reply (``-ERR ...``, ``-MOVED ...``) from redis-server."""
+
+
+def redis_cli_executable(server: str) -> str:
+    """The redis-cli beside the redis-server executable server, else the
+    one on PATH (the same Debian package installs both)."""
+    cands = [
+        os.path.join(os.path.dirname(server), "redis-cli"),
+        shutil.which("redis-cli"),
+        "/usr/bin/redis-cli",
+    ]
+    for cand in cands:
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    raise StartError("no redis-cli beside %s nor on PATH (apt-get install redis-tools)" % server)
+
+
+def _read_reply(f) -> object:
+    """One RESP2 reply from the file f: bytes, int, None or a list of them;
+    an error reply raises ReplyError."""
+    line = f.readline()
+    if not line.endswith(b"\r\n"):
+        raise ConnectionError("connection closed in the middle of a reply")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        raise ReplyError(rest.decode("utf-8", "replace"))
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)
+        if len(data) != n + 2:
+            raise ConnectionError("connection closed in the middle of a reply")
+        return data[:-2]
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_read_reply(f) for _ in range(n)]
+    raise ConnectionError("not a RESP reply: %r" % line[:60])
+
+
+def redis_calls(port: int, *commands: Sequence, host: str = HOST) -> list:
+    """Send commands (each a sequence of arguments: str, bytes or int) to
+    the redis-server on host:port in one go, and return their replies.
+    A few lines of RESP rather than redis-py: the bench's extra does not
+    install it, and a process group's questions are few and simple."""
+    request = b"".join(
+        _command(*(a if isinstance(a, bytes) else str(a).encode() for a in cmd)) for cmd in commands
+    )
+    with socket.create_connection((host, port), timeout=CALL_TIMEOUT) as sock:
+        sock.sendall(request)
+        with sock.makefile("rb") as f:
+            return [_read_reply(f) for _ in commands]
+
+
+def redis_call(port: int, *args, host: str = HOST) -> object:
+    """One command to the redis-server on host:port; its reply."""
+    return redis_calls(port, args, host=host)[0]
+
+
+def parse_info(reply: object) -> dict:
+    """{field: value} of an INFO reply (both as str)."""
+    assert isinstance(reply, bytes), reply
+    fields = {}
+    for line in reply.decode("utf-8", "replace").splitlines():
+        if line and not line.startswith("#") and ":" in line:
+            key, value = line.split(":", 1)
+            fields[key] = value
+    return fields
+
+
+class NodeLine:
+    """One line of CLUSTER NODES: what its viewer thinks of one node."""
+
+    __slots__ = ("id", "port", "flags", "master", "link", "slots", "open_slots")
+
+    def __init__(self, line: str):
+        f = line.split()
+        self.id = f[0]
+        # ip:port@cport[,hostname]; ":0@0" while the address is unknown
+        hostport = f[1].split(",")[0].split("@")[0]
+        self.port = int(hostport.rsplit(":", 1)[1] or 0)
+        self.flags = frozenset(f[2].split(","))
+        self.master: Optional[str] = None if f[3] == "-" else f[3]
+        self.link = f[7]
+        # "0-5460", "5461", and (in its own line only) "[5461->-id]"
+        # migrating or "[5461-<-id]" importing.
+        self.slots: list = []
+        self.open_slots = False
+        for tok in f[8:]:
+            if tok.startswith("["):
+                self.open_slots = True
+                continue
+            first, _, last = tok.partition("-")
+            self.slots.append((int(first), int(last or first)))
+
+
+def parse_cluster_nodes(reply: object) -> dict:
+    """{node id: NodeLine} of a CLUSTER NODES reply."""
+    assert isinstance(reply, bytes), reply
+    lines = reply.decode("utf-8", "replace").splitlines()
+    return {n.id: n for n in (NodeLine(line) for line in lines if line.strip())}
+
+
+def _coverage_gap(slot_map: Sequence) -> Optional[str]:
+    """What is wrong with sorted (first, last, id) ranges that should cover
+    every slot once; None if nothing."""
+    expected = 0
+    for first, last, _ in slot_map:
+        if first != expected:
+            return "slots %d-%d %s" % (
+                min(first, expected),
+                max(first, expected) - 1 if first > expected else expected - 1,
+                "uncovered" if first > expected else "owned twice",
+            )
+        expected = last + 1
+    if expected != CLUSTER_SLOTS:
+        return "slots %d-%d uncovered" % (expected, CLUSTER_SLOTS - 1)
+    return None
+
+
+class ClusterNode(RedisServer):
+    """A RedisServer that is a node of a Redis Cluster.
+
+    Its argv adds: ``--cluster-enabled yes``; ``--cluster-config-file
+    nodes.conf``, in its own workdir, so that start() after kill() brings
+    back the same node (its id, its view of the cluster) which rejoins as
+    a replica of whoever took its slots; ``--cluster-port`` a second free
+    port (the default, port + 10000, may be taken or past 65535);
+    ``--cluster-node-timeout``; ``--repl-diskless-sync-delay 0`` (7.0
+    waits 5 s for more replicas before a full sync: every replica would
+    take 5 s to attach); ``--shutdown-timeout 0`` (stop() does not wait
+    for replicas to catch up).  Needs redis-server 7.0 (as does sharded
+    pub/sub)."""
+
+    def __init__(
+        self,
+        executable: Optional[str] = None,
+        *,
+        workdir: str,
+        name: str,
+        node_timeout_ms: int = 1000,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.cluster_port = 0
+        super().__init__(executable, workdir=workdir, sleep=sleep)
+        self.name = name
+        self.node_timeout_ms = node_timeout_ms
+        # CLUSTER MYID once started; nodes.conf keeps it across restarts.
+        self.node_id = ""
+
+    def __repr__(self) -> str:
+        return "<%s %s:%d %s>" % (self.name, self.host, self.port, self.node_id[:8])
+
+    @property
+    def address(self) -> str:
+        """host:port, as redis-cli --cluster wants it."""
+        return "%s:%d" % (self.host, self.port)
+
+    def _new_ports(self) -> None:
+        super()._new_ports()
+        self.cluster_port = free_port()
+        while self.cluster_port == self.port:
+            self.cluster_port = free_port()
+
+    def _argv(self) -> list:
+        return super()._argv() + [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-port",
+            str(self.cluster_port),
+            "--cluster-node-timeout",
+            str(self.node_timeout_ms),
+            "--repl-diskless-sync-delay",
+            "0",
+            "--shutdown-timeout",
+            "0",
+        ]
+
+    def start(self, timeout: float = START_TIMEOUT) -> ClusterNode:
+        super().start(timeout)
+        node_id = redis_call(self.port, "CLUSTER", "MYID")
+        assert isinstance(node_id, bytes)
+        self.node_id = node_id.decode()
+        return self
+
+
+class RedisCluster:
+    """A Redis Cluster of redis-servers, children of this process on free
+    ports of 127.0.0.1: ``masters`` masters with ``replicas`` replicas each,
+    every one a ClusterNode (a RedisServer with ``--cluster-enabled yes``
+    and a workdir of its own for its nodes.conf and its redis.log).
+
+    start() starts the nodes, joins them with ``redis-cli --cluster create
+    ... --cluster-replicas R --cluster-yes``, and waits until the cluster
+    has converged (below).  As a context manager it starts on entry and
+    stops on exit.  stop() ends every node and removes the directory it
+    made (a ``workdir`` given is kept, with the nodes' logs in it).
+
+    Converged, what every wait here waits for, among the nodes alive:
+    each answers ``cluster_state:ok``; each one's CLUSTER NODES covers all
+    16384 slots exactly once, with no slot migrating or importing, and
+    gives the same slot map and the same master to every replica as the
+    others', every slot's master alive; each knows all the others, none
+    flagged fail, pfail, handshake or noaddr; each replica says ``role:slave`` and
+    ``master_link_status:up``.  Every wait polls with a deadline
+    (``timeout``, CLUSTER_TIMEOUT by default) and raises ClusterError
+    with what was still missing and the tails of the nodes' logs.
+
+    - ``url``: redis://127.0.0.1:PORT/0 of the first master alive; a
+      cluster client finds the other nodes from it
+      (``redis.cluster.RedisCluster.from_url(cluster.url)``).
+    - ``nodes``: the ClusterNodes, in the order started (the first
+      ``masters`` were the masters at creation); ``node.node_id``,
+      ``node.address``, and RedisServer's ``port``, ``url``, ``alive()``,
+      ``log_tail()``.
+    - ``masters()``, ``replicas()``: the nodes alive in that role now (each
+      is asked, INFO replication); ``replicas_of(master)``.
+    - ``keyslot(key)``, ``master_of_slot(slot)``, ``master_for_key(key)``,
+      ``slots_of(master)``, ``slot_counts()``: asked of a node alive.
+    - ``kill(node)``: SIGKILL (its replicas are noted first, for
+      wait_failover); ``wait_failover(old_master)``: until one of its
+      replicas is master of its slots and the cluster has converged
+      again; returns the new master.  ``restart(node)``: start a killed
+      node again (same ports, same nodes.conf) and wait until it has
+      rejoined, as a replica if its slots were taken.
+    - ``add_master()``: a new empty node, joined with ``redis-cli --cluster
+      add-node``; ``reshard(from_node, to_node, slots)``: ``redis-cli
+      --cluster reshard`` of that many slots (redis-cli takes the lowest
+      of from_node's); ``rebalance()``: ``redis-cli --cluster rebalance
+      --cluster-use-empty-masters``.  Each waits for convergence after.
+    - ``commandstats()``, ``commands_processed()``, ``errorstats()``: per
+      master {command: calls} (INFO commandstats), total_commands_processed
+      (INFO stats), {error: count} (INFO errorstats: MOVED and ASK are how
+      often clients were redirected); ``reset_stats()`` zeroes them
+      (CONFIG RESETSTAT on every node).
+
+    Nodes are questioned over a few lines of RESP (redis_calls), not
+    redis-py, and redis-cli runs to completion (a reshard of 1,000 slots
+    takes about a second): a gevent program that does not monkey-patch
+    passes ``sleep=gevent.sleep`` so that its greenlets run between polls,
+    but is blocked during each question and each redis-cli.  No password,
+    no TLS.
+    """
+
+    def __init__(
+        self,
+        masters: int = 3,
+        replicas: int = 0,
+        node_timeout_ms: int = 1000,
+        executable: Optional[str] = None,
+        *,
+        workdir: Optional[str] = None,
+        timeout: float = CLUSTER_TIMEOUT,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        if masters < 3:
+            raise ValueError("redis-cli --cluster create wants 3 masters at least")
+        self.executable = redis_executable(executable)
+        self.cli = redis_cli_executable(self.executable)
+        self.n_masters = masters
+        self.n_replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.timeout = timeout
+        self.sleep = sleep
+        self._workdir = workdir
+        self.dir: Optional[str] = None
+        self.nodes: list = []
+        # {id of a killed master: ids of its replicas when it was killed}
+        self._replicas_at_kill: dict = {}
+
+    # -- life ---------------------------------------------------------------
+
+    def start(self) -> RedisCluster:
+        if self.dir is not None:
+            raise ClusterError("this RedisCluster was started already")
+        if self._workdir is None:
+            self.dir = tempfile.mkdtemp(prefix="gchat-rcluster-")
+        else:
+            self.dir = self._workdir
+            os.makedirs(self.dir, exist_ok=True)
+        try:
+            for _ in range(self.n_masters * (1 + self.n_replicas)):
+                self._start_node()
+            self._cli(
+                "create",
+                *(n.address for n in self.nodes),
+                "--cluster-replicas",
+                str(self.n_replicas),
+                "--cluster-yes",
+            )
+            self.wait_converged("the cluster to form", replicas=self.n_masters * self.n_replicas)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __enter__(self) -> RedisCluster:
+        return self.start() if self.dir is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """End every node (SIGTERM to all at once, then each is awaited),
+        and remove the directory made for them."""
+        for node in self.nodes:
+            if node.alive():
+                node.proc.terminate()
+        for node in self.nodes:
+            node.stop()
+        if self._workdir is None and self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _start_node(self) -> ClusterNode:
+        assert self.dir is not None
+        name = "node%d" % len(self.nodes)
+        node = ClusterNode(
+            self.executable,
+            workdir=os.path.join(self.dir, name),
+            name=name,
+            node_timeout_ms=self.node_timeout_ms,
+            sleep=self.sleep,
+        )
+        self.nodes.append(node)  # before start(): stop() closes its log
+        return node.start()
+
+    # -- what the nodes say -------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        masters = self.masters()
+        return (masters[0] if masters else self.nodes[0]).url
+
+    def live(self) -> list:
+        return [n for n in self.nodes if n.alive()]
+
+    def role(self, node: ClusterNode) -> str:
+        """ "master" or "slave", as node says (INFO replication)."""
+        return parse_info(redis_call(node.port, "INFO", "replication"))["role"]
+
+    def masters(self) -> list:
+        return [n for n in self.live() if self.role(n) == "master"]
+
+    def replicas(self) -> list:
+        return [n for n in self.live() if self.role(n) == "slave"]
+
+    def view(self, node: Optional[ClusterNode] = None) -> dict:
+        """{id: NodeLine}: CLUSTER NODES of node, or of the first node alive."""
+        return parse_cluster_nodes(redis_call(self._asked(node).port, "CLUSTER", "NODES"))
+
+    def replicas_of(self, master: ClusterNode) -> list:
+        """The nodes that replicate master, as a node alive sees it."""
+        return [
+            self._by_id(line.id)
+            for line in self.view().values()
+            if line.master == master.node_id and line.id in self._ids()
+        ]
+
+    def keyslot(self, key) -> int:
+        slot = redis_call(self._asked().port, "CLUSTER", "KEYSLOT", key)
+        assert isinstance(slot, int)
+        return slot
+
+    def master_of_slot(self, slot: int) -> ClusterNode:
+        for line in self.view().values():
+            if "master" in line.flags and any(a <= slot <= b for a, b in line.slots):
+                return self._by_id(line.id)
+        raise ClusterError("no master owns slot %d" % slot)
+
+    def master_for_key(self, key) -> ClusterNode:
+        return self.master_of_slot(self.keyslot(key))
+
+    def slots_of(self, master: ClusterNode) -> list:
+        """[(first, last)]: the slot ranges of master."""
+        return list(self.view()[master.node_id].slots)
+
+    def slot_counts(self) -> dict:
+        """{master: number of its slots}, masters without slots included."""
+        return {
+            self._by_id(line.id): sum(b - a + 1 for a, b in line.slots)
+            for line in self.view().values()
+            if "master" in line.flags and not line.flags & BAD_FLAGS
+        }
+
+    def commandstats(self) -> dict:
+        """{master: {command: calls}} (INFO commandstats; subcommands as
+        "cluster|nodes")."""
+        return {
+            m: {
+                key[len("cmdstat_") :]: int(value.split(",")[0].split("=")[1])
+                for key, value in parse_info(redis_call(m.port, "INFO", "commandstats")).items()
+            }
+            for m in self.masters()
+        }
+
+    def commands_processed(self) -> dict:
+        """{master: total_commands_processed} (INFO stats)."""
+        return {
+            m: int(parse_info(redis_call(m.port, "INFO", "stats"))["total_commands_processed"])
+            for m in self.masters()
+        }
+
+    def errorstats(self) -> dict:
+        """{master: {error prefix: count}} (INFO errorstats: MOVED, ASK, ...)."""
+        return {
+            m: {
+                key[len("errorstat_") :]: int(value.split("=")[1])
+                for key, value in parse_info(redis_call(m.port, "INFO", "errorstats")).items()
+            }
+            for m in self.masters()
+        }
+
+    def reset_stats(self) -> None:
+        for node in self.live():
+            redis_call(node.port, "CONFIG", "RESETSTAT")
+
+    def _ids(self) -> dict:
+        return {n.node_id: n for n in self.nodes}
+
+    def _by_id(self, node_id: str) -> ClusterNode:
+        try:
+            return self._ids()[node_id]
+        except KeyError:
+            raise ClusterError("node %s is not one of this cluster's" % node_id) from None
+
+    def _asked(self, node: Optional[ClusterNode] = None) -> ClusterNode:
+        if node is not None:
+            return node
+        for n in self.nodes:
+            if n.alive():
+                return n
+        raise ClusterError("no node of the cluster is alive")
+
+    # -- changes ------------------------------------------------------------
+
+    def kill(self, node: ClusterNode) -> None:
+        """A crash of node (SIGKILL).  The replicas it had are noted first:
+        wait_failover waits for one of them."""
+        if node.alive():
+            self._replicas_at_kill[node.node_id] = [
+                line.id for line in self.view(node).values() if line.master == node.node_id
+            ]
+        node.kill()
+
+    def restart(self, node: ClusterNode, timeout: Optional[float] = None) -> None:
+        """Start a killed node again and wait until it has rejoined."""
+        node.start()
+        self.wait_converged("%s to rejoin" % node.name, timeout=timeout)
+
+    def wait_failover(
+        self, old_master: ClusterNode, timeout: Optional[float] = None
+    ) -> ClusterNode:
+        """Wait until a replica of old_master (killed) is a master, old_master
+        owns no slot, and the nodes alive have converged; the new master."""
+        candidates = self._replicas_at_kill.get(old_master.node_id)
+        if candidates is None:
+            candidates = [n.node_id for n in self.replicas_of(old_master)]
+        if not candidates:
+            raise self._error("%s has no replica to fail over to" % old_master.name)
+        promoted: list = []
+
+        def failed_over() -> Optional[str]:
+            for node_id in candidates:
+                node = self._by_id(node_id)
+                if node.alive() and self.role(node) == "master":
+                    break
+            else:
+                return "no replica of %s is master yet" % old_master.name
+            why = self._unconverged()  # old_master, down, owning no slot
+            if why is None:
+                promoted.append(node)
+            return why
+
+        self._wait("the failover of %s" % old_master.name, failed_over, timeout)
+        return promoted[0]
+
+    def add_master(self, timeout: Optional[float] = None) -> ClusterNode:
+        """Start a new node, join it as a master without slots, wait until
+        every node knows it; the new node."""
+        node = self._start_node()
+        self._cli("add-node", node.address, self._entry().address)
+        self.wait_converged("%s to join" % node.name, timeout=timeout)
+        return node
+
+    def reshard(
+        self,
+        from_node: ClusterNode,
+        to_node: ClusterNode,
+        slots: int,
+        timeout: Optional[float] = None,
+    ) -> None:
+        """Move slots slots (redis-cli picks from_node's lowest), keys and
+        all, to to_node; wait until the nodes agree on the new map."""
+        self._cli(
+            "reshard",
+            self._entry().address,
+            "--cluster-from",
+            from_node.node_id,
+            "--cluster-to",
+            to_node.node_id,
+            "--cluster-slots",
+            str(slots),
+            "--cluster-yes",
+        )
+        self.wait_converged("the nodes to agree after the reshard", timeout=timeout)
+
+    def rebalance(self, timeout: Optional[float] = None) -> None:
+        """Spread the slots evenly over the masters, empty ones included;
+        wait until the nodes agree on the new map."""
+        self._cli("rebalance", self._entry().address, "--cluster-use-empty-masters")
+        self.wait_converged("the nodes to agree after the rebalance", timeout=timeout)
+
+    def _entry(self) -> ClusterNode:
+        masters = self.masters()
+        if not masters:
+            raise self._error("no master is alive")
+        return masters[0]
+
+    def _cli(self, subcommand: str, *args: str) -> str:
+        """redis-cli --cluster subcommand args, to completion; its output."""
+        argv = [self.cli, "--cluster", subcommand, *args]
+        try:
+            done = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=self.timeout,
+                preexec_fn=die_with_parent,
+            )
+        except subprocess.TimeoutExpired as e:
+            out = (e.output or b"").decode("utf-8", "replace")
+            raise self._error(
+                "redis-cli --cluster %s did not finish within %.0f s:\n%s"
+                % (subcommand, self.timeout, _tail(out))
+            ) from None
+        out = done.stdout.decode("utf-8", "replace")
+        if done.returncode != 0 or "[ERR]" in out:
+            raise self._error(
+                "redis-cli --cluster %s failed (exit %d):\n%s"
+                % (subcommand, done.returncode, _tail(out))
+            )
+        return out
+
+    # -- waits --------------------------------------------------------------
+
+    def wait_converged(
+        self,
+        what: str = "the cluster to converge",
+        *,
+        replicas: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> None:
+        """Wait until the nodes alive have converged (the class's
+        docstring says what that is), with replicas replicas if given."""
+        self._wait(what, lambda: self._unconverged(replicas), timeout)
+
+    def _unconverged(self, replicas: Optional[int] = None) -> Optional[str]:
+        """None if the nodes alive have converged, else what is missing."""
+        live = self.live()
+        live_ids = {n.node_id for n in live}
+        agreed: dict = {}
+        n_replicas = 0
+        for node in live:
+            try:
+                info_reply, cluster_reply, nodes_reply = redis_calls(
+                    node.port, ("INFO", "replication"), ("CLUSTER", "INFO"), ("CLUSTER", "NODES")
+                )
+            except (OSError, ReplyError) as e:
+                return "%s does not answer: %s" % (node.name, e)
+            info = parse_info(info_reply)
+            info.update(parse_info(cluster_reply))
+            view = parse_cluster_nodes(nodes_reply)
+            if info.get("cluster_state") != "ok":
+                return "%s says cluster_state:%s" % (node.name, info.get("cluster_state"))
+            if info.get("role") == "slave":
+                n_replicas += 1
+                if info.get("master_link_status") != "up":
+                    return "%s: master_link_status:%s" % (
+                        node.name,
+                        info.get("master_link_status"),
+                    )
+            for node_id in live_ids:
+                line = view.get(node_id)
+                if line is None:
+                    return "%s does not know %s" % (node.name, self._by_id(node_id).name)
+                if line.flags & BAD_FLAGS:
+                    return "%s sees %s as %s" % (
+                        node.name,
+                        self._by_id(node_id).name,
+                        ",".join(sorted(line.flags)),
+                    )
+            if ("slave" in view[node.node_id].flags) != (info.get("role") == "slave"):
+                return "%s is %s but its CLUSTER NODES says %s" % (
+                    node.name,
+                    info.get("role"),
+                    ",".join(sorted(view[node.node_id].flags)),
+                )
+            if any(line.open_slots for line in view.values()):
+                return "%s has slots migrating or importing" % node.name
+            slot_map = tuple(
+                sorted(
+                    (first, last, line.id)
+                    for line in view.values()
+                    if "master" in line.flags
+                    for first, last in line.slots
+                )
+            )
+            gap = _coverage_gap(slot_map)
+            if gap:
+                return "%s: %s" % (node.name, gap)
+            for _, _, owner in slot_map:
+                if owner not in live_ids:
+                    return "%s: %s owns slots and is down" % (
+                        node.name,
+                        self._by_id(owner).name if owner in self._ids() else owner,
+                    )
+            replica_of = tuple(sorted((i, view[i].master or "-") for i in live_ids))
+            agreed[node.name] = (slot_map, replica_of)
+        if len(set(agreed.values())) > 1:
+            first = live[0].name
+            return "%s do not agree with %s on the slot map or the replicas" % (
+                ", ".join(name for name, v in agreed.items() if v != agreed[first]),
+                first,
+            )
+        if replicas is not None and n_replicas != replicas:
+            return "%d replicas, not %d" % (n_replicas, replicas)
+        return None
+
+    def _wait(
+        self, what: str, condition: Callable[[], Optional[str]], timeout: Optional[float]
+    ) -> None:
+        """Poll condition (None when satisfied, else what is missing) until
+        it is satisfied; ClusterError at the deadline."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                why = condition()
+            except (OSError, ReplyError) as e:  # a node on its way up or down
+                why = "%s: %s" % (type(e).__name__, e)
+            if why is None:
+                return
+            if time.monotonic() >= deadline:
+                raise self._error("waited %.0f s for %s; still: %s" % (timeout, what, why))
+            self.sleep(CLUSTER_POLL_INTERVAL)
+
+    def _error(self, message: str) -> ClusterError:
+        tails = [
+            "--- %s %s (%s) ---\n%s"
+            % (
+                n.name,
+                n.address,
+                "alive" if n.alive() else "exit %s" % (n.exit_codes[-1:] or ["?"])[0],
+                n.log_tail(10),
+            )
+            for n in self.nodes
+        ]
+        return ClusterError("\n".join([message, *tails]))
+
+
+def _tail(text: str, lines: int = 30) -> str:
+    return "\n".join(text.splitlines()[-lines:])
