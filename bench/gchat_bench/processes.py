@@ -19,11 +19,9 @@ and RedisCluster waits, with deadlines, until the nodes agree.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import tempfile
 import time
@@ -43,8 +41,6 @@ STOP_TIMEOUT = 5.0
 POLL_INTERVAL = 0.02
 # The end of a log that log_tail() reads: enough for its last lines.
 LOG_TAIL_BYTES = 64 * 1024
-# In the reply to INFO server.
-PROCESS_ID_RE = re.compile(rb"\r\nprocess_id:(\d+)\r\n")
 
 
 class StartError(RuntimeError):
@@ -93,11 +89,6 @@ def redis_executable(path: Optional[str] = None) -> str:
         if path
         else "no redis-server on PATH (apt-get install redis-server)"
     )
-
-
-def _command(*args: bytes) -> bytes:
-    """A Redis command in RESP (any bytes in its arguments, a password's)."""
-    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
 
 
 class RedisServer:
@@ -277,35 +268,25 @@ class RedisServer:
         """The pid of the redis-server that answers on self.port (INFO
         server), None if none does.  Not just PING: another redis-server
         that took the port first would answer PONG while ours, unable to
-        bind, is still on its way out.  A blocking socket: a connection
-        to loopback is refused or accepted at once, and a ready server
-        answers at once."""
+        bind, is still on its way out.  A connection to loopback is refused
+        or accepted at once, and a ready server answers at once."""
+        tls = {}
+        if self.tls:
+            tls = {"ssl": True, "ssl_ca_certs": str(self.tls[2])}
+        client = _redis().Redis(
+            host=self.host,
+            port=self.port,
+            password=self.password,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+            **tls,
+        )
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=1.0)
-        except OSError:
+            return int(client.info("server")["process_id"])
+        except (OSError, _redis().RedisError):  # not (yet) serving us
             return None
-        try:
-            if self.tls:
-                ctx = ssl.create_default_context(cafile=str(self.tls[2]))
-                sock = ctx.wrap_socket(sock, server_hostname=self.host)
-            request = _command(b"INFO", b"server")
-            if self.password:
-                request = _command(b"AUTH", self.password.encode()) + request
-            sock.sendall(request)
-            reply = b""
-            while not reply.startswith(b"-"):  # an error: not (yet) serving us
-                m = PROCESS_ID_RE.search(reply)
-                if m:
-                    return int(m.group(1))
-                data = sock.recv(4096)
-                if not data:
-                    break
-                reply += data
-        except OSError:  # ssl.SSLError and the 1 s timeout included
-            pass
         finally:
-            sock.close()
-        return None
+            client.close()
 
     def kill(self) -> None:
         """A crash: SIGKILL, and reap it."""
@@ -389,45 +370,41 @@ def redis_cli_executable(server: str) -> str:
     raise StartError("no redis-cli beside %s nor on PATH (apt-get install redis-tools)" % server)
 
 
-def _read_reply(f) -> object:
-    """One RESP2 reply from the file f: bytes, int, None or a list of them;
-    an error reply raises ReplyError."""
-    line = f.readline()
-    if not line.endswith(b"\r\n"):
-        raise ConnectionError("connection closed in the middle of a reply")
-    kind, rest = line[:1], line[1:-2]
-    if kind == b"+":
-        return rest
-    if kind == b"-":
-        raise ReplyError(rest.decode("utf-8", "replace"))
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        n = int(rest)
-        if n < 0:
-            return None
-        data = f.read(n + 2)
-        if len(data) != n + 2:
-            raise ConnectionError("connection closed in the middle of a reply")
-        return data[:-2]
-    if kind == b"*":
-        n = int(rest)
-        return None if n < 0 else [_read_reply(f) for _ in range(n)]
-    raise ConnectionError("not a RESP reply: %r" % line[:60])
+def _redis():
+    """redis-py, which the cluster extra installs (a cluster of gchat nodes
+    needs it anyway); imported when a redis-server is first asked
+    something, so that the rest of the bench works without it."""
+    try:
+        import redis
+    except ImportError:
+        raise StartError(
+            "starting redis-server needs redis-py: pip install 'gchat[cluster]'"
+        ) from None
+    return redis
 
 
 def redis_calls(port: int, *commands: Sequence, host: str = HOST) -> list:
     """Send commands (each a sequence of arguments: str, bytes or int) to
-    the redis-server on host:port in one go, and return their replies.
-    A few lines of RESP rather than redis-py: the bench's extra does not
-    install it, and a process group's questions are few and simple."""
-    request = b"".join(
-        _command(*(a if isinstance(a, bytes) else str(a).encode() for a in cmd)) for cmd in commands
+    the redis-server on host:port in one round trip, and return their
+    replies as Redis sent them (bytes, int, None or lists of them: no
+    response callbacks, so INFO is text for parse_info).  An error reply
+    raises ReplyError."""
+    redis = _redis()
+    client = redis.Redis(
+        host=host, port=port, socket_timeout=CALL_TIMEOUT, socket_connect_timeout=CALL_TIMEOUT
     )
-    with socket.create_connection((host, port), timeout=CALL_TIMEOUT) as sock:
-        sock.sendall(request)
-        with sock.makefile("rb") as f:
-            return [_read_reply(f) for _ in commands]
+    client.response_callbacks.clear()  # the replies as they came
+    try:
+        pipe = client.pipeline(transaction=False)
+        for cmd in commands:
+            pipe.execute_command(*cmd)
+        return pipe.execute()
+    except redis.ResponseError as err:
+        raise ReplyError(str(err)) from None
+    except redis.ConnectionError as err:
+        raise ConnectionError(str(err)) from None
+    finally:
+        client.close()
 
 
 def redis_call(port: int, *args, host: str = HOST) -> object:
@@ -614,8 +591,8 @@ class RedisCluster:
       often clients were redirected); ``reset_stats()`` zeroes them
       (CONFIG RESETSTAT on every node).
 
-    Nodes are questioned over a few lines of RESP (redis_calls), not
-    redis-py, and redis-cli runs to completion (a reshard of 1,000 slots
+    Nodes are questioned through redis-py (redis_calls), and redis-cli
+    runs to completion (a reshard of 1,000 slots
     takes about a second): a gevent program that does not monkey-patch
     passes ``sleep=gevent.sleep`` so that its greenlets run between polls,
     but is blocked during each question and each redis-cli.  No password,
