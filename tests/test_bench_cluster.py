@@ -1,5 +1,6 @@
 """gchat-bench against a cluster: --target lists, the spread of clients over
-nodes, per-room accounting across nodes, the CPU of each process, and the
+nodes (each room over every node, or on one node with --local-rooms),
+per-room accounting across nodes, the CPU of each process, and the
 spawned forms (--spawn-cluster, --spawn-workers) end to end.
 
 The pure tests feed workers bytes (no server, no Redis).  The end-to-end
@@ -19,7 +20,7 @@ import pytest
 
 from gchat_bench import report
 from gchat_bench.cli import main as bench_main
-from gchat_bench.cli import run_spawned
+from gchat_bench.cli import placement_note, run_spawned
 from gchat_bench.cluster import (
     expected_deliveries,
     node_of,
@@ -105,7 +106,46 @@ def test_with_rooms_every_room_has_members_on_every_node(clients, rooms, nodes):
         assert len(naive) == 1  # what node_of avoids
 
 
-def worker(clients, nodes=NODES, rooms=0, senders=8):
+@pytest.mark.parametrize(
+    "clients, rooms, nodes",
+    [(24, 4, 2), (40, 10, 4), (10000, 1000, 4), (60, 6, 3), (21, 3, 7), (30, 3, 2), (35, 7, 3)],
+)
+def test_local_rooms_put_each_room_on_the_node_of_its_number(clients, rooms, nodes):
+    """--local-rooms: every member of room r on node r % N, whether or not
+    K and N share a factor; each node hosts the rooms of its residue."""
+    hosts = [set() for _ in range(nodes)]
+    for i in range(clients):
+        n = node_of(i, nodes, rooms, local=True)
+        assert n == (i % rooms) % nodes
+        hosts[n].add(i % rooms)
+    assert hosts == [set(range(n, rooms, nodes)) for n in range(nodes)]
+    sizes = [len(range(r, clients, rooms)) for r in range(rooms)]
+    assert spread(clients, nodes, rooms, local=True) == [sum(sizes[n::nodes]) for n in range(nodes)]
+
+
+def test_spread_deals_a_room_over_every_node_local_keeps_it_on_one():
+    """The same rooms and nodes, both placements: spread puts member j of
+    every room on node j % N, local puts all of room r on node r % N."""
+    for rooms, nodes in ((4, 2), (3, 2), (6, 4)):
+        for r in range(rooms):
+            members = range(r, rooms * nodes * 2, rooms)  # 2N members
+            assert [node_of(i, nodes, rooms) for i in members] == [
+                j % nodes for j in range(2 * nodes)
+            ]
+            assert {node_of(i, nodes, rooms, local=True) for i in members} == {r % nodes}
+
+
+def test_local_placement_needs_rooms():
+    with pytest.raises(ValueError, match="needs rooms"):
+        node_of(3, 2, 0, local=True)
+    assert node_of(5, 1, rooms=3, local=True) == 0
+    assert spread(7, 1, 3, local=True) == [7]
+    assert placement_note(4, 2, True) == ", each room on one node"
+    assert placement_note(4, 2, False) == ", each room over every node"
+    assert placement_note(0, 2, False) == placement_note(4, 0, True) == ""
+
+
+def worker(clients, nodes=NODES, rooms=0, senders=8, local_rooms=False):
     cfg = {
         "host": nodes[0][0],
         "port": nodes[0][1],
@@ -118,6 +158,7 @@ def worker(clients, nodes=NODES, rooms=0, senders=8):
         "slow": [],
         "rooms": rooms,
         "nodes": nodes,
+        "local_rooms": local_rooms,
     }
     return Worker(cfg)
 
@@ -127,6 +168,11 @@ def test_a_worker_connects_each_client_to_its_node():
     assert [w.sockets.addr_of(c) for c in w.clients] == [NODES[0], NODES[1]] * 3
     w = worker(list(range(8)), rooms=2)
     assert [w.sockets.addr_of(c)[1] for c in w.clients] == [7001, 7001, 7002, 7002] * 2
+    # --local-rooms: rooms 0 and 2 on node 0, rooms 1 and 3 on node 1.
+    w = worker(list(range(8)), rooms=4, local_rooms=True)
+    assert [w.sockets.addr_of(c)[1] for c in w.clients] == [7001, 7002] * 4
+    w = worker(list(range(9)), rooms=3, local_rooms=True)
+    assert [w.sockets.addr_of(c)[1] for c in w.clients] == [7001, 7002, 7001] * 3
 
 
 def test_a_single_target_is_what_it_was():
@@ -305,11 +351,27 @@ def test_a_server_tree_counts_and_stops_its_children():
             ["--spawn-cluster", "2", "--redis-server", "/nonexistent/redis-server"],
             "no redis-server at /nonexistent",
         ),
+        (["--spawn-cluster", "2", "--local-rooms"], "it needs --rooms"),
+        (["--rooms", "2", "--local-rooms"], "at least 2 nodes"),
+        (["--target", "127.0.0.1:1", "--rooms", "2", "--local-rooms"], "at least 2 nodes"),
+        (["--spawn-cluster", "1", "--rooms", "2", "--local-rooms"], "at least 2 nodes"),
+        (["--spawn-workers", "2", "--rooms", "2", "--local-rooms"], "at least 2 nodes"),
     ],
 )
 def test_cli_refuses(args, why, capsys):
     assert bench_main(["fanout", "--clients", "2", *args]) == 2
     assert why in capsys.readouterr().err
+
+
+def test_local_rooms_refused_without_rooms_or_with_one_server():
+    """The Python API says the same as the CLI, before starting anything."""
+    with pytest.raises(BenchError, match="needs --rooms"):
+        Options(scenario="idle", clients=4, local_rooms=True).validate()
+    o = Options(scenario="idle", clients=4, rooms=2, local_rooms=True, progress=False)
+    with pytest.raises(BenchError, match="with one node"):
+        run_scenario(o, Server("solo", "127.0.0.1", 9))
+    with pytest.raises(BenchError, match="with one node"):
+        run_scenario(o, Cluster("w2", [Server("node0", "127.0.0.1", 9)]))
 
 
 # ------------------------------------------------------------ end to end
@@ -453,12 +515,86 @@ def test_rooms_over_a_cluster():
         connect_timeout=20.0,
     )
     r = run_spawned(o, nodes=3)
-    assert r["server"] == "gchat-3n"
+    assert r["server"] == "gchat-3n" and r["placement"] == "spread"
     assert r["node_connected"] == [8, 8, 8]
+    assert r["node_rooms"] == [4, 4, 4]  # every room on every node
     assert_exact(r, 24)
     assert r["leaked"] == 0
     # 48 lines, each to the 6 members of its room.
     assert r["expected"] == r["sent"] * 6
+
+
+def test_cli_local_rooms_on_two_nodes():
+    """--spawn-cluster 2 --rooms 4 --local-rooms: room r's members all on
+    node r % 2.  21 clients make rooms of 6, 5, 5 and 5, so node 0 (rooms 0
+    and 2) has 11 of them and node 1 (rooms 1 and 3) has 10, where spread
+    would give each room members on both nodes (12 and 9)."""
+    p = subprocess.run(
+        [
+            console_script(),
+            "fanout",
+            "--spawn-cluster",
+            "2",
+            "--clients",
+            "21",
+            "--rooms",
+            "4",
+            "--local-rooms",
+            "--rate",
+            "42",
+            "--duration",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    (r,) = [json.loads(x) for x in p.stdout.splitlines()]
+    assert (r["server"], r["nodes"], r["rooms"], r["placement"]) == ("gchat-2n", 2, 4, "local")
+    sizes = [len(range(room, 21, 4)) for room in range(4)]
+    on_node = [sum(sizes[room] for room in range(4) if room % 2 == n) for n in range(2)]
+    assert on_node == [11, 10] != spread(21, 2, 4)
+    assert r["node_clients"] == r["node_connected"] == on_node
+    assert r["node_rooms"] == [2, 2]  # each room on one node only
+    assert_exact(r, 21)
+    # Each line to the 5 or 6 members of its room, all on its sender's node.
+    assert r["leaked"] == 0 and 5 * r["sent"] <= r["expected"] <= 6 * r["sent"]
+    assert "21 clients in 4 rooms, each room on one node" in p.stderr
+    assert gone([pid for pids in r["server_pids"].values() for pid in pids]) == []
+
+
+def test_local_rooms_need_no_line_to_cross():
+    """Two gchat processes that share nothing, loaded with --local-rooms:
+    every room is whole on one of them, so nothing is lost.  (Spread, the
+    same pair loses half: test_separate_servers_are_not_a_cluster.)"""
+    argv = spawn_argv(gchat_command(), "", False)
+    nodes = [Server.spawn("solo%d" % i, argv) for i in range(2)]
+    cluster = Cluster("pair", nodes)
+    try:
+        o = Options(
+            scenario="fanout",
+            clients=20,
+            senders=20,
+            rate=40.0,
+            duration=1.0,
+            rooms=4,
+            local_rooms=True,
+            workers=2,
+            progress=False,
+            drain_timeout=20.0,
+            settle_timeout=30.0,
+            connect_timeout=20.0,
+        )
+        r = run_scenario(o, cluster)
+    finally:
+        cluster.stop()
+    assert r["placement"] == "local" and r["node_connected"] == [10, 10]
+    assert r["node_rooms"] == [2, 2]
+    assert_exact(r, 20)
+    assert r["leaked"] == 0 and r["expected"] == r["sent"] * 5
+    assert cluster.exit_code == 0
 
 
 def test_separate_servers_are_not_a_cluster():

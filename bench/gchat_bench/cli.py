@@ -5,6 +5,7 @@
                 [--target HOST:PORT[,HOST:PORT...] [--server-pid PID[,PID...]]
                  [--redis-pid PID] | --spawn=OPTIONS]
                 [--spawn-cluster N] [--spawn-workers K]
+                [--rooms K[,K...] [--local-rooms]]
                 [--compat] [--json] [--plot FILE.png] [--repeat R]
 
 See bench/README.md for the scenarios and what each figure means.
@@ -120,7 +121,7 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
         metavar="HOST:PORT[,HOST:PORT...]",
         help="a server already running (loopback only); a comma list: "
         "the nodes of a cluster, client i on node i %% N (within "
-        "each room with --rooms)",
+        "each room with --rooms; each room on one node with --local-rooms)",
     )
     where.add_argument(
         "--spawn",
@@ -187,6 +188,15 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
         help="name mode: after naming, client i joins room i %% K (K rooms "
         "of clients/K); chat, loss and leaks are counted per room. "
         "A comma list runs a sweep. fanout, saturate, join, idle",
+    )
+    ap.add_argument(
+        "--local-rooms",
+        action="store_true",
+        help="a cluster (--spawn-cluster N, or --target with several nodes): "
+        "put every member of room r on node r %% N, as a deployment that "
+        "routes users by room would, instead of dealing each room's members "
+        "over every node (the default). Needs --rooms and at least 2 nodes "
+        "(an error with one server: every room is on one node already)",
     )
     ap.add_argument(
         "--offered-deliveries",
@@ -315,6 +325,14 @@ def parse_target(s: str) -> tuple:
         raise BenchError("--target wants HOST:PORT, got %r" % s)
     check_loopback(host)
     return host, int(port)
+
+
+def placement_note(rooms: int, nodes: int, local: bool) -> str:
+    """What the title line of a run says about where rooms are (a cluster
+    with rooms): the result's "placement", in words."""
+    if not rooms or nodes < 2:
+        return ""
+    return ", each room on one node" if local else ", each room over every node"
 
 
 def cluster_name(base: str, nodes: int, server_workers: int) -> str:
@@ -548,6 +566,17 @@ def _main(a: argparse.Namespace) -> int:
             "--rooms needs name mode: the seed protocol (--compat, and "
             "compare, which runs it) has no rooms"
         )
+    # Nodes the clients are dealt over (0: one server, or one node of workers).
+    nodes = a.target.count(",") + 1 if a.target else a.spawn_cluster
+    if a.local_rooms:
+        if not a.rooms:
+            raise BenchError("--local-rooms puts each room's members on one node: it needs --rooms")
+        if nodes < 2:
+            raise BenchError(
+                "--local-rooms puts each room on one node of several: it needs a "
+                "cluster of at least 2 nodes (--spawn-cluster N, or --target "
+                "H:P1,H:P2); with one server every room is on one node already"
+            )
     if a.offered_deliveries is not None and a.offered_deliveries <= 0:
         raise BenchError("--offered-deliveries must be positive")
     transports = [t.strip() for t in (a.transports or "tcp").split(",") if t.strip()]
@@ -599,6 +628,7 @@ def _main(a: argparse.Namespace) -> int:
             drain_timeout=a.drain_timeout,
             progress=a.progress,
             rooms=k,
+            local_rooms=a.local_rooms,
             transport=transport,
             scrape_metrics=a.scrape_metrics,
         )
@@ -612,12 +642,13 @@ def _main(a: argparse.Namespace) -> int:
                         "gchat-bench: waited %.0f s for an idle machine" % waited, file=sys.stderr
                     )
             print(
-                "gchat-bench: %s against %s, %d clients%s (run %d/%d%s)"
+                "gchat-bench: %s against %s, %d clients%s%s (run %d/%d%s)"
                 % (
                     scenario,
                     spec.name,
                     n,
                     " in %d rooms" % k if k else "",
+                    placement_note(k, nodes, a.local_rooms),
                     rep + 1,
                     a.repeat,
                     ", attempt %d" % (attempt + 1) if attempt else "",

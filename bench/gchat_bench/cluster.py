@@ -4,8 +4,10 @@ connects, and what it is owed.
 A cluster is several gchat processes on one Redis (``gchat --redis URL``),
 each on its own port, all serving the same rooms: a line a client sends on
 node A reaches every member of its room on every node.  The generator
-deals its clients over the nodes; the accounting does not change, because
-what a client is owed depends on its room, never on its node.  The process
+deals its clients over the nodes, each room's members over every node by
+default or, with --local-rooms, each room whole on one node (node_of); the
+accounting does not change, because what a client is owed depends on its
+room, never on its node.  The process
 side (spawning redis-server and the nodes, their CPU) is in servers.py.
 """
 
@@ -44,27 +46,36 @@ def parse_pids(s: str, n: int) -> list:
     return pids
 
 
-def node_of(idx: int, nodes: int, rooms: int = 0) -> int:
-    """The node client idx connects to: round-robin over the nodes, within
-    each room.
+def node_of(idx: int, nodes: int, rooms: int = 0, local: bool = False) -> int:
+    """The node client idx connects to.
 
     Without rooms this is idx % nodes.  With --rooms K client idx is in
-    room idx % K and is that room's (idx // K)-th member, and the members
-    of each room are dealt round-robin over the nodes.  Plain idx % nodes
-    would not do: when K and the node count share a factor (1000 rooms on
-    4 nodes) every member of a room would land on the same node and no
-    line would ever have to cross from one node to another.
+    room idx % K and is that room's (idx // K)-th member.  By default
+    ("spread") the members of each room are dealt round-robin over the
+    nodes.  Plain idx % nodes would not do: when K and the node count share
+    a factor (1000 rooms on 4 nodes) every member of a room would land on
+    the same node and no line would ever have to cross from one node to
+    another.
+
+    local=True (--local-rooms) keeps each room together instead: every
+    member of room r connects to node r % nodes, the placement of a deployment that routes
+    users by room, where a room's lines need reach no other node.  It
+    needs rooms (without them there is no room to keep together).
     """
+    if local and not rooms:
+        raise ValueError("local placement needs rooms")
     if nodes <= 1:
         return 0
+    if local:
+        return (idx % rooms) % nodes
     return (idx // rooms if rooms else idx) % nodes
 
 
-def spread(clients: int, nodes: int, rooms: int = 0) -> list:
-    """How many of clients 0..clients-1 each node gets."""
+def spread(clients: int, nodes: int, rooms: int = 0, local: bool = False) -> list:
+    """How many of clients 0..clients-1 each node gets (node_of)."""
     out = [0] * max(nodes, 1)
     for i in range(clients):
-        out[node_of(i, nodes, rooms)] += 1
+        out[node_of(i, nodes, rooms, local)] += 1
     return out
 
 
@@ -84,7 +95,9 @@ def expected_deliveries(sent_by: dict, receivers: int, rooms: int = 0, members: 
     every node; with rooms a line of sender s is owed to every connected
     member of room s % rooms, wherever each member is connected.  The node
     a sender or a reader is on does not enter: a cluster that delivers a
-    line only on the node it was sent on loses the rest.
+    line only on the node it was sent on loses the rest.  Nor does the
+    placement (spread or --local-rooms): it moves members between nodes,
+    not between rooms.
     """
     if not rooms:
         return sum(sent_by.values()) * receivers

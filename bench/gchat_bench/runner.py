@@ -7,8 +7,9 @@ drain) and turns their counts into one result dict per run.  Around each
 measured phase it reads the CPU time of the server, of every worker and of
 the whole machine, so a result says whether the generator was the limit.
 Against a cluster (servers.Cluster) the clients are dealt over its nodes
-(cluster.node_of) and the server's CPU is also reported node by node and
-for redis-server.
+(cluster.node_of: each room over every node, or each room on one node with
+--local-rooms) and the server's CPU is also reported node by node and for
+redis-server.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Options:
     workers: int = 0  # 0: one per core, at most one per 50 clients
     compat: bool = False
     rooms: int = 0  # >0: clients spread over this many rooms (name mode)
+    local_rooms: bool = False  # a cluster: each room's members on one node
     source_addrs: int = 0  # 0: automatic
     connect_concurrency: int = 200  # handshakes in progress per worker
     connect_timeout: float = 60.0
@@ -122,6 +124,8 @@ class Options:
                 raise BenchError(
                     "--rooms must be between 1 and --clients (every room needs a member)"
                 )
+        elif self.local_rooms:
+            raise BenchError("--local-rooms puts each room's members on one node: it needs --rooms")
 
 
 def wait_for_idle(busy_pct: float = 15.0, window: float = 5.0, timeout: float = 600.0) -> float:
@@ -224,8 +228,10 @@ class WorkerPool:
                 "rooms": opts.rooms,
             }
             if len(nodes) > 1:
-                # Client i connects to nodes[cluster.node_of(i, len(nodes), rooms)].
+                # Client i connects to
+                # nodes[cluster.node_of(i, len(nodes), rooms, local_rooms)].
                 cfg["nodes"] = nodes
+                cfg["local_rooms"] = opts.local_rooms
             p = subprocess.Popen(
                 [sys.executable, "-m", "gchat_bench.worker"],
                 stdin=subprocess.PIPE,
@@ -481,8 +487,14 @@ def connect(pool: WorkerPool, opts: Options, which: str, count: int, res: dict) 
         samples = [s for r in reps for s in r["error_samples"]][:3]
         res.setdefault("connect_error_samples", samples)
     if which == "normal" and reps and "by_node" in reps[0]:
-        # A cluster: clients that got through on each node (cluster.node_of).
+        # A cluster: clients that got through on each node (cluster.node_of)
+        # and, with rooms, how many rooms have members there: every room
+        # on every node when spread, each room on one node when local.
         res["node_connected"] = [sum(col) for col in zip(*(r["by_node"] for r in reps))]
+        if "rooms_by_node" in reps[0]:
+            res["node_rooms"] = [
+                len(set().union(*col)) for col in zip(*(r["rooms_by_node"] for r in reps))
+            ]
     if which == "normal" and ok == 0:
         raise BenchError(
             "no client got through the handshake: %s" % res.get("connect_error_samples")
@@ -647,6 +659,13 @@ def saturated(cpu: dict) -> bool:
 def run_scenario(opts: Options, server: Server) -> dict:
     """Run one scenario against one server; return the result dict."""
     opts.validate()
+    nodes = len(server.nodes) if isinstance(server, Cluster) else 1
+    if opts.local_rooms and nodes < 2:
+        raise BenchError(
+            "--local-rooms puts each room on one node of several: with one node "
+            "(%s) every room is local already; use --spawn-cluster N (N >= 2) or "
+            "--target H:P1,H:P2" % server.name
+        )
     res = base_result(opts, server)
     n_slow = opts.slow_clients if opts.scenario == "slow" else 0
     rss_before = server.rss_bytes()
@@ -657,9 +676,10 @@ def run_scenario(opts: Options, server: Server) -> dict:
     res["transport"] = opts.transport
     if isinstance(server, Cluster):
         # Where the clients went (cluster.node_of), and what the server is.
-        res["nodes"] = len(server.nodes)
+        res["nodes"] = nodes
         res["server_workers"] = server.server_workers
-        res["node_clients"] = spread(opts.clients, len(server.nodes), opts.rooms)
+        res["placement"] = "local" if opts.local_rooms else "spread"
+        res["node_clients"] = spread(opts.clients, nodes, opts.rooms, opts.local_rooms)
         res["node_ports"] = [p for _, p in node_addresses(server, opts.transport)]
     scraper = None
     if opts.scrape_metrics:

@@ -29,7 +29,6 @@ import resource
 import sys
 import time
 
-from gchat_bench.cluster import node_of
 from gchat_bench.stats import LatencyRecorder, latency_bucket
 from gchat_bench.worker_channel import CommandChannel, emit, parent_input, read_config
 from gchat_bench.worker_receive import Receiver
@@ -96,11 +95,17 @@ class Worker:
         }
         nodes = self.sockets.nodes
         if len(nodes) > 1:
-            # A cluster: how many got through on each node.
+            # A cluster: how many got through on each node and, with
+            # rooms, the rooms they are members of there.
             by_node = [0] * len(nodes)
+            rooms_by_node: list = [set() for _ in nodes]
             for c in ok:
-                by_node[node_of(c.idx, len(nodes), self.rooms)] += 1
+                n = self.sockets.node_index(c)
+                by_node[n] += 1
+                rooms_by_node[n].add(c.room)
             reply["by_node"] = by_node
+            if self.rooms:
+                reply["rooms_by_node"] = [sorted(r) for r in rooms_by_node]
         return reply
 
     def cmd_sync(self, msg: dict) -> dict:

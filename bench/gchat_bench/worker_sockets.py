@@ -135,9 +135,10 @@ class ClientSockets:
     def __init__(self, cfg: dict):
         addr = (cfg["host"], cfg["port"])
         # A cluster: every node's address; client i connects to
-        # nodes[node_of(i, len(nodes), rooms)] (see addr_of).
+        # nodes[node_of(i, len(nodes), rooms, local_rooms)] (see node_index).
         self.nodes = [tuple(a) for a in cfg.get("nodes") or [addr]]
         self.rooms = cfg.get("rooms", 0)
+        self.local_rooms = bool(cfg.get("local_rooms"))
         # "tcp", "ws" (cfg["port"] is then gchat's --http port) or "tls".
         self.transport = cfg.get("transport", "tcp")
         self.tls_ctx = client_context() if self.transport == "tls" else None
@@ -280,9 +281,13 @@ class ClientSockets:
 
     # ---------------------------------------------------- connect, close
 
+    def node_index(self, c: Client) -> int:
+        """Which of self.nodes client c connects to (cluster.node_of)."""
+        return node_of(c.idx, len(self.nodes), self.rooms, self.local_rooms)
+
     def addr_of(self, c: Client) -> tuple:
         """The (host, port) client c connects to: its node of a cluster."""
-        return self.nodes[node_of(c.idx, len(self.nodes), self.rooms)]
+        return self.nodes[self.node_index(c)]
 
     def connect_all(self, clients: list, concurrency: int, timeout: float) -> None:
         """Connect clients, at most concurrency at once, each through its
