@@ -45,6 +45,7 @@ LAYERS = {
     "gchat.bus": 3,
     "gchat.bus.redis_bus": 3,
     "gchat.bus.room_stream": 3,
+    "gchat.bus.room_feed": 3,
     # The edges the server plugs in.
     "gchat.metrics": 4,
     "gchat.systemd": 4,

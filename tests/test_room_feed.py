@@ -1,0 +1,241 @@
+"""Room logs read by interest (gchat/bus/room_feed.py) on a real
+redis-server and a real Redis Cluster: a node receives only the rooms it
+hosts, and through a master's death and a slot that moves every entry is
+delivered once, each writer's in its order.
+
+The writers here are what a node's bus does with a room's chain
+(room_log.RoomWriter): publish the next entry; on a refusal, publish again
+from the window what the room lacks; on an error, try again."""
+
+import json
+import time
+
+import redis
+from redis.cluster import RedisCluster as ClusterClient
+
+from gchat.bus.room_feed import RoomFeed
+from gchat.bus.room_log import RoomWriter
+from gchat.bus.room_stream import RoomStream
+from gchat_bench.processes import RedisCluster
+
+DEADLINE = 30.0
+SOCKET_TIMEOUT = 5.0
+
+
+class Writer:
+    """One node's chain in one room."""
+
+    def __init__(self, stream, node, room):
+        self.stream, self.node, self.room = stream, node, room
+        self.chain = RoomWriter(window=10_000)
+        self.refusals = 0
+
+    def say(self, text):
+        entry = self.chain.next([text])
+        self._publish(entry)
+
+    def _publish(self, entry):
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            try:
+                outcome = self.stream.publish(
+                    self.room, self.node, entry.seq, json.dumps(entry.ops), f"E{time.time_ns()}"
+                )
+            except (redis.RedisError, OSError):
+                # The master is gone or moving: the client finds the new one.
+                assert time.monotonic() < deadline, "no master took the entry"
+                time.sleep(0.05)  # a bounded retry, not synchronisation
+                continue
+            if outcome.status >= 0:
+                return
+            # The room lacks this node's entries after outcome.value: a
+            # failover lost them.  Publish them again, in order, then this.
+            self.refusals += 1
+            again, lost = self.chain.after(outcome.value)
+            assert lost == 0
+            for item in again:
+                if item.seq < entry.seq:
+                    self._publish(item)
+
+
+def feed_of(stream, pubsub):
+    delivered = []
+    feed = RoomFeed(stream, pubsub, lambda room, e: delivered.append((room, e.node, e.seq)))
+    return feed, delivered
+
+
+def pump(feed, until, timeout=DEADLINE):
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, f"feed stats {feed.stats}"
+        try:
+            feed.poll(0.05)
+        except (redis.RedisError, OSError):
+            feed_recover(feed)
+
+
+def feed_recover(feed):
+    """A subscription's connection failed: subscribe to every room again
+    (the confirmations catch up from the streams)."""
+    time.sleep(0.05)  # a bounded pause before the next try
+    for room in list(feed.readers):
+        try:
+            feed.pubsub.ssubscribe(feed.stream.keys(room).channel)
+        except (redis.RedisError, OSError):
+            return
+
+
+def check(delivered, room, writers, count):
+    got = [(node, seq) for r, node, seq in delivered if r == room]
+    assert len(got) == len(set(got)), "delivered twice"
+    for node in writers:
+        seqs = [seq for n, seq in got if n == node]
+        assert seqs == list(range(1, count + 1)), f"{node}: {seqs}"
+
+
+def test_a_node_reads_only_the_rooms_it_hosts(redis_server):
+    client = redis.Redis.from_url(redis_server.url)
+    stream = RoomStream(client, "t", stream_max=1000, history=5)
+    feed, delivered = feed_of(stream, client.pubsub())
+    feed.host("ops")
+    pump(feed, lambda: feed.stats["delivered"] == 0 and "ops" in feed.readers, timeout=1)
+    writers = [Writer(stream, node, "ops") for node in ("a", "b")]
+    other = Writer(stream, "c", "dev")  # a room this node does not host
+    for i in range(20):
+        for writer in writers:
+            writer.say(f"line {i}")
+        other.say(f"elsewhere {i}")
+    pump(feed, lambda: len(delivered) >= 40)
+    check(delivered, "ops", ["a", "b"], 20)
+    assert all(room == "ops" for room, _, _ in delivered)
+    feed.drop("ops")
+    writers[0].say("after")
+    pump(feed, lambda: "ops" not in feed.readers, timeout=1)
+    time.sleep(0.2)  # nothing may arrive: a bounded look, not synchronisation
+    while feed.poll(0.05):
+        pass
+    assert len(delivered) == 40
+
+
+def test_a_room_joined_late_starts_after_its_snapshot(redis_server):
+    client = redis.Redis.from_url(redis_server.url)
+    stream = RoomStream(client, "t", stream_max=1000, history=3)
+    early = Writer(stream, "a", "ops")
+    for i in range(5):
+        early.say(f"old {i}")
+    feed, delivered = feed_of(stream, client.pubsub())
+    epoch, offset, history = feed.host("ops")
+    assert offset == 5 and epoch is not None
+    early.say("new")
+    pump(feed, lambda: delivered)
+    assert delivered == [("ops", "a", 6)]
+
+
+def cluster_client(cluster):
+    return ClusterClient.from_url(
+        cluster.url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
+    )
+
+
+def run_through(cluster, event, count=60, at=20):
+    """Two writers on a busy room and a reader; event(cluster, slot) at
+    entry `at`.  Every entry of both writers is delivered once, in order."""
+    # The reader is another node: a client of its own, which publishes
+    # nothing (redis-py moves a subscription by itself only when its own
+    # client meets a MOVED).
+    stream = RoomStream(cluster_client(cluster), "t", stream_max=10_000, history=5)
+    reading = RoomStream(cluster_client(cluster), "t", stream_max=10_000, history=5)
+    feed, delivered = feed_of(reading, reading.client.pubsub())
+    feed.host("busy")
+    writers = [Writer(stream, node, "busy") for node in ("a", "b")]
+    slot = cluster.keyslot(stream.keys("busy").stream)
+    for i in range(count):
+        if i == at:
+            event(cluster, slot)
+        for writer in writers:
+            writer.say(f"line {i}")
+        try:
+            feed.poll(0.0)
+        except (redis.RedisError, OSError):
+            feed_recover(feed)
+    # A last entry: a reader that missed some finds the gap on it.
+    writers[0].say("last")
+    pump(feed, lambda: sum(1 for r in delivered if r[1] == "a" and r[2] == count + 1))
+    check(delivered, "busy", ["b"], count)
+    check(delivered, "busy", ["a"], count + 1)
+    return feed, writers
+
+
+def test_a_masters_death_loses_and_repeats_nothing(tmp_path):
+    with RedisCluster(masters=3, replicas=1, workdir=str(tmp_path)) as cluster:
+
+        def kill_master(cluster, slot):
+            master = cluster.master_of_slot(slot)
+            cluster.kill(master)
+            cluster.wait_failover(master)
+
+        run_through(cluster, kill_master)
+
+
+def test_a_slot_that_moves_loses_and_repeats_nothing(redis_cluster):
+    def move(cluster, slot):
+        owner = cluster.master_of_slot(slot)
+        target = next(m for m in cluster.masters() if m is not owner)
+        # redis-cli moves the source's slots from its lowest: up to ours.
+        first = next(a for a, b in cluster.slots_of(owner) if a <= slot <= b)
+        cluster.reshard(owner, target, slot - first + 1)
+
+    before = {}
+
+    def move_and_remember(cluster, slot):
+        before["owner"] = cluster.master_of_slot(slot)
+        move(cluster, slot)
+
+    feed, _ = run_through(redis_cluster, move_and_remember)
+    slot = redis_cluster.keyslot(feed.stream.keys("busy").stream)
+    assert redis_cluster.master_of_slot(slot) is not before["owner"], "the slot did not move"
+
+
+class ScriptedPubSub:
+    """redis-py's pub/sub as the feed sees it, handing out given messages:
+    what Redis 7.0 pushes when a shard channel's slot moves."""
+
+    def __init__(self, messages):
+        self.messages = list(messages)
+        self.subscribed = []
+
+    def ssubscribe(self, channel):
+        self.subscribed.append(channel)
+
+    def sunsubscribe(self, channel):
+        self.messages.append({"type": "sunsubscribe", "channel": channel.encode(), "data": 0})
+
+    def get_sharded_message(self, timeout):
+        return self.messages.pop(0) if self.messages else None
+
+
+def test_an_sunsubscribe_it_did_not_ask_for_subscribes_again_and_catches_up(redis_server):
+    """Where redis-py does not move a subscription by itself (its client
+    met no MOVED: tests/test_redis_cluster_procs.py), Redis's sunsubscribe
+    is answered at once, and the confirmation reads what was missed."""
+    client = redis.Redis.from_url(redis_server.url)
+    stream = RoomStream(client, "t", stream_max=1000, history=5)
+    channel = stream.keys("ops").channel
+    pubsub = ScriptedPubSub([])
+    feed, delivered = feed_of(stream, pubsub)
+    feed.host("ops")
+    writer = Writer(stream, "a", "ops")
+    for i in range(3):
+        writer.say(f"while away {i}")  # published while unsubscribed
+    pubsub.messages += [
+        {"type": "sunsubscribe", "channel": channel.encode(), "data": 0},
+        {"type": "ssubscribe", "channel": channel.encode(), "data": 1},
+    ]
+    feed.poll(0)
+    assert pubsub.subscribed == [channel, channel] and feed.stats["resubscribed"] == 1
+    feed.poll(0)  # the confirmation: caught up from the stream
+    assert delivered == [("ops", "a", 1), ("ops", "a", 2), ("ops", "a", 3)]
+    # One asked for is not answered.
+    feed.drop("ops")
+    feed.poll(0)
+    assert pubsub.subscribed == [channel, channel] and feed.stats["resubscribed"] == 1
