@@ -319,3 +319,40 @@ def test_a_node_receives_no_byte_of_the_rooms_it_does_not_host(redis_cluster):
     assert [room for room, _, _ in delivered] == ["room0"] * lines
     print(f"received {got} bytes of {published} published ({got / published:.1%})")
     assert one_room <= got < 0.1 * published, (got, published)
+
+
+UNDER_GEVENT = """
+import sys
+from gevent import monkey
+# What the bus will need on a Redis Cluster: redis-py's cluster client
+# refreshes its slot map and moves sharded subscriptions on threads of its
+# own (a ThreadPoolExecutor).  With sockets alone patched those threads
+# touch the hub's sockets ("Cannot switch to a different thread"); with
+# threads patched but not queues, the executor's queue blocks the loop.
+monkey.patch_socket(); monkey.patch_thread(); monkey.patch_queue()
+import gevent
+sys.path.insert(0, sys.argv[1])
+import test_room_feed as t
+from gchat_bench.processes import RedisCluster
+with RedisCluster(masters=3, sleep=gevent.sleep) as cluster:
+    def move(cluster, slot):
+        owner = cluster.master_of_slot(slot)
+        target = next(m for m in cluster.masters() if m is not owner)
+        first = next(a for a, b in cluster.slots_of(owner) if a <= slot <= b)
+        cluster.reshard(owner, target, slot - first + 1)
+    feed, _ = t.run_through(cluster, move)
+    print("delivered", feed.stats["delivered"])
+"""
+
+
+def test_the_feed_runs_under_gevent_through_a_slot_that_moves():
+    """The same reshard, in a process patched as a gchat node would be: the
+    cluster client's own threads run as greenlets, and nothing is lost."""
+    result = subprocess.run(
+        [sys.executable, "-c", UNDER_GEVENT, os.path.dirname(__file__)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "delivered 121" in result.stdout, result.stdout + result.stderr

@@ -22,6 +22,12 @@ by itself until its client happens to refresh its slot map
 (tests/test_redis_cluster_procs.py shows it); an `sunsubscribe` this feed
 did not ask for is therefore answered by subscribing again at once, and the
 catch-up on its confirmation fills what was published in between.
+
+gevent: redis-py's cluster client refreshes its slot map and moves sharded
+subscriptions on threads of its own, so a node on a Redis Cluster must
+patch threads and queues as well as sockets (tests/test_room_feed.py runs
+the feed so through a reshard); with sockets alone, those threads touch
+the loop's sockets and fail.
 """
 
 import time
