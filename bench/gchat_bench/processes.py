@@ -794,8 +794,11 @@ class RedisCluster:
         """A crash of node (SIGKILL).  The replicas it had are noted first:
         wait_failover waits for one of them."""
         if node.alive():
+            # Asked of another node: the one to die may no longer answer
+            # (a test cut it off with a password).
+            viewer = next((n for n in self.nodes if n is not node and n.alive()), node)
             self._replicas_at_kill[node.node_id] = [
-                line.id for line in self.view(node).values() if line.master == node.node_id
+                line.id for line in self.view(viewer).values() if line.master == node.node_id
             ]
         node.kill()
 
