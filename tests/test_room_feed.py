@@ -386,3 +386,46 @@ def test_writes_a_failover_lost_are_published_again_and_delivered_once(tmp_path)
 
         feed, writers = run_through(cluster, lose_the_last_writes, count=40)
         assert sum(w.refusals for w in writers) >= 1, "no write was lost: the test proved nothing"
+
+
+def test_a_batch_reaches_every_master_in_one_pipeline(redis_cluster):
+    """A hub batch over 50 rooms is one pipeline; the cluster's pipeline
+    loads no script by itself, so the first one is published again after
+    loading it, and the chains make the second pass copies, not repeats."""
+    stream = RoomStream(cluster_client(redis_cluster), "t", stream_max=1000, history=3)
+    ops = json.dumps([["say", "x", "hi", True]])
+    items = [(f"room{r}", "n", 1, ops, "E", ("n: hi",), False) for r in range(50)]
+    assert {p.status for p in stream.publish_batch(items)} == {1}
+    assert {(p.status, p.value) for p in stream.publish_batch(items)} == {(0, 1)}
+    for r in (0, 17, 49):
+        epoch, entries = stream.read(f"room{r}", 1)
+        assert [(e.offset, e.node, e.seq) for e in entries] == [(1, "n", 1)]
+        assert stream.snapshot(f"room{r}") == ("E", 1, [b"n: hi"])
+
+
+def test_the_room_log_cost_bench_runs_and_counts_every_delivery():
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gchat_bench.room_log_cost",
+            "--masters",
+            "0",
+            "--rooms",
+            "20",
+            "--hosted",
+            "2",
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads(out.stdout)
+    assert result["reader_delivered"] == result["reader_expected"] > 0
+    assert 0 < result["reader_received_bytes"] < result["published_bytes"]
+    assert result["redis_us_per_entry"] > 0

@@ -26,6 +26,8 @@ node publishes again what the room lacks (room_log.RoomWriter.after).
 
 from typing import Any, NamedTuple, Optional
 
+from redis.exceptions import NoScriptError
+
 from gchat.bus.room_log import RoomEntry
 
 # KEYS: offset, epoch, stream, chains, history.  ARGV: node, seq, ops (JSON),
@@ -137,19 +139,59 @@ class RoomStream:
         k = self.keys(room_key)
         status, value = self._publish(
             keys=[k.offset, k.epoch, k.stream, k.chains, k.history],
-            args=[
-                node,
-                seq,
-                ops,
-                self.stream_max,
-                k.channel,
-                new_epoch,
-                max(1, self.history),
-                "1" if force else "0",
-                *(history if self.history else ()),
-            ],
+            args=self._args(node, seq, ops, k.channel, new_epoch, history, force),
         )
         return Published(int(status), int(value))
+
+    def publish_batch(self, items: list) -> list[Published]:
+        """Several entries in one round trip per master (a node's hub batch,
+        over the rooms it touched): items of publish()'s arguments, as
+        (room_key, node, seq, ops, new_epoch, history, force) tuples.  The
+        outcomes come in their order."""
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            for room_key, node, seq, ops, new_epoch, history, force in items:
+                k = self.keys(room_key)
+                self._publish(
+                    keys=[k.offset, k.epoch, k.stream, k.chains, k.history],
+                    args=self._args(node, seq, ops, k.channel, new_epoch, history, force),
+                    client=pipe,
+                )
+            try:
+                replies = pipe.execute()
+            except NoScriptError:
+                # A cluster's pipeline does not load scripts on the masters
+                # it reaches (a new one after a failover has none): load
+                # it everywhere and publish again.  The chains make that
+                # safe: what went in the first time is a copy now.
+                if attempt == 2:
+                    raise
+                self.client.script_load(PUBLISH)
+                continue
+            return [Published(int(status), int(value)) for status, value in replies]
+        raise AssertionError("unreachable")
+
+    def _args(
+        self,
+        node: str,
+        seq: int,
+        ops: str,
+        channel: str,
+        new_epoch: str,
+        history: tuple,
+        force: bool,
+    ) -> list:
+        return [
+            node,
+            seq,
+            ops,
+            self.stream_max,
+            channel,
+            new_epoch,
+            max(1, self.history),
+            "1" if force else "0",
+            *(history if self.history else ()),
+        ]
 
     def read(self, room_key: str, first: int) -> tuple[Optional[str], list[RoomEntry]]:
         """The room's epoch, and its stream's entries from offset first on."""
