@@ -46,6 +46,7 @@ LAYERS = {
     "gchat.bus.redis_bus": 3,
     "gchat.bus.room_stream": 3,
     "gchat.bus.room_feed": 3,
+    "gchat.bus.room_publisher": 3,
     # The edges the server plugs in.
     "gchat.metrics": 4,
     "gchat.systemd": 4,

@@ -4,7 +4,7 @@ hosts, and through a master's death and a slot that moves every entry is
 delivered once, each writer's in its order.
 
 The writers here are what a node's bus does with a room's chain
-(room_log.RoomWriter): publish the next entry; on a refusal, publish again
+(bus/room_publisher.py): publish the next entry; on a refusal, publish again
 from the window what the room lacks; on an error, try again."""
 
 import json
@@ -18,7 +18,7 @@ import redis
 from redis.cluster import RedisCluster as ClusterClient
 
 from gchat.bus.room_feed import RoomFeed
-from gchat.bus.room_log import RoomWriter
+from gchat.bus.room_publisher import RoomPublisher
 from gchat.bus.room_stream import RoomStream
 from gchat_bench.processes import RedisCluster, redis_calls
 
@@ -27,39 +27,35 @@ SOCKET_TIMEOUT = 5.0
 
 
 class Writer:
-    """One node's chain in one room."""
+    """One node's writes to one room (bus/room_publisher.py), flushed after
+    each entry; a flush that fails (the master is gone or moving) is tried
+    again until a master takes it."""
 
     def __init__(self, stream, node, room):
-        self.stream, self.node, self.room = stream, node, room
-        self.chain = RoomWriter(window=10_000)
-        self.refusals = 0
+        self.publisher = RoomPublisher(stream, node, window=10_000)
+        self.node, self.room = node, room
+
+    @property
+    def refusals(self):
+        return self.publisher.stats["refusals"]
+
+    @property
+    def seq(self):
+        return self.publisher.writers[self.room].seq
 
     def say(self, text):
-        entry = self.chain.next([text])
-        self._publish(entry)
-
-    def _publish(self, entry):
+        self.publisher.submit(self.room, json.dumps([text]))
         deadline = time.monotonic() + DEADLINE
         while True:
             try:
-                outcome = self.stream.publish(
-                    self.room, self.node, entry.seq, json.dumps(entry.ops), f"E{time.time_ns()}"
-                )
+                self.publisher.flush()
             except (redis.RedisError, OSError):
-                # The master is gone or moving: the client finds the new one.
+                # The client finds the new master on a later try.
                 assert time.monotonic() < deadline, "no master took the entry"
                 time.sleep(0.05)  # a bounded retry, not synchronisation
                 continue
-            if outcome.status >= 0:
-                return
-            # The room lacks this node's entries after outcome.value: a
-            # failover lost them.  Publish them again, in order, then this.
-            self.refusals += 1
-            again, lost = self.chain.after(outcome.value)
-            assert lost == 0
-            for item in again:
-                if item.seq < entry.seq:
-                    self._publish(item)
+            assert not self.publisher.waiting, self.publisher.stats
+            return
 
 
 def feed_of(stream, pubsub):
@@ -165,10 +161,10 @@ def run_through(cluster, event, count=60, at=20):
             feed_recover(feed)
     # A last entry: a reader that missed some finds the gap on it.
     writers[0].say("last")
-    last = writers[0].chain.seq
+    last = writers[0].seq
     pump(feed, lambda: sum(1 for r in delivered if r[1] == "a" and r[2] == last))
     for writer in writers:
-        check(delivered, "busy", [writer.node], writer.chain.seq)
+        check(delivered, "busy", [writer.node], writer.seq)
     return feed, writers
 
 

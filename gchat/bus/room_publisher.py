@@ -1,0 +1,119 @@
+"""One node's writes to the room logs (issue 17), groundwork: the server
+does not use it yet.  The reading side is room_feed.py.
+
+The hub hands over each batch's entries, per room, in order (submit); one
+writer sends everything waiting in one pipeline per round (flush), so that
+a node's own writes to a room land in the order it made them, which
+concurrent writes to one stream would not promise.
+
+Each room's entries carry this node's chain (room_log.RoomWriter).  The
+publish script refuses an entry whose predecessor the room lacks, and says
+where the room's chain ends: a failover lost the old master's last writes,
+or Redis came back empty.  The writer then publishes again, in order, what
+it keeps after that point, and the refused entries with it; entries the
+room already has come back as copies (status 0) and count as published.
+What the window no longer keeps is lost to the room, counted, and the
+chain is moved on past it (the script's force flag), so that the room does
+not refuse this node for good.
+
+A round that fails (Redis unreachable, a master moving) leaves its entries
+waiting, in order, for the next one: publishing them again is safe for the
+same reason.
+"""
+
+import uuid
+from collections import deque
+from typing import Callable, NamedTuple
+
+from gchat.bus.room_log import RoomWriter
+from gchat.bus.room_stream import RoomStream
+
+# Rounds of publishing again within one flush before it gives up (each
+# round is the reply to a refusal: a second failover in between is what
+# needs more than one).
+MAX_ROUNDS = 5
+
+
+class Waiting(NamedTuple):
+    room_key: str
+    seq: int
+    ops: str
+    history: tuple
+    force: bool = False  # past a gap the room will never fill (lost entries)
+
+
+class RoomPublisher:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        stream: RoomStream,
+        node: str,
+        window: int,
+        new_epoch: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
+        self.stream = stream
+        self.node = node
+        self.window = window
+        self.new_epoch = new_epoch
+        self.writers: dict[str, RoomWriter] = {}
+        self.waiting: deque[Waiting] = deque()
+        self.history: dict[tuple[str, int], tuple] = {}  # (room, seq) -> its history lines
+        self.stats = {"published": 0, "copies": 0, "refusals": 0, "republished": 0, "lost": 0}
+
+    def submit(self, room_key: str, ops: str, history: tuple = ()) -> int:
+        """One entry of this node's into room_key (ops: its JSON); its
+        sequence number in the room's chain."""
+        writer = self.writers.get(room_key)
+        if writer is None:
+            writer = self.writers[room_key] = RoomWriter(self.window)
+        entry = writer.next([ops])
+        self.waiting.append(Waiting(room_key, entry.seq, ops, history))
+        if history:
+            self.history[(room_key, entry.seq)] = history
+        return entry.seq
+
+    def flush(self) -> int:
+        """Publish everything waiting; returns how many entries the rooms
+        took.  Raises what the client raises when Redis cannot be reached:
+        the entries then wait for the next flush."""
+        taken = 0
+        for _ in range(MAX_ROUNDS):
+            if not self.waiting:
+                return taken
+            batch = list(self.waiting)
+            outcomes = self.stream.publish_batch(
+                [
+                    (w.room_key, self.node, w.seq, w.ops, self.new_epoch(), w.history, w.force)
+                    for w in batch
+                ]
+            )
+            refused: dict[str, int] = {}
+            for item, outcome in zip(batch, outcomes):
+                if outcome.status < 0:
+                    refused.setdefault(item.room_key, outcome.value)
+                    continue
+                taken += 1
+                self.stats["published" if outcome.status else "copies"] += 1
+                self.history.pop((item.room_key, item.seq), None)
+            self.waiting.clear()
+            for room_key, last in refused.items():
+                self.stats["refusals"] += 1
+                self._again(room_key, last)
+            # What this round refused waits again, in the order of the
+            # rooms' chains (republished entries first within each room).
+        return taken
+
+    def _again(self, room_key: str, last: int) -> None:
+        """The room's chain for this node ends at last: wait again with
+        every kept entry after it, in order."""
+        kept, lost = self.writers[room_key].after(last)
+        if lost:
+            self.stats["lost"] += lost
+        for index, entry in enumerate(kept):
+            history = self.history.get((room_key, entry.seq), ())
+            # The first, past entries the room will never have, moves the
+            # room's chain on (the script's force flag).
+            force = index == 0 and lost > 0
+            self.waiting.append(Waiting(room_key, entry.seq, entry.ops[0], history, force))
+            self.stats["republished"] += 1
