@@ -6,11 +6,17 @@
 # i17_cost_*.jsonl.
 set -u
 cd "$(dirname "$0")"
-rm -f i17_cost_*.jsonl
+rm -f i17_cost_*.jsonl i17_read_*.jsonl
 for round in 1 2 3; do
   for masters in 0 3; do
     echo "== python -m gchat_bench.room_log_cost --masters $masters --rooms 400 --hosted 10 --rate 1000 --duration 10" >&2
     python -m gchat_bench.room_log_cost --masters $masters --rooms 400 --hosted 10 \
       --rate 1000 --duration 10 >> i17_cost_m$masters.jsonl
   done
+done
+# What a node pays per entry it reads: the reader hosts every room.
+for masters in 0 3; do
+  echo "== python -m gchat_bench.room_log_cost --masters $masters --rooms 400 --hosted 400 --rate 1000 --duration 10" >&2
+  python -m gchat_bench.room_log_cost --masters $masters --rooms 400 --hosted 400 \
+    --rate 1000 --duration 10 >> i17_read_m$masters.jsonl
 done
