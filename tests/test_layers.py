@@ -47,6 +47,8 @@ LAYERS = {
     "gchat.bus.room_stream": 3,
     "gchat.bus.room_feed": 3,
     "gchat.bus.room_publisher": 3,
+    "gchat.bus.control": 3,
+    "gchat.bus.pipelines": 3,
     # The edges the server plugs in.
     "gchat.metrics": 4,
     "gchat.systemd": 4,

@@ -26,8 +26,7 @@ node publishes again what the room lacks (room_log.RoomWriter.after).
 
 from typing import Any, NamedTuple, Optional
 
-from redis.exceptions import NoScriptError
-
+from gchat.bus import pipelines
 from gchat.bus.room_log import RoomEntry
 
 # KEYS: offset, epoch, stream, chains, history.  ARGV: node, seq, ops (JSON),
@@ -148,8 +147,8 @@ class RoomStream:
         over the rooms it touched): items of publish()'s arguments, as
         (room_key, node, seq, ops, new_epoch, history, force) tuples.  The
         outcomes come in their order."""
-        for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=False)
+
+        def fill(pipe: Any) -> None:
             for room_key, node, seq, ops, new_epoch, history, force in items:
                 k = self.keys(room_key)
                 self._publish(
@@ -157,19 +156,11 @@ class RoomStream:
                     args=self._args(node, seq, ops, k.channel, new_epoch, history, force),
                     client=pipe,
                 )
-            try:
-                replies = pipe.execute()
-            except NoScriptError:
-                # A cluster's pipeline does not load scripts on the masters
-                # it reaches (a new one after a failover has none): load
-                # it everywhere and publish again.  The chains make that
-                # safe: what went in the first time is a copy now.
-                if attempt == 2:
-                    raise
-                self.client.script_load(PUBLISH)
-                continue
-            return [Published(int(status), int(value)) for status, value in replies]
-        raise AssertionError("unreachable")
+
+        # Safe to publish twice, should the scripts be missing: the chains
+        # make what went in the first time a copy.
+        replies = pipelines.execute(self.client, fill, (PUBLISH,))
+        return [Published(int(status), int(value)) for status, value in replies]
 
     def _args(
         self,

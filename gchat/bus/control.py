@@ -1,0 +1,138 @@
+"""What a cluster shares besides the rooms' logs (issue 17), groundwork: the
+server does not use it yet.  Every call touches keys that a Redis Cluster
+can serve: one slot per call, or a pipeline that the cluster's client
+splits by master.
+
+- Names, one key each, so that they spread over the masters with the
+  clients: C:n:{KEY} holds the node id that has the name.  A node's names
+  are also listed in {C:node:ID}:names (the node's own slot), so that a
+  survivor can free them when the node is lost.  A claim lists the name
+  first and takes it second: a node that dies between the two leaves a
+  name listed that it does not hold, which freeing skips, never a name
+  held that nobody lists.
+- Liveness: {C:ctl}:hb:ID, renewed with a TTL; a node whose key expired is
+  lost.  {C:ctl}:lost:ID is set once, by whichever survivor frees the lost
+  node's names first, so that its members leave once.
+- The room directory, for /rooms: {C:ctl}:dir:ID maps each room with
+  members on node ID to how many; the cluster's rooms are the sum over the
+  live nodes.  It grows with the rooms a node hosts and changes with
+  arrivals, not with lines.
+
+The control keys share the slot of {C:ctl}: a small space, a handful of
+keys per node.
+"""
+
+from typing import Any, Optional
+
+from gchat.bus import pipelines
+
+# KEYS: the name's key.  ARGV: the node.  Deletes the name if the node has it.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Control:
+    """One cluster's names, liveness and directory, over a redis-py client
+    (redis.Redis or redis.cluster.RedisCluster)."""
+
+    def __init__(self, client: Any, cluster: str) -> None:
+        self.client = client
+        self.cluster = cluster
+        self._release = client.register_script(RELEASE)
+
+    # Keys ---------------------------------------------------------------
+
+    def name_key(self, key: str) -> str:
+        return f"{self.cluster}:n:{{{key}}}"
+
+    def node_names(self, node: str) -> str:
+        return f"{{{self.cluster}:node:{node}}}:names"
+
+    def heartbeat(self, node: str) -> str:
+        return f"{{{self.cluster}:ctl}}:hb:{node}"
+
+    def lost_marker(self, node: str) -> str:
+        return f"{{{self.cluster}:ctl}}:lost:{node}"
+
+    def directory_key(self, node: str) -> str:
+        return f"{{{self.cluster}:ctl}}:dir:{node}"
+
+    # Names --------------------------------------------------------------
+
+    def claim(self, key: str, node: str) -> bool:
+        """Take the name whose name_key is key for node: True if node has
+        it now (taken, or had it already), False if another node has it."""
+        self.client.sadd(self.node_names(node), key)
+        if self.client.set(self.name_key(key), node, nx=True):
+            return True
+        holder = self.client.get(self.name_key(key))
+        if holder is not None and holder.decode() == node:
+            return True
+        self.client.srem(self.node_names(node), key)
+        return False
+
+    def release(self, key: str, node: str) -> None:
+        self._release(keys=[self.name_key(key)], args=[node])
+        self.client.srem(self.node_names(node), key)
+
+    def holder(self, key: str) -> Optional[str]:
+        value = self.client.get(self.name_key(key))
+        return value.decode() if value is not None else None
+
+    # Liveness -----------------------------------------------------------
+
+    def beat(self, node: str, ttl_ms: int) -> None:
+        self.client.set(self.heartbeat(node), "1", px=ttl_ms)
+
+    def alive(self, nodes: list[str]) -> dict[str, bool]:
+        """{node: whether its heartbeat is there}, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for node in nodes:
+            pipe.exists(self.heartbeat(node))
+        return {node: bool(found) for node, found in zip(nodes, pipe.execute())}
+
+    def free_lost(self, node: str, marker_ttl_s: int) -> Optional[list[str]]:
+        """node is lost: free its names.  None if another survivor has done
+        it (or is doing it) already; else the name keys freed, the ones
+        node still held."""
+        if not self.client.set(self.lost_marker(node), "1", nx=True, ex=marker_ttl_s):
+            return None
+        keys = sorted(k.decode() for k in self.client.smembers(self.node_names(node)))
+
+        def fill(pipe: Any) -> None:
+            for key in keys:
+                self._release(keys=[self.name_key(key)], args=[node], client=pipe)
+
+        replies = pipelines.execute(self.client, fill, (RELEASE,))
+        freed = [key for key, deleted in zip(keys, replies) if deleted]
+        self.client.delete(self.node_names(node), self.directory_key(node))
+        return freed
+
+    # The room directory -------------------------------------------------
+
+    def publish_directory(self, node: str, counts: dict[str, int]) -> None:
+        """node's rooms as they are now: {room name: members on node}; a
+        room at 0 leaves the directory."""
+        key = self.directory_key(node)
+        gone = [room for room, count in counts.items() if count <= 0]
+        here = {room: count for room, count in counts.items() if count > 0}
+        pipe = self.client.pipeline(transaction=False)
+        if gone:
+            pipe.hdel(key, *gone)
+        if here:
+            pipe.hset(key, mapping=here)
+        pipe.execute()
+
+    def directory(self, nodes: list[str]) -> dict[str, int]:
+        """{room name: members} over the given (live) nodes."""
+        pipe = self.client.pipeline(transaction=False)
+        for node in nodes:
+            pipe.hgetall(self.directory_key(node))
+        total: dict[str, int] = {}
+        for rooms in pipe.execute():
+            for room, count in rooms.items():
+                name = room.decode()
+                total[name] = total.get(name, 0) + int(count)
+        return total
