@@ -271,6 +271,21 @@ def test_compat_is_the_seeds_one_room_across_nodes(start_gchat, redis_server):
     one.expect(f"{re.escape(two_addr)} has left")
 
 
+def test_a_redis_cluster_is_refused_with_a_clear_line(redis_cluster):
+    """Today's bus needs one Redis (one stream, scripts over several keys):
+    pointed at a node of a Redis Cluster it says so, instead of passing on
+    a MOVED reply."""
+    proc = subprocess.run(
+        [gchat_path(), "--port", "0", "--redis", redis_cluster.url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "is a node of a Redis Cluster" in errors[0], proc.stderr
+
+
 def test_start_fails_clearly_without_redis(tmp_path, redis_server):
     port = redis_server.port
     redis_server.kill()

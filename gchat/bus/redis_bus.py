@@ -67,7 +67,14 @@ from redis.retry import Retry
 
 from gchat.bus.entry import BadEntry, Deduper, decode, dumps, encode, fields
 from gchat.events import BUS, CLAIMED, RESYNC
-from gchat.protocol import BUS_DOWN_FOR_NAME, NODE_LOST, NODE_STOPPED, name_key, render_name_taken
+from gchat.protocol import (
+    BUS_DOWN_FOR_NAME,
+    NODE_LOST,
+    NODE_STOPPED,
+    REDIS_CLUSTER_UNSUPPORTED,
+    name_key,
+    render_name_taken,
+)
 
 log = logging.getLogger("gchat")
 
@@ -142,7 +149,8 @@ _Held = tuple[int, str, str, int, tuple[tuple[str, str], ...]]
 
 
 class BusError(Exception):
-    """Redis cannot be used at start (unreachable, wrong password)."""
+    """Redis cannot be used at start (unreachable, wrong password, a Redis
+    Cluster)."""
 
 
 class Keys:
@@ -232,6 +240,8 @@ class RedisBus:
         returns {room name: [history lines]}.  Raises BusError."""
         try:
             self.redis.ping()
+            if self.redis.info("cluster").get("cluster_enabled"):
+                raise BusError(REDIS_CLUSTER_UNSUPPORTED)
             self._take_epoch()
             snapshot = self._snapshot(
                 keys=[self.keys.stream, self.keys.rooms], args=[self.keys.history]
