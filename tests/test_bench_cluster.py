@@ -565,31 +565,38 @@ def test_cli_local_rooms_on_two_nodes():
     assert gone([pid for pids in r["server_pids"].values() for pid in pids]) == []
 
 
-def test_local_rooms_need_no_line_to_cross():
-    """Two gchat processes that share nothing, loaded with --local-rooms:
-    every room is whole on one of them, so nothing is lost.  (Spread, the
-    same pair loses half: test_separate_servers_are_not_a_cluster.)"""
+def run_on_separate_pair(**options):
+    """A 1 s fanout of 20 clients over two gchat processes that share
+    nothing (no Redis), loaded as one cluster: the result and the cluster."""
     argv = spawn_argv(gchat_command(), "", False)
-    nodes = [Server.spawn("solo%d" % i, argv) for i in range(2)]
-    cluster = Cluster("pair", nodes)
+    cluster = Cluster("pair", [Server.spawn("solo%d" % i, argv) for i in range(2)])
     try:
         o = Options(
             scenario="fanout",
             clients=20,
-            senders=20,
-            rate=40.0,
             duration=1.0,
-            rooms=4,
-            local_rooms=True,
             workers=2,
             progress=False,
-            drain_timeout=20.0,
-            settle_timeout=30.0,
             connect_timeout=20.0,
+            **options,
         )
-        r = run_scenario(o, cluster)
+        return run_scenario(o, cluster), cluster
     finally:
         cluster.stop()
+
+
+def test_local_rooms_need_no_line_to_cross():
+    """Two gchat processes that share nothing, loaded with --local-rooms:
+    every room is whole on one of them, so nothing is lost.  (Spread, the
+    same pair loses half: test_separate_servers_are_not_a_cluster.)"""
+    r, cluster = run_on_separate_pair(
+        senders=20,
+        rate=40.0,
+        rooms=4,
+        local_rooms=True,
+        drain_timeout=20.0,
+        settle_timeout=30.0,
+    )
     assert r["placement"] == "local" and r["node_connected"] == [10, 10]
     assert r["node_rooms"] == [2, 2]
     assert_exact(r, 20)
@@ -601,26 +608,9 @@ def test_separate_servers_are_not_a_cluster():
     """Two gchat processes that share nothing, loaded as a cluster: the
     accounting must count what did not cross as lost (here exactly half),
     not pass it as delivered.  No Redis needed."""
-    argv = spawn_argv(gchat_command(), "", False)
-    nodes = [Server.spawn("solo%d" % i, argv) for i in range(2)]
-    cluster = Cluster("pair", nodes)
-    try:
-        o = Options(
-            scenario="fanout",
-            clients=20,
-            senders=2,
-            rate=20.0,
-            duration=1.0,
-            workers=2,
-            progress=False,
-            drain_timeout=10.0,
-            drain_quiet=1.0,
-            settle_timeout=2.0,
-            connect_timeout=20.0,
-        )
-        r = run_scenario(o, cluster)
-    finally:
-        cluster.stop()
+    r, cluster = run_on_separate_pair(
+        senders=2, rate=20.0, drain_timeout=10.0, drain_quiet=1.0, settle_timeout=2.0
+    )
     assert r["node_connected"] == [10, 10]
     assert r["settle_missing"] == 10  # node 0's marker never reached node 1
     assert r["sent"] == 20 and r["expected"] == 400
