@@ -124,7 +124,7 @@ def test_a_room_joined_late_starts_after_its_snapshot(redis_server):
     for i in range(5):
         early.say(f"old {i}")
     feed, delivered = feed_of(stream, client.pubsub())
-    epoch, offset, history = feed.host("ops")
+    epoch, offset, history = feed.host("ops")[:3]
     assert offset == 5 and epoch is not None
     early.say("new")
     pump(feed, lambda: delivered)
@@ -396,7 +396,7 @@ def test_a_batch_reaches_every_master_in_one_pipeline(redis_cluster):
     for r in (0, 17, 49):
         epoch, entries = stream.read(f"room{r}", 1)
         assert [(e.offset, e.node, e.seq) for e in entries] == [(1, "n", 1)]
-        assert stream.snapshot(f"room{r}") == ("E", 1, [b"n: hi"])
+        assert stream.snapshot(f"room{r}")[:3] == ("E", 1, [b"n: hi"])
 
 
 def test_the_room_log_cost_bench_runs_and_counts_every_delivery():

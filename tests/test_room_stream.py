@@ -38,8 +38,8 @@ def test_publish_numbers_entries_and_the_stream_gives_them_back(redis_server):
     assert [(e.offset, e.node, e.seq) for e in entries] == [(1, "a", 1), (2, "b", 1)]
     assert json.loads(entries[1].ops[0]) == [["say", "lobby", "two", True]]
     assert rooms.read("lobby", 2)[1][0].node == "b"
-    assert rooms.snapshot("lobby") == ("E1", 2, [b"a: one", b"b: two"])
-    assert rooms.snapshot("den") == (None, 0, [])
+    assert rooms.snapshot("lobby")[:3] == ("E1", 2, [b"a: one", b"b: two"])
+    assert rooms.snapshot("den")[:3] == (None, 0, [])
 
 
 def test_history_keeps_the_last_lines(redis_server):
@@ -106,3 +106,23 @@ def test_redis_back_empty_gives_a_new_epoch_and_the_node_publishes_again(redis_s
             applied.append((entry.node, entry.seq))
         reader.mark(entry)
     assert applied == [("a", 1), ("a", 2), ("a", 3)]
+
+
+def test_the_members_follow_the_entries_and_a_snapshot_gives_them_with_the_chains(redis_server):
+    rooms = stream(redis_server)
+    rooms.publish("den", "a", 1, ops("x"), "E", members=("+ann Ann", "+al Al"))
+    rooms.publish("den", "b", 1, ops("x"), "E", members=("+bob Bob",))
+    snap = rooms.snapshot("den", "Den")
+    assert sorted(snap.members) == [("a", "Al"), ("a", "Ann"), ("b", "Bob")]
+    assert snap.chains == {"a": 1, "b": 1} and snap.offset == 2 and snap.name == "Den"
+    # "-": only the node that holds the name removes it.
+    rooms.publish("den", "b", 2, ops("x"), "E", members=("-ann",))
+    rooms.publish("den", "a", 2, ops("x"), "E", members=("-al",))
+    assert sorted(rooms.snapshot("den").members) == [("a", "Ann"), ("b", "Bob")]
+    # "=": none of the publisher's, before a list; "!NODE": none of NODE's.
+    rooms.publish("den", "a", 3, ops("x"), "E", members=("=", "+zed Zed"))
+    assert sorted(rooms.snapshot("den").members) == [("a", "Zed"), ("b", "Bob")]
+    rooms.publish("den", "a", 4, ops("x"), "E", members=("!b",))
+    snap = rooms.snapshot("den", "den")
+    assert snap.members == [("a", "Zed")]
+    assert snap.name == "Den"  # the first host's spelling stays

@@ -34,7 +34,7 @@ import time
 from typing import Any, Callable, Optional
 
 from gchat.bus.room_log import RoomEntry, RoomReader, Verdict
-from gchat.bus.room_stream import RoomStream, parse_message
+from gchat.bus.room_stream import RoomStream, Snapshot, parse_message
 
 
 class RoomFeed:
@@ -55,19 +55,32 @@ class RoomFeed:
         self.readers: dict[str, RoomReader] = {}
         self.by_channel: dict[bytes, str] = {}
         self.leaving: set[str] = set()  # unsubscribed on purpose
-        self.stats = {"delivered": 0, "duplicates": 0, "gaps": 0, "resets": 0, "resubscribed": 0}
+        self.stats = {
+            "delivered": 0,
+            "duplicates": 0,
+            "gaps": 0,
+            "resets": 0,
+            "resubscribed": 0,
+            "bad": 0,
+        }
+        # Told of what is skipped, with why: (room_key, reason).
+        self.bad: Callable[[str, str], None] = lambda room_key, why: None
         self._clock = clock
 
-    def host(self, room_key: str) -> tuple[Optional[str], int, list[bytes]]:
-        """Start reading room_key: its snapshot (epoch, offset, history), as
-        of the position from which entries will be delivered."""
-        epoch, offset, history = self.stream.snapshot(room_key)
-        self.readers[room_key] = RoomReader(epoch, offset)
+    def host(self, room_key: str, name: str = "") -> Snapshot:
+        """Start reading room_key: its snapshot, as of the position from
+        which entries will be delivered (name: as this node spells it)."""
+        snapshot = self.stream.snapshot(room_key, name)
+        reader = RoomReader(snapshot.epoch, snapshot.offset)
+        # What the snapshot holds counts as applied: a copy of it published
+        # again later (after a failover) is not applied twice.
+        reader.applied.update(snapshot.chains)
+        self.readers[room_key] = reader
         channel = self.stream.keys(room_key).channel
         self.by_channel[channel.encode()] = room_key
         self.leaving.discard(room_key)
         self.pubsub.ssubscribe(channel)
-        return epoch, offset, history
+        return snapshot
 
     def drop(self, room_key: str) -> None:
         """Stop reading room_key (its last local member left)."""
@@ -77,12 +90,13 @@ class RoomFeed:
         self.leaving.add(room_key)
         self.pubsub.sunsubscribe(channel)
 
-    def poll(self, timeout: float) -> int:
+    def poll(self, timeout: float) -> Optional[int]:
         """Handle what the subscriptions bring within timeout seconds (one
-        message at most); returns how many entries were delivered."""
+        message at most); returns how many entries were delivered, None if
+        no message came."""
         message = self.pubsub.get_sharded_message(timeout=timeout)
         if message is None:
-            return 0
+            return None
         room_key = self.by_channel.get(_bytes(message["channel"]))
         if room_key is None:
             return 0
@@ -101,7 +115,15 @@ class RoomFeed:
             return 0
         if kind != "smessage" or room_key not in self.readers:
             return 0
-        return self._live(room_key, parse_message(_bytes(message["data"])))
+        try:
+            entry = parse_message(_bytes(message["data"]))
+        except ValueError as err:
+            # Another program's message on the channel: the stream holds
+            # only what the script wrote, so nothing is missed.
+            self.stats["bad"] += 1
+            self.bad(room_key, f"message does not parse: {err}")
+            return 0
+        return self._live(room_key, entry)
 
     def catch_up(self, room_key: str) -> int:
         """Read what the room's stream holds after what was delivered."""

@@ -37,6 +37,7 @@ the script finds short (a failover lost the last writes, or Redis came back
 empty) makes the node publish again, from its window, what the room lacks.
 """
 
+from collections import deque
 from enum import Enum
 from typing import NamedTuple, Optional
 
@@ -142,7 +143,7 @@ class RoomWriter:
             raise ValueError("a writer keeps at least one entry")
         self.seq = 0
         self.window = window
-        self._kept: list[Published] = []
+        self._kept: deque[Published] = deque()
 
     def next(self, ops: list) -> Published:
         """Number ops as this node's next entry in the room, and keep it."""
@@ -150,8 +151,15 @@ class RoomWriter:
         entry = Published(self.seq, ops)
         self._kept.append(entry)
         if len(self._kept) > self.window:
-            del self._kept[0]
+            self._kept.popleft()
         return entry
+
+    def forget(self, upto: int) -> None:
+        """Keep no entry numbered upto or less (older than the replay
+        window: the room is taken to have them)."""
+        kept = self._kept
+        while kept and kept[0].seq <= upto:
+            kept.popleft()
 
     def after(self, last: int) -> tuple[list[Published], int]:
         """The room's chain for this node ends at last (the publish script

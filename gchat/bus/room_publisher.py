@@ -40,6 +40,7 @@ class Waiting(NamedTuple):
     ops: str
     history: tuple
     force: bool = False  # past a gap the room will never fill (lost entries)
+    members: tuple = ()  # room_stream.MEMBER_CHANGES
 
 
 class RoomPublisher:
@@ -58,20 +59,43 @@ class RoomPublisher:
         self.new_epoch = new_epoch
         self.writers: dict[str, RoomWriter] = {}
         self.waiting: deque[Waiting] = deque()
-        self.history: dict[tuple[str, int], tuple] = {}  # (room, seq) -> its history lines
+        # room -> {seq: (history lines, member changes)} of the entries kept,
+        # in seq order, to publish again with them
+        self.extras: dict[str, dict[int, tuple[tuple, tuple]]] = {}
         self.stats = {"published": 0, "copies": 0, "refusals": 0, "republished": 0, "lost": 0}
 
-    def submit(self, room_key: str, ops: str, history: tuple = ()) -> int:
+    def submit(self, room_key: str, ops: str, history: tuple = (), members: tuple = ()) -> int:
         """One entry of this node's into room_key (ops: its JSON); its
-        sequence number in the room's chain."""
+        sequence number in the room's chain.  Each room's writer (its
+        chain's last number) is kept for the node's life: a number used
+        again would be taken for a copy."""
         writer = self.writers.get(room_key)
         if writer is None:
             writer = self.writers[room_key] = RoomWriter(self.window)
         entry = writer.next([ops])
-        self.waiting.append(Waiting(room_key, entry.seq, ops, history))
-        if history:
-            self.history[(room_key, entry.seq)] = history
+        self.waiting.append(Waiting(room_key, entry.seq, ops, history, False, members))
+        if history or members:
+            self.extras.setdefault(room_key, {})[entry.seq] = (history, members)
         return entry.seq
+
+    def forget(self, room_key: str, upto: int) -> None:
+        """Entries of room_key up to seq upto are no longer kept to publish
+        again (older than the replay window)."""
+        writer = self.writers.get(room_key)
+        if writer is not None:
+            writer.forget(upto)
+        extras = self.extras.get(room_key)
+        if extras:
+            for seq in [seq for seq in extras if seq <= upto]:
+                del extras[seq]
+            if not extras:
+                del self.extras[room_key]
+
+    def republish_all(self) -> None:
+        """Redis lost its data: every room is to get again what this node
+        keeps of it (entries the rooms have come back as copies)."""
+        for room_key in self.writers:
+            self._again(room_key, 0)
 
     def flush(self) -> int:
         """Publish everything waiting; returns how many entries the rooms
@@ -84,7 +108,16 @@ class RoomPublisher:
             batch = list(self.waiting)
             outcomes = self.stream.publish_batch(
                 [
-                    (w.room_key, self.node, w.seq, w.ops, self.new_epoch(), w.history, w.force)
+                    (
+                        w.room_key,
+                        self.node,
+                        w.seq,
+                        w.ops,
+                        self.new_epoch(),
+                        w.history,
+                        w.force,
+                        w.members,
+                    )
                     for w in batch
                 ]
             )
@@ -95,7 +128,6 @@ class RoomPublisher:
                     continue
                 taken += 1
                 self.stats["published" if outcome.status else "copies"] += 1
-                self.history.pop((item.room_key, item.seq), None)
             self.waiting.clear()
             for room_key, last in refused.items():
                 self.stats["refusals"] += 1
@@ -111,9 +143,11 @@ class RoomPublisher:
         if lost:
             self.stats["lost"] += lost
         for index, entry in enumerate(kept):
-            history = self.history.get((room_key, entry.seq), ())
+            history, members = self.extras.get(room_key, {}).get(entry.seq, ((), ()))
             # The first, past entries the room will never have, moves the
             # room's chain on (the script's force flag).
             force = index == 0 and lost > 0
-            self.waiting.append(Waiting(room_key, entry.seq, entry.ops[0], history, force))
+            self.waiting.append(
+                Waiting(room_key, entry.seq, entry.ops[0], history, force, members)
+            )
             self.stats["republished"] += 1

@@ -13,6 +13,8 @@ script may touch them all at once:
     {C:r:ROOM}:n   the chains: node id -> the last seq of its entries here
     {C:r:ROOM}:h   the history: the room's last lines, for whoever comes
     {C:r:ROOM}:c   the sharded pub/sub channel (SPUBLISH/SSUBSCRIBE)
+    {C:r:ROOM}:m   the members: name key -> "NODE NAME" (see MEMBER_CHANGES)
+    {C:r:ROOM}:t   the room's name as its first host spelt it
 
 A publish is one script (centrifuge's broker does the same: offset, stream,
 publish in one step): check the node's chain, bump the offset, append to
@@ -29,10 +31,12 @@ from typing import Any, NamedTuple, Optional
 from gchat.bus import pipelines
 from gchat.bus.room_log import RoomEntry
 
-# KEYS: offset, epoch, stream, chains, history.  ARGV: node, seq, ops (JSON),
-# stream max length, channel, a new epoch (used if the room has none),
-# history max length, force ("1": accept a seq past the chain's next, when
-# the node no longer has what lies between), then history lines.
+# KEYS: offset, epoch, stream, chains, history, members.  ARGV: node, seq,
+# ops (JSON), stream max length, channel, a new epoch (used if the room has
+# none), history max length, force ("1": accept a seq past the chain's
+# next, when the node no longer has what lies between), how many history
+# lines follow, the history lines, then the entry's changes to the room's
+# members (see MEMBER_CHANGES).
 # Returns {1, offset} when published, {0, last} for a copy the room has
 # (seq <= last), {-1, last} when the room lacks the node's entries after
 # last.
@@ -50,26 +54,71 @@ local offset = redis.call('INCR', KEYS[1])
 redis.call('HSET', KEYS[4], ARGV[1], seq)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '0-' .. offset,
            'n', ARGV[1], 's', ARGV[2], 'o', ARGV[3])
-if #ARGV > 8 then
-  for i = 9, #ARGV do redis.call('RPUSH', KEYS[5], ARGV[i]) end
+local lines = tonumber(ARGV[9])
+if lines > 0 then
+  for i = 10, 9 + lines do redis.call('RPUSH', KEYS[5], ARGV[i]) end
   redis.call('LTRIM', KEYS[5], -tonumber(ARGV[7]), -1)
+end
+local mine = ARGV[1] .. ' '
+for i = 10 + lines, #ARGV do
+  local change = ARGV[i]
+  local kind = string.sub(change, 1, 1)
+  if kind == '+' then
+    local space = string.find(change, ' ', 2, true)
+    redis.call('HSET', KEYS[6], string.sub(change, 2, space - 1), mine .. string.sub(change, space + 1))
+  elseif kind == '-' then
+    local key = string.sub(change, 2)
+    local holder = redis.call('HGET', KEYS[6], key)
+    if holder and string.sub(holder, 1, #mine) == mine then redis.call('HDEL', KEYS[6], key) end
+  else
+    local whose = mine
+    if kind == '!' then whose = string.sub(change, 2) .. ' ' end
+    local all = redis.call('HGETALL', KEYS[6])
+    for j = 1, #all, 2 do
+      if string.sub(all[j + 1], 1, #whose) == whose then redis.call('HDEL', KEYS[6], all[j]) end
+    end
+  end
 end
 redis.call('SPUBLISH', ARGV[5], epoch .. ' ' .. offset .. ' ' .. ARGV[1] .. ' ' .. ARGV[2]
            .. ' ' .. ARGV[3])
 return {1, offset}
 """
+# How an entry changes a room's members (the hash {C:r:ROOM}:m, name key ->
+# "NODE NAME"), so that a node that starts to host the room reads who is in
+# it with its position, in one step:
+#   "+KEY NAME"  the publishing node's member NAME is in the room
+#   "-KEY"       it is not (only if the publishing node holds it)
+#   "="          none of the publishing node's members are (before a list)
+#   "!NODE"      none of NODE's members are (NODE is lost)
+MEMBER_CHANGES = "+-=!"
 # KEYS: epoch, stream.  ARGV: the first offset wanted.  Returns the epoch
 # (false if none) and the stream's entries from that offset on, in one
 # atomic step, so that the entries belong to that epoch.
 READ = """
 return {redis.call('GET', KEYS[1]), redis.call('XRANGE', KEYS[2], '0-' .. ARGV[1], '+')}
 """
-# KEYS: epoch, offset, history.  What a node that starts to host the room
-# needs before it subscribes: the position, and the history as of it.
+# KEYS: epoch, offset, history, members, chains, name.  ARGV: the room's
+# name as this node spells it.  What a node that starts to host the room
+# needs before it subscribes, as of one position: the epoch and offset, the
+# history, the members, every node's chain (what counts as applied) and the
+# room's name as its first host spelt it (set here if it has none).
 SNAPSHOT = """
+redis.call('SET', KEYS[6], ARGV[1], 'NX')
 return {redis.call('GET', KEYS[1]), tonumber(redis.call('GET', KEYS[2]) or '0'),
-        redis.call('LRANGE', KEYS[3], 0, -1)}
+        redis.call('LRANGE', KEYS[3], 0, -1), redis.call('HGETALL', KEYS[4]),
+        redis.call('HGETALL', KEYS[5]), redis.call('GET', KEYS[6])}
 """
+
+
+class Snapshot(NamedTuple):
+    """A room as of one position of its log (RoomStream.snapshot)."""
+
+    epoch: Optional[str]
+    offset: int
+    history: list[bytes]
+    members: list[tuple[str, str]]  # (node, name), in no order
+    chains: dict[str, int]  # node -> the last seq of its entries in the room
+    name: str
 
 
 class RoomKeys(NamedTuple):
@@ -79,12 +128,14 @@ class RoomKeys(NamedTuple):
     chains: str
     history: str
     channel: str
+    members: str
+    name: str
 
 
 def room_keys(cluster: str, room_key: str) -> RoomKeys:
     """The keys of one room (room_key: protocol.name_key of its name)."""
     tag = "{%s:r:%s}" % (cluster, room_key)
-    return RoomKeys(*(f"{tag}:{suffix}" for suffix in ("o", "e", "s", "n", "h", "c")))
+    return RoomKeys(*(f"{tag}:{suffix}" for suffix in ("o", "e", "s", "n", "h", "c", "m", "t")))
 
 
 class Published(NamedTuple):
@@ -97,14 +148,26 @@ class Published(NamedTuple):
 
 
 def parse_message(data: bytes) -> RoomEntry:
-    """A room channel's message: "EPOCH OFFSET NODE SEQ OPS"."""
-    epoch, offset, node, seq, ops = data.split(b" ", 4)
-    return RoomEntry(epoch.decode(), int(offset), node.decode(), int(seq), [ops])
+    """A room channel's message: "EPOCH OFFSET NODE SEQ OPS"; raises
+    ValueError if it is not one."""
+    parts = data.split(b" ", 4)
+    if len(parts) != 5:
+        raise ValueError(f"{len(parts)} fields, not 5")
+    epoch, offset, node, seq, ops = parts
+    try:
+        return RoomEntry(epoch.decode(), int(offset), node.decode(), int(seq), [ops])
+    except UnicodeDecodeError as err:
+        raise ValueError(str(err)) from None
 
 
 def _entry(epoch: str, entry_id: bytes, fields: dict) -> RoomEntry:
     offset = int(entry_id.split(b"-", 1)[1])
-    return RoomEntry(epoch, offset, fields[b"n"].decode(), int(fields[b"s"]), [fields[b"o"]])
+    try:
+        return RoomEntry(epoch, offset, fields[b"n"].decode(), int(fields[b"s"]), [fields[b"o"]])
+    except (KeyError, ValueError):
+        # Not the script's (another program wrote to the stream): an entry
+        # that the reader finds malformed when it decodes the operations.
+        return RoomEntry(epoch, offset, "?", 0, [b""])
 
 
 class RoomStream:
@@ -132,28 +195,31 @@ class RoomStream:
         new_epoch: str,
         history: tuple = (),
         force: bool = False,
+        members: tuple = (),
     ) -> Published:
         """One entry of node's into the room (ops: its JSON); history: the
-        lines it adds to the room's history."""
+        lines it adds to the room's history; members: its MEMBER_CHANGES."""
         k = self.keys(room_key)
         status, value = self._publish(
-            keys=[k.offset, k.epoch, k.stream, k.chains, k.history],
-            args=self._args(node, seq, ops, k.channel, new_epoch, history, force),
+            keys=[k.offset, k.epoch, k.stream, k.chains, k.history, k.members],
+            args=self._args(node, seq, ops, k.channel, new_epoch, history, force, members),
         )
         return Published(int(status), int(value))
 
     def publish_batch(self, items: list) -> list[Published]:
         """Several entries in one round trip per master (a node's hub batch,
         over the rooms it touched): items of publish()'s arguments, as
-        (room_key, node, seq, ops, new_epoch, history, force) tuples.  The
-        outcomes come in their order."""
+        (room_key, node, seq, ops, new_epoch, history, force[, members])
+        tuples.  The outcomes come in their order."""
 
         def fill(pipe: Any) -> None:
-            for room_key, node, seq, ops, new_epoch, history, force in items:
+            for item in items:
+                room_key, node, seq, ops, new_epoch, history, force, *rest = item
+                members = rest[0] if rest else ()
                 k = self.keys(room_key)
                 self._publish(
-                    keys=[k.offset, k.epoch, k.stream, k.chains, k.history],
-                    args=self._args(node, seq, ops, k.channel, new_epoch, history, force),
+                    keys=[k.offset, k.epoch, k.stream, k.chains, k.history, k.members],
+                    args=self._args(node, seq, ops, k.channel, new_epoch, history, force, members),
                     client=pipe,
                 )
 
@@ -171,7 +237,9 @@ class RoomStream:
         new_epoch: str,
         history: tuple,
         force: bool,
+        members: tuple = (),
     ) -> list:
+        lines = history if self.history else ()
         return [
             node,
             seq,
@@ -181,7 +249,9 @@ class RoomStream:
             new_epoch,
             max(1, self.history),
             "1" if force else "0",
-            *(history if self.history else ()),
+            len(lines),
+            *lines,
+            *members,
         ]
 
     def read(self, room_key: str, first: int) -> tuple[Optional[str], list[RoomEntry]]:
@@ -193,11 +263,33 @@ class RoomStream:
         text = epoch.decode()
         return text, [_entry(text, entry_id, fields_of(raw)) for entry_id, raw in items]
 
-    def snapshot(self, room_key: str) -> tuple[Optional[str], int, list[bytes]]:
-        """The room's epoch, offset and history lines, as of one moment."""
+    def snapshot(self, room_key: str, name: str = "") -> Snapshot:
+        """The room as of one position of its log (name: how this node
+        spells it, kept if the room has no name yet)."""
         k = self.keys(room_key)
-        epoch, offset, lines = self._snapshot(keys=[k.epoch, k.offset, k.history])
-        return (epoch.decode() if epoch is not None else None), int(offset), list(lines)
+        epoch, offset, lines, members, chains, spelt = self._snapshot(
+            keys=[k.epoch, k.offset, k.history, k.members, k.chains, k.name],
+            args=[name or room_key],
+        )
+        pairs = []
+        for value in pairs_of(members).values():
+            node, _, member = value.decode().partition(" ")
+            pairs.append((node, member))
+        return Snapshot(
+            epoch.decode() if epoch is not None else None,
+            int(offset),
+            list(lines),
+            pairs,
+            {node.decode(): int(seq) for node, seq in pairs_of(chains).items()},
+            spelt.decode() if spelt is not None else (name or room_key),
+        )
+
+
+def pairs_of(raw: Any) -> dict:
+    """A hash as HGETALL returns it inside a script: a flat list."""
+    if isinstance(raw, dict):
+        return raw
+    return dict(zip(raw[::2], raw[1::2]))
 
 
 def fields_of(raw: Any) -> dict:
