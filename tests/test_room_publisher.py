@@ -21,7 +21,7 @@ class FakeStream:
             self.fail_next = False
             raise ConnectionError("Redis is down")
         out = []
-        for room, node, seq, ops, _epoch, _history, force in items:
+        for room, node, seq, ops, _epoch, _history, force, _members in items:
             last = self.chains.get((room, node), 0)
             if seq <= last:
                 out.append(Published(0, last))
@@ -96,3 +96,18 @@ def test_a_copy_counts_as_published():
     pub.submit("a", "a1")
     stream.chains[("a", "n")] = 1  # it went in, but the reply was lost
     assert pub.flush() == 1 and pub.stats["copies"] == 1 and "a" not in stream.rooms
+
+
+def test_forgotten_entries_are_not_published_again_and_count_lost():
+    stream = FakeStream()
+    pub = RoomPublisher(stream, "n", window=10)
+    for text in ("a1", "a2", "a3"):
+        pub.submit("a", text, members=(f"+{text} {text}",))
+    pub.flush()
+    pub.forget("a", 2)  # past the replay window
+    assert pub.extras == {"a": {3: ((), ("+a3 a3",))}}
+    stream.lose("a", 3)  # Redis came back without the room
+    pub.republish_all()
+    pub.flush()
+    assert stream.rooms["a"] == [("n", 3, "a3")]
+    assert pub.stats["lost"] == 2
