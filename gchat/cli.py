@@ -238,14 +238,13 @@ def run(config: Config, worker: Optional["WorkerLink"] = None) -> int:
     from gchat import systemd
     from gchat.server import ChatServer
 
-    # The cluster's bus and the rooms' histories it loaded, with --redis.
+    # The cluster's bus, with --redis.
     bus: Any = None
-    histories: Any = None
     if config.redis:
         from gchat.bus import open_bus
 
         try:
-            bus, histories = open_bus(config)
+            bus = open_bus(config)
         except RuntimeError as err:
             log.error("cannot start: %s", err)
             return 1
@@ -263,7 +262,6 @@ def run(config: Config, worker: Optional["WorkerLink"] = None) -> int:
         log.error("cannot listen on %s: %s", format_address(config.host, config.port), err)
         return 1
     if bus is not None:
-        server.hub.chat.load_histories(histories)
         bus.start(server.hub.put)
         from gchat.workers import PREDECESSOR_ENV
 
@@ -271,10 +269,10 @@ def run(config: Config, worker: Optional["WorkerLink"] = None) -> int:
         if predecessor:
             bus.retire(predecessor)
         log.info(
-            "node %s joined cluster %s (%d rooms with history)",
+            "node %s joined cluster %s (%s)",
             bus.node,
             config.cluster,
-            len(histories),
+            "a Redis Cluster" if bus.sharded else "one Redis",
         )
     stop_requested = Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -1,52 +1,74 @@
 """The chat of one node in a cluster (--redis).  Pure: no Redis, no gevent.
 
-Every node holds the whole cluster's rooms, names and histories, and every
-node applies the same entries in the same order: the order of the bus's
-stream (bus/redis_bus.py).  That is the seed's one broadcaster, spread out:
-one order per room, whichever node a member is on.
+Each room has a log of its own (bus/room_log.py): one order per room,
+whichever node a member is on.  A node reads the logs of the rooms it
+hosts, those with a member of its own, and no other: the bus is routed by
+interest (docs/cluster.md).  Every node that hosts a room applies the
+room's entries in the log's order, and that is the seed's one broadcaster,
+spread out per room.
 
 So a node does not act on its own clients' lines and commands at once.  It
-publishes them (one bus entry per hub batch, `outgoing`) and acts when it
-reads them back, in the stream's order, like everyone else's:
+publishes them (one entry per room per hub batch, `take`) and acts when it
+reads them back, in the room's order, like every other host of the room:
 
-- a line is said to its room when its "say" comes back, on every node;
-- a name is claimed in Redis first (a request to the bus, answered by a
-  claimed() event: atomic, so two nodes can never hand out one name), and
-  the client is named, greeted and given its roster and history when its
-  "enter" comes back; what it types meanwhile is held and replayed;
-- /join, /nick and departures likewise (see ClusterChat.__init__ on
-  what a client's later lines wait for).
+- a line is said to its room when its "say" comes back;
+- a name is claimed in Redis first (a request to the bus, answered by
+  claimed(): atomic, so two nodes can never hand out one name), and the
+  client is named, greeted and given its roster and history when its
+  "enter" comes back from the lobby's log; what it types meanwhile is held
+  and replayed;
+- /join is a "leave" into the old room's log and, once that is back, an
+  "enter" into the new one's; the client is busy until both are back, and
+  between them it is in neither room, as on every other node;
+- a departure is a "leave" into its room's log;
+- /msg goes into the recipient node's inbox, a log that only that node
+  reads (the bus finds the node from the name, answering routed()).
+
+A node starts to host a room when a member of its own is about to enter it:
+it asks the bus for the room (request "host"), and the bus answers
+hosted() with a snapshot of the room's members, history and position,
+taken just before it subscribes; the entry of the member that brought the
+room is published after that, so that it is part of what the node reads.
+The node stops hosting a room (request "drop") when no member of its own is
+in it, entering it or leaving it; it forgets the room's other members then.
 
 Members served by other nodes are `Remote` objects: in their room's
-`remote` set, counted in rosters, /who and /rooms, never delivered to.  A
-local client that disconnects leaves its room's delivery list at once (its
-socket is gone) but stays there as a Remote of this node until its
-"leave" comes back, so that every node announces the departure at the same
+`remote` set, counted in rosters and /who, never delivered to.  A local
+client that disconnects leaves its room's delivery list at once (its socket
+is gone) but stays there as a Remote of this node until its "leave" comes
+back, so that every host of the room announces the departure at the same
 point of the room's order.
 
-Nodes learn of each other from the stream: a node that starts publishes
-"hello", and every node answers with "present", the members it holds as
-its own published operations describe them (`published`), which a reader
-that applied every earlier entry of that node already has, and a reader
-that started later takes as the truth.  A node that stops or is lost
-("lost", published by whichever survivor first finds its heartbeat key
-expired) has its members leave everywhere, at the same point of the
-order; applying it twice changes nothing.
+Nodes that die are found by their heartbeats (bus); each survivor
+publishes "lost" into the rooms where it knows members of the lost node, and
+the one that frees the lost node's names into the rooms of its directory
+too; applying it twice changes nothing.  /rooms counts the whole cluster
+from the nodes' directories, which the bus reads at each heartbeat, and
+the rooms this node hosts exactly.
 """
 
 import logging
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
+from heapq import nlargest
 from typing import Any, Callable, Optional
 
 from gchat import protocol as p
-from gchat.bus.entry import Entry
+from gchat.bus.entry import LINES
 from gchat.chat import Chat
 from gchat.config import Config
-from gchat.events import Member
+from gchat.events import CLAIMED, DIRECTORY, HOSTED, NODE_LOST, RESYNC, ROUTED, Member
 from gchat.room import Room
 
 log = logging.getLogger("gchat")
+
+# A node's inbox is a log of its own: the room key "~NODE" (no room name
+# can hold a "~", protocol._validate_label).
+INBOX = "~"
+
+
+def inbox_key(node: str) -> str:
+    return INBOX + node
 
 
 def _release_if_empty(table: dict[Any, Any]) -> None:
@@ -76,8 +98,44 @@ class Remote:
         return f"<Remote {self.who}>"
 
 
+class Heading:
+    """A local client on its way into a room: its first entry (into the
+    lobby) or a /join.  carried: what its old room's batch held for it
+    (None while its "leave" from the old room is out); sent: its "enter"
+    is out."""
+
+    __slots__ = ("room", "carried", "sent", "first")
+
+    def __init__(self, room: str, carried: Optional[bytes], first: bool) -> None:
+        self.room = room
+        self.carried = carried
+        self.sent = False
+        self.first = first
+
+
+class Batch:
+    """One room's share of a hub batch: the bus's next entry in its log."""
+
+    __slots__ = ("ops", "history", "members", "lines")
+
+    def __init__(self) -> None:
+        self.ops: list[list[Any]] = []
+        self.history: list[bytes] = []  # lines for the room's history in Redis
+        self.members: list[str] = []  # room_stream.MEMBER_CHANGES
+        self.lines = 0  # chat and private lines (the outage bound)
+
+
+def _plus(name: str) -> str:
+    return f"+{p.name_key(name)} {name}"
+
+
+def _minus(name: str) -> str:
+    return f"-{p.name_key(name)}"
+
+
 class ClusterChat(Chat):
-    """A Chat whose changes go through the bus.  See the module docstring."""
+    """A Chat whose changes go through the room logs.  See the module
+    docstring."""
 
     # A node that stops takes its members with it; the others stay.
     SHUTDOWN_REASON = p.NODE_STOPPED
@@ -91,20 +149,29 @@ class ClusterChat(Chat):
     ) -> None:
         super().__init__(config, stats=stats, clock=clock)
         self.node = node
-        self.outgoing: list[list[Any]] = []  # operations of this batch: the bus's next entry
-        # ("claim", conn, name), ("release", key), ("reassert",)
+        self.outgoing: dict[str, Batch] = {}  # room key -> this batch's entry
+        # ("claim", conn, name), ("release", key), ("reassert",),
+        # ("host", room key, name), ("drop", room key),
+        # ("msg", conn, sender, target, text), ("directory", {room: count})
         self.requests: list[tuple[Any, ...]] = []
         # conn -> (name, renaming): asked the bus, no answer yet
         self.claims: dict[Member, tuple[str, bool]] = {}
         self.claiming: dict[str, Member] = {}  # name_key -> conn: the same, by name
-        self.entering: dict[str, Member] = {}  # name_key -> conn: its "enter" is out, not back yet
+        self.entering: dict[str, Member] = {}  # name_key -> conn: its "enter" is out
+        self.heading: dict[Member, Heading] = {}  # conns on their way into a room
         # conn -> [name, room] as published, while that differs from what
-        # has been applied (its "enter", /nick or /join is out); otherwise
-        # conn.name and conn.room say it, and no memory is spent on it.
+        # has been applied; otherwise conn.name and conn.room say it.
         self.published: dict[Member, list[str]] = {}
-        # node id -> {Remote: None}, in order (ours: the departed)
-        self.nodes: dict[str, dict[Remote, None]] = {}
-        self.lost: set[str] = set()  # nodes whose departure was applied
+        self.hosted: set[str] = set()  # room keys whose log this node reads
+        # room key -> what waits for its snapshot (hosted())
+        self.hosting: dict[str, list[Callable[[], None]]] = {}
+        self.remotes: dict[tuple[str, str], Remote] = {}  # (room key, name key) -> Remote
+        self.nodes: dict[str, dict[Remote, None]] = {}  # node id -> its Remotes here
+        # The cluster's rooms and their members, from the nodes' directories
+        # as the bus last read them (room name -> count).
+        self.directory: dict[str, int] = {}
+        self._counted: set[Room] = set()  # rooms whose local count changed
+        self.routing: dict[Member, int] = {}  # conn -> its /msgs the bus is routing
         # lines the bus holds unpublished (the hub sets it)
         self.backlog: Callable[[], int] = lambda: 0
         self.bus_up: Callable[[], bool] = lambda: True  # whether Redis answers (the hub sets it)
@@ -112,26 +179,23 @@ class ClusterChat(Chat):
         # One client, one order.  A client whose claim, /join or /nick is
         # out is busy: what it types meanwhile is held and handled once that
         # is back, so that each line and command acts on the state its
-        # earlier ones made (a line after /join goes to the new room).  A
-        # command (or an error) of a client whose chat lines are out waits
-        # for them too, so that every answer comes in the order asked.  A
-        # plain chat line needs only its room, as published, and goes out
-        # at once behind the client's earlier ones.
+        # earlier ones made.  A command of a client whose chat lines are
+        # out waits for them too, so that every answer comes in the order
+        # asked.  A plain chat line needs only its room, as published, and
+        # goes out at once behind the client's earlier ones.
         self.busy: dict[Member, list[p.Line]] = {}  # conn -> lines held while it is busy
         self._held = 0  # lines held over all clients (the outage bound)
-        self._senders: set[Member] = set()  # conns that published in this batch
-        # (seq, conns) of our entries not back yet
-        self.awaiting: deque[tuple[int, set[Member]]] = deque()
+        self._senders: dict[str, set[Member]] = {}  # room key -> conns in this batch's entry
+        self._sending: set[Member] = set()  # the same conns, over every room
+        # room key -> (seq, conns) of our entries there not back yet
+        self.awaiting: dict[str, deque[tuple[int, set[Member]]]] = {}
         self.inflight: dict[Member, int] = {}  # conn -> how many of those it is in
         self.counts.update(bus_refused=0, bus_ops_skipped=0)
         self._apply: dict[str, Callable[..., None]] = {
             "enter": self._apply_enter,
-            "join": self._apply_join,
             "leave": self._apply_leave,
             "say": self._apply_say,
             "nick": self._apply_nick,
-            "msg": self._apply_msg,
-            "hello": self._apply_hello,
             "present": self._apply_present,
             "lost": self._apply_lost,
         }
@@ -139,43 +203,81 @@ class ClusterChat(Chat):
     # ------------------------------------------------------------------
     # For the hub and the bus
 
-    def take(self) -> tuple[list[list[Any]], list[tuple[Any, ...]]]:
-        """This batch's operations and requests, for the bus."""
-        ops, requests = self.outgoing, self.requests
-        self.outgoing, self.requests = [], []
+    def take(self) -> tuple[dict[str, Batch], list[tuple[Any, ...]]]:
+        """This batch's entries (room key -> Batch) and requests, for the bus."""
+        if self._counted:
+            counts = {room.name: len(room.members) + len(room.arriving) for room in self._counted}
+            self._counted.clear()
+            self.requests.append(("directory", counts))
+        batches, requests = self.outgoing, self.requests
+        self.outgoing, self.requests = {}, []
         self._queued_lines = 0
-        return ops, requests
+        return batches, requests
 
-    def sent(self, seq: int) -> None:
-        """The bus took this batch's operations; seq is the sequence
-        number of its (last) entry."""
-        senders, self._senders = self._senders, set()
-        if not senders:
-            return
-        self.awaiting.append((seq, senders))
+    def sent(self, seqs: Mapping[str, int]) -> None:
+        """The bus took this batch's entries: seqs, room key -> the sequence
+        number of the entry there."""
+        senders_by_room, self._senders = self._senders, {}
+        self._sending = set()
         inflight = self.inflight
-        for conn in senders:
-            inflight[conn] = inflight.get(conn, 0) + 1
+        for room_key, senders in senders_by_room.items():
+            seq = seqs.get(room_key)
+            if seq is None or not senders:
+                continue
+            self.awaiting.setdefault(room_key, deque()).append((seq, senders))
+            for conn in senders:
+                inflight[conn] = inflight.get(conn, 0) + 1
 
-    def apply(self, entries: Iterable[Entry]) -> None:
-        """Entries read from the bus (new ones, in the stream's order)."""
+    def on_bus(self, kind: str, conn: Any, payload: Any) -> None:
+        """An event of the bus's (events.BUS_EVENTS)."""
+        if kind == CLAIMED:
+            self.claimed(conn, *payload)
+        elif kind == HOSTED:
+            self.hosted_room(*payload)
+        elif kind == ROUTED:
+            self.routed(conn, *payload)
+        elif kind == DIRECTORY:
+            self.directory = payload
+        elif kind == NODE_LOST:
+            self.node_lost(*payload)
+        elif kind == RESYNC:
+            self.resync()
+        else:
+            self.apply(*payload)
+
+    def apply(self, room_key: str, entries: Iterable[tuple[str, int, list[list[Any]]]]) -> None:
+        """Entries of one room's log (node, seq, operations), new ones, in
+        the log's order."""
+        if room_key.startswith(INBOX):
+            for _node, _seq, ops in entries:
+                for op in ops:
+                    if op[0] == "msg":
+                        self._apply_msg(*op[1:])
+            return
+        room = self.rooms.get(room_key)
+        if room is None or room_key not in self.hosted:
+            return  # dropped meanwhile: not ours to apply
         now = self._clock()
-        for entry in entries:
-            for op in entry.ops:
+        for node, seq, ops in entries:
+            for op in ops:
+                handler = self._apply.get(op[0])
+                if handler is None:
+                    continue  # an inbox operation in a room: not for rooms
                 try:
-                    self._apply[op[0]](entry.node, now, *op[1:])
+                    handler(room, node, now, *op[1:])
                 except Exception:
                     # Checked by entry.decode, so this is a bug or a
                     # state this node cannot reach: skip the operation,
                     # never the broadcaster.
                     self.counts["bus_ops_skipped"] += 1
-                    log.exception("cannot apply %s from node %s; skipped", op[0], entry.node)
-            if entry.node == self.node and self.awaiting:
-                self._came_back(entry.seq)
+                    log.exception("cannot apply %s from node %s; skipped", op[0], node)
+            if node == self.node:
+                self._came_back(room_key, seq)
+        self._maybe_unhost(room)
 
-    def _came_back(self, seq: int) -> None:
-        """Our entries up to seq have been applied."""
-        awaiting = self.awaiting
+    def _came_back(self, room_key: str, seq: int) -> None:
+        """Our entries in room_key up to seq have been applied."""
+        awaiting = self.awaiting.get(room_key)
         while awaiting and awaiting[0][0] <= seq:
             for conn in awaiting.popleft()[1]:
                 left = self.inflight.pop(conn, 1) - 1
@@ -183,6 +285,8 @@ class ClusterChat(Chat):
                     self.inflight[conn] = left
                 else:
                     self._maybe_free(conn)
+        if awaiting is not None and not awaiting:
+            del self.awaiting[room_key]
         _release_if_empty(self.inflight)
 
     def claimed(self, conn: Member, name: str, error: Optional[str]) -> None:
@@ -204,28 +308,106 @@ class ClusterChat(Chat):
         elif renaming:
             published = self._publishing(conn)
             old, published[0] = published[0], name
-            self._publish(["nick", old, name], conn)
+            self._publish(conn.room, ["nick", old, name], conn, members=(_minus(old), _plus(name)))
         else:
             self._publish_enter(conn, name)
         self._maybe_free(conn)
 
-    def load_histories(self, histories: Mapping[str, list[bytes]]) -> None:
-        """The rooms' histories as Redis keeps them, for a node that starts
-        after they were written ({room name: [encoded lines]})."""
-        for name, lines in histories.items():
-            room = self._room(name)
-            if room.history is not None:
-                room.history.extend(lines)
+    def hosted_room(self, room_key: str, snapshot: Any) -> None:
+        """The bus reads room_key's log from now on: snapshot (epoch,
+        offset, history, members [(node, name)], chains, name) is the room
+        as of the position from which its entries come."""
+        room = self.rooms.get(room_key) or self.rooms.ensure(snapshot.name)
+        self.hosted.add(room_key)
+        if room.history is not None:
+            room.history.clear()
+            room.history.extend(snapshot.history)
+        for node, name in snapshot.members:
+            if node != self.node:
+                self._add_remote(Remote(name, node), room)
+        for action in self.hosting.pop(room_key, ()):
+            action()
+        self._maybe_unhost(room)
 
-    def resync(self, first_seq: int) -> None:
-        """Redis came back without the cluster's data; our entries from
-        first_seq on are published again, the older ones never come back.
-        Say again who is here."""
-        self._came_back(first_seq - 1)
-        self._publish_present()
+    def routed(self, conn: Member, target: str, found: bool, text: str) -> None:
+        """The bus's answer to a /msg: whether target has a node, which got it."""
+        left = self.routing.pop(conn, 1) - 1
+        if left:
+            self.routing[conn] = left
+        _release_if_empty(self.routing)
+        if conn not in self.connected:
+            return
+        if not found:
+            self._error(conn, p.render_no_such_user(target))
+        elif p.name_key(target) != p.name_key(conn.name):
+            self._tell(conn, p.render_private_to_sender(conn.name, target, text))
+        self._maybe_free(conn)
+
+    def node_lost(self, node: str, reason: str) -> None:
+        """node's heartbeat expired: its members leave the rooms where this
+        node knows them, at the point of each room's order where this
+        node's "lost" lands."""
+        rooms = {member.room for member in self.nodes.get(node, ())}
+        for room in rooms:
+            if room is not None and room.key in self.hosted:
+                self._publish(room, ["lost", node, reason], members=("!" + node,))
+
+    def resync(self) -> None:
+        """Redis came back without the cluster's data: each room this node
+        hosts is told again who of its members are here."""
+        for room_key in self.hosted:
+            room = self.rooms.get(room_key)
+            if room is not None:
+                self._publish_present(room)
+
+    def _publish_present(self, room: Room) -> None:
+        names = [conn.name for conn in (*room.members, *room.arriving)]
+        self._publish(room, ["present", names], members=("=", *(_plus(n) for n in names)))
 
     def named_here(self) -> int:
-        return sum(1 for conn in self.connected if conn.room is not None)
+        return sum(1 for conn in self.connected if conn.room is not None and conn.name)
+
+    def cluster_members(self) -> int:
+        """Members over the cluster, as the directories last said."""
+        return sum(self.directory.values())
+
+    # ------------------------------------------------------------------
+    # Hosting rooms
+
+    def _when_hosted(self, name: str, action: Optional[Callable[[], None]] = None) -> None:
+        """action once the room called name is hosted (now, if it is)."""
+        key = p.name_key(name)
+        if key in self.hosted:
+            if action is not None:
+                action()
+            return
+        waiting = self.hosting.get(key)
+        if waiting is None:
+            waiting = self.hosting[key] = []
+            self.requests.append(("host", key, name))
+        if action is not None:
+            waiting.append(action)
+
+    def _maybe_unhost(self, room: Room) -> None:
+        """Stop hosting room if no member of this node's is in it, on its
+        way in, or on its way out (a leave or an entry not back)."""
+        key = room.key
+        if key not in self.hosted or room.members or room.arriving:
+            return
+        if key in self.awaiting or key in self.outgoing or key in self.hosting:
+            return
+        if any(member.node == self.node for member in room.remote):
+            return
+        if any(h.carried is None and c.room is room for c, h in self.heading.items()):
+            return  # a /join out of it, whose leave is not back
+        for member in list(room.remote):
+            self._forget_remote(member)
+        room.remote_arriving.clear()
+        if room.history is not None:
+            room.history.clear()
+        self.hosted.discard(key)
+        self.requests.append(("drop", key))
+        self.rooms.vacated(room)
 
     # ------------------------------------------------------------------
     # Local events, published instead of applied
@@ -246,7 +428,7 @@ class ClusterChat(Chat):
 
     def _out(self, conn: Member) -> bool:
         """Whether some line or /msg of conn's has not come back yet."""
-        return conn in self.inflight or conn in self._senders
+        return conn in self.inflight or conn in self._sending or conn in self.routing
 
     def _asks(self, conn: Member, line: p.Line) -> bool:
         """Whether line may be answered here or change what conn is: all
@@ -273,10 +455,10 @@ class ClusterChat(Chat):
     def _maybe_free(self, conn: Member) -> None:
         """conn is busy no more if nothing of its is out: handle what it
         typed meanwhile."""
-        if conn in self.claims or conn in self.inflight or conn in self._senders:
+        if conn in self.claims or conn in self.inflight or conn in self._sending:
             return
-        if conn.room is None and conn in self.published:
-            return  # its "enter" is out
+        if conn in self.heading or conn in self.routing:
+            return
         if conn.room is not None:
             self.published.pop(conn, None)  # all of it applied: conn says it
             _release_if_empty(self.published)
@@ -287,13 +469,30 @@ class ClusterChat(Chat):
             if conn in self.connected:
                 self.lines(conn, held)
 
-    def _publish(self, op: list[Any], conn: Optional[Member] = None, hold: bool = True) -> None:
-        """op into this batch's entry; conn: the client it is from, busy
-        until it comes back if hold (a /join, a /nick: what it types next
-        depends on them)."""
-        self.outgoing.append(op)
+    def _publish(
+        self,
+        room: Any,
+        op: list[Any],
+        conn: Optional[Member] = None,
+        hold: bool = True,
+        members: tuple[str, ...] = (),
+        history: Optional[bytes] = None,
+    ) -> None:
+        """op into this batch's entry of room (a Room, or a room key);
+        conn: the client it is from, busy until it comes back if hold."""
+        key = room if isinstance(room, str) else room.key
+        batch = self.outgoing.get(key)
+        if batch is None:
+            batch = self.outgoing[key] = Batch()
+        batch.ops.append(op)
+        batch.members.extend(members)
+        if history is not None:
+            batch.history.append(history)
+        if op[0] in LINES:
+            batch.lines += 1
         if conn is not None:
-            self._senders.add(conn)
+            self._senders.setdefault(key, set()).add(conn)
+            self._sending.add(conn)
             if hold:
                 self._set_busy(conn)
 
@@ -305,19 +504,29 @@ class ClusterChat(Chat):
             published = self.published[conn] = [conn.name, conn.room.name]
         return published
 
-    def _as_published(self, conn: Member) -> Optional[list[str]]:
-        """conn's [name, room] as its published operations say, or None."""
-        published = self.published.get(conn)
-        if published is None and conn.room is not None:
-            return [conn.name, conn.room.name]
-        return published
-
     def _publish_enter(self, conn: Member, name: str) -> None:
-        key = p.name_key(name)
-        self.entering[key] = conn
+        self.entering[p.name_key(name)] = conn
         self.published[conn] = [name, self.lobby.name]
+        self.heading[conn] = Heading(self.lobby.name, b"", first=True)
         self._set_busy(conn)
-        self._publish(["enter", name, self.lobby.name])
+        self._advance(conn)
+
+    def _advance(self, conn: Member) -> None:
+        """conn's "enter" goes out once it has left its old room and its
+        new room is hosted."""
+        heading = self.heading.get(conn)
+        if heading is None or heading.carried is None or heading.sent:
+            return
+
+        def send() -> None:
+            if self.heading.get(conn) is not heading or conn not in self.connected:
+                return
+            heading.sent = True
+            name = self.published[conn][0]
+            self.entering[p.name_key(name)] = conn
+            self._publish(p.name_key(heading.room), ["enter", name], conn, members=(_plus(name),))
+
+        self._when_hosted(heading.room, send)
 
     def _taken(self, key: str) -> bool:
         # Also the names on their way: asked of Redis, or entering.
@@ -341,30 +550,62 @@ class ClusterChat(Chat):
             # What it sent before it went still counts, as on one server:
             # handled now, on the state it published.
             self._held -= len(held)
-            if conn.room is not None or conn in self.published:
+            if conn.room is not None:
                 for line in held:
                     super().lines(conn, [line])
                     if conn not in self.connected:
                         return  # a /quit among them
             self.busy.pop(conn, None)  # what those lines published made it busy again
-        self._senders.discard(conn)
+        self._sending.discard(conn)
+        for senders in self._senders.values():
+            senders.discard(conn)
+        self.routing.pop(conn, None)
         if self.inflight.pop(conn, None):
-            for _, conns in self.awaiting:
-                conns.discard(conn)
-        if conn.room is None and conn in self.published:
-            # Its "enter" is out: its "leave" follows it.
-            self._publish_leave(conn, why, detail)
+            for queue in self.awaiting.values():
+                for _, conns in queue:
+                    conns.discard(conn)
+        heading = self.heading.pop(conn, None)
+        if heading is not None:
+            self._depart_heading(conn, heading, why, detail)
         super().depart(conn, why, detail)
 
-    def _leave_room(self, conn: Member, why: str, detail: str) -> None:
-        """conn's socket is gone: it stops receiving now, and stays a
-        Remote of this node until its "leave" comes back."""
+    def _depart_heading(self, conn: Member, heading: Heading, why: str, detail: str) -> None:
+        """conn leaves while on its way into a room."""
+        name = self.published.get(conn, [conn.name])[0]
+        key = p.name_key(name)
+        reason = self._leave_reason(why, detail) or ""
+        if heading.carried is None:
+            # Its "leave" from the old room is out: it becomes a Remote of
+            # ours there (Chat.depart -> _leave_room), leaving with that.
+            self._ghost(conn)
+            self.published.pop(conn, None)
+            conn.room = None
+            return
+        if heading.sent:
+            # Its "enter" is out: its "leave" follows it into the new room.
+            room_key = p.name_key(heading.room)
+            self._publish(room_key, ["leave", name, reason], members=(_minus(name),))
+        else:
+            if self.entering.get(key) is conn:
+                del self.entering[key]
+            if not self.compat:
+                self.requests.append(("release", key))
+            old = conn.room
+            if old is not None and old.key in self.hosted:
+                self._maybe_unhost(old)
+        self.published.pop(conn, None)
+        conn.room = None
+
+    def _ghost(self, conn: Member) -> None:
+        """conn, which is in its room, leaves its delivery list now and
+        stays there as a Remote of this node until its "leave" is back."""
         room = conn.room
         key = p.name_key(conn.name)
         held_back = conn in room.arriving  # never announced yet
         room.leave(conn, None, moving=False, now=self._clock())
         ghost = Remote(conn.name, self.node, room)
         room.remote[ghost] = None
+        self.remotes[(room.key, key)] = ghost
         if held_back:
             # Announced with the others of its run, or (if it leaves first)
             # never, as on every other node.
@@ -373,17 +614,24 @@ class ClusterChat(Chat):
         if self.names.get(key) is conn:
             self.names[key] = ghost
         self.nodes.setdefault(self.node, {})[ghost] = None
-        self._publish_leave(conn, why, detail)
+        self._counted.add(room)
 
-    def _publish_leave(self, conn: Member, why: str, detail: str) -> None:
-        name = (self.published.pop(conn, None) or [conn.name])[0]
-        self._publish(["leave", name, self._leave_reason(why, detail)])
+    def _leave_room(self, conn: Member, why: str, detail: str) -> None:
+        """conn's socket is gone: it stops receiving now, and stays a
+        Remote of this node until its "leave" comes back."""
+        name = conn.name
+        room = conn.room
+        self._ghost(conn)
+        self.published.pop(conn, None)
+        reason = self._leave_reason(why, detail) or ""
+        self._publish(room, ["leave", name, reason], members=(_minus(name),))
 
     def _speak(self, conn: Member, line: str, keep: bool) -> None:
         if self._room_for_line(conn):
             self._queued_lines += 1
             room = self.published[conn][1] if conn in self.published else conn.room.name
-            self._publish(["say", room, line, keep], conn, hold=False)
+            history = (line + "\n").encode() if keep else None
+            self._publish(p.name_key(room), ["say", line, keep], conn, hold=False, history=history)
 
     def _room_for_line(self, conn: Member, held: int = 0) -> bool:
         """Whether the bus can take one more line; if not, conn is told.
@@ -398,198 +646,228 @@ class ClusterChat(Chat):
 
     def _rename(self, conn: Member, new: str, old_key: str, new_key: str) -> None:
         if new_key == old_key:  # only its spelling changes: nothing to claim
-            self._publishing(conn)[0] = new
-            self._publish(["nick", conn.name, new], conn)
+            published = self._publishing(conn)
+            old, published[0] = published[0], new
+            self._publish(conn.room, ["nick", old, new], conn, members=(_plus(new),))
             return
         self._claim(conn, new, renaming=True)
 
     def _msg(self, conn: Member, command: p.Msg) -> None:
-        # Through the bus even to a member of this node, so that it reaches
-        # its recipient in order with everything else it is sent.
-        target = self.names.get(p.name_key(command.target))
-        if target is None or (isinstance(target, Remote) and target.node == self.node):
-            # (A Remote of ours has left; its departure is on its way.)
-            self._error(conn, p.render_no_such_user(command.target))
-            return
+        # Through the recipient's node's inbox, even to a member of this
+        # node, so that it reaches its recipient in order with everything
+        # else it is sent; the bus finds the node (routed()).
         if not self._room_for_line(conn):
             return
         self._queued_lines += 1
-        self._publish(["msg", conn.name, target.name, command.text], conn, hold=False)
-        if target is not conn:
-            self._tell(conn, p.render_private_to_sender(conn.name, target.name, command.text))
+        self.routing[conn] = self.routing.get(conn, 0) + 1
+        self.requests.append(("msg", conn, conn.name, command.target, command.text))
 
     def _join(self, conn: Member, command: p.Join) -> None:
         name = self._join_target(conn, command)
         if name is None:
             return
-        self._publishing(conn)[1] = name
-        self._publish(["join", conn.name, name], conn)
+        published = self._publishing(conn)
+        published[1] = name
+        reason = p.render_joined_reason(name)
+        self._publish(conn.room, ["leave", conn.name, reason], conn, members=(_minus(conn.name),))
+        self.heading[conn] = Heading(name, None, first=False)
+        self._when_hosted(name)  # asked now, to be ready when the leave is back
+
+    def _list_rooms(self, conn: Member, command: p.ListRooms) -> None:
+        """The cluster's rooms: the hosted ones as they are here, the
+        others as the nodes' directories last said (one heartbeat old)."""
+        rooms: dict[str, tuple[str, int]] = {}
+        for name, count in self.directory.items():
+            key = p.name_key(name)
+            if key not in self.hosted and count > 0:
+                seen = rooms.get(key, (name, 0))
+                rooms[key] = (seen[0], seen[1] + count)
+        for key in self.hosted:
+            room = self.rooms.get(key)
+            if room is not None and room.size:
+                rooms[key] = (room.name, room.size)
+        own = conn.room
+        rooms.pop(own.key, None)
+        limit = self.config.roster_limit
+        shown = [(own.name, own.size, True)] + [
+            (name, count, False)
+            for name, count in nlargest(limit - 1, rooms.values(), key=lambda pair: pair[1])
+        ]
+        self._tell(conn, p.render_rooms(shown[:limit], total=len(rooms) + 1))
 
     # ------------------------------------------------------------------
-    # Applying the bus's entries: the same on every node
-
-    def _room(self, name: str) -> Room:
-        room = self.rooms.ensure(name)
-        if room.size == 0:
-            self.rooms.vacated(room)  # made for a line or a history: droppable
-        return room
-
-    def _member(self, node: str, name: str) -> Optional[Member]:
-        """The member called name if node serves it, else None (a stale
-        operation: the name has changed hands since)."""
-        member = self.names.get(p.name_key(name))
-        if member is None:
-            return None
-        owner = member.node if isinstance(member, Remote) else self.node
-        return member if owner == node else None
+    # Applying a room's entries: the same on every host of the room
 
     def _add_remote(self, member: Remote, room: Room) -> None:
+        key = p.name_key(member.name)
+        old = self.remotes.get((room.key, key))
+        if old is not None:
+            self._forget_remote(old)
         member.room = room
         room.remote[member] = None
+        self.remotes[(room.key, key)] = member
         self.rooms.occupied(room)
-        self.names[p.name_key(member.name)] = member
+        holder = self.names.get(key)
+        if holder is None or isinstance(holder, Remote):
+            self.names[key] = member  # a client of ours keeps its name here
         self.nodes.setdefault(member.node, {})[member] = None
 
-    def _drop_remote(self, member: Remote, reason: Optional[str], now: float) -> None:
-        """member leaves: announced with reason, or silently if None."""
+    def _forget_remote(self, member: Remote) -> None:
+        """member is no longer known here (silently)."""
         room = member.room
-        if reason is None:
-            room.remote.pop(member, None)
-            if member in room.remote_arriving:
-                room.remote_arriving.remove(member)
-        else:
-            room.leave_remote(member, reason, now)
-        self.rooms.vacated(room)
+        room.remote.pop(member, None)
+        if member in room.remote_arriving:
+            room.remote_arriving.remove(member)
         key = p.name_key(member.name)
+        if self.remotes.get((room.key, key)) is member:
+            del self.remotes[(room.key, key)]
         if self.names.get(key) is member:
             del self.names[key]
-        self.nodes.get(member.node, {}).pop(member, None)
+        nodes = self.nodes.get(member.node)
+        if nodes is not None:
+            nodes.pop(member, None)
+            if not nodes:
+                del self.nodes[member.node]
 
-    def _apply_enter(self, node: str, now: float, name: str, room_name: str) -> None:
+    def _drop_remote(self, member: Remote, reason: Optional[str], now: float) -> None:
+        """member leaves its room: announced with reason, or silently if None."""
+        room = member.room
+        if reason is not None and member in room.remote:
+            room.leave_remote(member, reason, now)
+        self._forget_remote(member)
+        self.rooms.vacated(room)
+
+    def _apply_enter(self, room: Room, node: str, now: float, name: str) -> None:
         key = p.name_key(name)
-        room = self.rooms.ensure(room_name)
-        conn = self.entering.pop(key, None) if node == self.node else None
-        _release_if_empty(self.entering)
-        if conn is not None and conn in self.connected:
-            # The string it published, not the copy the entry decoded to:
-            # one string per name per client.
-            name = self.published[conn][0] if conn in self.published else name
-            conn.name = name
-            self.names[key] = conn
-            conn.room = room
-            self.rooms.occupied(room)
-            self.counts["arrivals"] += 1
-            room.enter(conn, [p.render_you_are(name)], b"", now)
-            self._maybe_free(conn)
+        conn = self.entering.get(key) if node == self.node else None
+        if conn is not None:
+            heading = self.heading.get(conn)
+            if heading is not None and heading.sent and p.name_key(heading.room) == room.key:
+                del self.entering[key]
+                _release_if_empty(self.entering)
+                if conn in self.connected:
+                    self._arrive_here(conn, room, now)
+                    return
+            elif conn not in self.connected:
+                # It left before this came back (its "leave" follows): a
+                # Remote of ours until then.
+                del self.entering[key]
+        local = self.names.get(key)
+        if local is not None and not isinstance(local, Remote) and node != self.node:
+            # Only after Redis lost its data can two nodes have handed out
+            # one name; this node's client keeps it here.
+            log.warning("%s entered from node %s while held here; ignored", name, node)
             return
-        if key in self.names:
-            old = self.names[key]
-            if isinstance(old, Remote):
-                # Only after Redis lost its data can two nodes have handed
-                # out one name; the later claim is the one Redis holds now.
-                log.warning("%s entered from node %s while held by node %s", name, node, old.node)
-                self._drop_remote(old, None, now)
-            else:
-                log.warning("%s entered from node %s while held here; ignored", name, node)
-                return
         member = Remote(name, node)
         self._add_remote(member, room)
         room.enter_remote(member, now)
 
-    def _apply_join(self, node: str, now: float, name: str, room_name: str) -> None:
-        member = self._member(node, name)
-        if member is None:
-            return
-        old, room = member.room, self.rooms.ensure(room_name)
-        if room is old:
-            return
-        reason = p.render_joined_reason(room.name)
-        self.counts["joins"] += 1
-        if isinstance(member, Remote):
-            old.leave_remote(member, reason, now)
-            self.rooms.vacated(old)
-            self._add_remote(member, room)
-            room.enter_remote(member, now)
-            return
-        carried = old.leave(member, reason, moving=True, now=now)
-        self.rooms.vacated(old)
-        member.room = room
+    def _arrive_here(self, conn: Member, room: Room, now: float) -> None:
+        """conn's "enter" into room is back: it is in."""
+        heading = self.heading.pop(conn, None)
+        name = self.published[conn][0]
+        key = p.name_key(name)
+        old = conn.room
+        conn.name = name
+        self.names[key] = conn
+        conn.room = room
         self.rooms.occupied(room)
-        room.enter(member, [p.render_now_in(room.name)], carried, now)
+        self._counted.add(room)
+        if heading is None or heading.first:
+            self.counts["arrivals"] += 1
+            room.enter(conn, [p.render_you_are(name)], b"", now)
+        else:
+            self.counts["joins"] += 1
+            room.enter(conn, [p.render_now_in(room.name)], heading.carried or b"", now)
+        if old is not None and old is not room:
+            self._maybe_unhost(old)
+        self._maybe_free(conn)
 
-    def _apply_leave(self, node: str, now: float, name: str, reason: str) -> None:
-        member = self._member(node, name)
-        if not isinstance(member, Remote):
-            return  # unknown, or (a bug) still connected here
-        self._drop_remote(member, reason, now)
+    def _apply_leave(self, room: Room, node: str, now: float, name: str, reason: str) -> None:
+        key = p.name_key(name)
         if node == self.node:
-            self.requests.append(("release", p.name_key(name)))
+            conn = self.names.get(key)
+            heading = self.heading.get(conn) if conn is not None else None
+            if heading is not None and heading.carried is None and conn.room is room:
+                # Our client's /join: out of this room now, into the next
+                # once it is hosted.
+                heading.carried = room.leave(conn, reason or None, moving=True, now=now)
+                self.rooms.vacated(room)
+                self._counted.add(room)
+                self._advance(conn)
+                return
+        member = self.remotes.get((room.key, key))
+        if member is None or member.node != node:
+            return  # unknown here, or the name has changed hands since
+        self._drop_remote(member, reason, now)
+        if node == self.node and not self.compat and not self._used_here(key):
+            self.requests.append(("release", key))
 
-    def _apply_say(self, node: str, now: float, room_name: str, line: str, keep: bool) -> None:
-        self._room(room_name).say(line, keep=keep)
+    def _used_here(self, key: str) -> bool:
+        """Whether a client of this node still goes by the name key."""
+        holder = self.names.get(key)
+        if holder is not None and not isinstance(holder, Remote):
+            return True
+        return key in self.entering or key in self.claiming
 
-    def _apply_nick(self, node: str, now: float, old: str, new: str) -> None:
-        member = self._member(node, old)
-        if member is None:
-            return
+    def _apply_say(self, room: Room, node: str, now: float, line: str, keep: bool) -> None:
+        room.say(line, keep=keep)
+
+    def _apply_nick(self, room: Room, node: str, now: float, old: str, new: str) -> None:
         old_key, new_key = p.name_key(old), p.name_key(new)
-        del self.names[old_key]
+        member: Any = None
+        if node == self.node:
+            conn = self.names.get(old_key)
+            if conn is not None and not isinstance(conn, Remote) and conn.room is room:
+                member = conn
+        if member is None:
+            remote = self.remotes.get((room.key, old_key))
+            if remote is None or remote.node != node:
+                return
+            member = remote
+            del self.remotes[(room.key, old_key)]
+            self.remotes[(room.key, new_key)] = remote
+        if self.names.get(old_key) is member:
+            del self.names[old_key]
         self.names[new_key] = member
-        member.room.say(p.render_nick(old, new), keep=False)
+        room.say(p.render_nick(old, new), keep=False)
         member.name = new
-        if node == self.node and old_key != new_key:
+        if node == self.node and old_key != new_key and not self._used_here(old_key):
             self.requests.append(("release", old_key))
 
-    def _apply_msg(self, node: str, now: float, sender: str, target: str, text: str) -> None:
+    def _apply_msg(self, sender: str, target: str, text: str) -> None:
         conn = self.names.get(p.name_key(target))
         if conn is None or isinstance(conn, Remote) or conn not in self.connected:
-            return
-        if conn in conn.room.arriving:
+            return  # gone meanwhile
+        if conn.room is not None and conn in conn.room.arriving:
             conn.room.announce()  # its roster first, as Chat._msg does
         self._tell(conn, p.render_private_to_recipient(sender, text))
 
-    def _apply_hello(self, node: str, now: float) -> None:
-        if node != self.node:
-            self.nodes.setdefault(node, {})
-            self.lost.discard(node)
-            self._publish_present()
-
-    def _publish_present(self) -> None:
-        members = (self._as_published(conn) for conn in self.connected)
-        self._publish(["present", True, [pair for pair in members if pair is not None]])
-
-    def _apply_present(self, node: str, now: float, _full: bool, pairs: list[list[str]]) -> None:
-        """node's members are pairs: made so here silently (this is a
-        state transfer, not news: each arrival was announced when it
-        happened)."""
+    def _apply_present(self, room: Room, node: str, now: float, names: list[str]) -> None:
+        """node's members in room are names: made so here silently (a state
+        transfer, not news: each arrival was announced when it happened)."""
         if node == self.node:
             return
-        self.lost.discard(node)
-        wanted = {p.name_key(name): (name, room) for name, room in pairs}
-        for member in list(self.nodes.get(node, ())):
-            key = p.name_key(member.name)
-            name, room = wanted.pop(key, ("", None))
-            if room is None or p.name_key(room) != member.room.key:
-                self._drop_remote(member, None, now)
-                if room is not None:
-                    wanted[key] = (name, room)  # in another room: made again below
+        wanted = {p.name_key(name): name for name in names}
+        for member in [m for m in room.remote if m.node == node]:
+            name = wanted.pop(p.name_key(member.name), None)
+            if name is None:
+                self._forget_remote(member)
             else:
                 member.name = name  # the spelling may have changed
-        for key, (name, room_name) in wanted.items():
-            if key in self.names:
-                continue  # held by another member here: the stream's order decides
-            self._add_remote(Remote(name, node), self._room(room_name))
+        for key, name in wanted.items():
+            holder = self.names.get(key)
+            if holder is not None and not isinstance(holder, Remote):
+                continue  # ours here: the name's claim in Redis decides
+            self._add_remote(Remote(name, node), room)
 
-    def _apply_lost(self, node: str, now: float, lost: str, reason: str) -> None:
+    def _apply_lost(self, room: Room, node: str, now: float, lost: str, reason: str) -> None:
         if lost == self.node:
             # We were stalled past --node-timeout and the others let our
             # members go: claim our names again and tell them who is here.
-            log.warning("this node was declared lost by node %s; rejoining", node)
+            log.warning("this node was declared lost by node %s; rejoining #%s", node, room.name)
             self.requests.append(("reassert",))
-            self._publish_present()
+            self._publish_present(room)
             return
-        if lost in self.lost:
-            return
-        self.lost.add(lost)
-        for member in list(self.nodes.pop(lost, ())):
+        for member in [m for m in room.remote if m.node == lost]:
             self._drop_remote(member, reason, now)

@@ -14,10 +14,16 @@ ARRIVE = "arrive"  # payload: None
 LINES = "lines"  # payload: list of lines (bytes or protocol.TOO_LONG)
 LEAVE = "leave"  # payload: a Why
 SHUTDOWN = "shutdown"  # conn and payload: None
-# From the cluster's bus (bus/redis_bus.py), only with --redis:
-BUS = "bus"  # payload: entries read from the stream (new, in order)
+# From the cluster's bus (bus/room_bus.py), only with --redis; the hub hands
+# them to cluster.ClusterChat.on_bus:
+BUS = "bus"  # payload: (room key, [(node, seq, operations)]): new entries, in order
 CLAIMED = "claimed"  # conn: who asked; payload: (name, error or None)
-RESYNC = "resync"  # Redis came back empty; payload: our first seq published again
+RESYNC = "resync"  # Redis came back without the cluster's data; payload: None
+HOSTED = "hosted"  # payload: (room key, snapshot): the room's log is read from now on
+ROUTED = "routed"  # conn: who sent a /msg; payload: (target, found, text)
+DIRECTORY = "directory"  # payload: {room name: members} over the cluster
+NODE_LOST = "node-lost"  # payload: (node id, reason): its heartbeat expired
+BUS_EVENTS = frozenset({BUS, CLAIMED, RESYNC, HOSTED, ROUTED, DIRECTORY, NODE_LOST})
 # payload: a callable, called in the hub so that it runs only while the
 # hub's loop turns (systemd.py's watchdog ping stops when the hub is stuck).
 WATCHDOG = "watchdog"

@@ -20,13 +20,11 @@ from gevent.queue import Empty, Queue
 from gchat.chat import Chat
 from gchat.events import (
     ARRIVE,
-    BUS,
-    CLAIMED,
+    BUS_EVENTS,
     INBOX_FULL,
     LEAVE,
     LINES,
     PEER_GONE,
-    RESYNC,
     SHUTDOWN,
     WATCHDOG,
     Why,
@@ -75,7 +73,7 @@ class Histogram:
 
 class Hub:
     def __init__(self, config, bus=None):
-        """bus: the cluster's bus (bus/redis_bus.RedisBus), None alone."""
+        """bus: the cluster's bus (bus/room_bus.RoomBus), None alone."""
         self.config = config
         self.bus = bus
         # Unbounded, so that readers (event-loop callbacks) can always put
@@ -137,11 +135,12 @@ class Hub:
             self._flush()
             self.flush_seconds.observe(perf_counter() - started)
             if self.bus is not None:
-                # One entry per batch: what this batch's clients did.  (With a
-                # bus the chat is a ClusterChat, which mypy cannot tell.)
-                ops, requests = chat.take()  # type: ignore[attr-defined]
-                if ops or requests:
-                    chat.sent(self.bus.submit(ops, requests))  # type: ignore[attr-defined]
+                # One entry per room per batch: what this batch's clients
+                # did.  (With a bus the chat is a ClusterChat, which mypy
+                # cannot tell.)
+                batches, requests = chat.take()  # type: ignore[attr-defined]
+                if batches or requests:
+                    chat.sent(self.bus.submit(batches, requests))  # type: ignore[attr-defined]
             self.batch_sizes.observe(handled)
             if self.paused:
                 paused, self.paused = self.paused, []
@@ -179,12 +178,8 @@ class Hub:
                 self._shutting_down = True
                 chat.shutdown()
             # The bus's events: only with a bus, whose chat is a ClusterChat.
-            elif kind is BUS:
-                chat.apply(payload)  # type: ignore[attr-defined]
-            elif kind is CLAIMED:
-                chat.claimed(conn, *payload)  # type: ignore[attr-defined]
-            elif kind is RESYNC:
-                chat.resync(payload)  # type: ignore[attr-defined]
+            elif kind in BUS_EVENTS:
+                chat.on_bus(kind, conn, payload)  # type: ignore[attr-defined]
             elif kind is WATCHDOG:
                 payload()
         except Exception:
@@ -271,7 +266,7 @@ class Hub:
         if self.transport_stats is not None:
             stats.update(self.transport_stats())
         if self.bus is not None:
-            stats["cluster_members"] = len(chat.names)  # every node's, as this one knows
+            stats["cluster_members"] = chat.cluster_members()  # type: ignore[attr-defined]
             stats.update(self.bus.snapshot())
         return stats
 

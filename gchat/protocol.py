@@ -342,13 +342,6 @@ INTERNAL_ERROR = "error: internal server error; disconnecting"
 BUS_DOWN = "the cluster's bus (Redis) is unavailable; your line was not sent"
 # A name claim that could not reach the cluster's Redis.
 BUS_DOWN_FOR_NAME = "cannot take a name now: the cluster's Redis is unavailable; try again"
-# --redis given a node of a Redis Cluster: today's bus keeps every key in
-# one stream and scripts that span keys, which a Redis Cluster refuses.
-REDIS_CLUSTER_UNSUPPORTED = (
-    "this is a node of a Redis Cluster; --redis needs a standalone Redis for now "
-    "(a bus that spreads rooms over a Redis Cluster is not finished)"
-)
-
 # What the others see after "NAME has left" (name mode only), by why the
 # client left (events.Why).  "" says nothing more.
 LEFT_REASON = {

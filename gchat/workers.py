@@ -97,7 +97,7 @@ LINK_ENV = "GCHAT_WORKER_FD"
 # What a worker writes on its link once it serves.
 READY = b"R"
 # The node id of the worker that last ran in a slot, given to the one that
-# replaces it, which declares it lost at once (bus/redis_bus.py: retire):
+# replaces it, which declares it lost at once (bus/room_bus.py: retire):
 # its clients are reconnecting, and must find their names free, not wait
 # --node-timeout for the heartbeat to expire.
 PREDECESSOR_ENV = "GCHAT_PREDECESSOR"

@@ -22,8 +22,10 @@ def start_gchat():
         return server
 
     yield start
-    for server in started:
+    for index, server in enumerate(started):
         server.stop()
+        # Captured: pytest shows it only when the test fails.
+        print(f"--- log of gchat #{index} ---\n{server.stderr_text()}")
 
 
 @pytest.fixture

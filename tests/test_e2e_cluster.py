@@ -1,6 +1,8 @@
 """The cluster end to end: real `gchat --redis` processes and a real
 redis-server that each test starts on a free port (gchat_bench.processes), kills
-and starts again."""
+and starts again; and each test that runs on one Redis runs on a real Redis
+Cluster of 3 masters too (killed whole and started again empty where the
+test kills Redis), unchanged in what it asserts."""
 
 import os
 import re
@@ -9,14 +11,64 @@ import subprocess
 import sys
 import time
 
+import pytest
 import redis
+import redis.cluster
 from chat_client import DEFAULT_TIMEOUT, gchat_executable
 
-from gchat_bench.processes import RedisServer
+from gchat_bench.processes import RedisCluster, RedisServer
 
 # Fast liveness for the tests: a node is declared lost after 1 s without a
 # heartbeat (the default, 5 s, is argued in config.py).
 FAST = ("--node-timeout", "1")
+
+
+class ClusterAsServer:
+    """A Redis Cluster of 3 masters behind RedisServer's interface: url (a
+    node of it: gchat finds the others), kill() (every node, -9) and
+    start() (the same nodes again, empty, joined into a new cluster)."""
+
+    def __init__(self):
+        self.cluster = RedisCluster(masters=3, replicas=0, timeout=30.0).start()
+        self.first = self.cluster.nodes[0]
+
+    @property
+    def url(self):
+        return self.first.url
+
+    @property
+    def port(self):
+        return self.first.port
+
+    def kill(self):
+        self.cluster.kill_all()
+
+    def start(self):
+        self.cluster.start_empty()
+        return self
+
+    def stop(self):
+        self.cluster.stop()
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def redis_server(request):
+    """One Redis (conftest's), or a Redis Cluster in its place."""
+    if request.param == "redis":
+        server = RedisServer().start()
+    else:
+        server = ClusterAsServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def client_of(server):
+    """A redis-py client of either kind of server."""
+    if isinstance(server, ClusterAsServer):
+        return redis.cluster.RedisCluster.from_url(server.url)
+    return redis.Redis.from_url(server.url)
 
 
 def node(start_gchat, redis_server, *args):
@@ -189,8 +241,8 @@ def test_redis_killed_and_restarted_empty_loses_and_duplicates_nothing(start_gch
         assert [g for g in got if g.startswith("bob")] == [f"bob: bob {i}" for i in range(5)]
         assert client.quiet(0.5), "a line came twice"
     # The names held were asserted again: bob is still bob's, on both nodes.
-    r = redis.Redis.from_url(redis_server.url)
-    until(lambda: r.hget("gchat:names", "bob"), what="bob's name in the new Redis")
+    r = client_of(redis_server)
+    until(lambda: r.get("gchat:n:{bob}"), what="bob's name in the new Redis")
     late = a.client()
     late.expect(r".*name\?")
     late.say("bob")
@@ -241,15 +293,21 @@ def test_past_the_outage_bound_a_sender_is_told_its_line_was_not_sent(start_gcha
 
 
 def test_bad_entries_on_the_bus_are_logged_and_skipped(start_gchat, redis_server):
+    from gchat.bus.room_stream import RoomStream
+
     a = node(start_gchat, redis_server)
     alice = a.named("alice")
-    r = redis.Redis.from_url(redis_server.url)
-    r.xadd("gchat:stream", {"hello": "world"})  # another program
-    r.xadd("gchat:stream", {"v": "99", "n": "x", "s": 1, "o": "[]"})  # another version
-    r.xadd("gchat:stream", {"v": "1", "n": "x", "s": 1, "o": "{not json"})
-    r.xadd("gchat:stream", {"v": "1", "n": "x", "s": 2, "o": '[["say", "lobby"]]'})
+    r = client_of(redis_server)
+    lobby = RoomStream(r, "gchat", stream_max=1000, history=0)
+    # Another program on the lobby's channel, and entries through the
+    # publish script that this version cannot apply.
+    r.execute_command("SPUBLISH", lobby.keys("lobby").channel, "hello world")
+    lobby.publish("lobby", "x", 1, "[99]", "E")  # another version
+    lobby.publish("lobby", "x", 2, "{not json", "E")
+    lobby.publish("lobby", "x", 3, '[2, ["say", "lobby"]]', "E")
+    a.wait_for_log(r"skipped bus entry .*message does not parse: 2 fields")
     a.wait_for_log(r"skipped bus entry .*version")
-    a.wait_for_log(r"skipped bus entry .*does not parse")
+    a.wait_for_log(r"skipped bus entry .*does not parse: Expecting")
     a.wait_for_log(r"skipped bus entry .*malformed say")
     alice.say("still here")
     alice.expect("alice: still here", skip=True)
@@ -271,19 +329,28 @@ def test_compat_is_the_seeds_one_room_across_nodes(start_gchat, redis_server):
     one.expect(f"{re.escape(two_addr)} has left")
 
 
-def test_a_redis_cluster_is_refused_with_a_clear_line(redis_cluster):
-    """Today's bus needs one Redis (one stream, scripts over several keys):
-    pointed at a node of a Redis Cluster it says so, instead of passing on
-    a MOVED reply."""
-    proc = subprocess.run(
-        [gchat_path(), "--port", "0", "--redis", redis_cluster.url],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert proc.returncode == 1
-    errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
-    assert len(errors) == 1 and "is a node of a Redis Cluster" in errors[0], proc.stderr
+def test_any_node_of_a_redis_cluster_serves_and_rooms_spread_over_its_masters(
+    start_gchat, redis_cluster
+):
+    """--redis at one node of a Redis Cluster: gchat finds the other
+    masters, and the rooms' keys land on all of them."""
+    nodes = [n for n in redis_cluster.masters()]
+    a = start_gchat("--redis", nodes[0].url, *FAST)
+    b = start_gchat("--redis", nodes[1].url, *FAST)
+    a.wait_for_log(r"joined cluster gchat \(a Redis Cluster\)")
+    alice, bob = a.named("alice"), b.named("bob")
+    alice.expect("bob has arrived", skip=True)
+    for i in range(12):
+        alice.say(f"/join #r{i}")
+        alice.expect(f"You are now in #r{i}", skip=True)
+        alice.say(f"in r{i}")
+        alice.expect(f"alice: in r{i}", skip=True)
+    owners = {redis_cluster.master_for_key("{gchat:r:r%d}:o" % i).port for i in range(12)}
+    assert owners == {n.port for n in nodes}
+    counts = {
+        master.port: redis.Redis(port=master.port).dbsize() for master in redis_cluster.masters()
+    }
+    assert all(count > 0 for count in counts.values()), counts
 
 
 def test_start_fails_clearly_without_redis(tmp_path, redis_server):
@@ -457,8 +524,8 @@ def test_a_node_stopped_gracefully_says_so_and_frees_its_names(start_gchat, redi
     assert b.wait() == 0
     bob.expect("Server shutting down. Goodbye.", skip=True)
     alice.expect(r"bob has left \(server stopped\)", skip=True)
-    r = redis.Redis.from_url(redis_server.url)
-    assert r.hget("gchat:names", "bob") is None
+    r = client_of(redis_server)
+    assert r.get("gchat:n:{bob}") is None
     again = a.named("bob")  # at once: no heartbeat to wait for
     alice.expect("bob has arrived", skip=True)
     # No "(server lost)" for the stopped node after its heartbeat expires

@@ -802,6 +802,31 @@ class RedisCluster:
             ]
         node.kill()
 
+    def kill_all(self) -> None:
+        """Every node crashes at once (SIGKILL): the whole cluster is down."""
+        for node in self.nodes:
+            node.kill()
+
+    def start_empty(self) -> RedisCluster:
+        """After kill_all(): the same nodes on the same ports, without their
+        data or their nodes.conf, joined again into a new cluster (what
+        a cluster restarted empty is to its clients)."""
+        for node in self.nodes:
+            conf = os.path.join(node.dir, "nodes.conf")
+            if os.path.exists(conf):
+                os.remove(conf)
+            node.start()
+        self._replicas_at_kill.clear()
+        self._cli(
+            "create",
+            *(n.address for n in self.nodes),
+            "--cluster-replicas",
+            str(self.n_replicas),
+            "--cluster-yes",
+        )
+        self.wait_converged("the cluster to form again", replicas=self.n_masters * self.n_replicas)
+        return self
+
     def restart(self, node: ClusterNode, timeout: Optional[float] = None) -> None:
         """Start a killed node again and wait until it has rejoined."""
         node.start()

@@ -1,12 +1,17 @@
-"""The cluster bus: nodes joined by Redis (only with --redis).
+"""The cluster bus: nodes joined by Redis (only with --redis), routed by
+interest: a node reads the logs of the rooms it hosts, and no other.
 
-entry.py   what an entry on the bus means: encode, decode, validate,
-           deduplicate (pure: no Redis, no gevent, no clock)
-redis_bus.py  the Redis calls: publish, read, claim names, heartbeats,
-           and recovery when Redis comes back empty (the I/O)
+entry.py        what a room entry's operations mean (pure)
+room_log.py     the rules of one room's order: positions, chains (pure)
+room_stream.py  one room's log in Redis: the publish script, reads, snapshots
+room_publisher.py  one node's writes, in order per room, republished on refusal
+room_feed.py    one node's subscriptions, gaps and resets filled from streams
+control.py      names, heartbeats, the nodes' list and directories, the epoch
+pipelines.py    script pipelines that survive a master without the scripts
+room_bus.py     the greenlets that join them to the hub (the I/O)
 
 The hub still owns all the chat's state; cluster.py's ClusterChat applies
-the entries the bus reads, in the stream's order, on every node.
+each hosted room's entries in the room's order.
 """
 
 from urllib.parse import urlsplit, urlunsplit
@@ -29,26 +34,32 @@ def redacted(url: str) -> str:
 
 
 def open_bus(config):
-    """Reach the cluster's Redis before serving: (bus, histories), where
-    histories is {room name: [history lines]}.  Raises RuntimeError with
-    one line saying what is wrong."""
+    """Reach the cluster's Redis before serving: the bus.  Raises
+    RuntimeError with one line saying what is wrong."""
     # redis-py talks through the socket module (and ssl for rediss://):
     # patched before redis-py is imported, its calls wait cooperatively
-    # instead of stopping the loop.
+    # instead of stopping the loop.  Its cluster client also refreshes its
+    # slot map and moves sharded subscriptions on threads of its own, with
+    # queues between them: patched, they are greenlets on the loop (with
+    # sockets alone, those threads touch the loop's sockets and fail).  A
+    # subscription waits for its next message in select.poll: patched too.
     from gevent import monkey
 
     monkey.patch_socket()
+    monkey.patch_select()
+    monkey.patch_thread()
+    monkey.patch_queue()
     if config.redis.startswith("rediss:"):
         monkey.patch_ssl()
     try:
         import redis  # noqa: F401  (the extra's first part)
     except ImportError:
         raise RuntimeError(EXTRA_MISSING) from None
-    from gchat.bus.redis_bus import BusError, RedisBus
+    from gchat.bus.room_bus import BusError, RoomBus
 
     try:
-        bus = RedisBus(config)
-        histories = bus.connect()
+        bus = RoomBus(config)
+        bus.connect()
     except (BusError, ValueError) as err:
         raise RuntimeError(f"Redis at {redacted(config.redis)}: {err}") from None
-    return bus, histories
+    return bus

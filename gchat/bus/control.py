@@ -59,6 +59,45 @@ class Control:
     def directory_key(self, node: str) -> str:
         return f"{{{self.cluster}:ctl}}:dir:{node}"
 
+    def epoch_key(self) -> str:
+        return f"{{{self.cluster}:ctl}}:epoch"
+
+    def nodes_key(self) -> str:
+        return f"{{{self.cluster}:ctl}}:nodes"
+
+    # The cluster's life -------------------------------------------------
+
+    def epoch(self, new: str) -> str:
+        """The cluster's epoch, set to new if Redis has none: a value that
+        changes means that Redis lost the control space (restarted empty)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.epoch_key(), new, nx=True)
+        pipe.get(self.epoch_key())
+        return pipe.execute()[1].decode()
+
+    def nodes(self) -> list[str]:
+        """The nodes that said they are in the cluster and did not leave."""
+        return sorted(node.decode() for node in self.client.smembers(self.nodes_key()))
+
+    def leave(self, node: str) -> None:
+        """node stops: out of the nodes' list, its heartbeat and directory
+        gone, and marked lost so that no survivor frees it again."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.srem(self.nodes_key(), node)
+        pipe.delete(self.heartbeat(node))  # one key per delete: a cluster's pipeline
+        pipe.delete(self.directory_key(node))
+        pipe.execute()
+
+    def directory_of(self, node: str) -> dict[str, int]:
+        """{room name: members} of one node."""
+        rooms = self.client.hgetall(self.directory_key(node))
+        return {room.decode(): int(count) for room, count in rooms.items()}
+
+    def unmark_lost(self, node: str) -> None:
+        """node was declared lost while alive (stalled): a later real loss
+        is to be handled again."""
+        self.client.delete(self.lost_marker(node))
+
     # Names --------------------------------------------------------------
 
     def claim(self, key: str, node: str) -> bool:
@@ -84,7 +123,12 @@ class Control:
     # Liveness -----------------------------------------------------------
 
     def beat(self, node: str, ttl_ms: int) -> None:
-        self.client.set(self.heartbeat(node), "1", px=ttl_ms)
+        """node is alive for ttl_ms more, and listed (again, after Redis
+        lost its data) among the cluster's nodes."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.heartbeat(node), "1", px=ttl_ms)
+        pipe.sadd(self.nodes_key(), node)
+        pipe.execute()
 
     def alive(self, nodes: list[str]) -> dict[str, bool]:
         """{node: whether its heartbeat is there}, in one round trip."""

@@ -147,7 +147,5 @@ class RoomPublisher:
             # The first, past entries the room will never have, moves the
             # room's chain on (the script's force flag).
             force = index == 0 and lost > 0
-            self.waiting.append(
-                Waiting(room_key, entry.seq, entry.ops[0], history, force, members)
-            )
+            self.waiting.append(Waiting(room_key, entry.seq, entry.ops[0], history, force, members))
             self.stats["republished"] += 1

@@ -65,7 +65,8 @@ for i = 10 + lines, #ARGV do
   local kind = string.sub(change, 1, 1)
   if kind == '+' then
     local space = string.find(change, ' ', 2, true)
-    redis.call('HSET', KEYS[6], string.sub(change, 2, space - 1), mine .. string.sub(change, space + 1))
+    local key, name = string.sub(change, 2, space - 1), string.sub(change, space + 1)
+    redis.call('HSET', KEYS[6], key, mine .. name)
   elseif kind == '-' then
     local key = string.sub(change, 2)
     local holder = redis.call('HGET', KEYS[6], key)
