@@ -159,6 +159,7 @@ class ClusterChat(Chat):
         self.claiming: dict[str, Member] = {}  # name_key -> conn: the same, by name
         self.entering: dict[str, Member] = {}  # name_key -> conn: its "enter" is out
         self.heading: dict[Member, Heading] = {}  # conns on their way into a room
+        self.heading_to: dict[str, int] = {}  # room key -> how many of them go there
         # conn -> [name, room] as published, while that differs from what
         # has been applied; otherwise conn.name and conn.room say it.
         self.published: dict[Member, list[str]] = {}
@@ -396,6 +397,8 @@ class ClusterChat(Chat):
             return
         if key in self.awaiting or key in self.outgoing or key in self.hosting:
             return
+        if key in self.heading_to:
+            return  # someone is on its way in
         if any(member.node == self.node for member in room.remote):
             return
         if any(h.carried is None and c.room is room for c, h in self.heading.items()):
@@ -507,9 +510,23 @@ class ClusterChat(Chat):
     def _publish_enter(self, conn: Member, name: str) -> None:
         self.entering[p.name_key(name)] = conn
         self.published[conn] = [name, self.lobby.name]
-        self.heading[conn] = Heading(self.lobby.name, b"", first=True)
+        self._head(conn, Heading(self.lobby.name, b"", first=True))
         self._set_busy(conn)
         self._advance(conn)
+
+    def _head(self, conn: Member, heading: Heading) -> None:
+        self.heading[conn] = heading
+        key = p.name_key(heading.room)
+        self.heading_to[key] = self.heading_to.get(key, 0) + 1
+
+    def _unhead(self, conn: Member) -> Optional[Heading]:
+        heading = self.heading.pop(conn, None)
+        if heading is not None:
+            key = p.name_key(heading.room)
+            left = self.heading_to.pop(key) - 1
+            if left:
+                self.heading_to[key] = left
+        return heading
 
     def _advance(self, conn: Member) -> None:
         """conn's "enter" goes out once it has left its old room and its
@@ -564,7 +581,7 @@ class ClusterChat(Chat):
             for queue in self.awaiting.values():
                 for _, conns in queue:
                     conns.discard(conn)
-        heading = self.heading.pop(conn, None)
+        heading = self._unhead(conn)
         if heading is not None:
             self._depart_heading(conn, heading, why, detail)
         super().depart(conn, why, detail)
@@ -670,7 +687,7 @@ class ClusterChat(Chat):
         published[1] = name
         reason = p.render_joined_reason(name)
         self._publish(conn.room, ["leave", conn.name, reason], conn, members=(_minus(conn.name),))
-        self.heading[conn] = Heading(name, None, first=False)
+        self._head(conn, Heading(name, None, first=False))
         self._when_hosted(name)  # asked now, to be ready when the leave is back
 
     def _list_rooms(self, conn: Member, command: p.ListRooms) -> None:
@@ -764,7 +781,7 @@ class ClusterChat(Chat):
 
     def _arrive_here(self, conn: Member, room: Room, now: float) -> None:
         """conn's "enter" into room is back: it is in."""
-        heading = self.heading.pop(conn, None)
+        heading = self._unhead(conn)
         name = self.published[conn][0]
         key = p.name_key(name)
         old = conn.room

@@ -334,11 +334,11 @@ def test_any_node_of_a_redis_cluster_serves_and_rooms_spread_over_its_masters(
 ):
     """--redis at one node of a Redis Cluster: gchat finds the other
     masters, and the rooms' keys land on all of them."""
-    nodes = [n for n in redis_cluster.masters()]
+    nodes = list(redis_cluster.masters())
     a = start_gchat("--redis", nodes[0].url, *FAST)
     b = start_gchat("--redis", nodes[1].url, *FAST)
     a.wait_for_log(r"joined cluster gchat \(a Redis Cluster\)")
-    alice, bob = a.named("alice"), b.named("bob")
+    alice, _bob = a.named("alice"), b.named("bob")
     alice.expect("bob has arrived", skip=True)
     for i in range(12):
         alice.say(f"/join #r{i}")

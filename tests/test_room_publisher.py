@@ -111,3 +111,21 @@ def test_forgotten_entries_are_not_published_again_and_count_lost():
     pub.flush()
     assert stream.rooms["a"] == [("n", 3, "a3")]
     assert pub.stats["lost"] == 2
+
+
+def test_entries_handed_over_while_a_round_is_out_wait_for_the_next():
+    """The writer's round trip lets the hub run: what it submits meanwhile
+    is not part of the round, and is not lost when the round ends."""
+    stream = FakeStream()
+    pub = RoomPublisher(stream, "n", window=10)
+    pub.submit("a", "a1")
+    publish = stream.publish_batch
+
+    def publish_while_the_hub_runs(items):
+        pub.submit("a", "a2")  # the hub, during the round trip
+        stream.publish_batch = publish
+        return publish(items)
+
+    stream.publish_batch = publish_while_the_hub_runs
+    assert pub.flush() == 2  # the next round of the same flush takes a2
+    assert stream.rooms["a"] == [("n", 1, "a1"), ("n", 2, "a2")]

@@ -128,7 +128,10 @@ class RoomPublisher:
                     continue
                 taken += 1
                 self.stats["published" if outcome.status else "copies"] += 1
-            self.waiting.clear()
+            # Only what this round sent: the hub may have handed over more
+            # while it was out (a greenlet switch at each round trip).
+            for _ in batch:
+                self.waiting.popleft()
             for room_key, last in refused.items():
                 self.stats["refusals"] += 1
                 self._again(room_key, last)
