@@ -173,6 +173,9 @@ class ClusterChat(Chat):
         self.directory: dict[str, int] = {}
         self._counted: set[Room] = set()  # rooms whose local count changed
         self.routing: dict[Member, int] = {}  # conn -> its /msgs the bus is routing
+        # Nodes found lost: a room hosted later may still list their members
+        # (a directory written too late for the lost node's "lost" to reach it).
+        self.lost_nodes: set[str] = set()
         # lines the bus holds unpublished (the hub sets it)
         self.backlog: Callable[[], int] = lambda: 0
         self.bus_up: Callable[[], bool] = lambda: True  # whether Redis answers (the hub sets it)
@@ -323,9 +326,14 @@ class ClusterChat(Chat):
         if room.history is not None:
             room.history.clear()
             room.history.extend(snapshot.history)
+        gone = set()
         for node, name in snapshot.members:
-            if node != self.node:
+            if node in self.lost_nodes:
+                gone.add(node)  # its "lost" missed this room (see node_lost)
+            elif node != self.node:
                 self._add_remote(Remote(name, node), room)
+        for node in gone:
+            self._publish(room, ["lost", node, p.NODE_LOST], members=("!" + node,))
         for action in self.hosting.pop(room_key, ()):
             action()
         self._maybe_unhost(room)
@@ -348,6 +356,7 @@ class ClusterChat(Chat):
         """node's heartbeat expired: its members leave the rooms where this
         node knows them, at the point of each room's order where this
         node's "lost" lands."""
+        self.lost_nodes.add(node)
         rooms = {member.room for member in self.nodes.get(node, ())}
         for room in rooms:
             if room is not None and room.key in self.hosted:
@@ -399,11 +408,11 @@ class ClusterChat(Chat):
             return
         if key in self.heading_to:
             return  # someone is on its way in
-        if any(member.node == self.node for member in room.remote):
-            return
+        if self._remotes(room, self.node):
+            return  # a departure of ours, not back yet
         if any(h.carried is None and c.room is room for c, h in self.heading.items()):
             return  # a /join out of it, whose leave is not back
-        for member in list(room.remote):
+        for member in self._remotes(room):
             self._forget_remote(member)
         room.remote_arriving.clear()
         if room.history is not None:
@@ -715,6 +724,12 @@ class ClusterChat(Chat):
     # ------------------------------------------------------------------
     # Applying a room's entries: the same on every host of the room
 
+    def _remotes(self, room: Room, node: Optional[str] = None) -> list[Remote]:
+        """room's Remotes (of node only, if given)."""
+        return [
+            m for m in room.remote if isinstance(m, Remote) and (node is None or m.node == node)
+        ]
+
     def _add_remote(self, member: Remote, room: Room) -> None:
         key = p.name_key(member.name)
         old = self.remotes.get((room.key, key))
@@ -805,7 +820,12 @@ class ClusterChat(Chat):
         if node == self.node:
             conn = self.names.get(key)
             heading = self.heading.get(conn) if conn is not None else None
-            if heading is not None and heading.carried is None and conn.room is room:
+            if (
+                conn is not None
+                and heading is not None
+                and heading.carried is None
+                and conn.room is room
+            ):
                 # Our client's /join: out of this room now, into the next
                 # once it is hosted.
                 heading.carried = room.leave(conn, reason or None, moving=True, now=now)
@@ -865,8 +885,9 @@ class ClusterChat(Chat):
         transfer, not news: each arrival was announced when it happened)."""
         if node == self.node:
             return
+        self.lost_nodes.discard(node)  # back after it was taken for lost
         wanted = {p.name_key(name): name for name in names}
-        for member in [m for m in room.remote if m.node == node]:
+        for member in self._remotes(room, node):
             name = wanted.pop(p.name_key(member.name), None)
             if name is None:
                 self._forget_remote(member)
@@ -886,5 +907,5 @@ class ClusterChat(Chat):
             self.requests.append(("reassert",))
             self._publish_present(room)
             return
-        for member in [m for m in room.remote if m.node == lost]:
+        for member in self._remotes(room, lost):
             self._drop_remote(member, reason, now)

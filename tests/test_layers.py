@@ -43,7 +43,7 @@ LAYERS = {
     "gchat.transport.http": 3,
     "gchat.transport.proxy": 3,
     "gchat.bus": 3,
-    "gchat.bus.redis_bus": 3,
+    "gchat.bus.room_bus": 3,
     "gchat.bus.room_stream": 3,
     "gchat.bus.room_feed": 3,
     "gchat.bus.room_publisher": 3,

@@ -42,6 +42,8 @@ def start_workers(redis_server):
     for server in started:
         workers(server)  # whoever runs now is seen, to be checked below
         server.stop()
+        # Captured: pytest shows it only when the test fails.
+        print(f"--- log of the supervisor and its workers ---\n{server.stderr_text()}")
         for proc in server.seen.values():
             if alive(proc):
                 proc.kill()

@@ -24,7 +24,7 @@ keys per node.
 
 from typing import Any, Optional
 
-from gchat.bus import pipelines
+from gchat.bus.pipelines import execute as execute_pipeline
 
 # KEYS: the name's key.  ARGV: the node.  Deletes the name if the node has it.
 RELEASE = """
@@ -65,6 +65,9 @@ class Control:
     def nodes_key(self) -> str:
         return f"{{{self.cluster}:ctl}}:nodes"
 
+    def gone_key(self) -> str:
+        return f"{{{self.cluster}:ctl}}:gone"
+
     # The cluster's life -------------------------------------------------
 
     def epoch(self, new: str) -> str:
@@ -87,6 +90,19 @@ class Control:
         pipe.delete(self.heartbeat(node))  # one key per delete: a cluster's pipeline
         pipe.delete(self.directory_key(node))
         pipe.execute()
+
+    def gone(self, node: str, now: float, keep: float) -> None:
+        """node was lost: out of the nodes' list, into the list of lost
+        nodes (kept keep seconds), where every survivor finds it."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.srem(self.nodes_key(), node)
+        pipe.zadd(self.gone_key(), {node: now})
+        pipe.zremrangebyscore(self.gone_key(), "-inf", now - keep)
+        pipe.execute()
+
+    def lost_nodes(self) -> list[str]:
+        """The nodes lost lately (gone())."""
+        return [node.decode() for node in self.client.zrange(self.gone_key(), 0, -1)]
 
     def directory_of(self, node: str) -> dict[str, int]:
         """{room name: members} of one node."""
@@ -149,7 +165,7 @@ class Control:
             for key in keys:
                 self._release(keys=[self.name_key(key)], args=[node], client=pipe)
 
-        replies = pipelines.execute(self.client, fill, (RELEASE,))
+        replies = execute_pipeline(self.client, fill, (RELEASE,))
         freed = [key for key, deleted in zip(keys, replies) if deleted]
         self.client.delete(self.node_names(node), self.directory_key(node))
         return freed

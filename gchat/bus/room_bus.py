@@ -519,6 +519,7 @@ class RoomBus:
                 if count <= 0:
                     self.directory_here.pop(room, None)
         nodes = control.nodes()
+        gone = control.lost_nodes()
         alive = control.alive(nodes)
         live = [node for node, ok in alive.items() if ok]
         directory = control.directory(live)
@@ -528,6 +529,12 @@ class RoomBus:
         self._put(DIRECTORY, None, directory)
         self.peers = set(live)
         self.lost -= self.peers
+        for node in gone:
+            if node not in self.lost and node != self.node:
+                # Another survivor found it lost: its members leave where
+                # this node knows them too.
+                self.lost.add(node)
+                self._put(NODE_LOST, None, (node, NODE_LOST_REASON))
         self._trim_window()
         if time.monotonic() - self.up_since < self.config.node_timeout:
             return  # after an outage everyone needs a beat to show up again
@@ -566,7 +573,7 @@ class RoomBus:
         self._put(NODE_LOST, None, (node, NODE_LOST_REASON))
         if not won:
             return
-        self.client.srem(self.control.nodes_key(), node)
+        self.control.gone(node, time.time(), LOST_MARK_TTL)
         for room in rooms:
             ops = dumps([["lost", node, NODE_LOST_REASON]])
             self.publisher.submit(name_key(room), ops, (), ("!" + node,))

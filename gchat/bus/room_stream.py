@@ -28,7 +28,7 @@ node publishes again what the room lacks (room_log.RoomWriter.after).
 
 from typing import Any, NamedTuple, Optional
 
-from gchat.bus import pipelines
+from gchat.bus.pipelines import execute as execute_pipeline
 from gchat.bus.room_log import RoomEntry
 
 # KEYS: offset, epoch, stream, chains, history, members.  ARGV: node, seq,
@@ -226,7 +226,7 @@ class RoomStream:
 
         # Safe to publish twice, should the scripts be missing: the chains
         # make what went in the first time a copy.
-        replies = pipelines.execute(self.client, fill, (PUBLISH,))
+        replies = execute_pipeline(self.client, fill, (PUBLISH,))
         return [Published(int(status), int(value)) for status, value in replies]
 
     def _args(
