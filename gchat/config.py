@@ -725,10 +725,11 @@ class Config:
         positive=True,
     )
     bus_replay_entries: int = option(
-        20_000,
-        "Entries kept for replay (bus_replay_window) at most, whatever their age "
-        "(an entry is one hub batch): 20,000 batches bound that memory at a few "
-        "tens of MiB.",
+        10_000,
+        "Entries kept for replay (bus_replay_window) per room at most, whatever "
+        "their age (an entry is one room's share of a hub batch): 10,000 is more "
+        "than the window holds of any room but the busiest, and bounds what one "
+        "room's burst can hold in memory.",
         positive=True,
     )
     bus_max_entry: int = option(
@@ -740,17 +741,11 @@ class Config:
         positive=True,
     )
     bus_stream_max: int = option(
-        100_000,
-        "Entries the Redis stream keeps (XADD MAXLEN ~): a reader stalled for "
-        "longer than it takes the cluster to publish this many batches loses its "
-        "place.  100,000 batches is minutes of the busiest room here, a few hundred "
-        "MiB of Redis memory at most.",
-        positive=True,
-    )
-    bus_read_count: int = option(
-        1000,
-        "Entries read per XREAD: many per call, so that one round trip serves a "
-        "burst (the issue measured redis-py at about 15,000 calls/s).",
+        10_000,
+        "Entries each room's stream in Redis keeps (XADD MAXLEN ~): a node that "
+        "falls further behind in one room than this many of its entries cannot "
+        "fill the gap.  10,000 is minutes of the busiest room here, and a few MiB "
+        "of Redis memory per room at most.",
         positive=True,
     )
     # SO_REUSEPORT on the listening sockets: set by the --workers

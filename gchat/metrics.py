@@ -136,18 +136,24 @@ BUS_GAUGES = {
     "bus_pending": "Entries waiting to be published.",
     "bus_held_lines": "Chat lines held while Redis is down (bounded by --bus-backlog).",
     "bus_window": "Published entries kept to publish again if Redis loses its data.",
+    "bus_rooms_hosted": "Rooms whose log this node reads (rooms with a member of its own).",
     "nodes": "Nodes of the cluster this node knows to be alive, itself included.",
 }
 BUS_COUNTERS = {
     "bus_outages": "Times Redis became unreachable.",
     "bus_recoveries": "Times Redis came back.",
     "bus_data_lost": "Times Redis came back without the cluster's data.",
-    "bus_published": "Entries published (one per hub batch).",
-    "bus_republished": "Entries published again after Redis lost its data.",
-    "bus_read": "Entries read from the stream.",
+    "bus_published": "Entries published (one per room per hub batch).",
+    "bus_republished": "Entries published again to a room that lacked them.",
+    "bus_read": "Entries read from the logs of the rooms this node hosts.",
     "bus_duplicates": "Entries read again and skipped (already applied).",
     "bus_bad_entries": "Entries that did not parse, skipped.",
     "bus_nodes_lost": "Nodes this node declared lost.",
+    "bus_gaps": "Gaps in a room's offsets, filled from its stream.",
+    "bus_resets": "Room logs read again from their start (a new epoch, or offsets reused "
+    "after a failover).",
+    "bus_refusals": "Publishes a room refused because it lacked this node's earlier entries.",
+    "bus_entries_lost": "Entries a room lacked that this node no longer kept (past the window).",
 }
 
 
