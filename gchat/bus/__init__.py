@@ -41,12 +41,14 @@ def open_bus(config):
     # instead of stopping the loop.  Its cluster client also refreshes its
     # slot map and moves sharded subscriptions on threads of its own, with
     # queues between them: patched, they are greenlets on the loop (with
-    # sockets alone, those threads touch the loop's sockets and fail).  A
-    # subscription waits for its next message in select.poll: patched too.
+    # sockets alone, those threads touch the loop's sockets and fail).
+    # select is not patched: redis-py asks a socket whether it can be read
+    # with a poll() of timeout 0, which the plain one answers at the cost of
+    # one system call; the bus waits for its subscriptions itself
+    # (room_bus.RoomBus._wait_for_messages), never in redis-py.
     from gevent import monkey
 
     monkey.patch_socket()
-    monkey.patch_select()
     monkey.patch_thread()
     monkey.patch_queue()
     if config.redis.startswith("rediss:"):

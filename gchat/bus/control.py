@@ -113,6 +113,7 @@ class Control:
         """node was declared lost while alive (stalled): a later real loss
         is to be handled again."""
         self.client.delete(self.lost_marker(node))
+        self.client.zrem(self.gone_key(), node)
 
     # Names --------------------------------------------------------------
 
@@ -131,6 +132,17 @@ class Control:
     def release(self, key: str, node: str) -> None:
         self._release(keys=[self.name_key(key)], args=[node])
         self.client.srem(self.node_names(node), key)
+
+    def release_all(self, keys: list[str], node: str) -> None:
+        """release() of many names, in one pipeline (a node that stops)."""
+
+        def fill(pipe: Any) -> None:
+            for key in keys:
+                pipe.evalsha(self._release.sha, 1, self.name_key(key), node)
+            if keys:
+                pipe.delete(self.node_names(node))
+
+        execute_pipeline(self.client, fill, (RELEASE,))
 
     def holder(self, key: str) -> Optional[str]:
         value = self.client.get(self.name_key(key))

@@ -213,15 +213,27 @@ class RoomStream:
         (room_key, node, seq, ops, new_epoch, history, force[, members])
         tuples.  The outcomes come in their order."""
 
+        sha = self._publish.sha
+
         def fill(pipe: Any) -> None:
             for item in items:
                 room_key, node, seq, ops, new_epoch, history, force, *rest = item
                 members = rest[0] if rest else ()
                 k = self.keys(room_key)
-                self._publish(
-                    keys=[k.offset, k.epoch, k.stream, k.chains, k.history, k.members],
-                    args=self._args(node, seq, ops, k.channel, new_epoch, history, force, members),
-                    client=pipe,
+                # EVALSHA itself, not the Script object: a pipeline holding
+                # Script calls asks SCRIPT EXISTS before every execute (a
+                # second round trip per batch); a missing script is loaded
+                # by pipelines.execute instead.
+                pipe.evalsha(
+                    sha,
+                    6,
+                    k.offset,
+                    k.epoch,
+                    k.stream,
+                    k.chains,
+                    k.history,
+                    k.members,
+                    *self._args(node, seq, ops, k.channel, new_epoch, history, force, members),
                 )
 
         # Safe to publish twice, should the scripts be missing: the chains
