@@ -326,7 +326,6 @@ class RoomBus:
             if not self.up.is_set():
                 continue  # the heart finds Redis back, and wakes this
             republished = publisher.stats["republished"]
-            sent = [(w.room_key, w.seq) for w in publisher.waiting]
             try:
                 taken = publisher.flush()
             except FAILURES as err:
@@ -338,18 +337,16 @@ class RoomBus:
             pause = RETRY_MIN
             self.stats["bus_published"] += taken
             self.stats["bus_republished"] += publisher.stats["republished"] - republished
-            self._published(sent)
+            self._published()
             self._trim_window()
 
-    def _published(self, sent: list[tuple[str, int]]) -> None:
-        """A round went out: what it published no longer counts against the
-        outage bound, and starts its time in the replay window."""
-        waiting = {(w.room_key, w.seq) for w in self.publisher.waiting}
+    def _published(self) -> None:
+        """What the rooms took no longer counts against the outage bound,
+        and starts its time in the replay window."""
+        taken, self.publisher.taken = self.publisher.taken, []
         now = time.monotonic()
         lines = self._lines
-        for item in sent:
-            if item in waiting:
-                continue  # refused: it waits again
+        for item in taken:
             self.held_lines -= lines.pop(item, 0)
             self._published_at.append((now, *item))
 

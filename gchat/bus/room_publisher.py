@@ -62,6 +62,9 @@ class RoomPublisher:
         # room -> {seq: (history lines, member changes)} of the entries kept,
         # in seq order, to publish again with them
         self.extras: dict[str, dict[int, tuple[tuple, tuple]]] = {}
+        # (room, seq) of what rooms took, for whoever counts it (drained by
+        # the bus after each flush: the outage bound, the replay window).
+        self.taken: list[tuple[str, int]] = []
         self.stats = {"published": 0, "copies": 0, "refusals": 0, "republished": 0, "lost": 0}
 
     def submit(self, room_key: str, ops: str, history: tuple = (), members: tuple = ()) -> int:
@@ -128,6 +131,7 @@ class RoomPublisher:
                     continue
                 taken += 1
                 self.stats["published" if outcome.status else "copies"] += 1
+                self.taken.append((item.room_key, item.seq))
             # Only what this round sent: the hub may have handed over more
             # while it was out (a greenlet switch at each round trip).
             for _ in batch:
