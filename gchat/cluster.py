@@ -604,10 +604,7 @@ class ClusterChat(Chat):
             # Its "leave" from the old room is out: it becomes a Remote of
             # ours there (Chat.depart -> _leave_room), leaving with that.
             self._ghost(conn)
-            self.published.pop(conn, None)
-            conn.room = None
-            return
-        if heading.sent:
+        elif heading.sent:
             # Its "enter" is out: its "leave" follows it into the new room.
             room_key = p.name_key(heading.room)
             self._publish(room_key, ["leave", name, reason], members=(_minus(name),))
@@ -621,6 +618,10 @@ class ClusterChat(Chat):
                 self._maybe_unhost(old)
         self.published.pop(conn, None)
         conn.room = None
+        # The room it was on its way into was kept for it: it may go now.
+        target = self.rooms.get(p.name_key(heading.room))
+        if target is not None:
+            self._maybe_unhost(target)
 
     def _ghost(self, conn: Member) -> None:
         """conn, which is in its room, leaves its delivery list now and

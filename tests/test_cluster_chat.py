@@ -615,6 +615,64 @@ def test_a_node_is_handed_no_entry_of_a_room_where_it_has_no_member():
     assert h.take_all(ann, bob) == [["ann: in the lobby"]] * 2
 
 
+def test_a_node_asks_to_host_a_room_before_its_member_enters_and_drops_it_after_the_leave():
+    h = Cluster()
+    ann, bob = h.named("A", "ann"), h.named("B", "bob")
+    settled(h, ann, bob)
+    node = h.nodes["A"]
+    node.asked.clear()
+    h.say(ann, "/join den")
+    h.step("A")
+    assert node.asked == [("host", "den")]
+    assert h.ops("lobby")[-1] == ["leave", "ann", "joined #den"]
+    h.run()
+    # ann's enter is published after the snapshot: A reads it back.
+    (snapshot,) = [snap for room_key, snap in node.snapshots if room_key == "den"]
+    assert [(n, ops) for n, _, ops in h.entries("den")] == [("A", [["enter", "ann"]])]
+    assert h.logs["den"].entries[0].offset > snapshot.offset
+    assert ("den", "A", 1, [["enter", "ann"]]) in node.delivered
+    # The lobby was dropped once ann's leave was back: no member of A's there.
+    assert node.asked == [("host", "den"), ("drop", "lobby")]
+    assert h.hosted("A") == {"den"}
+    h.say(ann, "/join lobby")
+    h.step("A")  # ann's leave from den is out: den is kept until it is back
+    h.deliver("A", rooms=["lobby"])
+    h.step("A")
+    assert ("drop", "den") not in node.asked
+    assert h.hosted("A") == {"den", "lobby"}
+    h.deliver("A", rooms=["den"])  # the leave is back
+    h.step("A")
+    assert node.asked[-1] == ("drop", "den")
+    assert node.asked.count(("host", "lobby")) == 1
+    h.run()
+    assert h.hosted("A") == {"lobby"} and h.chat("A").hosted == {"lobby"}
+    assert h.take(ann) == [
+        "You are now in #den",
+        "Nobody else is here.",
+        "You are now in #lobby",
+        "Also here (1): bob",
+    ]
+
+
+def test_a_room_on_its_way_in_is_not_dropped_while_the_leave_is_out():
+    """The room a /join goes to is asked for at once, to be ready when the
+    leave from the old room is back; it is kept meanwhile, not dropped as
+    a room with nobody of this node's in it and asked for again."""
+    h = Cluster()
+    ann, bob = h.named("A", "ann"), h.named("B", "bob")
+    settled(h, ann, bob)
+    node = h.nodes["A"]
+    node.asked.clear()
+    h.say(ann, "/join den")
+    h.step("A")
+    h.deliver("A", rooms=[])  # den hosted; the leave not read yet
+    h.step("A")
+    assert node.asked == [("host", "den")]
+    h.run()
+    assert node.asked == [("host", "den"), ("drop", "lobby")]
+    assert h.take(ann) == ["You are now in #den", "Nobody else is here."]
+
+
 def test_a_node_that_starts_to_host_a_room_gets_its_roster_and_history_from_the_snapshot():
     h = Cluster(history=3)
     ann = h.named("A", "ann")
@@ -628,7 +686,7 @@ def test_a_node_that_starts_to_host_a_room_gets_its_roster_and_history_from_the_
     assert h.chat("A").rooms.get("den") is None
     h.say(ann, "/join den")
     h.run()
-    snapshot = [snap for room_key, snap in h.nodes["A"].snapshots if room_key == "den"][-1]
+    (snapshot,) = [snap for room_key, snap in h.nodes["A"].snapshots if room_key == "den"]
     assert snapshot.members == [("B", "bob")]
     assert snapshot.history == [b"bob: d2\n", b"* bob d3\n", b"bob: d4\n"]
     assert h.take(ann) == [
@@ -659,6 +717,26 @@ def test_a_line_between_the_snapshot_and_the_enter_is_in_the_history_once():
         "Also here (1): bob",
         *history_block("den", ["bob: d1", "bob: d2", "bob: d3"]),
     ]
+
+
+def test_a_join_is_a_leave_in_the_old_rooms_log_then_an_enter_in_the_new_ones():
+    h = Cluster()
+    ann, bob = h.named("A", "ann"), h.named("B", "bob")
+    h.say(bob, "/join den")
+    settled(h, ann, bob)
+    h.say(ann, "/join den")
+    h.step("A")
+    assert h.ops("lobby")[-1] == ["leave", "ann", "joined #den"]
+    assert h.ops("den")[-1] == ["enter", "bob"]
+    h.deliver("A", rooms=["lobby"])  # the leave is back; den hosted
+    assert h.take_now(ann) == []  # in neither room, as on every node
+    assert ann.room is not None and ann not in ann.room.members
+    h.step("A")
+    assert h.ops("den")[-1] == ["enter", "ann"]
+    assert h.take_now(ann) == []
+    h.deliver("A")
+    assert h.take_now(ann) == ["You are now in #den", "Also here (1): bob"]
+    assert h.take(bob) == ["ann has arrived"]
 
 
 def test_members_of_a_dropped_room_are_forgotten():
@@ -1164,7 +1242,7 @@ def _leave_mid_join(h, ann, stage):
     h.run()
 
 
-@pytest.mark.parametrize("stage", ["leave-out"])
+@pytest.mark.parametrize("stage", ["leave-out", "den-hosted"])
 def test_a_client_that_leaves_mid_join_leaves_once_and_its_name_is_free(stage):
     h = Cluster()
     ann, bob, ben = h.named("A", "ann"), h.named("B", "bob"), h.named("B", "ben")
