@@ -600,6 +600,10 @@ class ClusterChat(Chat):
         name = self.published.get(conn, [conn.name])[0]
         key = p.name_key(name)
         reason = self._leave_reason(why, detail) or ""
+        if heading.carried is not None and self.names.get(key) is conn:
+            # Out of its old room already (a /join whose leave is back): its
+            # name is held here by its "enter" if that is out, else by nobody.
+            del self.names[key]
         if heading.carried is None:
             # Its "leave" from the old room is out: it becomes a Remote of
             # ours there (Chat.depart -> _leave_room), leaving with that.

@@ -1242,7 +1242,7 @@ def _leave_mid_join(h, ann, stage):
     h.run()
 
 
-@pytest.mark.parametrize("stage", ["leave-out", "den-hosted"])
+@pytest.mark.parametrize("stage", ["leave-out", "den-hosted", "leave-back", "enter-out"])
 def test_a_client_that_leaves_mid_join_leaves_once_and_its_name_is_free(stage):
     h = Cluster()
     ann, bob, ben = h.named("A", "ann"), h.named("B", "bob"), h.named("B", "ben")
