@@ -650,7 +650,7 @@ class ClusterChat(Chat):
     def _leave_room(self, conn: Member, why: str, detail: str) -> None:
         """conn's socket is gone: it stops receiving now, and stays a
         Remote of this node until its "leave" comes back."""
-        name = conn.name
+        name = self.published.get(conn, [conn.name])[0]  # a /nick of its may be out
         room = conn.room
         self._ghost(conn)
         self.published.pop(conn, None)

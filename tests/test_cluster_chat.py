@@ -1165,6 +1165,22 @@ def test_two_clients_of_one_node_racing_for_one_name():
     assert h.take(watch) == ["ann has arrived"]
 
 
+def test_a_client_that_leaves_right_after_its_nick_is_published_leaves():
+    h = Cluster()
+    ann, bob = h.named("A", "ann"), h.named("B", "bob")
+    settled(h, ann, bob)
+    h.say(ann, "/nick zed")
+    h.step("A")  # the claim is answered: the nick is queued
+    h.disconnect(ann)
+    assert h.take(bob) == ["ann is now known as zed", "zed has left"]
+    assert h.ops("lobby")[-2:] == [["nick", "ann", "zed"], ["leave", "zed", ""]]
+    h.say(bob, "/who")
+    assert h.take(bob) == ["Here now (1): bob"]
+    assert h.names == {"bob": "B"}
+    assert h.members("lobby") == {"bob": "B bob"}
+    assert "zed" not in h.chat("A").names
+
+
 def test_a_held_newcomer_that_leaves_within_the_window_is_never_announced_anywhere():
     h = Cluster(arrival_merge_threshold=2, arrival_merge_window=10)
     ann, bob = h.named("A", "ann"), h.named("B", "bob")
