@@ -156,7 +156,8 @@ class ClusterChat(Chat):
         self.requests: list[tuple[Any, ...]] = []
         # conn -> (name, renaming): asked the bus, no answer yet
         self.claims: dict[Member, tuple[str, bool]] = {}
-        self.claiming: dict[str, Member] = {}  # name_key -> conn: the same, by name
+        # name_key -> conn: the same, by name (a new nick's until it is back)
+        self.claiming: dict[str, Member] = {}
         self.entering: dict[str, Member] = {}  # name_key -> conn: its "enter" is out
         self.heading: dict[Member, Heading] = {}  # conns on their way into a room
         self.heading_to: dict[str, int] = {}  # room key -> how many of them go there
@@ -310,6 +311,10 @@ class ClusterChat(Chat):
             if not renaming:
                 self.lobby.out.send(conn, p.NAME_PROMPT_AGAIN, member=False)
         elif renaming:
+            # Taken here until the nick is back (_apply_nick), so that no
+            # other client of this node claims it meanwhile: Redis would
+            # say yes, as the name is this node's.
+            self.claiming[key] = conn
             published = self._publishing(conn)
             old, published[0] = published[0], name
             self._publish(conn.room, ["nick", old, name], conn, members=(_minus(old), _plus(name)))
@@ -857,6 +862,8 @@ class ClusterChat(Chat):
 
     def _apply_nick(self, room: Room, node: str, now: float, old: str, new: str) -> None:
         old_key, new_key = p.name_key(old), p.name_key(new)
+        if node == self.node and old_key != new_key:
+            self.claiming.pop(new_key, None)  # held since claimed()
         member: Any = None
         if node == self.node:
             conn = self.names.get(old_key)

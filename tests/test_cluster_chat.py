@@ -1165,6 +1165,31 @@ def test_two_clients_of_one_node_racing_for_one_name():
     assert h.take(watch) == ["ann has arrived"]
 
 
+def test_a_nick_on_its_way_keeps_its_name_from_the_other_clients_of_its_node():
+    """Redis says yes to a name its node holds already: between the claim's
+    answer and the nick's return the name is taken here all the same."""
+    h = Cluster()
+    ann, amy, bob = h.named("A", "ann"), h.named("A", "amy"), h.named("B", "bob")
+    settled(h, ann, amy, bob)
+    h.say(ann, "/nick zed")
+    h.step("A")  # claimed: the nick is out, not back
+    h.say(amy, "/nick ZED")
+    assert h.take_now(amy) == ["error: the name ZED is taken"]
+    c = h.connect("A")
+    h.say(c, "Zed")
+    assert h.take_now(c) == [PROMPT, "error: the name Zed is taken", p.NAME_PROMPT_AGAIN]
+    assert h.take_all(ann, amy, bob) == [["ann is now known as zed"]] * 3
+    h.say(bob, "/who")
+    assert h.take(bob) == ["Here now (3): bob, zed, amy"]
+    assert h.members("lobby") == {"zed": "A zed", "amy": "A amy", "bob": "B bob"}
+    h.disconnect(ann)
+    assert h.take(bob) == ["zed has left"]
+    assert h.names == {"amy": "A", "bob": "B"}
+    assert not h.chat("A").claiming
+    h.say(amy, "/nick ZED")  # free now
+    assert h.take(bob) == ["amy is now known as ZED"]
+
+
 def test_a_client_that_leaves_right_after_its_nick_is_published_leaves():
     h = Cluster()
     ann, bob = h.named("A", "ann"), h.named("B", "bob")
