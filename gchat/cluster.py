@@ -579,10 +579,15 @@ class ClusterChat(Chat):
         held = self.busy.pop(conn, None)
         if held:
             # What it sent before it went still counts, as on one server:
-            # handled now, on the state it published.
+            # handled now, on the state it published.  But on its way into
+            # a room (a /join) only chat lines can follow its "enter", and
+            # only once that is out: the rest needed it in the room.
             self._held -= len(held)
             if conn.room is not None:
                 for line in held:
+                    heading = self.heading.get(conn)
+                    if heading is not None and (not heading.sent or self._asks(conn, line)):
+                        break
                     super().lines(conn, [line])
                     if conn not in self.connected:
                         return  # a /quit among them

@@ -1310,3 +1310,43 @@ def test_a_client_that_leaves_mid_claim_of_a_nick_frees_both_names():
     h.run()
     assert h.take(bob) == ["ann has left"]
     assert h.names == {"bob": "B"}
+
+
+@pytest.mark.parametrize("stage", ["typed-behind", "now", "leave-out", "leave-back", "enter-out"])
+@pytest.mark.parametrize("then", ["hi", "/join attic"])
+def test_a_client_that_leaves_with_lines_held_behind_a_join_leaves_once(stage, then):
+    """What it typed after /join can follow it into the room only behind
+    its enter: lost with it before that, never said in a room it never
+    entered nor taken for a move out of the room it already left."""
+    h = Cluster()
+    ann, bob, ben = h.named("A", "ann"), h.named("B", "bob"), h.named("B", "ben")
+    h.say(ben, "/join den")
+    settled(h, ann, bob, ben)
+    if stage == "typed-behind":
+        h.say(ann, "one")
+        h.step("A")  # one is out: the /join waits for it, then is held with the rest
+    h.say(ann, "/join den", then)
+    if stage in ("leave-out", "leave-back", "enter-out"):
+        h.step("A")
+    if stage == "leave-back":
+        h.deliver("A", rooms=["lobby"], hosting=False)
+    elif stage == "enter-out":
+        h.deliver("A", rooms=["lobby"])
+        h.step("A")
+        assert h.ops("den")[-1] == ["enter", "ann"]
+    h.disconnect(ann)
+    h.run()
+    before = ["ann: one"] if stage == "typed-behind" else []
+    assert h.take(bob) == [*before, "ann has left (joined #den)"]
+    if stage == "enter-out":
+        said = ["ann: hi"] if then == "hi" else []
+        assert h.take(ben) == ["ann has arrived", *said, "ann has left"]
+    else:
+        assert h.take(ben) == []
+        assert h.ops("den") == [["enter", "ben"]]
+    assert h.ops("lobby", "leave")[-1] == ["leave", "ann", "joined #den"]
+    assert h.ops("attic") == []
+    assert h.names == {"bob": "B", "ben": "B"}
+    assert h.members("lobby") == {"bob": "B bob"} and h.members("den") == {"ben": "B ben"}
+    assert h.hosted("A") == set() and h.chat("A").hosted == set()
+    assert not h.chat("A").awaiting and "ann" not in h.chat("B").names
