@@ -225,10 +225,11 @@ class ClusterChat(Chat):
         senders_by_room, self._senders = self._senders, {}
         self._sending = set()
         inflight = self.inflight
-        for room_key, senders in senders_by_room.items():
-            seq = seqs.get(room_key)
-            if seq is None or not senders:
-                continue
+        for room_key, seq in seqs.items():
+            # Every entry is awaited, one of nobody's (a departed client's
+            # leave) too: its room stays hosted until it is back
+            # (_maybe_unhost), so that this node applies what it published.
+            senders = senders_by_room.get(room_key, set())
             self.awaiting.setdefault(room_key, deque()).append((seq, senders))
             for conn in senders:
                 inflight[conn] = inflight.get(conn, 0) + 1

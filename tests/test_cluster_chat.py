@@ -1350,3 +1350,31 @@ def test_a_client_that_leaves_with_lines_held_behind_a_join_leaves_once(stage, t
     assert h.members("lobby") == {"bob": "B bob"} and h.members("den") == {"ben": "B ben"}
     assert h.hosted("A") == set() and h.chat("A").hosted == set()
     assert not h.chat("A").awaiting and "ann" not in h.chat("B").names
+
+
+def test_a_room_stays_hosted_until_the_leave_of_a_client_that_left_on_its_way_in_is_back():
+    """The enter and the leave of a client that left before its enter was
+    published are nobody's entry; the node still waits for them before it
+    drops the room, or it would never apply the leave and never free the
+    name."""
+    h = Cluster()
+    ann, bob = h.named("A", "ann"), h.named("B", "bob")
+    settled(h, ann, bob)
+    h.say(ann, "/join den")
+    h.step("A")  # ann's leave from the lobby is out
+    c = h.connect("A")
+    h.say(c, "cid")
+    h.step("A")  # claimed: cid's enter waits for the next batch
+    h.disconnect(c)
+    h.step("A")
+    assert h.ops("lobby")[-2:] == [["enter", "cid"], ["leave", "cid", ""]]
+    h.deliver("A", limit=1)  # ann's leave only: A has nobody in the lobby now
+    h.run()
+    assert h.nodes["A"].asked[-1] == ("drop", "lobby")
+    assert ("lobby", "A", 3, [["enter", "cid"], ["leave", "cid", ""]]) in h.nodes["A"].delivered
+    assert h.take(bob) == ["ann has left (joined #den)", "cid has arrived", "cid has left"]
+    assert h.names == {"ann": "A", "bob": "B"}
+    assert h.hosted("A") == {"den"} and not h.chat("A").awaiting
+    again = h.connect("A")
+    h.say(again, "cid")
+    assert h.take(again) == [PROMPT, "You are cid", "Also here (1): bob"]
