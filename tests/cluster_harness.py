@@ -141,13 +141,22 @@ class Log:
 
 
 class Conn:
-    """A client of one node: what the chat needs (who, name, room)."""
+    """A client of one node: what the chat needs (who, name, room).  Its
+    hash is its number, not its address, so that the sets of clients the
+    chat keeps iterate in the same order on every run."""
+
+    _count = 0
 
     def __init__(self, who, node):
         self.who = who
         self.node = node
         self.name = None
         self.room = None
+        Conn._count += 1
+        self._hash = Conn._count
+
+    def __hash__(self):
+        return self._hash
 
     def __repr__(self):
         return f"Conn({self.who}@{self.node})"
