@@ -580,13 +580,17 @@ class ClusterChat(Chat):
         held = self.busy.pop(conn, None)
         if held:
             # What it sent before it went still counts, as on one server:
-            # handled now, on the state it published.  But on its way into
-            # a room (a /join) only chat lines can follow its "enter", and
-            # only once that is out: the rest needed it in the room.
+            # handled now.  Lines act on its name and room as applied, so
+            # this stops, and the rest is lost with it, where those are not
+            # yet what it published: behind a /nick not back, and behind a
+            # /join but for chat lines once its "enter" is out (they follow
+            # it into the new room).
             self._held -= len(held)
             if conn.room is not None:
                 for line in held:
                     heading = self.heading.get(conn)
+                    if self.published.get(conn, [conn.name])[0] != conn.name:
+                        break
                     if heading is not None and (not heading.sent or self._asks(conn, line)):
                         break
                     super().lines(conn, [line])

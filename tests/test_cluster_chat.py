@@ -1378,3 +1378,22 @@ def test_a_room_stays_hosted_until_the_leave_of_a_client_that_left_on_its_way_in
     again = h.connect("A")
     h.say(again, "cid")
     assert h.take(again) == [PROMPT, "You are cid", "Also here (1): bob"]
+
+
+@pytest.mark.parametrize("then", [["hi"], ["/join den"], ["/me waves", "/who"]])
+def test_a_client_that_leaves_with_lines_held_behind_a_nick_leaves_under_its_new_name(then):
+    """Its held lines would act on its old name: lost with it, not said
+    under the old name after the nick, nor taken for a move of a member
+    that is not there any more."""
+    h = Cluster()
+    ann, bob = h.named("A", "ann"), h.named("B", "bob")
+    settled(h, ann, bob)
+    h.say(ann, "/nick zed")
+    h.step("A")  # claimed: the nick is out, not back
+    h.say(ann, *then)
+    assert h.chat("A").busy[ann] == [line.encode() for line in then]
+    h.disconnect(ann)
+    assert h.take(bob) == ["ann is now known as zed", "zed has left"]
+    assert h.ops("lobby")[-2:] == [["nick", "ann", "zed"], ["leave", "zed", ""]]
+    assert h.names == {"bob": "B"} and h.members("lobby") == {"bob": "B bob"}
+    assert h.ops("den") == [] and h.hosted("A") == set()
