@@ -377,7 +377,17 @@ class ClusterChat(Chat):
                 self._publish_present(room)
 
     def _publish_present(self, room: Room) -> None:
-        names = [conn.name for conn in (*room.members, *room.arriving)]
+        """Who of this node's is in room as published, not as applied: the
+        "present" lands after every entry of ours there that is not back
+        yet (an enter, a /join's leave, a nick)."""
+        names = []
+        for conn in {**room.members, **room.arriving, **self.heading}:
+            published = self.published.get(conn)
+            heading = self.heading.get(conn)
+            if published is None:
+                names.append(conn.name)  # nothing of its out: as applied
+            elif p.name_key(published[1]) == room.key and (heading is None or heading.sent):
+                names.append(published[0])
         self._publish(room, ["present", names], members=("=", *(_plus(n) for n in names)))
 
     def named_here(self) -> int:

@@ -1034,6 +1034,51 @@ def test_a_stalled_node_declared_lost_comes_back_with_its_members():
     assert h.take_all(ann, bob) == [["bob: still here"], ["bob: still here"]]
 
 
+def test_after_redis_restarts_empty_an_enter_not_back_yet_is_present():
+    h = Cluster()
+    amy, bob = h.named("A", "amy"), h.named("B", "bob")
+    settled(h, amy, bob)
+    cid = h.connect("A")
+    h.say(cid, "cid")
+    h.step("A")  # claimed
+    h.step("A")  # cid's enter is out, not back
+    h.redis_restart()  # A publishes it again, then its "present"
+    h.run()
+    assert h.ops("lobby", "present")[0] == ["present", ["amy", "cid"]]
+    assert h.members("lobby") == {"amy": "A amy", "cid": "A cid", "bob": "B bob"}
+    assert h.take(cid)[-2:] == ["You are cid", "Also here (2): amy, bob"]
+    h.say(bob, "/who")
+    assert h.take(bob) == ["cid has arrived", "Here now (3): bob, amy, cid"]
+
+
+@pytest.mark.parametrize("move", ["/nick zed", "/join den"])
+def test_a_node_declared_lost_says_who_is_present_as_it_published_it(move):
+    """Its "present" lands after what it published and has not read back:
+    a nick, or a /join's leave, is not undone by it."""
+    h = Cluster()
+    ann, bob = h.named("A", "ann"), h.named("B", "bob")
+    settled(h, ann, bob)
+    h.say(ann, move)
+    if move == "/nick zed":
+        h.step("A")  # claimed: the nick waits for the next batch
+    h.declare_lost("A")  # while A is alive: the first survivor's "lost" comes first
+    h.step("A")  # A's nick or leave lands after it
+    assert h.ops("lobby")[-2][0] == "lost"
+    h.deliver("A", limit=1)  # A reads the "lost" before its own entry
+    h.run()
+    assert h.names == {"bob": "B", "zed" if move == "/nick zed" else "ann": "A"}
+    h.say(bob, "/who")
+    if move == "/nick zed":
+        assert h.ops("lobby", "present") == [["present", ["zed"]]] * 2  # one per "lost"
+        assert h.members("lobby") == {"bob": "B bob", "zed": "A zed"}
+        assert h.take(bob)[-1] == "Here now (2): bob, zed"
+    else:
+        assert h.ops("lobby", "present") == [["present", []]] * 2
+        assert h.members("lobby") == {"bob": "B bob"}
+        assert h.take(bob)[-1] == "Here now (1): bob"
+        assert h.take(ann) == ["You are now in #den", "Nobody else is here."]
+
+
 def test_bad_entries_in_a_room_log_are_skipped():
     h = Cluster()
     ann, bob = h.named("A", "ann"), h.named("B", "bob")
