@@ -121,6 +121,97 @@ def test_every_member_sees_its_rooms_lines_in_the_rooms_one_order_whatever_the_i
     assert h.hosted("C") == ({"lobby", "den"} if mover.room.key == "den" else {"lobby"})
 
 
+NAMES = ["ann", "Ann", "bob", "cid", "dee"]
+ROOMS = ["lobby", "den", "attic"]
+
+
+def check_settled_cluster(h):
+    """What must hold once a cluster has settled: Redis's names, each
+    room's members hash, what each node hosts and knows, and each roster,
+    all say who is connected where, and nothing waits."""
+    named = {}
+    for node in h.nodes.values():
+        for conn in node.conns:
+            if conn in node.chat.connected and conn.room is not None:
+                assert p.name_key(conn.name) not in named, conn.name
+                named[p.name_key(conn.name)] = conn
+    assert h.names == {key: conn.node for key, conn in named.items()}
+    for room in ROOMS:
+        inside = {key: conn for key, conn in named.items() if conn.room.key == room}
+        assert h.members(room) == {key: f"{c.node} {c.name}" for key, c in inside.items()}
+    for node in h.nodes.values():
+        chat = node.chat
+        rooms = {conn.room.key for conn in named.values() if conn.node == node.id}
+        assert chat.hosted == rooms == h.hosted(node.id), node.id
+        assert set(chat.names) == {key for key, c in named.items() if c.room.key in rooms}
+        for key in rooms:
+            expected = sorted(c.name for c in named.values() if c.room.key == key)
+            assert sorted(chat.rooms.get(key).names()) == expected, (node.id, key)
+        assert not (chat.busy or chat.inflight or chat.awaiting or chat.heading), node.id
+        assert not (chat.claims or chat.claiming or chat.entering or chat.published), node.id
+
+
+# What clients and nodes do, and how often, in the test below.
+ACTIONS = (
+    ["connect"] * 3
+    + ["join"] * 3
+    + ["nick"] * 2
+    + ["leave", "quit"]
+    + ["say"] * 2
+    + ["msg"]
+    + ["step"] * 4
+    + ["deliver"] * 4
+    + ["tick"]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.randoms(use_true_random=False), st.booleans())
+def test_whatever_clients_do_and_whenever_nodes_run_a_settled_cluster_agrees(rng, restart):
+    """Clients come, take and change names (some the same), move, talk
+    and leave, at any point of their node's batches and reads (and Redis
+    restarts empty once, midway, if restart); once the cluster has
+    settled, names, members, hosting and rosters agree everywhere."""
+    h = Cluster(nodes=("A", "B", "C"), arrival_merge_threshold=3, arrival_merge_window=1.0)
+    clients = []
+    for turn in range(60):
+        if restart and turn == 30:
+            h.redis_restart()
+        action = rng.choice(ACTIONS)
+        live = [c for c in clients if c in h.nodes[c.node].chat.connected]
+        conn = rng.choice(live) if live else None
+        if action == "connect" or conn is None:
+            clients.append(h.connect(rng.choice("ABC")))
+            h.say(clients[-1], rng.choice(NAMES))
+        elif action == "join":
+            h.say(conn, f"/join {rng.choice(ROOMS)}", *rng.choice([[], ["hi"], ["/who"]]))
+        elif action == "nick":
+            h.say(conn, f"/nick {rng.choice(NAMES)}")
+        elif action == "leave":
+            h.disconnect(conn)
+        elif action == "quit":
+            h.say(conn, "/quit")
+        elif action == "say":
+            h.say(conn, "hi", "/who")
+        elif action == "msg":
+            h.say(conn, f"/msg {rng.choice(NAMES)} psst")
+        elif action == "step":
+            h.step(rng.choice("ABC"))
+        elif action == "deliver":
+            h.deliver(
+                rng.choice("ABC"),
+                limit=rng.choice([None, 1, 2]),
+                rooms=rng.choice([None, None, ["lobby"], ["den"], []]),
+                hosting=rng.random() < 0.7,
+            )
+        else:
+            h.now += 0.5
+    h.run()
+    h.now += 10
+    h.run()
+    check_settled_cluster(h)
+
+
 def test_the_sender_sees_its_own_line_only_when_it_comes_back():
     h = Cluster()
     ann, amy, bob = h.named("A", "ann"), h.named("A", "amy"), h.named("B", "bob")
