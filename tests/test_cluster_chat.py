@@ -989,6 +989,27 @@ def test_a_node_declared_lost_while_alive_counts_in_rooms_again_once_back():
     assert h.take(ann) == ["Rooms (2): #lobby (1, you are here), #attic (1)"]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="bus: a node declared lost while it had no member anywhere is told by no "
+    "room's 'lost', so it never clears its lost marker, and its loss for real later "
+    "frees none of its names",
+)
+def test_a_node_once_declared_lost_while_empty_frees_its_names_when_lost_for_real():
+    h = Cluster()
+    ann = h.named("A", "ann")
+    h.stall("B")
+    h.declare_lost("B")
+    h.run()
+    h.resume("B")
+    h.run()
+    h.named("B", "bob")
+    assert h.take(ann) == ["bob has arrived"]
+    h.kill("B")
+    assert h.take(ann) == ["bob has left (server lost)"]
+    assert h.names == {"ann": "A"}
+
+
 def test_a_stopped_node_says_goodbye_and_its_members_leave_once():
     h = Cluster()
     ann, bob = h.named("A", "ann"), h.named("B", "bob")
