@@ -156,7 +156,8 @@ class ClusterChat(Chat):
         self.requests: list[tuple[Any, ...]] = []
         # conn -> (name, renaming): asked the bus, no answer yet
         self.claims: dict[Member, tuple[str, bool]] = {}
-        self.claiming: dict[str, Member] = {}  # name_key -> conn: the same, by name
+        # name_key -> conn: the same, by name (a new nick's until it is back)
+        self.claiming: dict[str, Member] = {}
         self.entering: dict[str, Member] = {}  # name_key -> conn: its "enter" is out
         self.heading: dict[Member, Heading] = {}  # conns on their way into a room
         self.heading_to: dict[str, int] = {}  # room key -> how many of them go there
@@ -224,10 +225,11 @@ class ClusterChat(Chat):
         senders_by_room, self._senders = self._senders, {}
         self._sending = set()
         inflight = self.inflight
-        for room_key, senders in senders_by_room.items():
-            seq = seqs.get(room_key)
-            if seq is None or not senders:
-                continue
+        for room_key, seq in seqs.items():
+            # Every entry is awaited, one of nobody's (a departed client's
+            # leave) too: its room stays hosted until it is back
+            # (_maybe_unhost), so that this node applies what it published.
+            senders = senders_by_room.get(room_key, set())
             self.awaiting.setdefault(room_key, deque()).append((seq, senders))
             for conn in senders:
                 inflight[conn] = inflight.get(conn, 0) + 1
@@ -310,6 +312,10 @@ class ClusterChat(Chat):
             if not renaming:
                 self.lobby.out.send(conn, p.NAME_PROMPT_AGAIN, member=False)
         elif renaming:
+            # Taken here until the nick is back (_apply_nick), so that no
+            # other client of this node claims it meanwhile: Redis would
+            # say yes, as the name is this node's.
+            self.claiming[key] = conn
             published = self._publishing(conn)
             old, published[0] = published[0], name
             self._publish(conn.room, ["nick", old, name], conn, members=(_minus(old), _plus(name)))
@@ -371,7 +377,17 @@ class ClusterChat(Chat):
                 self._publish_present(room)
 
     def _publish_present(self, room: Room) -> None:
-        names = [conn.name for conn in (*room.members, *room.arriving)]
+        """Who of this node's is in room as published, not as applied: the
+        "present" lands after every entry of ours there that is not back
+        yet (an enter, a /join's leave, a nick)."""
+        names = []
+        for conn in {**room.members, **room.arriving, **self.heading}:
+            published = self.published.get(conn)
+            heading = self.heading.get(conn)
+            if published is None:
+                names.append(conn.name)  # nothing of its out: as applied
+            elif p.name_key(published[1]) == room.key and (heading is None or heading.sent):
+                names.append(published[0])
         self._publish(room, ["present", names], members=("=", *(_plus(n) for n in names)))
 
     def named_here(self) -> int:
@@ -574,10 +590,19 @@ class ClusterChat(Chat):
         held = self.busy.pop(conn, None)
         if held:
             # What it sent before it went still counts, as on one server:
-            # handled now, on the state it published.
+            # handled now.  Lines act on its name and room as applied, so
+            # this stops, and the rest is lost with it, where those are not
+            # yet what it published: behind a /nick not back, and behind a
+            # /join but for chat lines once its "enter" is out (they follow
+            # it into the new room).
             self._held -= len(held)
             if conn.room is not None:
                 for line in held:
+                    heading = self.heading.get(conn)
+                    if self.published.get(conn, [conn.name])[0] != conn.name:
+                        break
+                    if heading is not None and (not heading.sent or self._asks(conn, line)):
+                        break
                     super().lines(conn, [line])
                     if conn not in self.connected:
                         return  # a /quit among them
@@ -600,14 +625,15 @@ class ClusterChat(Chat):
         name = self.published.get(conn, [conn.name])[0]
         key = p.name_key(name)
         reason = self._leave_reason(why, detail) or ""
+        if heading.carried is not None and self.names.get(key) is conn:
+            # Out of its old room already (a /join whose leave is back): its
+            # name is held here by its "enter" if that is out, else by nobody.
+            del self.names[key]
         if heading.carried is None:
             # Its "leave" from the old room is out: it becomes a Remote of
             # ours there (Chat.depart -> _leave_room), leaving with that.
             self._ghost(conn)
-            self.published.pop(conn, None)
-            conn.room = None
-            return
-        if heading.sent:
+        elif heading.sent:
             # Its "enter" is out: its "leave" follows it into the new room.
             room_key = p.name_key(heading.room)
             self._publish(room_key, ["leave", name, reason], members=(_minus(name),))
@@ -621,6 +647,10 @@ class ClusterChat(Chat):
                 self._maybe_unhost(old)
         self.published.pop(conn, None)
         conn.room = None
+        # The room it was on its way into was kept for it: it may go now.
+        target = self.rooms.get(p.name_key(heading.room))
+        if target is not None:
+            self._maybe_unhost(target)
 
     def _ghost(self, conn: Member) -> None:
         """conn, which is in its room, leaves its delivery list now and
@@ -645,7 +675,7 @@ class ClusterChat(Chat):
     def _leave_room(self, conn: Member, why: str, detail: str) -> None:
         """conn's socket is gone: it stops receiving now, and stays a
         Remote of this node until its "leave" comes back."""
-        name = conn.name
+        name = self.published.get(conn, [conn.name])[0]  # a /nick of its may be out
         room = conn.room
         self._ghost(conn)
         self.published.pop(conn, None)
@@ -852,6 +882,8 @@ class ClusterChat(Chat):
 
     def _apply_nick(self, room: Room, node: str, now: float, old: str, new: str) -> None:
         old_key, new_key = p.name_key(old), p.name_key(new)
+        if node == self.node and old_key != new_key:
+            self.claiming.pop(new_key, None)  # held since claimed()
         member: Any = None
         if node == self.node:
             conn = self.names.get(old_key)
