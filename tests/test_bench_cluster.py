@@ -1,7 +1,8 @@
 """gchat-bench against a cluster: --target lists, the spread of clients over
 nodes (each room over every node, or on one node with --local-rooms),
 per-room accounting across nodes, the CPU of each process, and the
-spawned forms (--spawn-cluster, --spawn-workers) end to end.
+spawned forms (--spawn-cluster, --spawn-workers, --redis-cluster) end to
+end.
 
 The pure tests feed workers bytes (no server, no Redis).  The end-to-end
 ones run small benches against real gchat processes and a real
@@ -19,8 +20,8 @@ import psutil
 import pytest
 
 from gchat_bench import report
+from gchat_bench.cli import cluster_name, placement_note, run_spawned
 from gchat_bench.cli import main as bench_main
-from gchat_bench.cli import placement_note, run_spawned
 from gchat_bench.cluster import (
     expected_deliveries,
     node_of,
@@ -31,7 +32,16 @@ from gchat_bench.cluster import (
     spread,
 )
 from gchat_bench.runner import Options, run_scenario
-from gchat_bench.servers import BenchError, Cluster, ClusterRedis, Server, gchat_command, spawn_argv
+from gchat_bench.servers import (
+    BenchError,
+    Cluster,
+    ClusterRedis,
+    Server,
+    gchat_command,
+    master_commands,
+    parse_redis_cluster,
+    spawn_argv,
+)
 from gchat_bench.stats import make_payload, run_prefix
 from gchat_bench.worker import Worker
 
@@ -356,11 +366,51 @@ def test_a_server_tree_counts_and_stops_its_children():
         (["--target", "127.0.0.1:1", "--rooms", "2", "--local-rooms"], "at least 2 nodes"),
         (["--spawn-cluster", "1", "--rooms", "2", "--local-rooms"], "at least 2 nodes"),
         (["--spawn-workers", "2", "--rooms", "2", "--local-rooms"], "at least 2 nodes"),
+        (["--redis-cluster", "3"], "needs --spawn-cluster"),
+        (["--spawn-workers", "2", "--redis-cluster", "3"], "needs --spawn-cluster"),
+        (["--target", "127.0.0.1:1", "--redis-cluster", "3"], "needs --spawn-cluster"),
+        (["--spawn-cluster", "2", "--redis-cluster", "2"], "at least 3 masters"),
+        (["--spawn-cluster", "2", "--redis-cluster", "3y1"], "M or MxR"),
+        (["--spawn-cluster", "2", "--redis-cluster", "x1"], "M or MxR"),
     ],
 )
 def test_cli_refuses(args, why, capsys):
     assert bench_main(["fanout", "--clients", "2", *args]) == 2
     assert why in capsys.readouterr().err
+
+
+def test_redis_cluster_option_and_name():
+    assert parse_redis_cluster("3") == (3, 0)
+    assert parse_redis_cluster("4x1") == parse_redis_cluster("4X1") == (4, 1)
+    assert parse_redis_cluster(5) == (5, 0) and parse_redis_cluster((3, 2)) == (3, 2)
+    with pytest.raises(BenchError, match="at least 3 masters"):
+        parse_redis_cluster((2, 1))
+    assert cluster_name("gchat", 2, 0, (3, 0)) == "gchat-2n-rc3"
+    assert cluster_name("gchat", 3, 2, (3, 1)) == "gchat-3n-w2-rc3x1"
+    assert cluster_name("gchat", 2, 0) == "gchat-2n"
+    with pytest.raises(BenchError, match="needs --spawn-cluster"):
+        run_spawned(Options(scenario="idle", clients=2), redis_cluster="3")
+
+
+def test_master_commands_are_deltas_without_the_bench_s_info():
+    before = {"node0": (7000, 5461, {"get": 5, "info": 2}), "node1": (7001, 5462, {"set": 1})}
+    after = {
+        "node0": (7000, 5461, {"get": 15, "info": 4, "xadd": 10}),
+        "node1": (7001, 5462, {"set": 11}),
+        "node2": (7002, 5461, {"get": 40}),  # no snapshot before: from 0
+    }
+    out = master_commands(before, after)
+    assert out["redis_master_commands"] == [20, 10, 40]
+    assert out["redis_masters"][0] == {
+        "node": "node0",
+        "port": 7000,
+        "slots": 5461,
+        "commands": 20,
+        "commandstats": {"get": 10, "xadd": 10},
+    }
+    mean = 70 / 3
+    assert out["redis_master_balance"] == [pytest.approx(10 / mean), pytest.approx(40 / mean)]
+    assert master_commands({}, {})["redis_master_balance"] == [None, None]
 
 
 def test_local_rooms_refused_without_rooms_or_with_one_server():
@@ -449,6 +499,60 @@ def test_cli_spawn_cluster_of_two_nodes():
     head = next(x for x in p.stderr.splitlines() if x.startswith("server "))
     assert {"n0%", "n1%", "redis%", "us/dlv"} <= set(head.split())
     # Everything it spawned is gone.
+    assert gone([pid for pids in r["server_pids"].values() for pid in pids]) == []
+
+
+def test_cli_spawn_cluster_over_a_redis_cluster():
+    """--spawn-cluster 2 --redis-cluster 3: the nodes on a Redis Cluster of
+    3 masters; exact accounting in rooms whose lines cross between nodes,
+    redis% summed over the 3 redis-servers, each master's commands."""
+    p = subprocess.run(
+        [
+            console_script(),
+            "fanout",
+            "--spawn-cluster",
+            "2",
+            "--redis-cluster",
+            "3",
+            "--clients",
+            "24",
+            "--rooms",
+            "6",
+            "--rate",
+            "48",
+            "--duration",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    (r,) = [json.loads(x) for x in p.stdout.splitlines()]
+    assert (r["server"], r["nodes"], r["rooms"]) == ("gchat-2n-rc3", 2, 6)
+    assert r["redis_cluster"] == {"masters": 3, "replicas": 0}
+    assert_exact(r, 24)
+    assert r["leaked"] == 0 and r["expected"] == r["sent"] * 4
+    # redis%: every redis-server of the Redis Cluster, summed.
+    assert r["server_processes"] == {"node0": 1, "node1": 1, "redis": 3}
+    assert len(r["server_pids"]["redis"]) == 3
+    assert r["redis_cpu_s"] > 0 and r["redis_cpu_pct"] > 0 and r["redis_rss_mb"] > 0
+    assert r["server_cpu_s"] == pytest.approx(
+        r["node0_cpu_s"] + r["node1_cpu_s"] + r["redis_cpu_s"]
+    )
+    head = next(x for x in p.stderr.splitlines() if x.startswith("server "))
+    assert {"n0%", "n1%", "redis%", "us/dlv"} <= set(head.split())
+    # Each master's commands over the run: every one served some.
+    masters = r["redis_masters"]
+    assert len(masters) == 3 and len({m["port"] for m in masters}) == 3
+    assert sum(m["slots"] for m in masters) == 16384
+    assert r["redis_master_commands"] == [m["commands"] for m in masters]
+    for m in masters:
+        assert m["commands"] > 0 and m["commands"] == sum(m["commandstats"].values()), m
+        assert "info" not in m["commandstats"]
+    lo, hi = r["redis_master_balance"]
+    assert 0 < lo <= 1 <= hi
     assert gone([pid for pids in r["server_pids"].values() for pid in pids]) == []
 
 

@@ -1,6 +1,8 @@
-"""The cluster chaos soak (bench/gchat_bench/cluster_soak.py): one short run
-end to end (two nodes, Redis killed twice, a node killed once), and its
-checks (soak_checks.py) fed synthetic logs, to show that they can fail."""
+"""The cluster chaos soak (bench/gchat_bench/cluster_soak.py): short runs
+end to end (two nodes, Redis killed twice, a node killed once; three nodes
+over a Redis Cluster of 3 masters and 3 replicas, in 50 rooms, a master
+killed, a node killed and 1,000 slots moved), and its checks
+(soak_checks.py) fed synthetic logs, to show that they can fail."""
 
 import json
 import subprocess
@@ -8,7 +10,7 @@ import sys
 
 import pytest
 
-from gchat_bench.cluster_soak import plan
+from gchat_bench.cluster_soak import log_warnings, parse_args, plan
 from gchat_bench.soak_checks import check_session, first_inversion, owed, verify, warnings
 
 
@@ -55,6 +57,132 @@ def test_short_soak_loses_nothing_through_redis_and_node_kills():
     assert res["sessions"] > 30 and res["session_breaks"] == 0  # the churners came and went
     assert res["sessions_cut"] > 0  # some churners were on the node that was killed
     assert set(res["cpu_s"]) == {"node0", "node1", "redis", "bench"}
+
+
+def test_soak_over_a_redis_cluster_loses_nothing_through_a_failover_a_node_kill_and_a_reshard():
+    """Issue 17: 3 nodes over a Redis Cluster of 3 masters with a replica
+    each, churning clients in 50 rooms; a master killed (its replica takes
+    over), a node killed, 1,000 slots moved.  Every stayer gets every line
+    of its room exactly once, in order; and no name goes unanswered."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gchat_bench.cluster_soak",
+            "--redis-cluster",
+            "3x1",
+            "--nodes",
+            "3",
+            "--rooms",
+            "50",
+            "--clients",
+            "150",
+            "--duration",
+            "30",
+            "--max-stay",
+            "3",
+            "--seed",
+            "7",
+            "--json",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert done.stdout.strip(), done.stderr
+    res = json.loads(done.stdout.strip().splitlines()[-1])
+    assert done.returncode == 0, (res.get("failures"), res.get("problems"), res.get("logs"))
+    assert res["result"] == "PASS"
+    assert (res["redis_cluster"], res["nodes"], res["rooms"]) == (
+        {"masters": 3, "replicas": 1},
+        3,
+        50,
+    )
+    assert (res["lost"], res["duplicated"], res["out_of_order"], res["order_mismatches"]) == (
+        0,
+        0,
+        0,
+        0,
+    )
+    assert res["unexpected"] == 0  # no line reached another room
+    assert (res["master_kills"], res["node_kills"], res["reshards"], res["redis_kills"]) == (
+        1,
+        1,
+        1,
+        0,
+    )
+    assert res["restarts"] == {"master": 1, "node": 1}
+    events = {e["event"]: e for e in res["chaos"]}
+    assert events["failed over"]["to"] != events["master killed"]["redis_node"]
+    assert events["master killed"]["rooms"] > 0  # the master held rooms
+    assert events["master restarted"]["role"] == "slave"
+    assert events["slots moved"]["slots"] == 1000
+    assert res["drained"] and res["stayers_dropped"] == 0
+    # 2 stayers in each room, one on each node that is never killed.
+    assert res["stayers"] == 100 and res["stayer_lines_sent"] >= 100 * 28
+    assert res["deliveries_received"] == res["deliveries_expected"] > 5000
+    assert res["sessions"] > 50 and res["session_breaks"] == 0
+    assert not any(why.startswith("no answer") for why in res["name_errors"]), res["warnings"]
+    assert not any("declared lost while alive" in w for w in res["warnings"]), res["warnings"]
+    assert sum(m["slots"] for m in res["redis_masters"]) == 16384
+    assert len(res["redis_masters"]) == 3
+    assert set(res["cpu_s"]) == {"node0", "node1", "node2", "redis", "bench"}
+    assert res["cpu_s"]["redis"] > 0
+
+
+def test_parse_args_for_a_redis_cluster():
+    a = parse_args(["--redis-cluster", "3x1", "--nodes", "3", "--rooms", "50", "--clients", "150"])
+    assert a.redis_cluster == (3, 1) and a.node_timeout == 5.0 and a.reshard_slots == 1000
+    assert a.stayers == 100  # two per room
+    assert parse_args([]).node_timeout == 2.0 and parse_args([]).rooms == 0
+
+
+@pytest.mark.parametrize(
+    "args, why",
+    [
+        (["--redis-cluster", "3"], "a replica per master"),
+        (["--redis-cluster", "2x1"], "at least 3 masters"),
+        (["--redis-cluster", "3x1", "--reshard-slots", "0"], "--reshard-slots"),
+        (["--rooms", "10", "--clients", "20", "--stayers", "5"], "at least --rooms"),
+        (["--redis-cluster", "3x1", "--duration", "10"], "too short"),
+    ],
+)
+def test_parse_args_refuses(args, why, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(args)
+    assert why in capsys.readouterr().err
+
+
+def test_plan_over_a_redis_cluster_kills_a_master_a_node_and_moves_slots():
+    assert plan(30, 1.5, 6, redis_cluster=True) == [
+        ("master", 6.0, 7.5),
+        ("node", 12.0, 18.0),
+        ("reshard", 19.5, 22.5),
+    ]
+    with pytest.raises(ValueError):
+        plan(20, 1.5, 6, redis_cluster=True)  # the node would still be down at the reshard
+
+
+def test_log_warnings_counts_each_node_s_warnings_blanked(tmp_path):
+    (tmp_path / "node0.1.log").write_text(
+        "2026-01-01 00:00:01,000 INFO gchat: listening on 127.0.0.1:5000\n"
+        "2026-01-01 00:00:02,000 WARNING gchat: this node was declared lost by node "
+        "0123456789ab; rejoining #r16\n"
+        "2026-01-01 00:00:02,001 WARNING gchat: this node was declared lost by node "
+        "ba9876543210; rejoining #r7\n"
+    )
+    (tmp_path / "node0.2.log").write_text(
+        "2026-01-01 00:00:09,000 WARNING gchat: node 0123456789ab lost (no heartbeat for 2s): "
+        "its members leave\n"
+    )
+    (tmp_path / "node1.1.log").write_text("2026-01-01 00:00:01,000 INFO gchat: quiet\n")
+    assert log_warnings(str(tmp_path), ["node0", "node1"]) == {
+        "node0": {
+            "this node was declared lost by node ID; rejoining #ROOM": 2,
+            "node ID lost (no heartbeat for Ns): its members leave": 1,
+        }
+    }
 
 
 def test_verify_reports_a_duplicate_and_a_gap():

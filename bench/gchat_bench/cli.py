@@ -4,7 +4,7 @@
                 [--duration SECONDS] [--size BYTES]
                 [--target HOST:PORT[,HOST:PORT...] [--server-pid PID[,PID...]]
                  [--redis-pid PID] | --spawn=OPTIONS]
-                [--spawn-cluster N] [--spawn-workers K]
+                [--spawn-cluster N [--redis-cluster M[xR]]] [--spawn-workers K]
                 [--rooms K[,K...] [--local-rooms]]
                 [--compat] [--json] [--plot FILE.png] [--repeat R]
 
@@ -30,6 +30,7 @@ from gchat_bench.servers import (
     baseline_command,
     check_loopback,
     gchat_command,
+    parse_redis_cluster,
     spawn_argv,
 )
 from gchat_bench.transports import TRANSPORTS, spawn_options
@@ -56,9 +57,11 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
         "redis-server (free port, no persistence) and N gchat nodes "
         "(gchat --redis URL --port 0 OPTIONS), and deals the clients over "
         "them; --spawn-workers K starts gchat --workers K --redis URL (one "
-        "port); both together: N nodes of K workers. The table and JSON then "
-        "give the CPU of every node and of redis-server (node0_cpu_pct, ..., "
-        "redis_cpu_pct); us/dlv is their sum. --target H:P1,H:P2 loads "
+        "port); both together: N nodes of K workers. --redis-cluster MxR puts "
+        "the nodes on a Redis Cluster of M masters with R replicas each "
+        "instead of one redis-server. The table and JSON then "
+        "give the CPU of every node and of Redis (node0_cpu_pct, ..., "
+        "redis_cpu_pct, every redis-server summed); us/dlv is their sum. --target H:P1,H:P2 loads "
         "nodes already running. Three more scenarios have options of their own: "
         "`gchat-bench soak --help` (churn while senders send; nothing may be "
         "lost), `gchat-bench fuzz --help` (garbage from many clients) and "
@@ -162,6 +165,18 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
         "SO_REUSEPORT) and its redis-server; CPU and RSS are summed "
         "over the supervisor's processes. With --spawn-cluster N: "
         "N such nodes",
+    )
+    ap.add_argument(
+        "--redis-cluster",
+        metavar="M[xR]",
+        default=None,
+        help="with --spawn-cluster N: start a Redis Cluster of M masters (at "
+        "least 3) with R replicas each (default 0) instead of one redis-server, "
+        "and give node i the URL of master i %% M (gchat finds the others). "
+        "redis%% is then the CPU of every redis-server summed, and the JSON "
+        "has each master's commands over the run (redis_masters: slots, "
+        "commands, commandstats; redis_master_balance: min and max over the "
+        "mean)",
     )
     ap.add_argument(
         "--redis-server",
@@ -335,13 +350,20 @@ def placement_note(rooms: int, nodes: int, local: bool) -> str:
     return ", each room on one node" if local else ", each room over every node"
 
 
-def cluster_name(base: str, nodes: int, server_workers: int) -> str:
-    """gchat-2n (2 nodes), gchat-w4 (one node of 4 workers), gchat-2n-w4."""
+def cluster_name(
+    base: str, nodes: int, server_workers: int, redis_cluster: Optional[tuple] = None
+) -> str:
+    """gchat-2n (2 nodes), gchat-w4 (one node of 4 workers), gchat-2n-w4;
+    over a Redis Cluster gchat-2n-rc3 (3 masters), gchat-2n-rc3x1 (and a
+    replica each)."""
     name = base
     if nodes:
         name += "-%dn" % nodes
     if server_workers:
         name += "-w%d" % server_workers
+    if redis_cluster:
+        masters, replicas = redis_cluster
+        name += "-rc%d" % masters + ("x%d" % replicas if replicas else "")
     return name
 
 
@@ -372,7 +394,8 @@ class ServerSpec:
 class ClusterSpec(ServerSpec):
     """A cluster for one run: spawned (its own redis-server and `nodes`
     nodes of argv, each with `server_workers` workers if set) or already
-    running (targets, with their pids and redis-server's if given)."""
+    running (targets, with their pids and redis-server's if given).
+    redis_cluster=(M, R): a Redis Cluster instead of one redis-server."""
 
     def __init__(
         self,
@@ -384,9 +407,11 @@ class ClusterSpec(ServerSpec):
         targets: Optional[list] = None,
         pids: Optional[list] = None,
         redis_pid: Optional[int] = None,
+        redis_cluster: Optional[tuple] = None,
     ):
         super().__init__(name, argv=argv)
         self.nodes, self.server_workers, self.redis_path = nodes, server_workers, redis_path
+        self.redis_cluster = redis_cluster
         self.targets, self.pids, self.redis_pid = targets, pids, redis_pid
 
     def start(self) -> Cluster:
@@ -400,7 +425,14 @@ class ClusterSpec(ServerSpec):
                 Server("redis", "", 0, pid=self.redis_pid) if self.redis_pid is not None else None
             )
             return Cluster(self.name, nodes, redis)
-        return Cluster.spawn(self.name, self.argv, self.nodes, self.server_workers, self.redis_path)
+        return Cluster.spawn(
+            self.name,
+            self.argv,
+            self.nodes,
+            self.server_workers,
+            self.redis_path,
+            self.redis_cluster,
+        )
 
 
 def record_exit(res: dict, server) -> None:
@@ -429,12 +461,14 @@ def server_specs(a: argparse.Namespace, compat: bool, transport: str = "tcp") ->
         name = server_name(cmd) if a.server_cmd else "gchat"
         argv = spawn_argv(cmd, spawn_options(transport, a.spawn or ""), compat)
         if a.spawn_cluster or a.spawn_workers:
+            rc = parse_redis_cluster(a.redis_cluster) if a.redis_cluster else None
             first = ClusterSpec(
-                cluster_name(name, a.spawn_cluster, a.spawn_workers) + suffix,
+                cluster_name(name, a.spawn_cluster, a.spawn_workers, rc) + suffix,
                 argv=argv,
                 nodes=a.spawn_cluster or 1,
                 server_workers=a.spawn_workers,
                 redis_path=a.redis_server,
+                redis_cluster=rc,
             )
         else:
             first = ServerSpec(name + suffix, argv=argv)
@@ -462,26 +496,34 @@ def run_spawned(
     nodes: int = 0,
     server_workers: int = 0,
     redis_path: Optional[str] = None,
+    redis_cluster=None,
 ) -> dict:
     """Spawn a server (gchat unless server_cmd), run one scenario, stop it.
 
     The Python API behind ``gchat-bench SCENARIO --spawn=...`` for one run;
     ``--compat`` in spawn implies the seed protocol, as on the command line.
-    nodes / server_workers: a cluster, as --spawn-cluster / --spawn-workers.
+    nodes / server_workers: a cluster, as --spawn-cluster / --spawn-workers;
+    redis_cluster: its Redis a Redis Cluster, as --redis-cluster ("3x1",
+    3, or (3, 1)); it needs nodes.
     """
     if "--compat" in shlex.split(spawn):
         opts.compat = True
     cmd = server_cmd or gchat_command()
     base = name or (server_name(cmd) if server_cmd else "gchat")
     argv = spawn_argv(cmd, spawn_options(opts.transport, spawn), opts.compat)
+    rc = None
+    if redis_cluster is not None:
+        rc = parse_redis_cluster(redis_cluster)
+        check_redis_cluster(nodes)
     if nodes or server_workers:
         check_cluster_options(nodes, server_workers, spawn)
         server = Cluster.spawn(
-            name or cluster_name(base, nodes, server_workers),
+            name or cluster_name(base, nodes, server_workers, rc),
             argv,
             nodes or 1,
             server_workers,
             redis_path,
+            rc,
         )
     else:
         server = Server.spawn(base, argv)
@@ -503,6 +545,15 @@ def check_cluster_options(nodes: int, server_workers: int, spawn: str) -> None:
             raise BenchError(
                 "--spawn-cluster/--spawn-workers set %s themselves: leave it out of --spawn" % opt
             )
+
+
+def check_redis_cluster(nodes: int) -> None:
+    """--redis-cluster is the Redis of a spawned cluster of nodes."""
+    if nodes < 1:
+        raise BenchError(
+            "--redis-cluster is the Redis of the gchat nodes that --spawn-cluster N "
+            "starts: it needs --spawn-cluster"
+        )
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -553,6 +604,9 @@ def _main(a: argparse.Namespace) -> int:
         raise BenchError("--spawn-cluster/--spawn-workers spawn the servers: not with --target")
     if a.spawn_cluster or a.spawn_workers:
         check_cluster_options(a.spawn_cluster, a.spawn_workers, a.spawn)
+    if a.redis_cluster is not None:
+        parse_redis_cluster(a.redis_cluster)
+        check_redis_cluster(a.spawn_cluster)
     if a.repeat < 1:
         raise BenchError("--repeat must be at least 1")
     try:

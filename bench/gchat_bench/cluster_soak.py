@@ -1,12 +1,17 @@
-"""Cluster chaos soak: N gchat nodes on one Redis, churning clients, and
-Redis and a node killed (kill -9) and restarted while they talk.
+"""Cluster chaos soak: N gchat nodes on one Redis (or a Redis Cluster),
+churning clients, and Redis and a node killed (kill -9) and restarted while
+they talk.
 
     python -m gchat_bench.cluster_soak --duration 120 --clients 200 --nodes 2 --json
+    python -m gchat_bench.cluster_soak --redis-cluster 3x1 --nodes 3 --rooms 50 --json
 
 It starts everything itself, on 127.0.0.1 only: a redis-server on a free
 port (no persistence, so a restart comes back empty, as after a crash
 without AOF), and N `gchat --redis URL --node-timeout 2 --flood-rate 0`
-nodes.  One gevent process plays all the clients, in one room (#lobby):
+nodes.  One gevent process plays all the clients, in one room (#lobby), or
+with --rooms K in K rooms (#r0 ... #rK-1, each client /joins its own once
+named; what is checked below is then checked room by room, and a line of
+another room counts as unexpected):
 
 stayers   named before anyone says anything, connected for the whole soak,
           each sending "~RUN SEQ" lines at --rate lines/s.  They are on the
@@ -30,6 +35,20 @@ Chaos (fractions of --duration): Redis is killed at 20 % and started again
 the others have declared it lost); Redis again at 55 %.  The events run in
 sequence, each waiting for the restarted process to be ready.
 
+With --redis-cluster MxR (issue 17) the nodes run over a Redis Cluster of
+M masters with R >= 1 replicas each (processes.RedisCluster, in the log
+directory; node i is given master i % M's URL) and the chaos is the
+cluster's: the master that holds the most rooms is killed at 20 % (kill
+-9), its replica takes over, and it is started again --redis-down seconds
+later at the earliest (it rejoins as a replica); the victim node is killed
+at 40 % as above; at 65 % --reshard-slots slots (1,000) move from one
+master to another, keys and all (redis-cli --cluster reshard), from the
+master whose lowest slots hold the most rooms.  Each event waits for the
+cluster to converge (with a deadline) before the next.  The nodes'
+--node-timeout is then 5 s by default (gchat's own), not 2: a failover
+takes 2-3 s, during which a node's heartbeat may wait, and a node silent
+for longer than --node-timeout is declared lost although it is alive.
+
 At the end the churners leave, the stayers stop sending, and the soak
 waits (up to --drain-timeout) until every stayer's every line has been
 echoed to its sender or refused, and has reached every stayer.  Then the
@@ -42,14 +61,17 @@ ones, as many as it got refusals; more are lost, fewer is a refused line
 delivered after all (`owed`).
 
 Exit status 0 when nothing was lost, duplicated or reordered, 1 otherwise
-(also when something could not be started).  Every process started is in
+(also when something could not be started).  Reported as warnings, not
+failed on: node counters not back at rest, churners whose name or /join
+went unanswered, nodes that were declared lost while alive (their logs'
+warnings are counted in log_warnings).  Every process started is in
 its own process group, killed at exit, and told to die with this one
 (PR_SET_PDEATHSIG).  Logs go to a temporary directory, kept on failure.
 
 This module is the scenario and the command line; the checks are in
 soak_checks.py, a client in soak_client.py, the processes (redis-server
-through processes.RedisServer, as for the bench and the tests) in
-soak_procs.py.
+through processes.RedisServer and a Redis Cluster through
+processes.RedisCluster, as for the bench and the tests) in soak_procs.py.
 """
 
 from __future__ import annotations
@@ -71,25 +93,47 @@ from typing import Optional
 import gevent
 from gevent import socket as gsocket  # cooperative sockets, without monkey-patching
 
-from gchat_bench.processes import HOST
+from gchat_bench.processes import BAD_FLAGS, HOST, ReplyError
+from gchat_bench.servers import BenchError, parse_redis_cluster
 from gchat_bench.soak_checks import PROBLEMS_SHOWN, check_session, owed, verify, warnings
 from gchat_bench.soak_client import RECV_SIZE, Client
-from gchat_bench.soak_procs import START_TIMEOUT, Node, RedisProc, gchat_command, kill_all, stop_all
+from gchat_bench.soak_procs import (
+    START_TIMEOUT,
+    Node,
+    RedisClusterProc,
+    RedisProc,
+    gchat_command,
+    kill_all,
+    stop_all,
+)
 
 NAME_TIMEOUT = 10.0  # a stayer or churner getting "You are NAME"
 ACCOUNT_WAIT = 1.0  # a churner waits this long for its lines to come back before it leaves
 GRACE = 1.0  # after the drain: late duplicates and refusals still count
 CHAOS_AT = (("redis", 0.20), ("node", 0.35), ("redis", 0.55))
+# Over a Redis Cluster: a master killed, a node killed, slots moved.
+CLUSTER_CHAOS_AT = (("master", 0.20), ("node", 0.40), ("reshard", 0.65))
 SCHEDULE_MARGIN = 1.0  # seconds between one event's end and the next's start
+# What a reshard of 1,000 slots takes, for planning (it is waited for).
+RESHARD_SPAN = 3.0
+# The events of each kind of chaos in the timeline: (done, back).
+EVENTS = {
+    "redis": ("redis killed", "redis restarted"),
+    "node": ("node killed", "node restarted"),
+    "master": ("master killed", "master restarted"),
+    "reshard": ("slots moved", None),
+}
 
 
-def plan(duration: float, redis_down: float, node_down: float) -> list:
+def plan(duration: float, redis_down: float, node_down: float, redis_cluster: bool = False) -> list:
     """The chaos schedule: [(kind, kill at, restart at)], in order, each
-    event over SCHEDULE_MARGIN s before the next and before the end."""
+    event over SCHEDULE_MARGIN s before the next and before the end.
+    redis_cluster: a master, a node, a reshard (CLUSTER_CHAOS_AT)."""
     events = []
-    for kind, frac in CHAOS_AT:
+    down = {"redis": redis_down, "master": redis_down, "node": node_down, "reshard": RESHARD_SPAN}
+    for kind, frac in CLUSTER_CHAOS_AT if redis_cluster else CHAOS_AT:
         at = round(duration * frac, 2)
-        events.append((kind, at, round(at + (redis_down if kind == "redis" else node_down), 2)))
+        events.append((kind, at, round(at + down[kind], 2)))
     ends = [e[2] for e in events[:-1]]
     starts = [e[1] for e in events[1:]]
     if (
@@ -114,7 +158,11 @@ class Soak:
         self.chat_re = re.compile(rb"([^\s:]+): ~%d (\d+)\r?\Z" % self.run)
         self.ids: dict = {}
         self.keys: list = []
-        self.redis = RedisProc(a.redis_server, logdir)
+        if a.redis_cluster:
+            self.redis = RedisClusterProc(a.redis_server, logdir, *a.redis_cluster)
+        else:
+            self.redis = RedisProc(a.redis_server, logdir)
+        self.rooms = ["r%d" % k for k in range(a.rooms)]
         self.nodes = [Node(i, logdir) for i in range(a.nodes)]
         self.victim = self.nodes[-1]
         self.stayers: list = []
@@ -131,6 +179,8 @@ class Soak:
         self.connect_errors = 0
         self.name_failures = 0
         self.name_errors: dict = {}
+        # node -> [seconds since sending started] of its name failures
+        self.name_failure_times: dict = {}
         self.cut_by_kill = 0
 
     def intern(self, sender: bytes, seq: int) -> int:
@@ -158,10 +208,11 @@ class Soak:
 
     # processes ---------------------------------------------------------
 
-    def node_argv(self) -> list:
+    def node_argv(self, node: Node) -> list:
+        url = self.redis.url_for(node.index) if self.a.redis_cluster else self.redis.url
         argv = gchat_command() + [
             "--redis",
-            self.redis.url,
+            url,
             "--host",
             HOST,
             "--port",
@@ -176,19 +227,28 @@ class Soak:
         return argv + shlex.split(self.a.node_args)
 
     def start_node(self, node: Node):
-        node.start(self.node_argv())
+        node.start(self.node_argv(node))
 
     # clients -----------------------------------------------------------
 
-    def start_stayers(self, count: int):
+    def room_of_stayer(self, i: int) -> tuple:
+        """(room, home node) of stayer i: stayer i in room i % K, and the
+        stayers of a room dealt over the nodes that are never killed."""
         homes = [n.index for n in self.nodes if n is not self.victim]
+        if not self.rooms:
+            return "", homes[i % len(homes)]
+        k = len(self.rooms)
+        return self.rooms[i % k], homes[(i // k + i % k) % len(homes)]
+
+    def start_stayers(self, count: int):
         for i in range(count):
-            c = Client(self, "s%d" % i, homes[i % len(homes)], stayer=True)
+            room, home = self.room_of_stayer(i)
+            c = Client(self, "s%d" % i, home, stayer=True, room=room)
             c.connect(self.nodes[c.node].port)
             self.stayers.append(c)
         for c in self.stayers:
             c.named.wait(NAME_TIMEOUT)
-            if c.state == 0 or c.closed:
+            if not c.live or c.closed:
                 raise RuntimeError(
                     "stayer %s was not named on node%d: %s"
                     % (c.name, c.node, c.name_error or "no answer")
@@ -221,7 +281,8 @@ class Soak:
                 gevent.sleep(0.1)
                 continue
             node = rng.choice(up)
-            c = Client(self, "c%d_%d" % (slot, generation), node.index, stayer=False)
+            room = rng.choice(self.rooms) if self.rooms else ""
+            c = Client(self, "c%d_%d" % (slot, generation), node.index, stayer=False, room=room)
             try:
                 c.connect(node.port)
             except OSError:
@@ -229,9 +290,14 @@ class Soak:
                 gevent.sleep(0.2)
                 continue
             c.named.wait(NAME_TIMEOUT)
-            if c.state == 0:
+            if not c.live:
                 self.name_failures += 1
-                why = c.name_error or ("closed" if c.closed else "no answer")
+                zero = self.t0 if self.t0 is not None else self.began
+                self.name_failure_times.setdefault("node%d" % node.index, []).append(
+                    round(time.monotonic() - zero, 1)
+                )
+                unanswered = "no answer to /join" if c.state == 3 else "no answer"
+                why = c.name_error or ("closed" if c.closed else unanswered)
                 why = re.sub(r"c\d+_\d+", "NAME", why)[:100]
                 self.name_errors[why] = self.name_errors.get(why, 0) + 1
                 c.close()
@@ -268,12 +334,15 @@ class Soak:
         every line that came back to its sender reached every stayer."""
         if not all(c.accounted() for c in self.stayers if not c.closed):
             return False
-        last = {c.nameb: c.echo_max for c in self.stayers + self.sessions if c.echo_max >= 0}
+        last: dict = {}  # room -> {sender: highest seq that came back}
+        for c in self.stayers + self.sessions:
+            if c.echo_max >= 0:
+                last.setdefault(c.room, {})[c.nameb] = c.echo_max
         for r in self.stayers:
             if r.closed:
                 continue
             mx = r.max_seen
-            for sender, top in last.items():
+            for sender, top in last.get(r.room, {}).items():
                 if mx.get(sender, -1) < top:
                     return False
         return True
@@ -285,7 +354,17 @@ class Soak:
             pause = self.t0 + at - time.monotonic()
             if pause > 0:
                 gevent.sleep(pause)
-            if kind == "redis":
+            if kind in ("master", "reshard"):
+                try:
+                    if kind == "master":
+                        self.kill_master(back - at)
+                    else:
+                        self.reshard(self.a.reshard_slots)
+                except (RuntimeError, OSError, ReplyError) as e:  # ClusterError: a deadline passed
+                    self.failures.append("%s: %s" % (kind, e))
+                    self.event("%s failed" % kind)
+                    return
+            elif kind == "redis":
                 pid = self.redis.pid
                 self.redis.stop(signal.SIGKILL)
                 self.event("redis killed", pid=pid, signal="SIGKILL")
@@ -302,15 +381,122 @@ class Soak:
                 pid = node.proc.pid
                 node.up = False
                 node.proc.stop(signal.SIGKILL)
+                killed = time.monotonic()
                 self.event("node killed", node=node.index, pid=pid, signal="SIGKILL")
-                gevent.sleep(max(0.0, self.t0 + back - time.monotonic()))
+                # Down --node-down s, even if an earlier event ran late.
+                gevent.sleep(max(0.0, killed + (back - at) - time.monotonic()))
                 try:
                     self.start_node(node)
-                except RuntimeError as e:
+                except (RuntimeError, OSError, ReplyError) as e:
                     self.failures.append(str(e))
                     self.event("node restart failed", node=node.index)
                     return
                 self.event("node restarted", node=node.index, pid=node.proc.pid, port=node.port)
+
+    # the Redis Cluster's chaos ----------------------------------------
+
+    def room_slots(self) -> dict:
+        """{room: its slot}: where each room's keys live ({CLUSTER:r:ROOM},
+        the hash tag of gchat's room logs, CLUSTER being gchat's default)."""
+        rc = self.redis.cluster
+        return {room: rc.keyslot("{gchat:r:%s}" % room) for room in self.rooms}
+
+    def masters_now(self) -> list:
+        """[(master, its slot ranges)], the masters as a node alive sees them."""
+        rc = self.redis.cluster
+        by_id = {n.node_id: n for n in rc.nodes}
+        return [
+            (by_id[line.id], sorted(line.slots))
+            for line in rc.view().values()
+            if "master" in line.flags and not line.flags & BAD_FLAGS and line.id in by_id
+        ]
+
+    def kill_master(self, down: float):
+        """Kill the master that holds the most rooms, wait for its replica
+        to take over, start it again (at the earliest down s after the
+        kill) and wait until it has rejoined, as a replica."""
+        rc = self.redis.cluster
+        slots = self.room_slots()
+
+        def rooms_in(ranges):
+            return sorted(r for r, q in slots.items() if any(a <= q <= b for a, b in ranges))
+
+        victim, ranges = max(self.masters_now(), key=lambda m: len(rooms_in(m[1])))
+        control = any(a <= rc.keyslot("{gchat:ctl}") <= b for a, b in ranges)
+        self.redis.kill(victim)
+        killed = time.monotonic()
+        self.event(
+            "master killed",
+            redis_node=victim.name,
+            port=victim.port,
+            rooms=len(rooms_in(ranges)),
+            control=control,
+            signal="SIGKILL",
+        )
+        new = rc.wait_failover(victim)
+        self.event(
+            "failed over",
+            to=new.name,
+            port=new.port,
+            seconds=round(time.monotonic() - killed, 2),
+        )
+        gevent.sleep(max(0.0, killed + down - time.monotonic()))
+        rc.restart(victim)
+        self.event("master restarted", redis_node=victim.name, role=rc.role(victim))
+
+    def reshard(self, count: int):
+        """Move count slots (redis-cli moves the lowest of the source's),
+        keys and all, from the master whose lowest count slots hold the
+        most rooms to the master with the fewest slots."""
+        rc = self.redis.cluster
+        slots = self.room_slots()
+        masters = self.masters_now()
+
+        def lowest(ranges):
+            out: list = []
+            for a, b in ranges:
+                out.extend(range(a, min(b, a + count - len(out) - 1) + 1))
+                if len(out) >= count:
+                    break
+            return set(out)
+
+        def moving(ranges):
+            low = lowest(ranges)
+            return sorted(r for r, q in slots.items() if q in low)
+
+        sources = [m for m in masters if sum(b - a + 1 for a, b in m[1]) >= count]
+        if not sources:
+            raise RuntimeError("no master has %d slots to move" % count)
+        src, src_ranges = max(sources, key=lambda m: len(moving(m[1])))
+        dst = min(
+            (m for m in masters if m[0] is not src),
+            key=lambda m: sum(b - a + 1 for a, b in m[1]),
+        )[0]
+        rooms = moving(src_ranges)
+        t = time.monotonic()
+        self.event("resharding", slots=count, src=src.name, to=dst.name, rooms=len(rooms))
+        rc.reshard(src, dst, count)
+        self.event(
+            "slots moved",
+            slots=count,
+            src=src.name,
+            to=dst.name,
+            rooms=rooms,
+            seconds=round(time.monotonic() - t, 2),
+        )
+
+    def redis_masters(self) -> list:
+        """[{redis node, port, slots, rooms}] of the masters at the end."""
+        slots = self.room_slots()
+        return [
+            {
+                "redis_node": m.name,
+                "port": m.port,
+                "slots": sum(b - a + 1 for a, b in ranges),
+                "rooms": sum(1 for q in slots.values() if any(a <= q <= b for a, b in ranges)),
+            }
+            for m, ranges in sorted(self.masters_now(), key=lambda m: m[0].name)
+        ]
 
     def probe_stats(self, node: Node) -> dict:
         """/stats of a node, through a client of its own: its bus counters."""
@@ -349,13 +535,17 @@ class Soak:
 
     def run_all(self) -> dict:
         a = self.a
-        schedule = plan(a.duration, a.redis_down, a.node_down)
+        schedule = plan(a.duration, a.redis_down, a.node_down, bool(a.redis_cluster))
         self.redis.start()
         for node in self.nodes:
             self.start_node(node)
+        if a.redis_cluster:
+            where = {"redis_masters": self.redis_masters()}
+        else:
+            where = {"redis_port": self.redis.port}
         self.event(
             "started",
-            redis_port=self.redis.port,
+            **where,
             nodes=[n.port for n in self.nodes],
             victim=self.victim.index,
         )
@@ -399,6 +589,12 @@ class Soak:
                     % (proc.name, proc.returncode, proc.log_tail())
                 )
         node_stats = {"node%d" % n.index: self.probe_stats(n) for n in self.nodes if n.up}
+        masters_at_end = None
+        if a.redis_cluster and self.redis.alive():
+            try:
+                masters_at_end = self.redis_masters()
+            except (RuntimeError, OSError, ReplyError) as e:
+                self.failures.append("the Redis Cluster at the end: %s" % e)
         cpu = {"node%d" % n.index: n.proc.cpu() for n in self.nodes}
         cpu["redis"] = self.redis.cpu()
         ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -409,7 +605,10 @@ class Soak:
         for n in self.nodes:
             n.proc.stop(signal.SIGTERM)
         self.redis.stop(signal.SIGTERM)
-        return self.report(drained, drain_s, elapsed, cpu, node_stats, schedule, dropped)
+        out = self.report(drained, drain_s, elapsed, cpu, node_stats, schedule, dropped)
+        if a.redis_cluster:
+            out["redis_masters"] = masters_at_end
+        return out
 
     def report(self, drained, drain_s, elapsed, cpu, node_stats, schedule, dropped) -> dict:
         a = self.a
@@ -434,12 +633,30 @@ class Soak:
                     "nobody" % (c.name, c.refusals, len(gone))
                 )
         checked = [c for c in self.stayers if c not in dropped]
-        res = verify({c.name: (keys[i] for i in c.seen) for c in checked}, owed_by)
-        ref = res.pop("reference")
+        # Room by room: a stayer is owed the lines of its room's senders,
+        # and a line of another room is unexpected.
+        room_of = {c.name: c.room for c in self.stayers + self.sessions}
+        owed_in: dict = {}
+        for name, want in owed_by.items():
+            owed_in.setdefault(room_of[name], {})[name] = want
+        counts = ("expected", "received", "lost", "duplicated", "out_of_order", "unexpected")
+        res: dict = dict.fromkeys((*counts, "order_mismatches"), 0)
+        res["problems"] = []
+        refs: dict = {}
+        for room in sorted(set(room_of.values())):
+            r = verify(
+                {c.name: (keys[i] for i in c.seen) for c in checked if c.room == room},
+                owed_in.get(room, {}),
+                limit=PROBLEMS_SHOWN - len(res["problems"]),
+            )
+            refs[room] = r.pop("reference")
+            res["problems"] += r.pop("problems")
+            for k in r:
+                res[k] += r[k]
         breaks = {"gaps": 0, "duplicated": 0, "out_of_order": 0, "order": 0}
         broken_sessions = 0
         for c in self.sessions:
-            r = check_session((keys[i] for i in c.seen), owed_by, ref)
+            r = check_session((keys[i] for i in c.seen), owed_in.get(c.room, {}), refs[c.room])
             if any(r.values()):
                 broken_sessions += 1
                 if len(res["problems"]) < PROBLEMS_SHOWN:
@@ -448,18 +665,12 @@ class Soak:
                 breaks[k] += r[k]
         refusals = sum(c.refusals for c in self.stayers + self.sessions)
         events = self.timeline()
-        kills = {
-            "redis": sum(1 for e in events if e["event"] == "redis killed"),
-            "node": sum(1 for e in events if e["event"] == "node killed"),
-        }
+        kinds = sorted({e[0] for e in schedule})
+        kills = {k: sum(1 for e in events if e["event"] == EVENTS[k][0]) for k in kinds}
         restarts = {
-            "redis": sum(1 for e in events if e["event"] == "redis restarted"),
-            "node": sum(1 for e in events if e["event"] == "node restarted"),
+            k: sum(1 for e in events if e["event"] == EVENTS[k][1]) for k in kinds if EVENTS[k][1]
         }
-        planned = {
-            "redis": sum(1 for e in schedule if e[0] == "redis"),
-            "node": sum(1 for e in schedule if e[0] == "node"),
-        }
+        planned = {k: sum(1 for e in schedule if e[0] == k) for k in kinds}
         out = {
             "result": None,
             "seed": a.seed,
@@ -467,6 +678,12 @@ class Soak:
             "elapsed_s": elapsed,
             "nodes": a.nodes,
             "victim": self.victim.index,
+            "redis_cluster": (
+                {"masters": a.redis_cluster[0], "replicas": a.redis_cluster[1]}
+                if a.redis_cluster
+                else None
+            ),
+            "rooms": a.rooms,
             "clients": a.clients,
             "stayers": len(self.stayers),
             "churners": a.clients - a.stayers,
@@ -497,11 +714,18 @@ class Soak:
             "connect_errors": self.connect_errors,
             "name_failures": self.name_failures,
             "name_errors": self.name_errors,
+            "name_failures_by_node": {
+                node: {"count": len(ts), "first_s": ts[0], "last_s": ts[-1]}
+                for node, ts in sorted(self.name_failure_times.items())
+            },
+            "log_warnings": log_warnings(self.logdir, [n.proc.name for n in self.nodes]),
             "other_errors": self.error_lines,
             "drained": drained,
             "drain_s": drain_s,
-            "redis_kills": kills["redis"],
-            "node_kills": kills["node"],
+            "redis_kills": kills.get("redis", 0),
+            "node_kills": kills.get("node", 0),
+            "master_kills": kills.get("master", 0),
+            "reshards": kills.get("reshard", 0),
             "restarts": restarts,
             "chaos": events,
             "cpu_s": cpu,
@@ -517,7 +741,7 @@ class Soak:
             not self.failures
             and drained
             and kills == planned
-            and restarts == planned
+            and restarts == {k: n for k, n in planned.items() if k in restarts}
             and all(
                 out[k] == 0
                 for k in (
@@ -533,8 +757,64 @@ class Soak:
             )
         )
         out["result"] = "PASS" if ok else "FAIL"
-        out["warnings"] = warnings(node_stats)
+        out["warnings"] = warnings(node_stats) + self.more_warnings(out)
         return out
+
+    def more_warnings(self, out: dict) -> list:
+        """What is wrong without losing a line (reported, not failed on):
+        churners whose name or /join went unanswered, nodes declared lost
+        while they were alive."""
+        found = []
+        unanswered = sum(n for why, n in self.name_errors.items() if why.startswith("no answer"))
+        if unanswered:
+            found.append(
+                "%d churners got no answer to their name or /join within %g s (%s)"
+                % (
+                    unanswered,
+                    NAME_TIMEOUT,
+                    ", ".join(
+                        "%s: %d" % (node, v["count"])
+                        for node, v in out["name_failures_by_node"].items()
+                    ),
+                )
+            )
+        for node, counts in out["log_warnings"].items():
+            n = sum(v for text, v in counts.items() if text.startswith(DECLARED_LOST))
+            if n:
+                found.append(
+                    "%s was declared lost while alive (%d 'declared lost ... rejoining' lines)"
+                    % (node, n)
+                )
+        return found
+
+
+# How a node says that the others took it for lost while it was alive.
+DECLARED_LOST = "this node was declared lost"
+WARNING_RE = re.compile(rb"^\S+ \S+ WARNING \S+ (.*)$", re.M)
+SHOWN_WARNINGS = 8
+
+
+def log_warnings(logdir: str, names: list) -> dict:
+    """{node: {warning, ids and numbers blanked: count}}: what each node's
+    logs (every incarnation) warned of, the most frequent first: a node
+    declared lost, Redis lost, a room that lacked entries."""
+    out: dict = {}
+    for name in names:
+        counts: dict = {}
+        for fname in sorted(os.listdir(logdir)):
+            if not (fname.startswith(name + ".") and fname.endswith(".log")):
+                continue
+            with open(os.path.join(logdir, fname), "rb") as f:
+                for m in WARNING_RE.finditer(f.read()):
+                    text = m.group(1).decode("utf-8", "replace")
+                    text = re.sub(r"\b[0-9a-f]{12}\b", "ID", text)
+                    text = re.sub(r"#[^\s:;,]+", "#ROOM", text)
+                    text = re.sub(r"\d+(\.\d+)?", "N", text)[:160]
+                    counts[text] = counts.get(text, 0) + 1
+        if counts:
+            top = sorted(counts.items(), key=lambda kv: -kv[1])[:SHOWN_WARNINGS]
+            out[name] = dict(top)
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -561,6 +841,26 @@ def parse_args(argv) -> argparse.Namespace:
     )
     p.add_argument("--nodes", type=int, default=2, help="gchat nodes, >= 2 (default %(default)s)")
     p.add_argument(
+        "--rooms",
+        type=int,
+        default=0,
+        help="the clients in K rooms (#r0...), checked room by room (default: all in #lobby)",
+    )
+    p.add_argument(
+        "--redis-cluster",
+        metavar="MxR",
+        default=None,
+        help="run the nodes over a Redis Cluster of M masters with R >= 1 replicas "
+        "each, and kill a master, kill a node and move --reshard-slots slots "
+        "instead of killing Redis (default: one redis-server)",
+    )
+    p.add_argument(
+        "--reshard-slots",
+        type=int,
+        default=1000,
+        help="with --redis-cluster: slots the reshard moves (default %(default)s)",
+    )
+    p.add_argument(
         "--rate", type=float, default=1.0, help="lines/s each stayer sends (default %(default)s)"
     )
     p.add_argument(
@@ -579,14 +879,17 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument(
         "--node-timeout",
         type=float,
-        default=2.0,
-        help="the nodes' --node-timeout (default %(default)s)",
+        default=None,
+        help="the nodes' --node-timeout (default 2; with --redis-cluster 5, gchat's "
+        "own: a failover takes 2-3 s, and a node whose heartbeat waits that long "
+        "must not be taken for lost)",
     )
     p.add_argument(
         "--redis-down",
         type=float,
         default=None,
-        help="seconds Redis stays dead (default: 5%% of --duration, 1-3)",
+        help="seconds Redis (with --redis-cluster: the killed master) stays dead "
+        "(default: 5%% of --duration, 1-3)",
     )
     p.add_argument(
         "--node-down",
@@ -622,10 +925,29 @@ def parse_args(argv) -> argparse.Namespace:
     a.keep_logs = a.keep_logs or a.dump
     if a.nodes < 2:
         p.error("--nodes must be at least 2 (one of them is killed)")
+    if a.redis_cluster is not None:
+        try:
+            a.redis_cluster = parse_redis_cluster(a.redis_cluster)
+        except BenchError as e:
+            p.error(str(e))
+        if a.redis_cluster[1] < 1:
+            p.error(
+                "--redis-cluster needs a replica per master (MxR, R >= 1): "
+                "a master is killed and its replica takes over"
+            )
+        if not 0 < a.reshard_slots < 16384:
+            p.error("--reshard-slots must be between 1 and 16383")
+    if a.node_timeout is None:
+        a.node_timeout = 5.0 if a.redis_cluster else 2.0
+    if a.rooms < 0:
+        p.error("--rooms must not be negative")
     if a.stayers is None:
-        a.stayers = max(2, a.clients // 4)
+        a.stayers = max(2, a.clients // 4, 2 * a.rooms)
+        a.stayers = min(a.stayers, a.clients)
     if not 2 <= a.stayers <= a.clients:
         p.error("--stayers must be between 2 and --clients")
+    if a.stayers < a.rooms:
+        p.error("--stayers must be at least --rooms (every room is checked through its stayers)")
     if a.rate <= 0 or a.churn_rate <= 0 or not 0 < a.min_stay <= a.max_stay:
         p.error("rates must be > 0 and 0 < --min-stay <= --max-stay")
     if a.redis_down is None:
@@ -633,7 +955,7 @@ def parse_args(argv) -> argparse.Namespace:
     if a.node_down is None:
         a.node_down = a.node_timeout + 1.0
     try:
-        plan(a.duration, a.redis_down, a.node_down)
+        plan(a.duration, a.redis_down, a.node_down, bool(a.redis_cluster))
     except ValueError as e:
         p.error(str(e))
     return a
@@ -648,6 +970,8 @@ def print_table(res: dict):
         "other_errors",
         "failures",
         "name_errors",
+        "name_failures_by_node",
+        "log_warnings",
         "warnings",
         "exit_codes",
     }
@@ -674,6 +998,10 @@ def print_table(res: dict):
         print("  warning: " + line)
     if res["name_errors"]:
         print("name refused: %s" % res["name_errors"])
+        print("name failures by node: %s" % res["name_failures_by_node"])
+    for node, counts in res["log_warnings"].items():
+        for text, n in counts.items():
+            print("  log %s: %dx %s" % (node, n, text))
     if res["other_errors"]:
         print("other error lines: %s" % res["other_errors"])
     print(res["result"])
@@ -698,7 +1026,7 @@ def main(argv=None) -> int:
         soak = Soak(a, logdir)
         with gevent.Timeout(limit, RuntimeError("the soak overran its %g s bound" % limit)):
             res = soak.run_all()
-    except (RuntimeError, OSError) as e:
+    except (RuntimeError, OSError, ReplyError) as e:
         res = {
             "result": "FAIL",
             "seed": a.seed,

@@ -32,8 +32,16 @@ import psutil
 from tqdm import tqdm
 
 from gchat_bench.cluster import expected_deliveries, part_cpu, room_members, spread
-from gchat_bench.processes import die_with_parent
-from gchat_bench.servers import BenchError, Cluster, RssSampler, Server, process_cpu_s
+from gchat_bench.processes import ReplyError, die_with_parent
+from gchat_bench.servers import (
+    BenchError,
+    Cluster,
+    ClusterRedisCluster,
+    RssSampler,
+    Server,
+    master_commands,
+    process_cpu_s,
+)
 from gchat_bench.stats import MIN_SIZE, SCAN_IMPL, merge_encoded, percentiles_ms
 from gchat_bench.transports import TRANSPORTS
 
@@ -667,6 +675,12 @@ def run_scenario(opts: Options, server: Server) -> dict:
             "--target H:P1,H:P2" % server.name
         )
     res = base_result(opts, server)
+    # Over a Redis Cluster: each master's commands over the whole run.
+    rcluster = None
+    if isinstance(server, Cluster) and isinstance(server.redis, ClusterRedisCluster):
+        rcluster = server.redis
+        res["redis_cluster"] = {"masters": rcluster.masters, "replicas": rcluster.replicas}
+        master_stats0 = rcluster.master_stats()
     n_slow = opts.slow_clients if opts.scenario == "slow" else 0
     rss_before = server.rss_bytes()
     t_start = time.monotonic_ns()
@@ -738,6 +752,11 @@ def run_scenario(opts: Options, server: Server) -> dict:
             if server.redis is not None:
                 r = server.redis.rss_bytes()
                 res["redis_rss_mb"] = r / 2**20 if r else None
+        if rcluster is not None:
+            try:
+                res.update(master_commands(master_stats0, rcluster.master_stats()))
+            except (OSError, ReplyError) as e:  # a master died: the run says so
+                res["redis_masters_error"] = str(e)
         pool.close()
 
 

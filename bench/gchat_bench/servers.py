@@ -7,10 +7,11 @@ pipe) and the last lines are kept for error messages.  CPU time and RSS
 come from psutil with the server's pid: CPU time per delivery is the
 figure that stays steady on a shared machine, wall time is not.
 
-A cluster (several gchat nodes on one redis-server, each node possibly a
-``--workers`` supervisor with its worker processes) is one ``Cluster``: it
-answers the same questions as a ``Server`` (where to connect, CPU, RSS,
-alive?) summed over all of its processes, and also node by node.
+A cluster (several gchat nodes on one redis-server or on a Redis Cluster,
+each node possibly a ``--workers`` supervisor with its worker processes)
+is one ``Cluster``: it answers the same questions as a ``Server`` (where to
+connect, CPU, RSS, alive?) summed over all of its processes, and also node
+by node (its Redis is one part, "redis", however many redis-servers).
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ from typing import Optional
 
 import psutil
 
-from gchat_bench.processes import RedisServer, StartError, die_with_parent, redis_executable
+from gchat_bench.processes import (
+    RedisCluster,
+    RedisServer,
+    StartError,
+    die_with_parent,
+    redis_executable,
+)
 
 HTTP_RE = re.compile(r"\bhttp\s*$")
 LISTENING_RE = re.compile(r"listening on \[?([0-9A-Za-z.:_-]+?)\]?:(\d+)\b")
@@ -409,6 +416,10 @@ class ClusterRedis(Server):
         except StartError as e:
             raise BenchError(str(e)) from None
 
+    def url_for(self, index: int) -> str:
+        """The URL gchat node index is given: the one redis-server's."""
+        return self.url
+
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
             raise BenchError(
@@ -420,6 +431,154 @@ class ClusterRedis(Server):
         if self.exit_code is None:
             self.redis.stop(STOP_TIMEOUT)
             self.exit_code = self.redis.exit_codes[-1]
+
+
+def parse_redis_cluster(spec) -> tuple:
+    """--redis-cluster ``M[xR]`` (or an int M, or (M, R)) -> (M, R): M
+    masters with R replicas each (R defaults to 0).  M >= 3, as redis-cli
+    --cluster create wants."""
+    if isinstance(spec, tuple):
+        masters, replicas = spec
+    elif isinstance(spec, int):
+        masters, replicas = spec, 0
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", str(spec))
+        if not m:
+            raise BenchError(
+                "--redis-cluster wants M or MxR (M masters, R replicas each), got %r" % spec
+            )
+        masters, replicas = int(m.group(1)), int(m.group(2) or 0)
+    if masters < 3:
+        raise BenchError(
+            "--redis-cluster needs at least 3 masters (redis-cli --cluster create "
+            "wants 3), got %d" % masters
+        )
+    if replicas < 0:
+        raise BenchError("--redis-cluster: replicas must not be negative")
+    return masters, replicas
+
+
+class ClusterRedisCluster(Server):
+    """A cluster's own Redis Cluster (--redis-cluster MxR) as one part of the
+    server under test, "redis": processes.RedisCluster starts and stops its
+    M x (1 + R) redis-servers (free loopback ports, no persistence, a
+    temporary directory removed at stop).  As a Server its pid is the first
+    node's and its "children" are the others, so its CPU, RSS, process
+    count and pids are those of every redis-server together.
+
+    url_for(i): the URL gchat node i is given, that of master i % M, so
+    that the nodes start from different masters (each finds the others).
+    master_stats(): {master name: (port, slots, {command: calls})}, for
+    the per-master commands of a run.
+    """
+
+    def __init__(self, cluster: RedisCluster, name: str = "redis"):
+        first = cluster.nodes[0]
+        super().__init__(name, first.host, first.port, pid=first.pid, proc=first.proc)
+        self.cluster = cluster
+        self.masters = cluster.n_masters
+        self.replicas = cluster.n_replicas
+        self._urls = [m.url for m in cluster.masters()]
+        self.url = self._urls[0]
+        self._ps_nodes: dict = {}
+
+    @classmethod
+    def spawn_cluster(
+        cls, masters: int, replicas: int = 0, executable: Optional[str] = None
+    ) -> ClusterRedisCluster:
+        """Start a Redis Cluster of masters x (1 + replicas) nodes and wait
+        until it has formed."""
+        try:
+            exe = redis_executable(executable)
+        except StartError as e:
+            raise BenchError(
+                "%s (--redis-cluster spawns a Redis Cluster: apt-get install "
+                "redis-server, or --redis-server PATH)" % e
+            ) from None
+        try:
+            return cls(RedisCluster(masters, replicas, executable=exe).start())
+        except StartError as e:  # ClusterError too
+            raise BenchError(str(e)) from None
+
+    def url_for(self, index: int) -> str:
+        return self._urls[index % len(self._urls)]
+
+    def children(self, fresh: bool = True) -> list:
+        """The redis-servers but the first (psutil.Process, cached per pid)."""
+        out = []
+        for node in self.cluster.nodes[1:]:
+            pid = node.pid
+            if pid is None:
+                continue
+            ps = self._ps_nodes.get(pid)
+            if ps is None:
+                try:
+                    ps = self._ps_nodes[pid] = psutil.Process(pid)
+                except psutil.Error:
+                    continue
+            out.append(ps)
+        self.seen_pids.update(p.pid for p in out)
+        return out
+
+    def check_alive(self) -> None:
+        dead = [n for n in self.cluster.nodes if not n.alive()]
+        if dead:
+            n = dead[0]
+            raise BenchError(
+                "redis-server %s of the Redis Cluster exited during the run:\n%s"
+                % (n.name, n.log_tail())
+            )
+
+    def master_stats(self) -> dict:
+        """{master name: (port, slots, {command: calls})} of every master
+        now (INFO commandstats, CLUSTER NODES)."""
+        slots = self.cluster.slot_counts()
+        return {
+            m.name: (m.port, slots.get(m, 0), calls)
+            for m, calls in self.cluster.commandstats().items()
+        }
+
+    def stop(self) -> None:
+        if self.exit_code is None:
+            self.cluster.stop()
+            codes = [n.exit_codes[-1] for n in self.cluster.nodes if n.exit_codes]
+            bad = [c for c in codes if c not in (None, 0)]
+            self.exit_code = bad[0] if bad else 0
+
+
+def master_commands(before: dict, after: dict) -> dict:
+    """Per-master commands between two ClusterRedisCluster.master_stats()
+    snapshots, for a result: ``redis_masters`` [{node, port, slots,
+    commands, commandstats}] (commands: the sum of commandstats; INFO, which
+    the bench asks itself, left out), ``redis_master_commands`` [commands
+    per master], and ``redis_master_balance`` [min, max] of each master's
+    commands over their mean (1.0 each when even; 0.5-2 is the goal)."""
+    masters = []
+    for name, (port, slots, calls) in after.items():
+        was = before.get(name, (port, slots, {}))[2]
+        delta = {
+            cmd: n - was.get(cmd, 0)
+            for cmd, n in sorted(calls.items())
+            if cmd != "info" and n - was.get(cmd, 0) > 0
+        }
+        masters.append(
+            {
+                "node": name,
+                "port": port,
+                "slots": slots,
+                "commands": sum(delta.values()),
+                "commandstats": delta,
+            }
+        )
+    counts = [m["commands"] for m in masters]
+    mean = sum(counts) / len(counts) if counts else 0
+    return {
+        "redis_masters": masters,
+        "redis_master_commands": counts,
+        "redis_master_balance": (
+            [min(counts) / mean, max(counts) / mean] if mean else [None, None]
+        ),
+    }
 
 
 class Cluster:
@@ -457,22 +616,33 @@ class Cluster:
         nodes: int,
         server_workers: int = 0,
         redis_path: Optional[str] = None,
+        redis_cluster: Optional[tuple] = None,
     ) -> Cluster:
-        """Start redis-server, then `nodes` copies of argv with ``--redis
-        URL`` (and ``--workers K`` if server_workers), each on its own port
-        (argv has --port 0), all at once; wait until every node listens
-        (and, with workers, until each node's K workers do)."""
-        redis = ClusterRedis.spawn_redis(redis_path)
+        """Start redis-server (or, redis_cluster=(M, R), a Redis Cluster of
+        M masters with R replicas each), then `nodes` copies of argv with
+        ``--redis URL`` (and ``--workers K`` if server_workers), each on
+        its own port (argv has --port 0), all at once; wait until every node
+        listens (and, with workers, until each node's K workers do).  Over
+        a Redis Cluster node i is given master i % M's URL."""
+        if redis_cluster:
+            redis = ClusterRedisCluster.spawn_cluster(*redis_cluster, executable=redis_path)
+        else:
+            redis = ClusterRedis.spawn_redis(redis_path)
         started: list = []
         waits: list = []
         try:
-            extra = ["--redis", redis.url]
+            extra = []
             if server_workers:
                 extra += ["--workers", str(server_workers)]
             # All nodes start at once (gevent's imports take a second each).
             for i in range(nodes):
+                url = redis.url_for(i)
                 waits.append(
-                    Server.launch("%s/node%d" % (name, i), argv + extra, tree=bool(server_workers))
+                    Server.launch(
+                        "%s/node%d" % (name, i),
+                        argv + ["--redis", url] + extra,
+                        tree=bool(server_workers),
+                    )
                 )
             errors = []
             for w in waits:

@@ -2,7 +2,9 @@
 connection to a node, read by a greenlet of its own.  It keeps the soak's
 chat lines it receives as ids (Soak.intern) in arrival order, for the
 checks (soak_checks.py), and accounts for its own lines: which came back,
-how many were refused ("not sent").
+how many were refused ("not sent").  With a room it joins it once named
+(/join #ROOM) and counts only what comes after "You are now in #ROOM" and
+the room's history.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ RECV_SIZE = 1 << 16
 READ_PAUSE = 0.05  # a named client reads at most this often (the kernel buffers meanwhile)
 
 HISTORY_OPEN = b"--- last "
+NOW_IN = b"You are now in #"
 HISTORY_CLOSE = b"--- end of history ---"
 NOT_SENT = b"not sent"
 SERVER_LOST = b"(server lost)"
@@ -36,8 +39,9 @@ class Client:
     """One named connection: reads everything, keeps the chat lines of this
     run as ids (Soak.intern) in arrival order, and accounts for its own."""
 
-    def __init__(self, soak: Soak, name: str, node: int, stayer: bool):
+    def __init__(self, soak: Soak, name: str, node: int, stayer: bool, room: str = ""):
         self.soak = soak
+        self.room = room  # "" : the lobby, where everyone is once named
         self.name = name
         self.nameb = name.encode()
         self.node = node
@@ -45,7 +49,7 @@ class Client:
         self.sock: Optional[gsocket.socket] = None
         self.reader: Optional[gevent.Greenlet] = None
         self.tail = b""
-        self.state = 0  # 0 naming, 1 live, 2 in the history block
+        self.state = 0  # 0 naming, 1 live, 2 in the history block, 3 joining the room
         self.named = Event()
         self.name_error: Optional[str] = None
         self.closed = False
@@ -113,11 +117,24 @@ class Client:
             elif self.state == 2:
                 if line.rstrip(b"\r") == HISTORY_CLOSE:
                     self.state = 1
+            elif self.state == 3:
+                # The lobby's roster and arrivals, until the room says hello.
+                line = line.rstrip(b"\r")
+                if line == NOW_IN + self.room.encode():
+                    self.state = 1
+                    self.named.set()
+                elif line.startswith(b"error: "):
+                    self.name_error = line.decode("utf-8", "replace")
+                    self.named.set()
             else:
                 line = line.rstrip(b"\r")
                 if line == b"You are " + self.nameb:
-                    self.state = 1
-                    self.named.set()
+                    if self.room:
+                        self.state = 3
+                        self.sock.sendall(b"/join #%s\n" % self.room.encode())
+                    else:
+                        self.state = 1
+                        self.named.set()
                 elif line.startswith(b"error: "):
                     self.name_error = line.decode("utf-8", "replace")
                     self.named.set()
@@ -142,6 +159,11 @@ class Client:
 
     def _refusal(self):
         self.refusals += 1
+
+    @property
+    def live(self) -> bool:
+        """Named (and in its room, if it has one): its chat lines count."""
+        return self.state in (1, 2)
 
     def accounted(self) -> bool:
         """Every line sent came back or was refused."""

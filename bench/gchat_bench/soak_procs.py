@@ -1,14 +1,15 @@
 """Process control of the cluster soak (cluster_soak.py): its gchat nodes
-and its redis-server, each killed and started again by the chaos, all of
-them killed with the soak.
+and its redis-server (or Redis Cluster), each killed and started again by
+the chaos, all of them killed with the soak.
 
 Every child runs in a process group of its own (a node's --workers, if
 any, go with it), is told to die with the soak (PR_SET_PDEATHSIG) and is
 SIGKILLed at exit whatever happens (kill_all).  The waits are gevent's:
 the soak's clients keep running while a process starts or stops.
-redis-server is processes.RedisServer, as for the bench and the tests;
-Proc and RedisProc are both a Child (alive, CPU, exit codes, log, stop),
-so the soak treats them alike.
+redis-server is processes.RedisServer, as for the bench and the tests, and
+a Redis Cluster processes.RedisCluster; Proc, RedisProc and
+RedisClusterProc are each a Child (alive, CPU, exit codes, log, stop), so
+the soak treats them alike.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Optional
 
 import gevent
 
-from gchat_bench.processes import RedisServer, die_with_parent
+from gchat_bench.processes import ClusterNode, RedisCluster, RedisServer, die_with_parent
 from gchat_bench.servers import process_cpu_s
 
 LISTENING_RE = re.compile(rb"listening on \[?([0-9.]+)\]?:(\d+)")
@@ -234,6 +235,117 @@ class RedisProc(Child):
 
     def log_tail(self, lines: int = 15) -> str:
         return self.server.log_tail(lines)
+
+
+class SoakRedisCluster(RedisCluster):
+    """A RedisCluster whose redis-cli runs (create, reshard) wait
+    cooperatively: each runs in a thread of gevent's pool, so that the
+    soak's clients keep reading and sending meanwhile (a reshard of 1,000
+    slots with their keys takes seconds).  Its polls sleep with
+    gevent.sleep; its questions to the nodes are immediate answers over
+    loopback.  Nodes are started from the main thread (their
+    PR_SET_PDEATHSIG is that thread's); redis-cli only from the pool, and
+    the pool thread waits for it."""
+
+    def _cli(self, subcommand: str, *args: str) -> str:
+        return gevent.get_hub().threadpool.apply(RedisCluster._cli, (self, subcommand, *args))
+
+
+class RedisClusterProc(Child):
+    """The soak's Redis Cluster (--redis-cluster MxR): M masters with R
+    replicas each, running and logging in the soak's log directory
+    (redis-cluster/nodeK/redis.log).  As a Child it is all of its nodes:
+    alive when every node is, its CPU that of every incarnation of every
+    node, a signal goes to each.  kill(node) crashes one node (its CPU read
+    first); the waits for a failover, a rejoin, a reshard are the
+    RedisCluster's (with deadlines)."""
+
+    name = "redis"
+
+    def __init__(self, executable: str, logdir: str, masters: int, replicas: int):
+        self.cluster = SoakRedisCluster(
+            masters,
+            replicas,
+            executable=executable,
+            workdir=os.path.join(logdir, "redis-cluster"),
+            sleep=gevent.sleep,
+        )
+        self._cpu_done: dict = {}  # node name -> CPU of its ended incarnations
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.cluster.nodes[0].pid if self.cluster.nodes else None
+
+    @property
+    def returncode(self) -> Optional[int]:
+        codes = [n.exit_codes[-1] for n in self.cluster.nodes if not n.alive() and n.exit_codes]
+        return codes[0] if codes else None
+
+    @property
+    def exit_codes(self) -> list:
+        """ "nodeK:CODE" for every exit of every node, node by node."""
+        return ["%s:%s" % (n.name, c) for n in self.cluster.nodes for c in n.exit_codes]
+
+    @property
+    def url(self) -> str:
+        return self.cluster.url
+
+    def url_for(self, index: int) -> str:
+        """The URL gchat node index is given: master index % M of those
+        alive now (gchat finds the others from it)."""
+        masters = self.cluster.masters()
+        return masters[index % len(masters)].url
+
+    def alive(self) -> bool:
+        return bool(self.cluster.nodes) and all(n.alive() for n in self.cluster.nodes)
+
+    def start(self) -> None:
+        """Start the nodes, join them, wait until the cluster has formed."""
+        _LIVE.add(self)
+        self.cluster.start()
+
+    def kill(self, node: ClusterNode) -> None:
+        """A crash of one node (SIGKILL); its CPU time is read first."""
+        if node.alive() and node.pid is not None:
+            self._cpu_done[node.name] = self._cpu_done.get(node.name, 0.0) + (
+                process_cpu_s(node.pid) or 0.0
+            )
+        self.cluster.kill(node)
+
+    def cpu(self) -> float:
+        total = sum(self._cpu_done.values())
+        for n in self.cluster.nodes:
+            if n.alive() and n.pid is not None:
+                total += process_cpu_s(n.pid) or 0.0
+        return round(total, 3)
+
+    def send_signal(self, sig: int) -> None:
+        for n in self.cluster.nodes:
+            if n.alive() and n.pid is not None:
+                try:
+                    os.killpg(n.pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    def stop(self, sig: int = signal.SIGKILL, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGKILL: every node crashes.  SIGTERM: the end (RedisCluster.stop;
+        the logs stay).  Their CPU time is read first."""
+        for n in self.cluster.nodes:
+            if n.alive() and n.pid is not None:
+                self._cpu_done[n.name] = self._cpu_done.get(n.name, 0.0) + (
+                    process_cpu_s(n.pid) or 0.0
+                )
+        if sig == signal.SIGKILL:
+            self.cluster.kill_all()
+        self.cluster.stop()
+        _LIVE.discard(self)
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(
+            "--- %s (%s) ---\n%s"
+            % (n.name, "alive" if n.alive() else "down", n.log_tail(max(3, lines // 3)))
+            for n in self.cluster.nodes
+        )
 
 
 class Node:
