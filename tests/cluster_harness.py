@@ -195,6 +195,7 @@ class Cluster:
         self.now = 100.0
         self.logs = {}  # room key -> Log
         self.names = {}  # name key -> node id
+        self.spellings = {}  # name key -> its spelling when claimed (Control.claim)
         self.directories = {}  # node id -> {room name: members}
         self.lost_marks = set()  # {C:ctl}:lost:ID
         self.nodes = {}  # node id -> Node, the live ones
@@ -263,6 +264,7 @@ class Cluster:
             winner = survivors[0]
             for key in [key for key, holder in self.names.items() if holder == node_id]:
                 del self.names[key]
+                self.spellings.pop(key, None)
             self.directories.pop(node_id, None)
         for survivor in survivors:
             survivor.chat.on_bus(NODE_LOST, None, (node_id, reason))
@@ -367,6 +369,7 @@ class Cluster:
         node.names.discard(key)
         if self.names.get(key) == node.id:
             del self.names[key]
+            self.spellings.pop(key, None)
 
     def failover(self, room, lose=1):
         """room's master fails over to a replica that lacks its last `lose`
@@ -422,17 +425,18 @@ class Cluster:
         if kind == "claim":
             _, conn, name = request
             ok = self._claim(node, p.name_key(name))
+            if ok and self.spellings.get(p.name_key(name)) is None:
+                self.spellings[p.name_key(name)] = name  # Control.claim's "NODE NAME"
             chat.on_bus(CLAIMED, conn, (name, None if ok else p.render_name_taken(name)))
         elif kind == "release":
             self._release(node, request[1])
         elif kind == "reassert":
-            self.lost_marks.discard(node.id)
-            for key in sorted(node.names):
-                self._claim(node, key)
+            self._rejoin(node)
         elif kind == "msg":
             _, conn, sender, target, text = request
             holder = self.names.get(p.name_key(target))
             if holder is not None:
+                target = self.spellings.get(p.name_key(target)) or target
                 self._submit(node, inbox_key(holder), dumps([["msg", sender, target, text]]))
             chat.on_bus(ROUTED, conn, (target, holder is not None, text))
         elif kind == "host" or kind == "drop":
@@ -549,6 +553,8 @@ class Cluster:
         directory of the live nodes."""
         beating = [self.nodes[i] for i in node_ids or list(self.nodes) if self.nodes[i].running]
         for node in beating:
+            if node.id in self.lost_marks:
+                self._rejoin(node)  # it finds itself in the list of lost nodes
             changed, node.directory_changed = node.directory_changed, {}
             mine = self.directories.setdefault(node.id, {})
             for room, count in changed.items():
@@ -563,6 +569,14 @@ class Cluster:
                 total[room] = total.get(room, 0) + count
         for node in beating:
             node.chat.on_bus(DIRECTORY, None, dict(total))
+
+    def _rejoin(self, node):
+        """RoomBus._rejoin: the marker cleared, the names claimed again,
+        the whole directory written again."""
+        self.lost_marks.discard(node.id)
+        for key in sorted(node.names):
+            self._claim(node, key)
+        node.directory_changed.update(node.directory_here)
 
     def run(self, rounds=200):
         """Batches and reads until nothing moves, then a heartbeat."""

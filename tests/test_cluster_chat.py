@@ -650,11 +650,6 @@ def test_a_private_line_to_a_name_typed_in_another_case_reaches_its_holder():
     assert h.take_now(bob) == ["ann (private): psst"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the sender's copy shows the target as typed: the bus routes by name key "
-    "and does not say how the holder spells its name",
-)
 def test_the_senders_copy_of_a_private_line_shows_the_name_as_its_holder_spells_it():
     h = Cluster()
     ann, bob = h.named("A", "ann"), h.named("B", "bob")
@@ -971,11 +966,6 @@ def test_a_member_of_a_node_lost_before_its_heartbeat_is_not_left_in_a_room():
     assert h.members("attic") == {"ann": "A ann"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bus: the survivor that freed a node's names deleted its directory too, "
-    "and the node, back, writes only what changes in it",
-)
 def test_a_node_declared_lost_while_alive_counts_in_rooms_again_once_back():
     h = Cluster()
     ann, bob = h.named("A", "ann"), h.named("B", "bob")
@@ -989,12 +979,6 @@ def test_a_node_declared_lost_while_alive_counts_in_rooms_again_once_back():
     assert h.take(ann) == ["Rooms (2): #lobby (1, you are here), #attic (1)"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bus: a node declared lost while it had no member anywhere is told by no "
-    "room's 'lost', so it never clears its lost marker, and its loss for real later "
-    "frees none of its names",
-)
 def test_a_node_once_declared_lost_while_empty_frees_its_names_when_lost_for_real():
     h = Cluster()
     ann = h.named("A", "ann")

@@ -28,7 +28,10 @@ from gchat.bus.pipelines import execute as execute_pipeline
 
 # KEYS: the name's key.  ARGV: the node.  Deletes the name if the node has it.
 RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+local held = redis.call('GET', KEYS[1])
+if held and (held == ARGV[1] or string.sub(held, 1, #ARGV[1] + 1) == ARGV[1] .. ' ') then
+  return redis.call('DEL', KEYS[1])
+end
 return 0
 """
 
@@ -117,14 +120,16 @@ class Control:
 
     # Names --------------------------------------------------------------
 
-    def claim(self, key: str, node: str) -> bool:
+    def claim(self, key: str, node: str, name: str = "") -> bool:
         """Take the name whose name_key is key for node: True if node has
-        it now (taken, or had it already), False if another node has it."""
+        it now (taken, or had it already), False if another node has it.
+        The key holds "NODE NAME": name is its spelling (for a /msg's
+        sender, which is told how the recipient spells it)."""
         self.client.sadd(self.node_names(node), key)
-        if self.client.set(self.name_key(key), node, nx=True):
+        value = f"{node} {name}" if name else node
+        if self.client.set(self.name_key(key), value, nx=True):
             return True
-        holder = self.client.get(self.name_key(key))
-        if holder is not None and holder.decode() == node:
+        if self.holder(key) == node:
             return True
         self.client.srem(self.node_names(node), key)
         return False
@@ -145,8 +150,17 @@ class Control:
         execute_pipeline(self.client, fill, (RELEASE,))
 
     def holder(self, key: str) -> Optional[str]:
+        """The node that has the name, or None."""
+        found = self.holder_and_name(key)
+        return found[0] if found is not None else None
+
+    def holder_and_name(self, key: str) -> Optional[tuple[str, str]]:
+        """(node, how it spells the name) of the name, or None."""
         value = self.client.get(self.name_key(key))
-        return value.decode() if value is not None else None
+        if value is None:
+            return None
+        node, _, name = value.decode().partition(" ")
+        return node, name
 
     # Liveness -----------------------------------------------------------
 

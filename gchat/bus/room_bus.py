@@ -495,24 +495,32 @@ class RoomBus:
             kind = request[0]
             if kind == "claim":
                 _, conn, name = request
-                ok = control.claim(name_key(name), node)
+                ok = control.claim(name_key(name), node, name)
                 if ok:
                     self.names.add(name_key(name))
                 self._put(CLAIMED, conn, (name, None if ok else render_name_taken(name)))
             elif kind == "reassert":
-                # Declared lost while alive (stalled): claim the names again,
-                # and clear the marker, so that a real loss later is handled.
-                control.unmark_lost(node)
-                self._reclaim()
+                self._rejoin()
             elif kind == "msg":
                 _, conn, sender, target, text = request
-                holder = control.holder(name_key(target))
-                if holder is not None:
+                found = control.holder_and_name(name_key(target))
+                if found is not None:
+                    holder, spelt = found
+                    target = spelt or target  # as its holder spells it
                     ops = dumps([["msg", sender, target, text]])
                     self.publisher.submit(INBOX + holder, ops)
                     self._wake_writer.set()
-                self._put(ROUTED, conn, (target, holder is not None, text))
+                self._put(ROUTED, conn, (target, found is not None, text))
             requests[index] = ("done",)
+
+    def _rejoin(self) -> None:
+        """This node was declared lost while alive (stalled): clear the
+        marker, so that a loss for real later is handled, claim its names
+        again, and write its whole directory again (the survivor that freed
+        the names deleted it)."""
+        self.control.unmark_lost(self.node)
+        self._reclaim()
+        self._directory_changed.update(self.directory_here)
 
     def _reclaim(self) -> None:
         taken = [key for key in sorted(self.names) if not self.control.claim(key, self.node)]
@@ -542,6 +550,11 @@ class RoomBus:
         epoch = control.epoch(uuid.uuid4().hex)
         data_lost = epoch != self.epoch
         control.beat(self.node, self._ttl_ms())
+        if self.node in control.lost_nodes():
+            # Declared lost while it had no member in any room (no room's
+            # "lost" told it): it finds out here.
+            log.warning("this node was declared lost; rejoining")
+            self._rejoin()
         changed, self._directory_changed = self._directory_changed, {}
         if data_lost:
             changed = dict(self.directory_here)
