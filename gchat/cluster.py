@@ -722,6 +722,11 @@ class ClusterChat(Chat):
         name = self._join_target(conn, command)
         if name is None:
             return
+        key = p.name_key(name)
+        if self.rooms.get(key) is None:
+            # Not here: as the cluster spells it, if a directory names it
+            # (a room made less than a heartbeat ago is spelt as typed).
+            name = next((n for n in self.directory if p.name_key(n) == key), name)
         published = self._publishing(conn)
         published[1] = name
         reason = p.render_joined_reason(name)

@@ -608,11 +608,6 @@ def test_join_across_nodes_moves_the_member_everywhere_with_the_rooms_history():
     assert h.take_all(ann, amy) == [["bob has left (joined #lobby)"], ["bob has arrived"]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a node that does not host the room publishes the leave with the room's "
-    "name as typed: its spelling comes with the snapshot, after the leave is out",
-)
 def test_a_join_into_a_room_this_node_does_not_host_names_it_as_its_host_spells_it():
     h = Cluster()
     ann, bob = h.named("A", "ann"), h.named("B", "bob")
