@@ -84,6 +84,9 @@ FEED_DRAIN = 512
 # entries of several hub batches: 2 ms is a tenth of the p99 goal of a
 # cluster's line, and gathers what a busy node's hub makes meanwhile.
 WRITE_GATHER = 0.002
+# A writer whose last round was this recent is busy, and gathers: rounds
+# closer than this would each carry little.
+WRITE_BUSY = 0.01
 # Seconds between attempts to reach Redis while it is down, doubling up to
 # the maximum: quick to notice a restart, and no busy loop.
 RETRY_MIN = 0.05
@@ -154,6 +157,7 @@ class RoomBus:
         os.set_blocking(self._wake_write, False)
         self._delivered: dict[str, list[tuple[str, int, list]]] = {}
         self._wake_writer = Event()
+        self._last_round = 0.0  # when the writer's last round went out
         self._requests: Queue = Queue()
         self._put: Any = None  # the hub's put(kind, conn, payload), given by start()
         self._greenlets: list[Any] = []
@@ -315,10 +319,12 @@ class RoomBus:
         pause = RETRY_MIN
         while not self._closing:
             self._wake_writer.wait()
-            # A moment for the hub's next batches to join this round: one
-            # pipeline then carries several entries (a round costs about
-            # as much whatever it holds), at a latency far below a tick.
-            gevent.sleep(WRITE_GATHER)
+            if time.monotonic() - self._last_round < WRITE_BUSY:
+                # Busy: a moment for the hub's next batches to join this
+                # round, so that one pipeline carries several entries (a
+                # round costs about as much whatever it holds).  An idle
+                # node's line goes out at once.
+                gevent.sleep(WRITE_GATHER)
             self._wake_writer.clear()
             publisher = self.publisher
             if not publisher.waiting:
@@ -335,6 +341,7 @@ class RoomBus:
                 self._wake_writer.set()
                 continue
             pause = RETRY_MIN
+            self._last_round = time.monotonic()
             self.stats["bus_published"] += taken
             self.stats["bus_republished"] += publisher.stats["republished"] - republished
             self._published()
