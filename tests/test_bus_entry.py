@@ -80,7 +80,7 @@ def test_an_entry_without_operations_is_an_entry():
 
 
 @pytest.mark.parametrize(
-    "version", [1, 3, 0, -2, "2", None, True, False, [2], {"v": 2}, 2.5, "NaN"]
+    "version", [1, 3, 0, -2, "2", None, True, False, [2], {"v": 2}, 2.5, 2.0, "NaN"]
 )
 def test_another_format_version_is_refused(version):
     data = json.dumps([version, ["enter", "ann"]]).encode().replace(b'"NaN"', b"NaN")

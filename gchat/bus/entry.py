@@ -72,7 +72,7 @@ def decode(raw: bytes, max_bytes: int) -> list[list[Any]]:
         raise BadEntry(f"does not parse: {err}") from None
     if not isinstance(value, list) or not value:
         raise BadEntry("operations are not a list")
-    if value[0] != FORMAT or isinstance(value[0], bool):
+    if type(value[0]) is not int or value[0] != FORMAT:  # not 2.0, not true
         raise BadEntry(f"format version {str(value[0])[:20]}, this node reads {FORMAT}")
     ops = value[1:]
     for op in ops:
