@@ -198,3 +198,20 @@ def test_every_entry_the_log_keeps_is_applied_once(steps):
     for node in "abc":
         seqs = [seq for who, seq in applied if who == node]
         assert seqs == sorted(seqs), f"{node}'s entries out of order: {seqs}"
+
+
+def test_an_entry_published_again_is_skipped_by_a_reader_born_after_it_first_was():
+    """After Redis lost a room, its writers publish their windows again;
+    a reader that started to host the room since (its members arrived
+    after those lines were said) must not show them as new."""
+    from gchat.bus.room_log import AGAIN_SKEW
+
+    reader = RoomReader(born=1000.0)
+    old = RoomEntry("E", 1, "a", 7, [], again=1000.0 - AGAIN_SKEW - 0.5)
+    recent = RoomEntry("E", 2, "a", 8, [], again=1000.0 - AGAIN_SKEW + 0.5)
+    new = RoomEntry("E", 3, "b", 1, [])
+    assert not reader.fresh(old)
+    assert reader.fresh(recent) and reader.fresh(new)
+    # A reader born before it was first published takes it (it may have
+    # missed it when Redis died).
+    assert RoomReader(born=900.0).fresh(old)

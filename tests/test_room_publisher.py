@@ -21,7 +21,7 @@ class FakeStream:
             self.fail_next = False
             raise ConnectionError("Redis is down")
         out = []
-        for room, node, seq, ops, _epoch, _history, force, _members in items:
+        for room, node, seq, ops, _epoch, _history, force, _members, _again in items:
             last = self.chains.get((room, node), 0)
             if seq <= last:
                 out.append(Published(0, last))
@@ -128,4 +128,28 @@ def test_entries_handed_over_while_a_round_is_out_wait_for_the_next():
 
     stream.publish_batch = publish_while_the_hub_runs
     assert pub.flush() == 2  # the next round of the same flush takes a2
+    assert stream.rooms["a"] == [("n", 1, "a1"), ("n", 2, "a2")]
+
+
+def test_what_a_room_took_is_published_again_with_when_it_first_took_it():
+    """Entries a room acknowledged and then lost are marked "again" with the
+    time of that first acknowledgement; entries it never took (held while
+    Redis was away) go out as new."""
+    stream = FakeStream()
+    clock = iter([100.0, 200.0, 300.0, 400.0])
+    pub = RoomPublisher(stream, "n", window=10, clock=lambda: next(clock))
+    pub.submit("a", "a1")
+    pub.flush()  # taken at 100.0
+    pub.submit("a", "a2")  # never taken before the loss
+    sent = []
+    publish = stream.publish_batch
+
+    def record(items):
+        sent.extend((item[2], item[8]) for item in items)
+        return publish(items)
+
+    stream.publish_batch = record
+    stream.lose("a", 1)  # Redis came back without the room
+    pub.flush()
+    assert (1, 100.0) in sent and (2, 0.0) in sent
     assert stream.rooms["a"] == [("n", 1, "a1"), ("n", 2, "a2")]

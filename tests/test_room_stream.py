@@ -126,3 +126,21 @@ def test_the_members_follow_the_entries_and_a_snapshot_gives_them_with_the_chain
     snap = rooms.snapshot("den", "den")
     assert snap.members == [("a", "Zed")]
     assert snap.name == "Den"  # the first host's spelling stays
+
+
+def test_an_entry_published_again_says_when_it_first_was(redis_server):
+    rooms = stream(redis_server)
+    pubsub = redis.Redis.from_url(redis_server.url).pubsub()
+    pubsub.ssubscribe(room_keys("t", "lobby").channel)
+    assert pubsub.get_sharded_message(timeout=DEADLINE)["type"] == "ssubscribe"
+    rooms.publish("lobby", "a", 1, ops("once"), "E")
+    rooms.publish("lobby", "a", 2, ops("again"), "E", again=1733.25)
+    _, entries = rooms.read("lobby", 1)
+    assert [(e.seq, e.again) for e in entries] == [(1, 0.0), (2, 1733.25)]
+    live = []
+    deadline = time.monotonic() + DEADLINE
+    while len(live) < 2 and time.monotonic() < deadline:
+        message = pubsub.get_sharded_message(timeout=0.1)
+        if message and message["type"] == "smessage":
+            live.append(parse_message(message["data"]))
+    assert [(e.seq, e.again) for e in live] == [(1, 0.0), (2, 1733.25)]

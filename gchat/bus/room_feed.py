@@ -48,6 +48,7 @@ class RoomFeed:
         pubsub: Any,
         deliver: Callable[[str, RoomEntry], None],
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.stream = stream
         self.pubsub = pubsub
@@ -66,12 +67,13 @@ class RoomFeed:
         # Told of what is skipped, with why: (room_key, reason).
         self.bad: Callable[[str, str], None] = lambda room_key, why: None
         self._clock = clock
+        self._wall = wall  # when a room starts to be read (RoomReader.born)
 
     def host(self, room_key: str, name: str = "") -> Snapshot:
         """Start reading room_key: its snapshot, as of the position from
         which entries will be delivered (name: as this node spells it)."""
         snapshot = self.stream.snapshot(room_key, name)
-        reader = RoomReader(snapshot.epoch, snapshot.offset)
+        reader = RoomReader(snapshot.epoch, snapshot.offset, born=self._wall())
         # What the snapshot holds counts as applied: a copy of it published
         # again later (after a failover) is not applied twice.
         reader.applied.update(snapshot.chains)

@@ -50,6 +50,14 @@ class RoomEntry(NamedTuple):
     node: str
     seq: int
     ops: list
+    # Published again (RoomWriter.after): when it was first published, in
+    # seconds of the wall clock; 0.0 for an entry published once.
+    again: float = 0.0
+
+
+# Seconds of clock skew between nodes forgiven when a reader judges an entry
+# published again by when it was first published (RoomReader.fresh).
+AGAIN_SKEW = 1.0
 
 
 class Verdict(Enum):
@@ -64,14 +72,17 @@ class Verdict(Enum):
 class RoomReader:
     """What one node has applied of one room's log.  See the module docstring."""
 
-    __slots__ = ("epoch", "offset", "applied", "at")
+    __slots__ = ("epoch", "offset", "applied", "at", "born")
 
-    def __init__(self, epoch: Optional[str] = None, offset: int = 0) -> None:
+    def __init__(self, epoch: Optional[str] = None, offset: int = 0, born: float = 0.0) -> None:
         """epoch and offset: where a snapshot of the room left it (a node
         that starts to host the room reads its members and history at that
-        position, then everything after it)."""
+        position, then everything after it); born: when (wall clock), so
+        that an entry first published before it, and published again after
+        Redis lost it, is not shown to members who were not there."""
         self.epoch = epoch
         self.offset = offset
+        self.born = born
         self.applied: dict[str, int] = {}  # node id -> last seq applied
         # (node, seq) of the entry at `offset`, None at a snapshot's offset:
         # what a read of the stream from there must find first.
@@ -94,7 +105,10 @@ class RoomReader:
 
     def fresh(self, entry: RoomEntry) -> bool:
         """Whether entry was never applied, by node and seq (the test for
-        each entry read from the stream to fill a gap or after a reset)."""
+        each entry read from the stream to fill a gap or after a reset),
+        and is not an entry published again that predates this reader."""
+        if entry.again and entry.again < self.born - AGAIN_SKEW:
+            return False
         return entry.seq > self.applied.get(entry.node, 0)
 
     def mark(self, entry: RoomEntry) -> None:
@@ -136,14 +150,21 @@ class RoomWriter:
     """One node's chain in one room: its next sequence number, and the
     entries it may have to publish again (at most `window` of them)."""
 
-    __slots__ = ("seq", "window", "_kept")
+    __slots__ = ("seq", "window", "_kept", "taken")
 
     def __init__(self, window: int) -> None:
         if window < 1:
             raise ValueError("a writer keeps at least one entry")
         self.seq = 0
+        self.taken = 0  # the last seq a room acknowledged (acked())
         self.window = window
         self._kept: deque[Published] = deque()
+
+    def acked(self, seq: int) -> None:
+        """A room took this node's entry seq (the last it is known to have,
+        before Redis may lose it)."""
+        if seq > self.taken:
+            self.taken = seq
 
     def next(self, ops: list) -> Published:
         """Number ops as this node's next entry in the room, and keep it."""

@@ -21,6 +21,7 @@ waiting, in order, for the next one: publishing them again is safe for the
 same reason.
 """
 
+import time
 import uuid
 from collections import deque
 from typing import Callable, NamedTuple
@@ -41,6 +42,7 @@ class Waiting(NamedTuple):
     history: tuple
     force: bool = False  # past a gap the room will never fill (lost entries)
     members: tuple = ()  # room_stream.MEMBER_CHANGES
+    again: float = 0.0  # published again: when a room first took it (wall clock)
 
 
 class RoomPublisher:
@@ -52,8 +54,14 @@ class RoomPublisher:
         node: str,
         window: int,
         new_epoch: Callable[[], str] = lambda: uuid.uuid4().hex,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.stream = stream
+        self._clock = clock
+        # room -> {seq: when a room first took it}, for the entries kept: an
+        # entry published again says so, and readers that started after
+        # it was first published skip it (room_log.RoomReader.fresh).
+        self.taken_at: dict[str, dict[int, float]] = {}
         self.node = node
         self.window = window
         self.new_epoch = new_epoch
@@ -87,6 +95,12 @@ class RoomPublisher:
         writer = self.writers.get(room_key)
         if writer is not None:
             writer.forget(upto)
+        firsts = self.taken_at.get(room_key)
+        if firsts:
+            for seq in [seq for seq in firsts if seq <= upto]:
+                del firsts[seq]
+            if not firsts:
+                del self.taken_at[room_key]
         extras = self.extras.get(room_key)
         if extras:
             for seq in [seq for seq in extras if seq <= upto]:
@@ -109,6 +123,7 @@ class RoomPublisher:
             if not self.waiting:
                 return taken
             batch = list(self.waiting)
+            now = self._clock()
             outcomes = self.stream.publish_batch(
                 [
                     (
@@ -120,6 +135,7 @@ class RoomPublisher:
                         w.history,
                         w.force,
                         w.members,
+                        w.again,
                     )
                     for w in batch
                 ]
@@ -132,6 +148,9 @@ class RoomPublisher:
                 taken += 1
                 self.stats["published" if outcome.status else "copies"] += 1
                 self.taken.append((item.room_key, item.seq))
+                firsts = self.taken_at.setdefault(item.room_key, {})
+                if item.seq not in firsts:
+                    firsts[item.seq] = now
             # Only what this round sent: the hub may have handed over more
             # while it was out (a greenlet switch at each round trip).
             for _ in batch:
@@ -154,5 +173,8 @@ class RoomPublisher:
             # The first, past entries the room will never have, moves the
             # room's chain on (the script's force flag).
             force = index == 0 and lost > 0
-            self.waiting.append(Waiting(room_key, entry.seq, entry.ops[0], history, force, members))
+            again = self.taken_at.get(room_key, {}).get(entry.seq, 0.0)
+            self.waiting.append(
+                Waiting(room_key, entry.seq, entry.ops[0], history, force, members, again)
+            )
             self.stats["republished"] += 1

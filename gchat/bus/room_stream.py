@@ -35,8 +35,10 @@ from gchat.bus.room_log import RoomEntry
 # ops (JSON), stream max length, channel, a new epoch (used if the room has
 # none), history max length, force ("1": accept a seq past the chain's
 # next, when the node no longer has what lies between), how many history
-# lines follow, the history lines, then the entry's changes to the room's
-# members (see MEMBER_CHANGES).
+# again (when the entry was first published, if this publishes it again
+# after Redis lost it; "0" if not), how many history lines follow, the
+# history lines, then the entry's changes to the room's members (see
+# MEMBER_CHANGES).
 # Returns {1, offset} when published, {0, last} for a copy the room has
 # (seq <= last), {-1, last} when the room lacks the node's entries after
 # last.
@@ -52,15 +54,17 @@ if not epoch then
 end
 local offset = redis.call('INCR', KEYS[1])
 redis.call('HSET', KEYS[4], ARGV[1], seq)
+local seqtext = ARGV[2]
+if ARGV[9] ~= '0' then seqtext = ARGV[2] .. '@' .. ARGV[9] end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '0-' .. offset,
-           'n', ARGV[1], 's', ARGV[2], 'o', ARGV[3])
-local lines = tonumber(ARGV[9])
+           'n', ARGV[1], 's', seqtext, 'o', ARGV[3])
+local lines = tonumber(ARGV[10])
 if lines > 0 then
-  for i = 10, 9 + lines do redis.call('RPUSH', KEYS[5], ARGV[i]) end
+  for i = 11, 10 + lines do redis.call('RPUSH', KEYS[5], ARGV[i]) end
   redis.call('LTRIM', KEYS[5], -tonumber(ARGV[7]), -1)
 end
 local mine = ARGV[1] .. ' '
-for i = 10 + lines, #ARGV do
+for i = 11 + lines, #ARGV do
   local change = ARGV[i]
   local kind = string.sub(change, 1, 1)
   if kind == '+' then
@@ -80,7 +84,7 @@ for i = 10 + lines, #ARGV do
     end
   end
 end
-redis.call('SPUBLISH', ARGV[5], epoch .. ' ' .. offset .. ' ' .. ARGV[1] .. ' ' .. ARGV[2]
+redis.call('SPUBLISH', ARGV[5], epoch .. ' ' .. offset .. ' ' .. ARGV[1] .. ' ' .. seqtext
            .. ' ' .. ARGV[3])
 return {1, offset}
 """
@@ -156,15 +160,24 @@ def parse_message(data: bytes) -> RoomEntry:
         raise ValueError(f"{len(parts)} fields, not 5")
     epoch, offset, node, seq, ops = parts
     try:
-        return RoomEntry(epoch.decode(), int(offset), node.decode(), int(seq), [ops])
+        number, again = _seq(seq)
+        return RoomEntry(epoch.decode(), int(offset), node.decode(), number, [ops], again)
     except UnicodeDecodeError as err:
         raise ValueError(str(err)) from None
+
+
+def _seq(text: bytes) -> tuple[int, float]:
+    """An entry's "SEQ" or "SEQ@FIRST" (published again; FIRST: when it was
+    first published)."""
+    number, _, again = text.partition(b"@")
+    return int(number), float(again) if again else 0.0
 
 
 def _entry(epoch: str, entry_id: bytes, fields: dict) -> RoomEntry:
     offset = int(entry_id.split(b"-", 1)[1])
     try:
-        return RoomEntry(epoch, offset, fields[b"n"].decode(), int(fields[b"s"]), [fields[b"o"]])
+        number, again = _seq(fields[b"s"])
+        return RoomEntry(epoch, offset, fields[b"n"].decode(), number, [fields[b"o"]], again)
     except (KeyError, ValueError):
         # Not the script's (another program wrote to the stream): an entry
         # that the reader finds malformed when it decodes the operations.
@@ -197,20 +210,21 @@ class RoomStream:
         history: tuple = (),
         force: bool = False,
         members: tuple = (),
+        again: float = 0.0,
     ) -> Published:
         """One entry of node's into the room (ops: its JSON); history: the
         lines it adds to the room's history; members: its MEMBER_CHANGES."""
         k = self.keys(room_key)
         status, value = self._publish(
             keys=[k.offset, k.epoch, k.stream, k.chains, k.history, k.members],
-            args=self._args(node, seq, ops, k.channel, new_epoch, history, force, members),
+            args=self._args(node, seq, ops, k.channel, new_epoch, history, force, members, again),
         )
         return Published(int(status), int(value))
 
     def publish_batch(self, items: list) -> list[Published]:
         """Several entries in one round trip per master (a node's hub batch,
         over the rooms it touched): items of publish()'s arguments, as
-        (room_key, node, seq, ops, new_epoch, history, force[, members])
+        (room_key, node, seq, ops, new_epoch, history, force[, members[, again]])
         tuples.  The outcomes come in their order."""
 
         sha = self._publish.sha
@@ -219,6 +233,7 @@ class RoomStream:
             for item in items:
                 room_key, node, seq, ops, new_epoch, history, force, *rest = item
                 members = rest[0] if rest else ()
+                again = rest[1] if len(rest) > 1 else 0.0
                 k = self.keys(room_key)
                 # EVALSHA itself, not the Script object: a pipeline holding
                 # Script calls asks SCRIPT EXISTS before every execute (a
@@ -233,7 +248,9 @@ class RoomStream:
                     k.chains,
                     k.history,
                     k.members,
-                    *self._args(node, seq, ops, k.channel, new_epoch, history, force, members),
+                    *self._args(
+                        node, seq, ops, k.channel, new_epoch, history, force, members, again
+                    ),
                 )
 
         # Safe to publish twice, should the scripts be missing: the chains
@@ -251,6 +268,7 @@ class RoomStream:
         history: tuple,
         force: bool,
         members: tuple = (),
+        again: float = 0.0,
     ) -> list:
         lines = history if self.history else ()
         return [
@@ -262,6 +280,7 @@ class RoomStream:
             new_epoch,
             max(1, self.history),
             "1" if force else "0",
+            repr(again) if again else "0",
             len(lines),
             *lines,
             *members,
