@@ -14,35 +14,30 @@ from gchat_bench.cluster_soak import log_warnings, parse_args, plan
 from gchat_bench.soak_checks import check_session, first_inversion, owed, verify, warnings
 
 
-def lines(sender, *seqs):
-    return [(sender, q) for q in seqs]
-
-
-def test_short_soak_loses_nothing_through_redis_and_node_kills():
+def run_soak(*args, timeout):
+    """`python -m gchat_bench.cluster_soak ARGS --json --quiet`: its JSON
+    result, which must say PASS (with its failures shown if not)."""
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gchat_bench.cluster_soak",
-            "--duration",
-            "20",
-            "--clients",
-            "20",
-            "--nodes",
-            "2",
-            "--seed",
-            "7",
-            "--json",
-            "--quiet",
-        ],
+        [sys.executable, "-m", "gchat_bench.cluster_soak", *args, "--json", "--quiet"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     assert done.stdout.strip(), done.stderr
     res = json.loads(done.stdout.strip().splitlines()[-1])
     assert done.returncode == 0, (res.get("failures"), res.get("problems"), res.get("logs"))
     assert res["result"] == "PASS"
+    return res
+
+
+def lines(sender, *seqs):
+    return [(sender, q) for q in seqs]
+
+
+def test_short_soak_loses_nothing_through_redis_and_node_kills():
+    res = run_soak(
+        "--duration", "20", "--clients", "20", "--nodes", "2", "--seed", "7", timeout=120
+    )
     assert (res["lost"], res["duplicated"], res["out_of_order"], res["order_mismatches"]) == (
         0,
         0,
@@ -64,36 +59,23 @@ def test_soak_over_a_redis_cluster_loses_nothing_through_a_failover_a_node_kill_
     each, churning clients in 50 rooms; a master killed (its replica takes
     over), a node killed, 1,000 slots moved.  Every stayer gets every line
     of its room exactly once, in order; and no name goes unanswered."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gchat_bench.cluster_soak",
-            "--redis-cluster",
-            "3x1",
-            "--nodes",
-            "3",
-            "--rooms",
-            "50",
-            "--clients",
-            "150",
-            "--duration",
-            "30",
-            "--max-stay",
-            "3",
-            "--seed",
-            "7",
-            "--json",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
+    res = run_soak(
+        "--redis-cluster",
+        "3x1",
+        "--nodes",
+        "3",
+        "--rooms",
+        "50",
+        "--clients",
+        "150",
+        "--duration",
+        "30",
+        "--max-stay",
+        "3",
+        "--seed",
+        "7",
         timeout=150,
     )
-    assert done.stdout.strip(), done.stderr
-    res = json.loads(done.stdout.strip().splitlines()[-1])
-    assert done.returncode == 0, (res.get("failures"), res.get("problems"), res.get("logs"))
-    assert res["result"] == "PASS"
     assert (res["redis_cluster"], res["nodes"], res["rooms"]) == (
         {"masters": 3, "replicas": 1},
         3,
