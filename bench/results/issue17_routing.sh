@@ -26,6 +26,10 @@ for round in 1 2 3; do
   run i17r_8n_local     $LOAD --spawn-cluster 8 --local-rooms
   run i17r_2n_local_rc3 $LOAD --spawn-cluster 2 --local-rooms --redis-cluster 3
   run i17r_8n_local_rc3 $LOAD --spawn-cluster 8 --local-rooms --redis-cluster 3
+  # The floor of any bus: one process with no Redis carrying what one node
+  # of 2 and of 8 carries (an eighth: 500 clients, 50 rooms, 125 lines/s).
+  run i17r_one_half     fanout --clients 2000 --senders 200 --rate 500 --rooms 200 --duration 10 --spawn=--flood-rate=0
+  run i17r_one_eighth   fanout --clients 500 --senders 50 --rate 125 --rooms 50 --duration 10 --spawn=--flood-rate=0
 done
 ONE="fanout --clients 1000 --duration 10 --spawn=--flood-rate=0 --repeat 3"
 run i17r_room200_alone $ONE --rate 200

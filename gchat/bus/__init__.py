@@ -8,6 +8,7 @@ room_publisher.py  one node's writes, in order per room, republished on refusal
 room_feed.py    one node's subscriptions, gaps and resets filled from streams
 control.py      names, heartbeats, the nodes' list and directories, the epoch
 pipelines.py    script pipelines that survive a master without the scripts
+direct_calls.py the writer's hot path: a batch sent without the pipeline object
 room_bus.py     the greenlets that join them to the hub (the I/O)
 
 The hub still owns all the chat's state; cluster.py's ClusterChat applies

@@ -81,9 +81,11 @@ FEED_POLL = 0.1
 # burst is one event per room, and the hub is not kept waiting for more.
 FEED_DRAIN = 512
 # Seconds the writer waits after being woken, so that a round carries the
-# entries of several hub batches: 2 ms is a tenth of the p99 goal of a
-# cluster's line, and gathers what a busy node's hub makes meanwhile.
-WRITE_GATHER = 0.002
+# entries of several hub batches: 5 ms is a quarter of the p99 goal of a
+# cluster's line.  Measured (bench/RESULTS.md, issue 17): on 2 nodes at 500
+# lines/s each, 2 ms gave 65 us of CPU per delivery, 5-6 ms 46-55 us, 10 ms
+# no better; an idle node does not wait (WRITE_BUSY).
+WRITE_GATHER = 0.005
 # A writer whose last round was this recent is busy, and gathers: rounds
 # closer than this would each carry little.
 WRITE_BUSY = 0.01
@@ -229,6 +231,7 @@ class RoomBus:
             self.control.leave(self.node)
         except FAILURES as err:
             log.warning("could not free this node's names in Redis: %s", err)
+        self.stream.direct.close()
         self.client.close()
         os.close(self._wake_read)
         os.close(self._wake_write)

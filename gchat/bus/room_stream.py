@@ -28,6 +28,7 @@ node publishes again what the room lacks (room_log.RoomWriter.after).
 
 from typing import Any, NamedTuple, Optional
 
+from gchat.bus.direct_calls import DirectCalls
 from gchat.bus.pipelines import execute as execute_pipeline
 from gchat.bus.room_log import RoomEntry
 
@@ -196,6 +197,7 @@ class RoomStream:
         self._publish = client.register_script(PUBLISH)
         self._read = client.register_script(READ)
         self._snapshot = client.register_script(SNAPSHOT)
+        self.direct = DirectCalls(client)  # publish_batch's hot path
 
     def keys(self, room_key: str) -> RoomKeys:
         return room_keys(self.cluster, room_key)
@@ -228,18 +230,15 @@ class RoomStream:
         tuples.  The outcomes come in their order."""
 
         sha = self._publish.sha
-
-        def fill(pipe: Any) -> None:
-            for item in items:
-                room_key, node, seq, ops, new_epoch, history, force, *rest = item
-                members = rest[0] if rest else ()
-                again = rest[1] if len(rest) > 1 else 0.0
-                k = self.keys(room_key)
-                # EVALSHA itself, not the Script object: a pipeline holding
-                # Script calls asks SCRIPT EXISTS before every execute (a
-                # second round trip per batch); a missing script is loaded
-                # by pipelines.execute instead.
-                pipe.evalsha(
+        calls = []
+        for item in items:
+            room_key, node, seq, ops, new_epoch, history, force, *rest = item
+            members = rest[0] if rest else ()
+            again = rest[1] if len(rest) > 1 else 0.0
+            k = self.keys(room_key)
+            calls.append(
+                (
+                    "EVALSHA",
                     sha,
                     6,
                     k.offset,
@@ -252,10 +251,21 @@ class RoomStream:
                         node, seq, ops, k.channel, new_epoch, history, force, members, again
                     ),
                 )
+            )
+        replies = self.direct.run(calls)
+        if replies is None:
+            # Something unusual (a script missing, slots moving, Redis away):
+            # the pipeline follows it, or raises what Redis's absence
+            # raises.  EVALSHA itself, not the Script object: a pipeline
+            # holding Script calls asks SCRIPT EXISTS before every execute;
+            # a missing script is loaded by pipelines.execute instead.
+            # Safe to publish twice: the chains make what went in the
+            # first time a copy.
+            def fill(pipe: Any) -> None:
+                for call in calls:
+                    pipe.execute_command(*call)
 
-        # Safe to publish twice, should the scripts be missing: the chains
-        # make what went in the first time a copy.
-        replies = execute_pipeline(self.client, fill, (PUBLISH,))
+            replies = execute_pipeline(self.client, fill, (PUBLISH,))
         return [Published(int(status), int(value)) for status, value in replies]
 
     def _args(
