@@ -16,6 +16,7 @@ is in no room; what it is told goes through the lobby's Fanout.
 (events.Member is that object's type.)
 """
 
+import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
@@ -24,6 +25,10 @@ from gchat.config import Config
 from gchat.events import PEER_GONE, Member, Why
 from gchat.room import Room
 from gchat.rooms import RoomRegistry
+from gchat.sessions import TOKEN_RE, Position, Session, Sessions, parse_id, replay
+
+# A session's token: 24 bytes of the CSPRNG, 32 URL-safe characters.
+TOKEN_BYTES = 24
 
 
 class Chat:
@@ -59,6 +64,14 @@ class Chat:
         self.holding: set[Room] = set()  # rooms holding back announcements (room.py)
         self.rooms = RoomRegistry(config, self.dirty, self.holding)
         self.lobby = self.rooms.lobby
+        self.sessions = Sessions(
+            lambda: secrets.token_urlsafe(TOKEN_BYTES),
+            config.resume_backlog,
+            config.resume_window,
+            config.resume_failures,
+        )
+        self.session_of: dict[Member, Session] = {}  # conn -> its session, away ones too
+        self._stopping = False
         self.counts: dict[str, int] = {
             "arrivals": 0,
             "departures": 0,
@@ -79,6 +92,8 @@ class Chat:
             p.Stats: self._stats_command,
             p.Join: self._join,
             p.ListRooms: self._list_rooms,
+            p.Session: self._session,
+            p.Resume: self._resume_named,
             p.Invalid: self._invalid,
         }
 
@@ -113,7 +128,10 @@ class Chat:
             if self.compat:
                 self._speak(conn, p.render_chat(conn.name, text), keep=False)
             elif conn.name is None:
-                self._choose_name(conn, text.strip())
+                if text.startswith("/resume") and text[7:8] in ("", " "):
+                    self._resume(conn, p.parse(text.strip()))
+                else:
+                    self._choose_name(conn, text.strip())
             elif text.strip():  # blank lines say nothing; the seed's mode keeps them
                 command = p.parse(text)
                 self._commands[type(command)](conn, command)
@@ -124,9 +142,22 @@ class Chat:
             return  # already gone (e.g. kicked, then its reader saw the close)
         self.connected.discard(conn)
         self.silent.discard(conn)
+        session = self.session_of.get(conn)
+        if session is not None and why in PEER_GONE and self.config.resume_window > 0:
+            # Its connection dropped: it keeps its name and place, away,
+            # until it resumes or its window ends (_expire).
+            session.away_since = self._clock()
+            conn.room.go_away(conn)
+            self.departures.append((conn, why))
+            self.counts["departures"] += 1
+            return
+        if session is not None:
+            self._end_session(conn, session)
         if conn.room is not None:
             self._leave_room(conn, why, detail)
         farewell = self._farewell(why, detail)
+        if why == Why.SHUTDOWN and session is not None:
+            farewell = p.SESSION_SHUTDOWN
         if farewell and why not in PEER_GONE:
             self._tell(conn, farewell)
         self.departures.append((conn, why))
@@ -150,6 +181,7 @@ class Chat:
 
     def shutdown(self) -> None:
         """Tell everyone the server is stopping, and let them all go."""
+        self._stopping = True
         for conn in list(self.connected):
             self.depart(conn, Why.SHUTDOWN)
 
@@ -163,10 +195,18 @@ class Chat:
             window = self.config.arrival_merge_window
             for room in [room for room in self.holding if now - room.held_since >= window]:
                 room.announce()
+        if self.sessions.by_token:
+            for session in self.sessions.expired(now):
+                self._expire(session, now)
 
     def due(self, now: float) -> Optional[float]:
-        """Seconds until some room's held announcements are due, or None."""
+        """Seconds until some room's held announcements are due, or an away
+        session's window ends, or None."""
         waits = [wait for wait in (room.due(now) for room in self.holding) if wait is not None]
+        if self.sessions.by_token:
+            wait = self.sessions.due(now)
+            if wait is not None:
+                waits.append(wait)
         return min(waits) if waits else None
 
     def flush(self, deliver: Callable[[Member, bytes], object]) -> int:
@@ -209,6 +249,8 @@ class Chat:
             return p.GOODBYE
         if why == Why.HTTP:
             return p.NOT_HTTP
+        if why == Why.THROTTLED:
+            return p.RESUME_THROTTLED
         return None
 
     def _tell(self, conn: Member, line: str) -> None:
@@ -286,11 +328,24 @@ class Chat:
         if target is None:
             self._error(conn, p.render_no_such_user(command.target))
             return
-        if target in target.room.arriving:
-            # Its roster and history first: it is told of the room before
-            # it is told anything in it.
-            target.room.announce()
-        self._tell(target, p.render_private_to_recipient(conn.name, command.text))
+        line = p.render_private_to_recipient(conn.name, command.text)
+        session = self.session_of.get(target)
+        if session is not None and session.away:
+            if session.kept_away >= self.config.resume_backlog:
+                self._error(conn, p.render_away_full(target.name, session.kept_away))
+                return
+            session.keep_private(target.room.out.seq, (line + "\n").encode())
+        else:
+            if target in target.room.arriving:
+                # Its roster and history first: it is told of the room before
+                # it is told anything in it.
+                target.room.announce()
+            if session is not None:
+                room = target.room
+                data = session.keep_private(room.out.seq, (line + "\n").encode())
+                room.out.send_bytes(target, data, member=room.receiving(target))
+            else:
+                self._tell(target, line)
         if target is not conn:
             self._tell(conn, p.render_private_to_sender(conn.name, target.name, command.text))
 
@@ -320,11 +375,18 @@ class Chat:
         room = self.rooms.get(p.name_key(name)) or self.rooms.create(name)
         assert room is not None  # _join_target found room for it (RoomRegistry.can_create)
         now = self._clock()
+        session = self.session_of.get(conn)
         carried = old.leave(conn, p.render_joined_reason(room.name), moving=True, now=now)
+        old.out.untag(conn)
         self.rooms.vacated(old)
         conn.room = room
         self.rooms.occupied(room)
+        if session is not None:
+            room.out.track(self.config.resume_backlog)
+            room.out.tag(conn, member=False)
         room.enter(conn, [p.render_now_in(room.name)], carried, now)
+        if session is not None:
+            session.enter(room.out.epoch, room.key, room.out.seq)
         self.counts["joins"] += 1
 
     def _list_rooms(self, conn: Member, command: p.ListRooms) -> None:
@@ -346,3 +408,125 @@ class Chat:
 
     def _invalid(self, conn: Member, command: p.Invalid) -> None:
         self._error(conn, command.error)
+
+    # ------------------------------------------------------------------
+    # Sessions (sessions.py): /session, /resume, away and back
+
+    def _session(self, conn: Member, command: p.Session) -> None:
+        session = self.session_of.get(conn)
+        if session is not None:
+            self._tell(conn, p.render_session(session.token))
+            return
+        session = self.session_of[conn] = self.sessions.open(conn)
+        room = conn.room
+        self._tell(conn, p.render_session(session.token))  # the last line without an id
+        room.out.track(self.config.resume_backlog)
+        room.out.tag(conn, member=room.receiving(conn))
+        session.enter(room.out.epoch, room.key, room.out.seq)
+
+    def _end_session(self, conn: Member, session: Session) -> None:
+        """conn leaves for good: its session ends with it."""
+        self.sessions.close(session)
+        del self.session_of[conn]
+        if conn.room is not None:
+            conn.room.out.untag(conn)
+
+    def _expire(self, session: Session, now: float) -> None:
+        """An away session's window ended: it leaves, as anyone whose
+        connection was lost."""
+        conn = session.conn
+        self.sessions.close(session)
+        self.session_of.pop(conn, None)
+        room = conn.room
+        key = p.name_key(conn.name)
+        if self.names.get(key) is conn:
+            del self.names[key]
+        room.leave_away(conn, p.SESSION_LOST, now)
+        self.rooms.vacated(room)
+
+    def _resume_named(self, conn: Member, command: p.Resume) -> None:
+        self._error(conn, p.RESUME_NAMED)
+
+    def _resume(self, conn: Member, command: p.Command) -> None:
+        """/resume TOKEN ID from a connection with no name yet."""
+        now = self._clock()
+        address = conn.who.rpartition(":")[0] or conn.who
+        if self.sessions.throttled(address, now):
+            self.depart(conn, Why.THROTTLED)
+            return
+        if not isinstance(command, p.Resume):
+            error = command.error if isinstance(command, p.Invalid) else "bad /resume"
+            self._resume_failed(conn, address, now, p.render_error(error))
+            return
+        session = None
+        if TOKEN_RE.fullmatch(command.token):
+            session = self.sessions.find(command.token)
+        if session is None:
+            self._resume_failed(conn, address, now, p.RESUME_UNKNOWN)
+            return
+        start = self._resume_point(session, command.last)
+        if start is False:
+            self._resume_failed(
+                conn, address, now, p.render_error(p.render_bad_resume_id(command.last))
+            )
+            return
+        self._take_over(conn, session, start or None)
+
+    def _resume_point(self, session: Session, last: str) -> Any:
+        """Where a resume from the id last starts (a Position, None for
+        the session's start), or False when last is no id of the session."""
+        if last == "-":
+            return None
+        parsed = parse_id(last)
+        if parsed is None:
+            return False
+        stint = session.stint_of(parsed.epoch)
+        if stint is None or parsed.k > session.k:
+            return False
+        if stint == len(session.stints) - 1 and parsed.seq > session.conn.room.out.seq:
+            return False  # an id the room has not given yet
+        return Position(stint, parsed.seq, parsed.k)
+
+    def _resume_failed(self, conn: Member, address: str, now: float, line: str) -> None:
+        self.sessions.failed(address, now)
+        self.counts["errors"] += 1
+        self.lobby.out.send(conn, line, member=False)
+        self.lobby.out.send(conn, p.NAME_PROMPT_AGAIN, member=False)
+
+    def _take_over(self, conn: Member, session: Session, start: Optional[Position]) -> None:
+        """conn takes session's place: its name, its room, and the lines it
+        missed; the session's old connection, if still open, is closed."""
+        old = session.conn
+        room = old.room
+        name = old.name
+        plan = replay(session, start, room.out.log or (), room.out.seq, self.config.resume_backlog)
+        if not plan.gap:
+            head = p.render_resumed(name, room.name, len(plan.lines))
+            block = b"".join([(head + "\n").encode(), *plan.lines])
+        else:
+            head = p.render_resumed(name, room.name, None)
+            others = [n for n in room.names() if n != name]
+            limit = self.config.roster_limit
+            roster = p.render_roster(others[:limit], total=len(others), newcomer=True)
+            pieces = [(head + "\n").encode(), (roster + "\n").encode()]
+            if room.history:
+                pieces.append(room.history_block(tagged=True))
+            block = b"".join([*pieces, *plan.lines])
+        if not session.away:
+            # A half-open connection (a network change): the resume wins.
+            self._tell(old, p.RESUMED_ELSEWHERE)
+            self.connected.discard(old)
+            self.silent.discard(old)
+            self.departures.append((old, Why.RESUMED))
+            self.counts["departures"] += 1
+        carried = b"" if room is self.lobby else self.lobby.out.detach(conn, member=False)
+        conn.name = name
+        conn.room = room
+        self.names[p.name_key(name)] = conn
+        self.silent.discard(conn)
+        room.come_back(old, conn, carried + block)
+        del self.session_of[old]
+        self.session_of[conn] = session
+        session.conn = conn
+        session.away_since = None
+        session.kept_away = 0

@@ -570,6 +570,12 @@ class ClusterChat(Chat):
 
         self._when_hosted(heading.room, send)
 
+    def _session(self, conn: Member, command: p.Session) -> None:
+        # Sessions need the rooms' positions in Redis and a session record
+        # that any node can take over (issue 18's cluster half): until
+        # then a cluster says so rather than give ids it cannot resume.
+        self._error(conn, p.SESSIONS_NOT_IN_CLUSTER)
+
     def _taken(self, key: str) -> bool:
         # Also the names on their way: asked of Redis, or entering.
         return key in self.names or key in self.entering or key in self.claiming

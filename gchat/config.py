@@ -515,6 +515,48 @@ class Config:
         metavar="N",
         minimum=0,
     )
+    # Sessions (/session, /resume; gchat/sessions.py).  Two minutes covers a
+    # phone changing networks, a laptop waking, a node's restart and a
+    # reconnect with backoff; socket.io's connection state recovery keeps 2
+    # minutes by default too.  0 turns the window off: a dropped session
+    # client leaves at once, as one without a session does.
+    resume_window: float = option(
+        120.0,
+        "seconds a dropped session client keeps its name and place, and may resume",
+        flag="--resume-window",
+        group="rooms",
+        type=SECONDS,
+        metavar="SECONDS",
+        minimum=0,
+    )
+    # Lines a resume may replay, room lines and private lines each: 1,000
+    # is minutes of a busy room, and what a client can show without
+    # scrolling for long; more missed than that is a gap (the roster and
+    # the history instead).  It also bounds the private lines kept for an
+    # away session, and, alone (no --redis), the lines each room with a
+    # session client keeps for resumes (about 100 KiB per such room).
+    resume_backlog: int = option(
+        1000,
+        "lines a resume may replay, and private lines kept for an away session",
+        flag="--resume-backlog",
+        group="rooms",
+        type=int,
+        metavar="N",
+        minimum=1,
+    )
+    # Failed resumes from one address within a minute before the address
+    # is refused until that minute ends: a token has 128 bits, so this is
+    # about a misbehaving client's loop, not about guessing; 20 leaves room
+    # for a few tabs retrying a stale token with backoff.
+    resume_failures: int = option(
+        20,
+        "failed resumes from one address within a minute before it is refused",
+        flag="--resume-failures",
+        group="rooms",
+        type=int,
+        metavar="N",
+        minimum=1,
+    )
     # Longest room name, in characters without the "#": IRC allows channel
     # names of 50 bytes and Slack 80 characters; 32 keeps /rooms readable.
     room_name_max: int = option(

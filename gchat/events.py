@@ -47,6 +47,8 @@ class Why:
     SHUTDOWN = "shutdown"  # the server is stopping
     FAULT = "fault"  # handling one of its events raised
     HTTP = "http"  # its first line was an HTTP request
+    RESUMED = "resumed-elsewhere"  # its session was resumed on another connection
+    THROTTLED = "throttled"  # too many failed resumes from its address
 
 
 class Member(Protocol):

@@ -19,6 +19,7 @@ sent stays in order across the two rooms.
 Pure: no sockets, no gevent.  deliver(conn, data) is given by the caller.
 """
 
+from collections import deque
 from collections.abc import Hashable, Iterable
 from typing import Any, Callable, Optional
 
@@ -26,36 +27,77 @@ from typing import Any, Callable, Optional
 class _View:
     """How one client's share of a batch differs from the plain broadcast."""
 
-    __slots__ = ("start", "stop", "inserts")
+    __slots__ = ("start", "stop", "inserts", "tag_from")
 
-    def __init__(self, start: Optional[int]) -> None:
+    def __init__(self, start: Optional[int], tag_from: Optional[int] = None) -> None:
         # start: offset into the batch where the client began receiving
         # broadcasts (None: it never did, e.g. still choosing a name).
         self.start = start
         self.stop: Optional[int] = None  # offset where it stopped (it left), None: the end
         self.inserts: list[tuple[int, bytes]] = []  # (offset, bytes) of lines for this client alone
+        # Offset from which it receives the broadcasts with their ids (a
+        # session client, sessions.py), None: never in this batch.
+        self.tag_from = tag_from
 
-    def render(self, blob: bytes) -> bytes:
+    def render(self, blob: bytes, tagged: bytes = b"", where: Optional[dict] = None) -> bytes:
+        """Its share: blob's lines from start to stop, with the inserts at
+        their offsets; from tag_from on, the same lines taken from tagged
+        (where: offset in blob -> offset in tagged, at every line end)."""
         if self.start is None:
             return b"".join(data for _, data in self.inserts)
         stop = len(blob) if self.stop is None else self.stop
+        split = self.tag_from
+        out: list[bytes] = []
+
+        def emit(first: int, last: int) -> None:
+            if split is not None and where is not None and last > split:
+                if first < split:
+                    out.append(blob[first:split])
+                    first = split
+                out.append(tagged[where[first] : where[last]])
+            else:
+                out.append(blob[first:last])
+
         cursor = self.start
-        out = []
         for offset, data in self.inserts:
             offset = min(offset, stop)
             if offset > cursor:
-                out.append(blob[cursor:offset])
+                emit(cursor, offset)
                 cursor = offset
             out.append(data)
         if stop > cursor:
-            out.append(blob[cursor:stop])
+            emit(cursor, stop)
         return b"".join(out)
 
 
 class Fanout:
-    """Collects one batch of output and delivers it in order."""
+    """Collects one batch of output and delivers it in order.
 
-    __slots__ = ("_parts", "_size", "_views", "lines", "_owner", "_dirty", "_queued", "sent_bytes")
+    Line ids (sessions.py): every broadcast line is the next of the room's
+    order (`seq`).  Once the room is tracked (`track`: a session client came
+    in), each line is also rendered once with its id, `@EPOCH:SEQ LINE`,
+    and kept in `log` (the last `log.maxlen` of them) for resumes; the
+    members in `tagged` receive that rendering.  A room no session client
+    ever entered pays one integer increment per line."""
+
+    __slots__ = (
+        "_parts",
+        "_size",
+        "_views",
+        "lines",
+        "_owner",
+        "_dirty",
+        "_queued",
+        "sent_bytes",
+        "seq",
+        "epoch",
+        "log",
+        "tagged",
+        "_tparts",
+        "_tsize",
+        "_where",
+        "_prefix",
+    )
 
     def __init__(self, owner: object = None, dirty: Optional[list[Any]] = None) -> None:
         """owner is appended to the list dirty when this Fanout gets the
@@ -68,11 +110,26 @@ class Fanout:
         self._owner = owner
         self._dirty = dirty
         self._queued = False
+        self.seq = 0  # the last line's place in the room's order
+        self.epoch = ""  # the room's epoch, for ids (set by the room)
+        self.log: Optional[deque[tuple[int, bytes]]] = None  # (seq, tagged line), once tracked
+        self.tagged: set[Hashable] = set()  # members that receive ids
+        self._tparts: list[bytes] = []  # this batch's broadcasts with their ids
+        self._tsize = 0
+        self._where: dict[int, int] = {0: 0}  # offset in _parts -> offset in _tparts
+        self._prefix = b""
 
     def _mark(self) -> None:
         self._queued = True
         if self._dirty is not None:
             self._dirty.append(self._owner)
+
+    def track(self, keep: int) -> None:
+        """Render ids and keep the last keep tagged lines from now on."""
+        if self.log is None:
+            self.log = deque(maxlen=keep)
+            self._prefix = b"@" + self.epoch.encode() + b":"
+            self._where = {self._size: 0}
 
     def broadcast(self, line: str) -> bytes:
         """line to every member; returns it encoded (for the history)."""
@@ -82,14 +139,37 @@ class Fanout:
         self._parts.append(data)
         self._size += len(data)
         self.lines += 1
+        self.seq += 1
+        if self.log is not None:
+            tagged = self._prefix + b"%d " % self.seq + data
+            self.log.append((self.seq, tagged))
+            self._tparts.append(tagged)
+            self._tsize += len(tagged)
+            self._where[self._size] = self._tsize
         return data
+
+    def tag(self, conn: Hashable, member: bool) -> None:
+        """conn receives ids from now on (the room must be tracked);
+        member: whether it receives broadcasts at this point."""
+        if conn in self.tagged:
+            return
+        view = self._views.get(conn)
+        if view is None and self._size:
+            view = self._view(conn, member)  # mid-batch: plain so far, tagged from here
+        if view is not None and view.tag_from is None:
+            view.tag_from = self._size
+        self.tagged.add(conn)
+
+    def untag(self, conn: Hashable) -> None:
+        self.tagged.discard(conn)
 
     def _view(self, conn: Hashable, member: bool) -> _View:
         if not self._queued:
             self._mark()
         view = self._views.get(conn)
         if view is None:
-            view = self._views[conn] = _View(0 if member else None)
+            tag_from = 0 if conn in self.tagged else None
+            view = self._views[conn] = _View(0 if member else None, tag_from)
         return view
 
     def send(self, conn: Hashable, line: str, member: bool = True) -> None:
@@ -110,12 +190,15 @@ class Fanout:
         if view is None:
             if not member or not self._parts:
                 return b""
-            view = _View(0)
+            view = _View(0, 0 if conn in self.tagged else None)
         parts = self._parts
         if len(parts) > 1:  # joined once, however many clients leave
             parts[:] = [b"".join(parts)]
+        tparts = self._tparts
+        if len(tparts) > 1:
+            tparts[:] = [b"".join(tparts)]
         view.stop = self._size
-        return view.render(parts[0] if parts else b"")
+        return view.render(parts[0] if parts else b"", tparts[0] if tparts else b"", self._where)
 
     def joined(self, conn: Hashable) -> None:
         """conn receives broadcasts from now on (it was not a member)."""
@@ -133,18 +216,23 @@ class Fanout:
         broadcasts in its share.  sent_bytes adds up every byte handed
         to deliver."""
         blob = b"".join(self._parts)
+        tblob = b"".join(self._tparts)
         views = self._views
+        tagged = self.tagged
         plain = 0
+        sent = 0
         if blob:
             for conn in members:
                 if conn in views:
                     continue
-                deliver(conn, blob)
+                data = tblob if conn in tagged else blob
+                deliver(conn, data)
+                sent += len(data)
                 plain += 1
         deliveries = self.lines * plain
-        sent = len(blob) * plain
+        where = self._where
         for conn, view in views.items():
-            data = view.render(blob)
+            data = view.render(blob, tblob, where)
             if data:
                 deliver(conn, data)
                 sent += len(data)
@@ -156,5 +244,9 @@ class Fanout:
         self._views = {}
         self._queued = False
         self.lines = 0
+        if self.log is not None:
+            self._tparts = []
+            self._tsize = 0
+            self._where = {0: 0}
         self.sent_bytes += sent
         return deliveries

@@ -260,6 +260,17 @@ class ListRooms(NamedTuple):
     pass
 
 
+class Session(NamedTuple):
+    """/session: a token to resume with (sessions.py)."""
+
+
+class Resume(NamedTuple):
+    """/resume TOKEN ID, a connection's first line instead of a name."""
+
+    token: str
+    last: str  # the last id received, "-" for none
+
+
 class Invalid(NamedTuple):
     """A line that is a command but not a usable one; error says why."""
 
@@ -276,6 +287,7 @@ HELP_LINES = (
     "  /msg NAME TEXT     say TEXT to NAME alone",
     "  /quit [REASON]     leave",
     "  /stats             server counters",
+    "  /session           a token to come back with after a dropped connection",
     "  /help              this list",
     "Any other line is said to everyone. Start a line with // to say one that starts with /.",
 )
@@ -285,7 +297,12 @@ def _usage(command: str, args: str) -> Invalid:
     return Invalid(f"usage: /{command} {args}")
 
 
-Command = Union[Chat, Me, Nick, Msg, Who, Quit, Help, Stats, Join, ListRooms, Invalid]
+RESUME_USAGE = _usage("resume", "TOKEN ID (ID: the last id you received, or -)")
+
+
+Command = Union[
+    Chat, Me, Nick, Msg, Who, Quit, Help, Stats, Join, ListRooms, Session, Resume, Invalid
+]
 
 
 def parse(line: str) -> Command:
@@ -307,6 +324,14 @@ def parse(line: str) -> Command:
         return Stats()
     if command == "rooms":
         return ListRooms()
+    if command == "session":
+        return Session()
+    if command == "resume":
+        token, _, last = rest.partition(" ")
+        last = last.strip()
+        if not token or not last or " " in last:
+            return RESUME_USAGE
+        return Resume(token, last)
     if command == "join":
         return Join(rest) if rest else _usage("join", "ROOM")
     if command == "me":
@@ -354,7 +379,38 @@ LEFT_REASON = {
     Why.SHUTDOWN: "",
     Why.FAULT: "server error",
     Why.HTTP: "not a chat client",
+    Why.RESUMED: "",
+    Why.THROTTLED: "",
 }
+# Sessions (sessions.py, issue 18).
+RESUMED_ELSEWHERE = "error: resumed elsewhere"
+SESSION_SHUTDOWN = "server stopping; resume elsewhere"
+RESUME_UNKNOWN = "error: cannot resume: unknown or expired session"
+RESUME_THROTTLED = "error: too many failed resumes; try later"
+SESSIONS_NOT_IN_CLUSTER = "sessions are not available with --redis yet"
+RESUME_NAMED = "/resume is the first line of a new connection, instead of a name"
+# What the others see after "NAME has left" when an away session's window ends.
+SESSION_LOST = "connection lost"
+
+
+def render_session(token: str) -> str:
+    return f"session {token}"
+
+
+def render_resumed(name: str, room: str, count: Optional[int]) -> str:
+    """count None: the missed lines are not all there (a gap)."""
+    return f"resumed {name} #{room} {'gap' if count is None else count}"
+
+
+def render_bad_resume_id(last: str) -> str:
+    shown = last if len(last) <= 40 else last[:40] + "..."
+    return f"cannot resume: {shown!r} is not an id this session received"
+
+
+def render_away_full(name: str, kept: int) -> str:
+    return f"{name} is away and already has {kept} private lines waiting; yours was not kept"
+
+
 # The same when a member's whole node goes (cluster.py).
 NODE_LOST = "server lost"
 NODE_STOPPED = "server stopped"

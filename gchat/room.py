@@ -17,12 +17,13 @@ are announced like local ones (enter_remote, leave_remote).
 
 from collections import deque
 from itertools import chain, islice
-from typing import Optional
+from typing import Any, Optional
 
 from gchat import protocol as p
 from gchat.config import Config
 from gchat.events import Member
 from gchat.fanout import Fanout
+from gchat.sessions import tag
 
 
 class Room:
@@ -58,11 +59,18 @@ class Room:
         # Remote -> None: members served by other nodes (cluster.py)
         self.remote: dict[Member, None] = {}
         self.remote_arriving: list[Member] = []  # those of them whose arrival is held back
+        # conn -> None: session clients whose connection dropped
+        # (sessions.py): still here for the others, delivered nothing,
+        # until they resume or their window ends.
+        self.away: dict[Member, None] = {}
         self.held_since = 0.0
         self._holding = holding
         history = 0 if config.compat else config.history
         # Encoded lines, "\n" included, so that a newcomer's block is one join.
         self.history: Optional[deque[bytes]] = deque(maxlen=history) if history else None
+        # The place of each history line in the room's order (its id for a
+        # session client), kept beside it.
+        self.history_seqs: deque[int] = deque(maxlen=history or 1)
 
     def __repr__(self) -> str:
         return f"<Room #{self.name} {self.size}>"
@@ -70,10 +78,10 @@ class Room:
     @property
     def size(self) -> int:
         """Everyone in the room, announced or not."""
-        return len(self.members) + len(self.arriving) + len(self.remote)
+        return len(self.members) + len(self.arriving) + len(self.remote) + len(self.away)
 
     def names(self) -> list[str]:
-        return [conn.name for conn in chain(self.members, self.arriving, self.remote)]
+        return [conn.name for conn in chain(self.members, self.arriving, self.remote, self.away)]
 
     def receiving(self, conn: Member) -> bool:
         """Whether conn gets this room's broadcasts at this point."""
@@ -88,6 +96,7 @@ class Room:
         data = self.out.broadcast(line)
         if keep and self.history is not None:
             self.history.append(data)
+            self.history_seqs.append(self.out.seq)
 
     def enter(self, conn: Member, greeting: list[str], prefix: bytes, now: float) -> None:
         """conn comes in: greeting (its "You are ..." line) and the roster
@@ -149,6 +158,38 @@ class Room:
             return
         if reason is not None:
             self._departure(member.name, reason, size, now)
+
+    def go_away(self, conn: Member) -> None:
+        """conn, a session client, lost its connection: the others are
+        told nothing, and it is delivered nothing, until it comes back or
+        its window ends (leave_away)."""
+        if conn in self.arriving:
+            self.announce()  # its arrival is said before it is away
+        self.out.departed(conn, member=conn in self.members)
+        self.out.untag(conn)
+        self.members.pop(conn, None)
+        self.away[conn] = None
+
+    def come_back(self, old: Member, new: Member, replay: bytes) -> None:
+        """new resumes old's place (old away, or still connected): replay
+        (its first lines) and then the room's broadcasts go to new."""
+        if old in self.arriving:
+            self.announce()
+        if old in self.members:
+            self.out.departed(old, member=True)
+            del self.members[old]
+        self.out.untag(old)
+        self.away.pop(old, None)
+        self.out.tag(new, member=False)
+        self.out.send_bytes(new, replay, member=False)
+        self.members[new] = None
+        self.out.joined(new)
+
+    def leave_away(self, conn: Member, reason: str, now: float) -> None:
+        """An away session's window ended: it leaves, and the others hear."""
+        size = self.size
+        del self.away[conn]
+        self._departure(conn.name, reason, size, now)
 
     def _merges(self, size: int) -> bool:
         """Whether a room of size members holds its announcements back."""
@@ -221,20 +262,31 @@ class Room:
         members), at most roster_limit names, the count exact."""
         limit = self.config.roster_limit
         others = (
-            c.name for c in chain(self.members, self.arriving, self.remote) if c is not exclude
+            c.name
+            for c in chain(self.members, self.arriving, self.remote, self.away)
+            if c is not exclude
         )
         shown = list(islice(others, limit))
         total = self.size - (exclude is not None)
         self.out.send(conn, p.render_roster(shown, total=total, newcomer=True), member=False)
         if self.history:
-            # One piece: the frame and the lines reach the client in one write.
-            block = b"".join(
-                (
-                    p.render_history_open(self.name, len(self.history)).encode(),
-                    b"\n",
-                    *self.history,
-                    p.HISTORY_CLOSE.encode(),
-                    b"\n",
-                )
+            self.out.send_bytes(conn, self.history_block(conn in self.out.tagged), member=False)
+
+    def history_block(self, tagged: bool) -> bytes:
+        """The history as a newcomer gets it, in one piece (the frame and
+        the lines reach the client in one write); tagged: each line with
+        its id, for a session client."""
+        history = self.history or ()
+        lines: Any = history
+        if tagged and len(self.history_seqs) == len(history):
+            epoch = self.out.epoch
+            lines = (tag(epoch, seq, data) for seq, data in zip(self.history_seqs, history))
+        return b"".join(
+            (
+                p.render_history_open(self.name, len(history)).encode(),
+                b"\n",
+                *lines,
+                p.HISTORY_CLOSE.encode(),
+                b"\n",
             )
-            self.out.send_bytes(conn, block, member=False)
+        )

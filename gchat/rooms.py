@@ -10,7 +10,9 @@ and all; when none is empty the new room is refused.  The lobby is never
 dropped.
 """
 
+import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 from heapq import nlargest
 from typing import Optional
 
@@ -22,9 +24,19 @@ LOBBY = "lobby"
 
 
 class RoomRegistry:
-    def __init__(self, config: Config, dirty: list[Room], holding: set[Room]) -> None:
-        """dirty and holding: shared with every room (see Room)."""
+    def __init__(
+        self,
+        config: Config,
+        dirty: list[Room],
+        holding: set[Room],
+        new_epoch: Optional[Callable[[], str]] = None,
+    ) -> None:
+        """dirty and holding: shared with every room (see Room); new_epoch:
+        a fresh random word for each room made, which its line ids carry
+        (sessions.py): a room made again after it was dropped never gives
+        the ids of its former self."""
         self.config = config
+        self.new_epoch = new_epoch or (lambda: secrets.token_hex(4))
         self._dirty = dirty
         self._holding = holding
         self.rooms: dict[str, Room] = {}  # name_key -> Room
@@ -42,6 +54,7 @@ class RoomRegistry:
     def _make(self, name: str) -> Room:
         key = p.name_key(name)
         room = self.rooms[key] = Room(name, key, self.config, self._dirty, self._holding)
+        room.out.epoch = self.new_epoch()
         return room
 
     def can_create(self) -> bool:

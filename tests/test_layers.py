@@ -33,6 +33,7 @@ LAYERS = {
     "gchat.proxy_header": 1,
     "gchat.bus.entry": 1,
     "gchat.bus.room_log": 1,
+    "gchat.sessions": 1,
     # The broadcaster greenlet, the one owner of the chat's state.
     "gchat.hub": 2,
     # Connections and the bus's I/O: they talk to the hub through events.
@@ -49,6 +50,7 @@ LAYERS = {
     "gchat.bus.room_publisher": 3,
     "gchat.bus.control": 3,
     "gchat.bus.pipelines": 3,
+    "gchat.bus.direct_calls": 3,
     # The edges the server plugs in.
     "gchat.metrics": 4,
     "gchat.systemd": 4,

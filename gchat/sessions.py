@@ -1,0 +1,250 @@
+"""Sessions: what lets a client that dropped come back with every line it
+missed, exactly once (issue 18).  Pure: no sockets, no gevent, no clock
+(times are passed in), no randomness of its own (tokens are made by the
+callable the owner passes).
+
+A named client that sends `/session` gets a token, a secret that names its
+session.  From then on every line of its room's order reaches it as
+`@ID LINE`.  An ID says where in that order the line stands:
+
+    EPOCH:SEQ        the SEQth line of the room whose log has that epoch
+    EPOCH:SEQ:K      the Kth private line kept for the session, said after
+                     that room's SEQth line (K counts up over the session)
+
+EPOCH is a random word a room takes when it is made (room.py): two rooms,
+or one room made again after it was dropped, never share one, so an ID
+names its room.  Clients treat IDs as opaque.
+
+A session lives through its stints: the rooms it was in, in order, each
+with the room's epoch and the SEQ at which the session came in.  An ID
+from the current stint resumes after it; one from the stint before
+(`/join` just before the drop) resumes at the join; one from no stint of
+the session is bad input.
+
+Private lines (a /msg to the session) are kept, the last resume_backlog
+of them, with the position they were said at: a resume replays the ones
+after its ID in order among the room's lines.  While the session is away,
+a /msg to it is kept too, up to resume_backlog of them; past that the
+sender is told that it was not.
+
+The owner (chat.py, through the hub) holds the registry; nothing else
+touches it.
+"""
+
+import re
+from collections import deque
+from typing import Any, Callable, NamedTuple, Optional
+
+# A token: at least 22 characters of the URL-safe base64 alphabet (128
+# bits of a CSPRNG; secrets.token_urlsafe(24) gives 32 of them).
+TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{22,128}")
+# Seconds over which failed resumes from one address are counted.
+FAILURE_WINDOW = 60.0
+
+
+class Position(NamedTuple):
+    """Where a line stands in a session's order: its stint (index into
+    Session.stints), the room's SEQ, and K (0 for a room line)."""
+
+    stint: int
+    seq: int
+    k: int
+
+
+class ParsedId(NamedTuple):
+    epoch: str
+    seq: int
+    k: int  # 0: a room line
+
+
+def format_id(epoch: str, seq: int, k: int = 0) -> str:
+    return f"{epoch}:{seq}:{k}" if k else f"{epoch}:{seq}"
+
+
+def parse_id(text: str) -> Optional[ParsedId]:
+    """An ID as format_id writes it, or None if text is not one."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[0].isalnum():
+        return None
+    try:
+        numbers = [int(part) for part in parts[1:]]
+    except ValueError:
+        return None
+    if any(n < 0 or not part.isdigit() for n, part in zip(numbers, parts[1:])):
+        return None
+    return ParsedId(parts[0], numbers[0], numbers[1] if len(numbers) == 2 else 0)
+
+
+def tag(epoch: str, seq: int, data: bytes, k: int = 0) -> bytes:
+    """A line (encoded, "\\n" included) as a session client receives it."""
+    return b"@" + format_id(epoch, seq, k).encode() + b" " + data
+
+
+class Stint(NamedTuple):
+    epoch: str
+    room_key: str
+    joined: int  # the room's SEQ when the session came in
+
+
+class Session:
+    """One client's session.  conn: its connection now (None while away)."""
+
+    __slots__ = ("token", "conn", "stints", "private", "k", "away_since", "kept_away")
+
+    def __init__(self, token: str, conn: Any, backlog: int) -> None:
+        self.token = token
+        self.conn = conn
+        self.stints: list[Stint] = []
+        # (Position, encoded line with its id): the private lines kept.
+        self.private: deque[tuple[Position, bytes]] = deque(maxlen=backlog)
+        self.k = 0  # the last K given
+        self.away_since: Optional[float] = None
+        self.kept_away = 0  # private lines kept since it went away
+
+    @property
+    def away(self) -> bool:
+        return self.away_since is not None
+
+    def enter(self, epoch: str, room_key: str, seq: int) -> None:
+        """The session is in a room from that room's SEQ on."""
+        self.stints.append(Stint(epoch, room_key, seq))
+        # Only the last two stints can name a resume point (see the module
+        # docstring); older ones are forgotten, but their count is kept so
+        # that positions stay ordered.
+        if len(self.stints) > 2:
+            self.stints[-3] = Stint("", "", 0)
+
+    def stint_of(self, epoch: str) -> Optional[int]:
+        for index in range(len(self.stints) - 1, -1, -1):
+            if self.stints[index].epoch == epoch:
+                return index
+        return None
+
+    def keep_private(self, seq: int, data: bytes) -> bytes:
+        """A private line said after the current room's SEQth line: kept,
+        and returned with its id."""
+        self.k += 1
+        stint = len(self.stints) - 1
+        tagged = tag(self.stints[-1].epoch, seq, data, self.k)
+        self.private.append((Position(stint, seq, self.k), tagged))
+        if self.away:
+            self.kept_away += 1
+        return tagged
+
+
+class Replay(NamedTuple):
+    """What a resume sends: the room lines and private lines after the
+    client's ID, in order (gap False), or the session's kept private lines
+    after it and gap True (the room's lines are no longer all there)."""
+
+    lines: list[bytes]
+    gap: bool
+
+
+def replay(
+    session: Session,
+    start: Optional[Position],
+    room_log: Any,
+    room_seq: int,
+    backlog: int,
+) -> Replay:
+    """The lines a resume from start (None: from the session's beginning in
+    its room) must send.  room_log: the current room's kept lines, (SEQ,
+    tagged bytes) in order; room_seq: the room's last SEQ."""
+    current = len(session.stints) - 1
+    joined = session.stints[current].joined
+    if start is None or start.stint < current:
+        after = joined  # from the join (or the session's start)
+        private_after = start if start is not None else Position(current, joined, 0)
+    else:
+        after = start.seq
+        private_after = start
+    privates = [(pos, data) for pos, data in session.private if pos > private_after]
+    missed = room_seq - after
+    first_kept = room_log[0][0] if room_log else room_seq + 1
+    if missed > backlog or (missed > 0 and first_kept > after + 1):
+        return Replay([data for _, data in privates], True)
+    lines: list[bytes] = []
+    older = [data for pos, data in privates if pos.stint < current]
+    lines.extend(older)
+    mine = [(pos.seq, pos.k, data) for pos, data in privates if pos.stint == current]
+    room = [(seq, 0, data) for seq, data in _after(room_log, after)]
+    lines.extend(data for _, _, data in sorted(room + mine, key=lambda item: item[:2]))
+    return Replay(lines, False)
+
+
+def _after(room_log: Any, seq: int) -> list[tuple[int, bytes]]:
+    """The entries of room_log (SEQ-ordered, consecutive) after seq."""
+    if not room_log:
+        return []
+    first = room_log[0][0]
+    skip = max(0, seq + 1 - first)
+    return [room_log[i] for i in range(skip, len(room_log))]
+
+
+class Sessions:
+    """Every session of this process, by token, with the failed resumes
+    per address."""
+
+    def __init__(
+        self, new_token: Callable[[], str], backlog: int, window: float, failures: int
+    ) -> None:
+        self.new_token = new_token
+        self.backlog = backlog
+        self.window = window
+        self.failures = failures
+        self.by_token: dict[str, Session] = {}
+        self._failed: dict[str, deque[float]] = {}  # address -> times of failures
+
+    def __len__(self) -> int:
+        return len(self.by_token)
+
+    def open(self, conn: Any) -> Session:
+        token = self.new_token()
+        while token in self.by_token:  # never, with 128 bits; but never twice
+            token = self.new_token()
+        session = Session(token, conn, self.backlog)
+        self.by_token[token] = session
+        return session
+
+    def close(self, session: Session) -> None:
+        self.by_token.pop(session.token, None)
+
+    def find(self, token: str) -> Optional[Session]:
+        return self.by_token.get(token)
+
+    def expired(self, now: float) -> list[Session]:
+        """Away sessions whose window has passed (still registered)."""
+        window = self.window
+        return [
+            s
+            for s in self.by_token.values()
+            if s.away_since is not None and now - s.away_since >= window
+        ]
+
+    def due(self, now: float) -> Optional[float]:
+        """Seconds until the next away session expires, or None."""
+        times = [s.away_since for s in self.by_token.values() if s.away_since is not None]
+        if not times:
+            return None
+        return max(0.0, min(times) + self.window - now)
+
+    def throttled(self, address: str, now: float) -> bool:
+        """Whether address has failed too many resumes in the last minute."""
+        times = self._failed.get(address)
+        if not times:
+            return False
+        while times and now - times[0] >= FAILURE_WINDOW:
+            times.popleft()
+        if not times:
+            del self._failed[address]
+            return False
+        return len(times) >= self.failures
+
+    def failed(self, address: str, now: float) -> None:
+        self._failed.setdefault(address, deque()).append(now)
+        # Old addresses go when they are looked at (throttled); a sweep
+        # here keeps the table bounded by the addresses of the last minute.
+        if len(self._failed) > 4096:
+            for key in [k for k, v in self._failed.items() if now - v[-1] >= FAILURE_WINDOW]:
+                del self._failed[key]
