@@ -478,14 +478,14 @@ class Chat:
         if last == "-":
             return None
         parsed = parse_id(last)
-        if parsed is None:
+        if parsed is None or parsed.k > session.k:
             return False
-        stint = session.stint_of(parsed.epoch)
-        if stint is None or parsed.k > session.k:
+        start = session.position(parsed)
+        if start is None:
             return False
-        if stint == len(session.stints) - 1 and parsed.seq > session.conn.room.out.seq:
+        if start.stint == session.current and parsed.seq > session.conn.room.out.seq:
             return False  # an id the room has not given yet
-        return Position(stint, parsed.seq, parsed.k)
+        return start
 
     def _resume_failed(self, conn: Member, address: str, now: float, line: str) -> None:
         self.sessions.failed(address, now)

@@ -86,15 +86,23 @@ class Stint(NamedTuple):
     joined: int  # the room's SEQ when the session came in
 
 
-class Session:
-    """One client's session.  conn: its connection now (None while away)."""
+# Rooms a session remembers having been in, most recent last: an id from
+# an older one is no id of the session's any more.  Eight covers a client
+# that hops between a few rooms; each costs a small tuple.
+STINTS_KEPT = 8
 
-    __slots__ = ("token", "conn", "stints", "private", "k", "away_since", "kept_away")
+
+class Session:
+    """One client's session.  conn: its connection (the one it had when
+    away_since is set)."""
+
+    __slots__ = ("token", "conn", "stints", "forgotten", "private", "k", "away_since", "kept_away")
 
     def __init__(self, token: str, conn: Any, backlog: int) -> None:
         self.token = token
         self.conn = conn
-        self.stints: list[Stint] = []
+        self.stints: list[Stint] = []  # the last STINTS_KEPT, oldest first
+        self.forgotten = 0  # stints dropped from the front: positions stay absolute
         # (Position, encoded line with its id): the private lines kept.
         self.private: deque[tuple[Position, bytes]] = deque(maxlen=backlog)
         self.k = 0  # the last K given
@@ -105,28 +113,41 @@ class Session:
     def away(self) -> bool:
         return self.away_since is not None
 
+    @property
+    def current(self) -> int:
+        """The current stint's index (absolute, as in Positions)."""
+        return self.forgotten + len(self.stints) - 1
+
     def enter(self, epoch: str, room_key: str, seq: int) -> None:
         """The session is in a room from that room's SEQ on."""
         self.stints.append(Stint(epoch, room_key, seq))
-        # Only the last two stints can name a resume point (see the module
-        # docstring); older ones are forgotten, but their count is kept so
-        # that positions stay ordered.
-        if len(self.stints) > 2:
-            self.stints[-3] = Stint("", "", 0)
+        if len(self.stints) > STINTS_KEPT:
+            del self.stints[0]
+            self.forgotten += 1
 
-    def stint_of(self, epoch: str) -> Optional[int]:
+    def position(self, parsed: "ParsedId") -> Optional[Position]:
+        """Where the id parsed stands in the session's order, None if it is
+        from no room the session remembers.  A room the session was in more
+        than once gives its lines to the stint whose join came before them;
+        an id from before a stint's join (a line of the history block it
+        was shown) stands at the join."""
+        at_join = None
         for index in range(len(self.stints) - 1, -1, -1):
-            if self.stints[index].epoch == epoch:
-                return index
-        return None
+            stint = self.stints[index]
+            if stint.epoch != parsed.epoch:
+                continue
+            if parsed.seq > stint.joined or (parsed.k and parsed.seq == stint.joined):
+                return Position(self.forgotten + index, parsed.seq, parsed.k)
+            if at_join is None:
+                at_join = Position(self.forgotten + index, stint.joined, 0)
+        return at_join
 
     def keep_private(self, seq: int, data: bytes) -> bytes:
         """A private line said after the current room's SEQth line: kept,
         and returned with its id."""
         self.k += 1
-        stint = len(self.stints) - 1
         tagged = tag(self.stints[-1].epoch, seq, data, self.k)
-        self.private.append((Position(stint, seq, self.k), tagged))
+        self.private.append((Position(self.current, seq, self.k), tagged))
         if self.away:
             self.kept_away += 1
         return tagged
@@ -151,11 +172,11 @@ def replay(
     """The lines a resume from start (None: from the session's beginning in
     its room) must send.  room_log: the current room's kept lines, (SEQ,
     tagged bytes) in order; room_seq: the room's last SEQ."""
-    current = len(session.stints) - 1
-    joined = session.stints[current].joined
+    current = session.current
+    joined = session.stints[-1].joined
     if start is None or start.stint < current:
         after = joined  # from the join (or the session's start)
-        private_after = start if start is not None else Position(current, joined, 0)
+        private_after = start if start is not None else Position(-1, 0, 0)
     else:
         after = start.seq
         private_after = start
