@@ -477,7 +477,9 @@ def test_reconnects_after_a_server_restart(web, start_gchat):
 
     server.stop()
     assert server.proc.returncode == 0
-    alice.sees("system", "Server shutting down. Goodbye.")
+    # The page holds a session: it is told to resume elsewhere.  A restarted
+    # process knows no session: the resume fails, and the page names itself.
+    alice.sees("system", "server stopping; resume elsewhere")
     expect(alice.page.locator("#status")).to_contain_text("reconnecting")
     expect(alice.page.locator("#line")).to_be_disabled()
 
@@ -486,6 +488,7 @@ def test_reconnects_after_a_server_restart(web, start_gchat):
     expect(alice.page.locator("#status")).to_have_text("connected", timeout=20_000)
     expect(alice.page.locator("#room")).to_have_text("#games")
     expect(alice.lines("system", "You are alice")).to_have_count(2)
+    alice.sees("system", "error: cannot resume: unknown or expired session")
     bob = Netcat(again.port)
     try:
         bob.named("bob")
@@ -496,6 +499,36 @@ def test_reconnects_after_a_server_restart(web, start_gchat):
         bob.expect("alice: back again")
     finally:
         bob.close()
+
+
+def test_a_dropped_page_resumes_with_every_line_once_and_nobody_sees_it_go(web):
+    server, open_page, netcat = web()
+    alice = open_page("alice")
+    alice.say("/join ops")
+    expect(alice.page.locator("#room")).to_have_text("#ops")
+    bob = netcat("bob")
+    bob.say("/join ops")
+    bob.expect(r"Also here \(1\): alice")
+    alice.roster("alice", "bob")
+    bob.say("before the drop")
+    alice.sees("chat", "bob: before the drop")
+    # The page's connection drops (as a network change does); it reconnects
+    # by itself and resumes while bob talks.
+    alice.page.evaluate("window.gchat.state.ws.close()")
+    bob.say(*[f"line {i}" for i in range(20)])
+    expect(alice.page.locator("#status")).to_have_text("connected", timeout=20_000)
+    for i in range(20):
+        alice.sees("chat", f"bob: line {i}")
+    shown = alice.lines("chat").all_text_contents()
+    assert shown == ["bob: before the drop"] + [f"bob: line {i}" for i in range(20)]
+    assert not any(text.startswith("@") for text in alice.lines().all_text_contents())
+    expect(alice.page.locator("#me")).to_have_text("alice")
+    expect(alice.page.locator("#room")).to_have_text("#ops")
+    expect(alice.lines("system", "You are alice")).to_have_count(1)  # resumed, not named again
+    alice.say("still here")
+    bob.expect("alice: still here")
+    # bob never saw alice leave or arrive.
+    assert not [line for line in bob.received if "alice has" in line], bob.received
 
 
 def test_log_keeps_at_most_1000_lines(web):

@@ -205,6 +205,13 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
         "A comma list runs a sweep. fanout, saturate, join, idle",
     )
     ap.add_argument(
+        "--sessions",
+        action="store_true",
+        help="name mode: every client asks for /session once ready, so that "
+        "every line it receives carries its id (@ID LINE): the cost of ids "
+        "against the same run without",
+    )
+    ap.add_argument(
         "--local-rooms",
         action="store_true",
         help="a cluster (--spawn-cluster N, or --target with several nodes): "

@@ -234,6 +234,7 @@ class WorkerPool:
                 "source_addrs": srcs,
                 "name_prefix": prefix,
                 "rooms": opts.rooms,
+                "sessions": bool(getattr(opts, "sessions", False)),
             }
             if len(nodes) > 1:
                 # Client i connects to
@@ -688,6 +689,7 @@ def run_scenario(opts: Options, server: Server) -> dict:
     res["workers"] = pool.n
     res["source_addrs"] = len(pool.source_addrs) or 1
     res["transport"] = opts.transport
+    res["sessions"] = bool(getattr(opts, "sessions", False))
     if isinstance(server, Cluster):
         # Where the clients went (cluster.node_of), and what the server is.
         res["nodes"] = nodes

@@ -68,6 +68,7 @@ class Receiver:
         # senders, so SeqTracker has one slot per sender of a room (slot
         # s // K).
         self.rooms = cfg.get("rooms", 0)
+        self.sessions = cfg.get("sessions", False)  # --sessions: ask for ids once ready
         self.track_size = self.senders_total
         if self.rooms:
             self.track_size = max(1, -(-self.senders_total // self.rooms))
@@ -205,6 +206,11 @@ class Receiver:
             self.sockets.stop_reading(c)
         else:
             c.tracker = SeqTracker(self.track_size)
+            if self.sessions:
+                # Its reply ("session TOKEN") is no marker line; the marker
+                # lines after it carry "@ID " before them, which the scan's
+                # search for the run's marker passes over.
+                self.sockets.send_line(c, b"/session\n")
         c.ready.set()
 
     # ------------------------------------------------------------ account

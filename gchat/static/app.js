@@ -33,7 +33,16 @@
     histClose: /^--- end of history ---$/,
     goodbye: /^Goodbye\.$/,
     quitCommand: /^\/quit(\s|$)/i,
+    // Sessions (docs/protocol.md): a line of the room's order comes as
+    // "@ID LINE" once the page holds a session; IDs are opaque.
+    tagged: /^@(\S+) (.*)$/su,
+    session: /^session ([A-Za-z0-9_-]{22,})$/,
+    resumed: re(`^resumed (${N}) #(.+) (\\d+|gap)$`),
+    resumeFailed: /^error: (cannot resume|too many failed resumes)/,
+    resumedElsewhere: /^error: resumed elsewhere$/,
+    noSessions: /^error: sessions are not available/,
   };
+  const GAP_NOTE = "some messages could not be recovered";
 
   // What kind of line this is: chat | me | arrival | departure | private |
   // error | system.  The order matters: "error: x" would otherwise be chat.
@@ -74,6 +83,8 @@
     wantRoom: null,        // re-joined after a reconnect
     roster: new Map(),     // folded name -> name as spelled
     autoWho: 0,            // /who answers we asked for ourselves (not shown)
+    resuming: false,       // a /resume was sent; its answer has not come yet
+    sessionAsked: false,   // a /session was sent; its answer is not shown
     inHistory: false,
     retries: 0,
     reconnectTimer: null,
@@ -82,6 +93,20 @@
   };
 
   try { state.savedNameHint = window.localStorage.getItem("gchat.name") || ""; } catch (e) { state.savedNameHint = ""; }
+
+  // The session: its token and the last id shown, per tab (sessionStorage:
+  // gone when the tab closes), so that a reconnect resumes where the page
+  // was, and nothing is shown twice.
+  const session = {
+    get(key) { try { return window.sessionStorage.getItem(key); } catch (e) { return null; } },
+    set(key, value) { try { window.sessionStorage.setItem(key, value); } catch (e) { /* private mode */ } },
+    clear() {
+      try {
+        window.sessionStorage.removeItem("gchat.session");
+        window.sessionStorage.removeItem("gchat.lastId");
+      } catch (e) { /* private mode */ }
+    },
+  };
 
   // ---------------------------------------------------------------- status
 
@@ -250,8 +275,26 @@
   // Handles one line from the server; returns its element, or null when it
   // is not to be shown (the answer to a /who the page sent by itself).
   function handle(line) {
+    let m = RE.tagged.exec(line);
+    if (m) {
+      session.set("gchat.lastId", m[1]);
+      line = m[2];
+    }
     const kind = classify(line);
-    let m;
+
+    if (state.resuming) {
+      if ((m = RE.resumed.exec(line))) {
+        state.resuming = false;
+        resumedAs(m[1], m[2]);
+        if (m[3] === "gap") return lineElement(GAP_NOTE, "error", true);
+        return null;
+      }
+      if (RE.resumeFailed.test(line)) {
+        state.resuming = false;
+        session.clear();  // a fresh start: the prompt follows, or a reconnect
+        return lineElement(line, "system");
+      }
+    }
 
     if (state.phase !== "named") {
       if (RE.prompt.test(line)) {
@@ -284,6 +327,19 @@
       const e = lineElement(line, "system");
       e.classList.add("frame");
       return e;
+    }
+
+    if ((m = RE.session.exec(line))) {
+      session.set("gchat.session", m[1]);
+      state.sessionAsked = false;
+      return null;
+    }
+    if (state.sessionAsked && RE.noSessions.test(line)) {
+      state.sessionAsked = false;
+      return null;  // a server without sessions: the page goes on without
+    }
+    if (RE.resumedElsewhere.test(line)) {
+      state.quitting = true;  // another connection holds this session now
     }
 
     switch (kind) {
@@ -336,6 +392,26 @@
     return lineElement(line, kind);
   }
 
+  // The session resumed as name in room: no greeting, no /join; the
+  // missed lines follow.
+  function resumedAs(name, room) {
+    state.phase = "named";
+    state.nameInFlight = false;
+    state.retries = 0;
+    state.inHistory = false;
+    setMe(name);
+    remember(name);
+    hideNameForm();
+    setRoom(room);
+    state.wantRoom = room;
+    rosterReset([]);
+    setStatus("connected", "connected");
+    el.line.disabled = false;
+    el.send.disabled = false;
+    el.line.focus();
+    askWho();
+  }
+
   function named(name) {
     state.phase = "named";
     state.nameInFlight = false;
@@ -352,6 +428,9 @@
     el.line.disabled = false;
     el.send.disabled = false;
     el.line.focus();
+    // A session for this tab: its lines come with ids from now on.
+    session.clear();
+    state.sessionAsked = send("/session");
     const back = state.wantRoom;
     if (back && fold(back) !== "lobby") {
       send("/join #" + back);   // its "You are now in" asks /who
@@ -368,7 +447,12 @@
   // ---------------------------------------------------------------- naming
 
   function answerPrompt() {
-    if (state.nameInFlight) return;  // typed after an error, before the question came again
+    if (state.nameInFlight || state.resuming) return;  // typed after an error, before the question came again
+    const token = session.get("gchat.session");
+    if (token && !state.pendingName) {
+      state.resuming = send(`/resume ${token} ${session.get("gchat.lastId") || "-"}`);
+      if (state.resuming) return;
+    }
     if (state.pendingName) {
       const name = state.pendingName;
       state.pendingName = null;
@@ -471,6 +555,8 @@
     state.phase = "connecting";
     state.quitting = false;
     state.nameInFlight = false;
+    state.resuming = false;
+    state.sessionAsked = false;
     state.autoWho = 0;
     state.inHistory = false;
     if (state.retries === 0) setStatus("connecting", "connecting…");
@@ -532,6 +618,15 @@
     el.gone.hidden = true;
     state.retries = 0;
     connect();
+  });
+
+  // Closing the tab is leaving: the session ends with it, and the room sees
+  // the departure now rather than when the resume window ends.  (A dropped
+  // network sends nothing, and the session waits for the page to resume.)
+  window.addEventListener("pagehide", (event) => {
+    if (event.persisted || !isOpen() || state.phase !== "named") return;
+    state.quitting = true;
+    send("/quit");
   });
 
   // For the tests and the curious: the classifier, without side effects.
