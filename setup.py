@@ -1,12 +1,14 @@
 """gchat: the gopl.io ch8 chat server on gevent, and its load-benchmarking kit."""
+
 import re
 from pathlib import Path
 
 from setuptools import Extension, setup
 
 HERE = Path(__file__).parent
-VERSION = re.search(r'__version__ = "([^"]+)"',
-                    (HERE / "gchat" / "__init__.py").read_text()).group(1)
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "gchat" / "__init__.py").read_text()).group(
+    1
+)
 
 setup(
     name="gchat",
@@ -18,21 +20,28 @@ setup(
     # The load generator lives under bench/ (next to its baselines and
     # RESULTS.md) but installs as the importable package gchat_bench.
     packages=["gchat", "gchat.bus", "gchat.transport", "gchat_bench", "gchat_bench.baselines"],
-    package_dir={"gchat": "gchat", "gchat_bench": "bench/gchat_bench",
-                 "gchat_bench.baselines": "bench/baselines"},
+    package_dir={
+        "gchat": "gchat",
+        "gchat_bench": "bench/gchat_bench",
+        "gchat_bench.baselines": "bench/baselines",
+    },
     # The load generator's receive path in C (bench/gchat_bench/_scan.c).
     # Optional: without a compiler the install still succeeds and the
     # generator uses the pure-Python reference (stats.scan_run_py), slower;
     # gchat-bench then says "scan: python" in its output.
-    ext_modules=[Extension("gchat_bench._scan", ["bench/gchat_bench/_scan.c"],
-                           optional=True)],
+    ext_modules=[Extension("gchat_bench._scan", ["bench/gchat_bench/_scan.c"], optional=True)],
     # The chat page and its files (transport/http.py serves every file in gchat/static).
     package_data={"gchat": ["static/*"]},
     # gevent for the server; h11, wsproto and prometheus-client, small and
     # pure Python, so that --http works after a plain `pip install .`.
     # tomli is Python 3.11's tomllib for --config on older Pythons.
-    install_requires=["gevent>=23.9", "h11>=0.14", "wsproto>=1.2", "prometheus-client>=0.17",
-                      "tomli>=1.1; python_version<'3.11'"],
+    install_requires=[
+        "gevent>=23.9",
+        "h11>=0.14",
+        "wsproto>=1.2",
+        "prometheus-client>=0.17",
+        "tomli>=1.1; python_version<'3.11'",
+    ],
     extras_require={
         # playwright drives Debian's Chromium (/usr/bin/chromium, which
         # .ci/run installs); no `playwright install` is needed or used.
