@@ -57,6 +57,12 @@ class GchatCollector:
         for transport, count in sorted(server.by_transport.items()):
             clients.add_metric([transport], count)
         yield clients
+        yield _gauge(
+            "gchat_max_clients",
+            "Connections this process serves at once (--max-clients, or the open-file "
+            "limit less fd_headroom); more are refused.",
+            server.max_clients,
+        )
         members = GaugeMetricFamily(
             "gchat_members",
             "Clients by state: named (in a room) or naming (not yet named).",
@@ -75,6 +81,15 @@ class GchatCollector:
         rooms.add_metric(["occupied"], len(chat.rooms) - empty)
         rooms.add_metric(["empty"], empty)
         yield rooms
+        sessions = GaugeMetricFamily(
+            "gchat_sessions",
+            "Sessions (/session), by state: connected, or away (dropped, within --resume-window).",
+            labels=["state"],
+        )
+        away = sum(1 for session in chat.sessions.by_token.values() if session.away)
+        sessions.add_metric(["connected"], len(chat.sessions) - away)
+        sessions.add_metric(["away"], away)
+        yield sessions
         yield _counter(
             "gchat_rooms_dropped",
             "Empty rooms dropped to make way for new ones.",
