@@ -146,7 +146,7 @@ class Chat:
         if session is not None and why in PEER_GONE and self.config.resume_window > 0:
             # Its connection dropped: it keeps its name and place, away,
             # until it resumes or its window ends (_expire).
-            session.away_since = self._clock()
+            self.sessions.went_away(session, self._clock())
             conn.room.go_away(conn)
             self.departures.append((conn, why))
             self.counts["departures"] += 1
@@ -195,7 +195,7 @@ class Chat:
             window = self.config.arrival_merge_window
             for room in [room for room in self.holding if now - room.held_since >= window]:
                 room.announce()
-        if self.sessions.by_token:
+        if self.sessions.away:
             for session in self.sessions.expired(now):
                 self._expire(session, now)
 
@@ -203,7 +203,7 @@ class Chat:
         """Seconds until some room's held announcements are due, or an away
         session's window ends, or None."""
         waits = [wait for wait in (room.due(now) for room in self.holding) if wait is not None]
-        if self.sessions.by_token:
+        if self.sessions.away:
             wait = self.sessions.due(now)
             if wait is not None:
                 waits.append(wait)
@@ -528,5 +528,4 @@ class Chat:
         del self.session_of[old]
         self.session_of[conn] = session
         session.conn = conn
-        session.away_since = None
-        session.kept_away = 0
+        self.sessions.came_back(session)

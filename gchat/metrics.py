@@ -86,7 +86,7 @@ class GchatCollector:
             "Sessions (/session), by state: connected, or away (dropped, within --resume-window).",
             labels=["state"],
         )
-        away = sum(1 for session in chat.sessions.by_token.values() if session.away)
+        away = len(chat.sessions.away)
         sessions.add_metric(["connected"], len(chat.sessions) - away)
         sessions.add_metric(["away"], away)
         yield sessions

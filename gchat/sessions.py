@@ -215,6 +215,8 @@ class Sessions:
         self.window = window
         self.failures = failures
         self.by_token: dict[str, Session] = {}
+        # token -> Session, the away ones, in the order they went away
+        self.away: dict[str, Session] = {}
         self._failed: dict[str, deque[float]] = {}  # address -> times of failures
 
     def __len__(self) -> int:
@@ -230,25 +232,38 @@ class Sessions:
 
     def close(self, session: Session) -> None:
         self.by_token.pop(session.token, None)
+        self.away.pop(session.token, None)
 
     def find(self, token: str) -> Optional[Session]:
         return self.by_token.get(token)
 
+    def went_away(self, session: Session, now: float) -> None:
+        """session's connection dropped at now."""
+        session.away_since = now
+        self.away[session.token] = session
+
+    def came_back(self, session: Session) -> None:
+        session.away_since = None
+        session.kept_away = 0
+        self.away.pop(session.token, None)
+
     def expired(self, now: float) -> list[Session]:
-        """Away sessions whose window has passed (still registered)."""
-        window = self.window
-        return [
-            s
-            for s in self.by_token.values()
-            if s.away_since is not None and now - s.away_since >= window
-        ]
+        """Away sessions whose window has passed (still registered).  The
+        away table is in the order they went away, and the window is the
+        same for all: only its head is looked at, not every session."""
+        out = []
+        for session in self.away.values():
+            if session.away_since is None or now - session.away_since < self.window:
+                break
+            out.append(session)
+        return out
 
     def due(self, now: float) -> Optional[float]:
         """Seconds until the next away session expires, or None."""
-        times = [s.away_since for s in self.by_token.values() if s.away_since is not None]
-        if not times:
-            return None
-        return max(0.0, min(times) + self.window - now)
+        for session in self.away.values():
+            if session.away_since is not None:
+                return max(0.0, session.away_since + self.window - now)
+        return None
 
     def throttled(self, address: str, now: float) -> bool:
         """Whether address has failed too many resumes in the last minute."""

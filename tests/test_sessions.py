@@ -377,3 +377,26 @@ def test_resumes_at_random_points_see_every_line_once_in_order(plan):
     assert [text for _, text in read] == model
     ids = [i for i, _ in read]
     assert len(ids) == len(set(ids))
+
+
+def test_away_sessions_expire_in_the_order_they_went_and_a_resumed_one_never():
+    h = Harness(resume_window=30)
+    watcher = named(h, "watcher")
+    tokens = {}
+    for name in ("ann", "ben", "cat"):
+        conn = named(h, name)
+        tokens[name] = open_session(h, conn)
+        drop(h, conn)
+        h.now += 10
+    # ann went at 100, ben at 110, cat at 120; it is 130 now: ann's window
+    # has ended, and the next flush ends her session.
+    assert h.chat.due(h.now) == 0
+    seen = h.take(watcher)
+    assert seen[-1] == "ann has left (connection lost)"
+    assert not [line for line in seen if "ben has left" in line or "cat has left" in line]
+    resume(h, tokens["ben"], "-")
+    assert h.chat.due(h.now) == 20  # cat's window ends at 150; ben is back
+    h.now += 20
+    assert h.take(watcher) == ["cat has left (connection lost)"]
+    assert h.chat.due(h.now) is None
+    assert len(h.chat.sessions) == 1  # ben's
