@@ -184,6 +184,12 @@ def main(argv: list | None = None) -> int:
     try:
         targets = [f"{HOST}:{node.http_port}" for node in cluster.nodes]
         with PrometheusServer(targets, rules=[opts.rules]) as prometheus:
+            # Every node scraped once before the load starts.
+            prometheus.wait_for(
+                lambda: prometheus.value('count(up{job="gchat"} == 1)') == len(targets),
+                "every node scraped",
+                30,
+            )
             start = time.time()
             Load(cluster.nodes, opts.duration).run()
             time.sleep(2)  # the last scrapes

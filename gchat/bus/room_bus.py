@@ -41,7 +41,6 @@ call here waits cooperatively; hiredis parses replies in C.
 """
 
 import logging
-import os
 import time
 import uuid
 from collections import deque
@@ -153,10 +152,12 @@ class RoomBus:
         self.peers: set[str] = set()  # live nodes, as the last heartbeat round saw
         self.lost: set[str] = set()  # nodes found lost (not checked again)
         self._feed_requests: deque[tuple[str, str, str]] = deque()  # ("host"|"drop", key, name)
-        # A byte in this pipe wakes the feed for a request (_wait_for_messages).
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
+        # Set when a subscription's socket can be read, or the hub asks the
+        # feed for a room (_wait_for_messages).
+        self._feed_ready = Event()
+        # The read watchers on the subscriptions' sockets, kept between waits:
+        # (socket object's id, fd) -> libev io watcher.
+        self._feed_watchers: dict[tuple[int, int], Any] = {}
         self._delivered: dict[str, list[tuple[str, int, list]]] = {}
         self._wake_writer = Event()
         self._last_round = 0.0  # when the writer's last round went out
@@ -232,9 +233,8 @@ class RoomBus:
         except FAILURES as err:
             log.warning("could not free this node's names in Redis: %s", err)
         self.stream.direct.close()
+        self._watch_sockets([])
         self.client.close()
-        os.close(self._wake_read)
-        os.close(self._wake_write)
 
     # ------------------------------------------------------------------
     # From the hub
@@ -412,23 +412,49 @@ class RoomBus:
 
     def _wait_for_messages(self) -> None:
         """Until a subscription's socket can be read, or the hub asks for a
-        room (the wake-up pipe), or FEED_POLL has passed.  One cooperative
-        wait per burst: each message is then read without waiting
-        (poll(0): redis-py asks the socket with a plain, non-blocking
-        poll(), which the process does not patch)."""
-        sockets = [self._wake_read]
+        room, or FEED_POLL has passed.  One cooperative wait per burst:
+        each message is then read without waiting (poll(0): redis-py asks
+        the socket with a plain, non-blocking poll(), which the process
+        does not patch).
+
+        The sockets' read watchers stay started between waits, each setting
+        _feed_ready: gevent.select would add and remove them at every wait
+        (two epoll_ctl calls and a select() per socket, each a slow system
+        call here), and the hub's requests set the same event instead of
+        writing to a pipe."""
+        sockets = []
         pubsub = self.feed.pubsub
         for each in getattr(pubsub, "node_pubsub_mapping", {}).values() or [pubsub]:
             connection = getattr(each, "connection", None)
             sock = getattr(connection, "_sock", None)
             if sock is not None:
                 sockets.append(sock)
-        readable, _, _ = gevent.select.select(sockets, [], [], FEED_POLL)
-        if self._wake_read in readable:
-            os.read(self._wake_read, 4096)
+        self._watch_sockets(sockets)
+        self._feed_ready.wait(FEED_POLL)
+        self._feed_ready.clear()
+
+    def _watch_sockets(self, sockets: list) -> None:
+        """Keep a started read watcher on each of sockets, and on no other."""
+        watchers = self._feed_watchers
+        wanted = {}
+        for sock in sockets:
+            try:
+                wanted[(id(sock), sock.fileno())] = sock
+            except OSError:
+                continue  # closed under us: redis-py makes a new one
+        for key in [key for key in watchers if key not in wanted]:
+            watcher = watchers.pop(key)
+            watcher.stop()
+            watcher.close()
+        if len(wanted) > len(watchers):
+            loop = gevent.get_hub().loop
+            for key in wanted.keys() - watchers.keys():
+                watcher = loop.io(key[1], 1)  # 1: readable
+                watcher.start(self._feed_ready.set)
+                watchers[key] = watcher
 
     def _wake_feed(self) -> None:
-        os.write(self._wake_write, b"!")
+        self._feed_ready.set()
 
     def _serve_feed_requests(self) -> None:
         requests = self._feed_requests
@@ -452,6 +478,10 @@ class RoomBus:
         """After an error: a new subscription for every hosted room (each
         catches up from its stream when Redis confirms it).  Raises what
         the client raises while Redis is still away."""
+        # New sockets: watch them afresh (an old socket's descriptor may be
+        # reused by a new one, which epoll would not report on the old
+        # watcher).
+        self._watch_sockets([])
         try:
             self.feed.pubsub.close()
         except FAILURES:
