@@ -71,7 +71,7 @@ class Chat:
             config.resume_failures,
         )
         self.session_of: dict[Member, Session] = {}  # conn -> its session, away ones too
-        self._stopping = False
+        self._stopping = False  # shutdown() began
         self.counts: dict[str, int] = {
             "arrivals": 0,
             "departures": 0,
@@ -143,7 +143,12 @@ class Chat:
         self.connected.discard(conn)
         self.silent.discard(conn)
         session = self.session_of.get(conn)
-        if session is not None and why in PEER_GONE and self.config.resume_window > 0:
+        if (
+            session is not None
+            and why in PEER_GONE
+            and self.config.resume_window > 0
+            and not self._stopping  # a stopping process keeps nobody away
+        ):
             # Its connection dropped: it keeps its name and place, away,
             # until it resumes or its window ends (_expire).
             self.sessions.went_away(session, self._clock())

@@ -400,3 +400,14 @@ def test_away_sessions_expire_in_the_order_they_went_and_a_resumed_one_never():
     assert h.take(watcher) == ["cat has left (connection lost)"]
     assert h.chat.due(h.now) is None
     assert len(h.chat.sessions) == 1  # ben's
+
+
+def test_a_zero_window_lets_a_dropped_session_leave_at_once():
+    h = Harness(resume_window=0)
+    alice, bob = named(h, "alice"), named(h, "bob")
+    token = open_session(h, alice)
+    h.take(bob)
+    drop(h, alice)
+    assert h.take(bob) == ["alice has left"]
+    _, lines = resume(h, token, "-")
+    assert lines[0] == "error: cannot resume: unknown or expired session"
