@@ -177,3 +177,41 @@ def test_bad_resumes_are_errors_and_a_guessing_address_is_shut_out(start_gchat):
     assert client.closed_after(5) == ["error: too many failed resumes; try later"]
     # The server goes on for everyone else.
     named_client(HOST, server.port, "dave")
+
+
+def test_the_resume_storm_bench_resumes_everyone_with_nothing_lost():
+    """gchat_bench.resume_storm, small: every client drops at once and
+    resumes, and each owes and gets every line of its room exactly once."""
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gchat_bench.resume_storm",
+            "--clients",
+            "220",
+            "--rooms",
+            "20",
+            "--rate",
+            "100",
+            "--warmup",
+            "1",
+            "--away",
+            "1",
+            "--settle",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["resumed"] == 200 and report["failed"] == 0
+    assert report["lines_sent"] > 100
+    assert (report["lost"], report["duplicated"], report["reordered"]) == (0, 0, 0)
