@@ -221,7 +221,15 @@ class Fanout:
         tagged = self.tagged
         plain = 0
         sent = 0
-        if blob:
+        if blob and not tagged:
+            # The common case, no session client here: one object for all.
+            for conn in members:
+                if conn in views:
+                    continue
+                deliver(conn, blob)
+                plain += 1
+            sent = len(blob) * plain
+        elif blob:
             for conn in members:
                 if conn in views:
                     continue
