@@ -469,27 +469,28 @@ class Chat:
         if session is None:
             self._resume_failed(conn, address, now, p.RESUME_UNKNOWN)
             return
-        start = self._resume_point(session, command.last)
-        if start is False:
+        try:
+            start = self._resume_point(session, command.last)
+        except ValueError:
             self._resume_failed(
                 conn, address, now, p.render_error(p.render_bad_resume_id(command.last))
             )
             return
-        self._take_over(conn, session, start or None)
+        self._take_over(conn, session, start)
 
-    def _resume_point(self, session: Session, last: str) -> Any:
-        """Where a resume from the id last starts (a Position, None for
-        the session's start), or False when last is no id of the session."""
+    def _resume_point(self, session: Session, last: str) -> Optional[Position]:
+        """Where a resume from the id last starts, None for the session's
+        start; ValueError when last is no id the session received."""
         if last == "-":
             return None
         parsed = parse_id(last)
         if parsed is None or parsed.k > session.k:
-            return False
+            raise ValueError(last)
         start = session.position(parsed)
         if start is None:
-            return False
+            raise ValueError(last)
         if start.stint == session.current and parsed.seq > session.conn.room.out.seq:
-            return False  # an id the room has not given yet
+            raise ValueError(last)  # an id the room has not given yet
         return start
 
     def _resume_failed(self, conn: Member, address: str, now: float, line: str) -> None:
@@ -510,13 +511,8 @@ class Chat:
             block = b"".join([(head + "\n").encode(), *plan.lines])
         else:
             head = p.render_resumed(name, room.name, None)
-            others = [n for n in room.names() if n != name]
-            limit = self.config.roster_limit
-            roster = p.render_roster(others[:limit], total=len(others), newcomer=True)
-            pieces = [(head + "\n").encode(), (roster + "\n").encode()]
-            if room.history:
-                pieces.append(room.history_block(tagged=True))
-            block = b"".join([*pieces, *plan.lines])
+            welcome = room.welcome_block(exclude=old, tagged=True)
+            block = b"".join([(head + "\n").encode(), welcome, *plan.lines])
         if not session.away:
             # A half-open connection (a network change): the resume wins.
             self._tell(old, p.RESUMED_ELSEWHERE)

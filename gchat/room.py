@@ -257,9 +257,16 @@ class Room:
         return max(0.0, self.held_since + self.config.arrival_merge_window - now)
 
     def _welcome(self, conn: Member, exclude: Optional[Member]) -> None:
-        """The roster (exercise 8.12) and the history, to a newcomer alone:
-        everyone present but itself (exclude, when it is already among the
-        members), at most roster_limit names, the count exact."""
+        """The roster (exercise 8.12) and the history, to a newcomer alone,
+        in one piece (they reach the client in one write)."""
+        block = self.welcome_block(exclude, tagged=conn in self.out.tagged)
+        self.out.send_bytes(conn, block, member=False)
+
+    def welcome_block(self, exclude: Optional[Member], tagged: bool) -> bytes:
+        """The roster line and the history block: everyone present but
+        exclude (the newcomer, when it is already among the members), at
+        most roster_limit names, the count exact; tagged: the history's
+        lines with their ids."""
         limit = self.config.roster_limit
         others = (
             c.name
@@ -268,9 +275,10 @@ class Room:
         )
         shown = list(islice(others, limit))
         total = self.size - (exclude is not None)
-        self.out.send(conn, p.render_roster(shown, total=total, newcomer=True), member=False)
-        if self.history:
-            self.out.send_bytes(conn, self.history_block(conn in self.out.tagged), member=False)
+        roster = (p.render_roster(shown, total=total, newcomer=True) + "\n").encode()
+        if not self.history:
+            return roster
+        return roster + self.history_block(tagged)
 
     def history_block(self, tagged: bool) -> bytes:
         """The history as a newcomer gets it, in one piece (the frame and
