@@ -463,11 +463,12 @@ class Chat:
             error = command.error if isinstance(command, p.Invalid) else "bad /resume"
             self._resume_failed(conn, address, now, p.render_error(error))
             return
-        session = None
-        if TOKEN_RE.fullmatch(command.token):
-            session = self.sessions.find(command.token)
-        if session is None:
+        if not TOKEN_RE.fullmatch(command.token):
             self._resume_failed(conn, address, now, p.RESUME_UNKNOWN)
+            return
+        session = self.sessions.find(command.token)
+        if session is None:
+            self._resume_elsewhere(conn, address, now, command)
             return
         try:
             start = self._resume_point(session, command.last)
@@ -493,6 +494,11 @@ class Chat:
             raise ValueError(last)  # an id the room has not given yet
         return start
 
+    def _resume_elsewhere(self, conn: Member, address: str, now: float, command: p.Resume) -> None:
+        """A token this process does not hold: one process has no other
+        place to look (a cluster asks Redis, cluster.py)."""
+        self._resume_failed(conn, address, now, p.RESUME_UNKNOWN)
+
     def _resume_failed(self, conn: Member, address: str, now: float, line: str) -> None:
         self.sessions.failed(address, now)
         self.counts["errors"] += 1
@@ -505,7 +511,10 @@ class Chat:
         old = session.conn
         room = old.room
         name = old.name
-        plan = replay(session, start, room.out.log or (), room.out.seq, self.config.resume_backlog)
+        out = room.out
+        plan = replay(
+            session, start, out.log or (), out.seq, self.config.resume_backlog, out.log_base
+        )
         if not plan.gap:
             head = p.render_resumed(name, room.name, len(plan.lines))
             block = b"".join([(head + "\n").encode(), *plan.lines])

@@ -57,14 +57,100 @@ from gchat import protocol as p
 from gchat.bus.entry import LINES
 from gchat.chat import Chat
 from gchat.config import Config
-from gchat.events import CLAIMED, DIRECTORY, HOSTED, NODE_LOST, RESYNC, ROUTED, Member
+from gchat.events import (
+    CLAIMED,
+    DIRECTORY,
+    HOSTED,
+    NODE_LOST,
+    REPLAYED,
+    RESYNC,
+    ROUTED,
+    SESSION_FOUND,
+    Member,
+    Why,
+)
 from gchat.room import Room
+from gchat.sessions import ParsedId, Position, Session, parse_id, replay, tag
 
 log = logging.getLogger("gchat")
 
 # A node's inbox is a log of its own: the room key "~NODE" (no room name
 # can hold a "~", protocol._validate_label).
 INBOX = "~"
+
+
+# A line's SEQ in a cluster (its id for a session client, sessions.py) is
+# its place in the room's log: the entry's offset, the operation's index in
+# the entry, and the line's in what the operation says, so that every node
+# that hosts the room gives a line the same id, and a client that resumes
+# on another node is understood there.  Room.out.seq is raised to each
+# operation's first value before it is applied; a line said between
+# operations (a held announcement made on a timer) takes the next number.
+OP_BITS = 10  # lines one operation may say (a "lost" of a crowd: its departures)
+OFFSET_BITS = 30  # OP_BITS plus 2**20 operations in one entry
+
+
+def line_seq(offset: int, index: int) -> int:
+    """The SEQ before the first line of the entry at offset's index-th
+    operation."""
+    return (offset << OFFSET_BITS) | (index << OP_BITS)
+
+
+def op_lines(op: list[Any]) -> Optional[list[str]]:
+    """What an operation says to a room, as far as the operation alone
+    tells (a resume that reads the room's log from Redis): None when that
+    depends on who was in the room then ("lost": its node's members)."""
+    kind = op[0]
+    if kind == "say":
+        return [op[1]]
+    if kind == "enter":
+        return [p.render_arrived(op[1])]
+    if kind == "leave":
+        return [p.render_left(op[1], op[2])]
+    if kind == "nick":
+        return [p.render_nick(op[1], op[2])]
+    if kind == "expire":
+        return [p.render_left(op[1], p.SESSION_LOST)]
+    if kind == "lost":
+        return None
+    return []  # present, session, away, move: nothing said
+
+
+def logged_lines(
+    entries: Sequence[tuple[int, str, list[list[Any]]]], epoch: str, after: int, upto: int
+) -> Optional[list[tuple[int, bytes]]]:
+    """The lines with SEQs in (after, upto], with their ids, that entries
+    (offset, node, operations) of a room's log said; None if they cannot
+    all be told (the log no longer reaches back to after, or an operation
+    whose lines depend on the room's state then)."""
+    if not entries or entries[0][0] > (after >> OFFSET_BITS) + 1:
+        return None
+    out: list[tuple[int, bytes]] = []
+    expired: set[str] = set()
+    moved: dict[str, str] = {}  # name key -> the node it last resumed on
+    for offset, node, ops in entries:
+        for index, op in enumerate(ops):
+            base = line_seq(offset, index)
+            if base >= upto:
+                return out
+            kind = op[0]
+            if kind == "move":
+                moved[p.name_key(op[1])] = node
+            elif kind == "expire":
+                key = p.name_key(op[1])
+                if key in expired or moved.get(key, op[2]) != op[2]:
+                    continue  # applied as nothing: expired already, or resumed
+                expired.add(key)
+            lines = op_lines(op)
+            if lines is None:
+                if base + 1 > after:
+                    return None
+                continue
+            for k, line in enumerate(lines, 1):
+                seq = base + k
+                if after < seq <= upto:
+                    out.append((seq, tag(epoch, seq, (line + "\n").encode())))
+    return out
 
 
 def inbox_key(node: str) -> str:
@@ -83,12 +169,15 @@ class Remote:
     """A member this node does not serve: on another node, or a local
     client that has left but whose departure has not come back yet."""
 
-    __slots__ = ("name", "node", "room")
+    __slots__ = ("name", "node", "room", "session", "away_until")
 
     def __init__(self, name: str, node: str, room: Optional[Room] = None) -> None:
         self.name = name
         self.node = node
         self.room: Any = room  # typed as events.Member's: a Room once it is in one
+        self.session = False  # it has a session: when its node goes, it is away
+        # Away (its node stopped or was lost): when its window ends, here.
+        self.away_until: Optional[float] = None
 
     @property
     def who(self) -> str:
@@ -125,8 +214,10 @@ class Batch:
         self.lines = 0  # chat and private lines (the outage bound)
 
 
-def _plus(name: str) -> str:
-    return f"+{p.name_key(name)} {name}"
+def _plus(name: str, session: bool = False) -> str:
+    # " *": a member with a session, so that a node that starts to host the
+    # room knows it (room_stream.Snapshot.sessions).
+    return f"+{p.name_key(name)} {name}{' *' if session else ''}"
 
 
 def _minus(name: str) -> str:
@@ -195,6 +286,16 @@ class ClusterChat(Chat):
         # room key -> (seq, conns) of our entries there not back yet
         self.awaiting: dict[str, deque[tuple[int, set[Member]]]] = {}
         self.inflight: dict[Member, int] = {}  # conn -> how many of those it is in
+        # Sessions across nodes.  conn -> (token, last id, address): a
+        # /resume whose token the bus is looking up in Redis.
+        self.resuming: dict[Member, tuple[str, str, str]] = {}
+        # name key -> (conn, token, last id): its "move" is out.
+        self.moving: dict[str, tuple[Member, str, str]] = {}
+        # conn -> (the id it resumed from, what it was sent before): its
+        # missed lines are being read from the room's log in Redis.
+        self.replaying: dict[Member, tuple[ParsedId, bytes]] = {}
+        self.away_remotes: dict[Remote, None] = {}  # other nodes' away sessions
+        self.expiring: set[Remote] = set()  # ... whose "expire" this node has sent
         self.counts.update(bus_refused=0, bus_ops_skipped=0)
         self._apply: dict[str, Callable[..., None]] = {
             "enter": self._apply_enter,
@@ -203,6 +304,10 @@ class ClusterChat(Chat):
             "nick": self._apply_nick,
             "present": self._apply_present,
             "lost": self._apply_lost,
+            "session": self._apply_session,
+            "away": self._apply_away,
+            "move": self._apply_move,
+            "expire": self._apply_expire,
         }
 
     # ------------------------------------------------------------------
@@ -248,14 +353,18 @@ class ClusterChat(Chat):
             self.node_lost(*payload)
         elif kind == RESYNC:
             self.resync()
+        elif kind == SESSION_FOUND:
+            self.session_found(conn, *payload)
+        elif kind == REPLAYED:
+            self.replayed(conn, *payload)
         else:
             self.apply(*payload)
 
-    def apply(self, room_key: str, entries: Iterable[tuple[str, int, list[list[Any]]]]) -> None:
-        """Entries of one room's log (node, seq, operations), new ones, in
-        the log's order."""
+    def apply(self, room_key: str, entries: Iterable[tuple[Any, ...]]) -> None:
+        """Entries of one room's log (node, seq, operations[, epoch,
+        offset]), new ones, in the log's order."""
         if room_key.startswith(INBOX):
-            for _node, _seq, ops in entries:
+            for _node, _seq, ops, *_place in entries:
                 for op in ops:
                     if op[0] == "msg":
                         self._apply_msg(*op[1:])
@@ -264,8 +373,17 @@ class ClusterChat(Chat):
         if room is None or room_key not in self.hosted:
             return  # dropped meanwhile: not ours to apply
         now = self._clock()
-        for node, seq, ops in entries:
-            for op in ops:
+        out = room.out
+        for node, seq, ops, *place in entries:
+            base = -1
+            if place:
+                epoch, offset = place
+                if epoch != out.epoch:
+                    out.set_epoch(epoch)
+                base = line_seq(offset, 0)
+            for index, op in enumerate(ops):
+                if base >= 0 and base + (index << OP_BITS) > out.seq:
+                    out.seq = base + (index << OP_BITS)
                 handler = self._apply.get(op[0])
                 if handler is None:
                     continue  # an inbox operation in a room: not for rooms
@@ -329,6 +447,9 @@ class ClusterChat(Chat):
         as of the position from which its entries come."""
         room = self.rooms.get(room_key) or self.rooms.ensure(snapshot.name)
         self.hosted.add(room_key)
+        if snapshot.epoch:
+            room.out.set_epoch(snapshot.epoch)
+            room.out.seq = max(room.out.seq, line_seq(snapshot.offset + 1, 0) - 1)
         if room.history is not None:
             room.history.clear()
             room.history.extend(snapshot.history)
@@ -337,7 +458,11 @@ class ClusterChat(Chat):
             if node in self.lost_nodes:
                 gone.add(node)  # its "lost" missed this room (see node_lost)
             elif node != self.node:
-                self._add_remote(Remote(name, node), room)
+                member = Remote(name, node)
+                self._add_remote(member, room)
+                if p.name_key(name) in snapshot.sessions:
+                    member.session = True
+                    room.out.track(self.config.resume_backlog)
         for node in gone:
             self._publish(room, ["lost", node, p.NODE_LOST], members=("!" + node,))
         for action in self.hosting.pop(room_key, ()):
@@ -352,7 +477,9 @@ class ClusterChat(Chat):
         _release_if_empty(self.routing)
         if conn not in self.connected:
             return
-        if not found:
+        if isinstance(found, str):
+            self._error(conn, found)  # an away session's, unreachable
+        elif not found:
             self._error(conn, p.render_no_such_user(target))
         elif p.name_key(target) != p.name_key(conn.name):
             self._tell(conn, p.render_private_to_sender(conn.name, target, text))
@@ -418,7 +545,7 @@ class ClusterChat(Chat):
         """Stop hosting room if no member of this node's is in it, on its
         way in, or on its way out (a leave or an entry not back)."""
         key = room.key
-        if key not in self.hosted or room.members or room.arriving:
+        if key not in self.hosted or room.members or room.arriving or room.away:
             return
         if key in self.awaiting or key in self.outgoing or key in self.hosting:
             return
@@ -485,7 +612,9 @@ class ClusterChat(Chat):
         typed meanwhile."""
         if conn in self.claims or conn in self.inflight or conn in self._sending:
             return
-        if conn in self.heading or conn in self.routing:
+        if conn in self.heading or conn in self.routing or conn in self.resuming:
+            return
+        if conn in self.replaying:
             return
         if conn.room is not None:
             self.published.pop(conn, None)  # all of it applied: conn says it
@@ -566,15 +695,299 @@ class ClusterChat(Chat):
             heading.sent = True
             name = self.published[conn][0]
             self.entering[p.name_key(name)] = conn
-            self._publish(p.name_key(heading.room), ["enter", name], conn, members=(_plus(name),))
+            key = p.name_key(heading.room)
+            session = conn in self.session_of
+            self._publish(key, ["enter", name], conn, members=(_plus(name, session),))
+            if session:
+                self._publish(key, ["session", name])
 
         self._when_hosted(heading.room, send)
 
+    # ------------------------------------------------------------------
+    # Sessions across nodes (sessions.py; docs/protocol.md, "Sessions")
+    #
+    # A session's record in Redis (its name and room, by token) lets any
+    # node resume it.  Every host of the room knows which members have
+    # sessions ("session"): when a member's node stops ("away") or is lost
+    # ("lost"), such a member stays, away, until it resumes on some node
+    # ("move": silently that node's from then on) or its window ends
+    # ("expire", sent by every host whose clock says so: the first one in
+    # the room's order is applied, and the departure is said once).
+
     def _session(self, conn: Member, command: p.Session) -> None:
-        # Sessions need the rooms' positions in Redis and a session record
-        # that any node can take over (issue 18's cluster half): until
-        # then a cluster says so rather than give ids it cannot resume.
-        self._error(conn, p.SESSIONS_NOT_IN_CLUSTER)
+        had = conn in self.session_of
+        super()._session(conn, command)
+        if had:
+            return
+        name = conn.name
+        self._publish(conn.room, ["session", name], members=(_plus(name, True),))
+        self._record(conn)
+
+    def _record(self, conn: Member) -> None:
+        """The bus writes conn's session record: its name and room now."""
+        session = self.session_of.get(conn)
+        if session is not None and conn.room is not None:
+            self.requests.append(("session", session.token, conn.name, conn.room.name))
+
+    def _end_session(self, conn: Member, session: Session) -> None:
+        super()._end_session(conn, session)
+        self.requests.append(("session-end", session.token, p.name_key(conn.name or "")))
+
+    def _expire(self, session: Session, now: float) -> None:
+        """This node's away session's window ended (its connection dropped;
+        the node lives): it leaves through its room's log, as anyone whose
+        connection was lost."""
+        conn = session.conn
+        self.sessions.close(session)
+        self.session_of.pop(conn, None)
+        self.requests.append(("session-end", session.token, p.name_key(conn.name)))
+        room = conn.room
+        room.away.pop(conn, None)
+        self._ghost(conn)
+        self._publish(room, ["leave", conn.name, p.SESSION_LOST], members=(_minus(conn.name),))
+
+    def end_batch(self, now: float) -> None:
+        super().end_batch(now)
+        if self.away_remotes:
+            for member in list(self.away_remotes):
+                until = member.away_until
+                if until is not None and until <= now and member not in self.expiring:
+                    self.expiring.add(member)
+                    self._publish(member.room, ["expire", member.name, member.node])
+
+    def due(self, now: float) -> Optional[float]:
+        wait = super().due(now)
+        if self.away_remotes:
+            for member in self.away_remotes:
+                if member.away_until is not None and member not in self.expiring:
+                    left = max(0.0, member.away_until - now)
+                    wait = left if wait is None else min(wait, left)
+        return wait
+
+    def _resume_elsewhere(self, conn: Member, address: str, now: float, command: p.Resume) -> None:
+        """A token of no session here: Redis may know it (another node's, or
+        one whose node died).  conn is busy until the bus answers."""
+        if command.last != "-" and parse_id(command.last) is None:
+            line = p.render_error(p.render_bad_resume_id(command.last))
+            self._resume_failed(conn, address, now, line)
+            return
+        self.resuming[conn] = (command.token, command.last, address)
+        self._set_busy(conn)
+        self.requests.append(("resume", conn, command.token))
+
+    def session_found(self, conn: Member, token: str, found: Any) -> None:
+        """The bus's answer to a resume: found is (name, room) of the
+        session, whose name this node now holds in Redis; None: unknown or
+        expired; a str: why Redis could not say."""
+        _, last, address = self.resuming.pop(conn, (token, "-", ""))
+        if conn not in self.connected:
+            if isinstance(found, tuple):
+                self.requests.append(("release", p.name_key(found[0])))
+            return
+        if not isinstance(found, tuple):
+            line = p.RESUME_UNKNOWN if found is None else p.render_error(found)
+            self._resume_failed(conn, address, self._clock(), line)
+            self._maybe_free(conn)
+            return
+        name, room_name = found
+        key = p.name_key(name)
+        self.claiming[key] = conn  # nobody here takes it meanwhile
+        self.moving[key] = (conn, token, last)
+
+        def send() -> None:
+            self._publish(p.name_key(room_name), ["move", name], conn, members=(_plus(name, True),))
+
+        self._when_hosted(room_name, send)
+
+    def _apply_session(self, room: Room, node: str, now: float, name: str) -> None:
+        if node == self.node:
+            return
+        member = self.remotes.get((room.key, p.name_key(name)))
+        if member is not None and member.node == node:
+            member.session = True
+            room.out.track(self.config.resume_backlog)
+
+    def _apply_away(self, room: Room, node: str, now: float, name: str) -> None:
+        """node is stopping: its member name, a session, is away."""
+        member = self.remotes.get((room.key, p.name_key(name)))
+        if member is not None and member.node == node:
+            self._set_away(member, now)
+
+    def _set_away(self, member: Remote, now: float) -> None:
+        if member.away_until is None:
+            member.away_until = now + self.config.resume_window
+            self.away_remotes[member] = None
+
+    def _apply_expire(self, room: Room, node: str, now: float, name: str, owner: str) -> None:
+        key = p.name_key(name)
+        member = self.remotes.get((room.key, key))
+        if member is None or member.node != owner or member.away_until is None:
+            return  # resumed meanwhile, or expired by an earlier "expire"
+        self._drop_remote(member, p.SESSION_LOST, now)
+        if owner == self.node and not self._used_here(key):
+            self.requests.append(("release", key))
+
+    def _apply_move(self, room: Room, node: str, now: float, name: str) -> None:
+        """name's session resumed on node: silently node's member now."""
+        key = p.name_key(name)
+        if node == self.node:
+            self._moved_here(room, now, name)
+            return
+        local = self.names.get(key)
+        if local is not None and not isinstance(local, Remote) and local.room is room:
+            self._moved_away(local, room)
+        member = self.remotes.get((room.key, key))
+        if member is not None:
+            self._forget_remote(member)
+        moved = Remote(name, node)
+        moved.session = True
+        self._add_remote(moved, room)
+        room.out.track(self.config.resume_backlog)
+
+    def _moved_away(self, conn: Member, room: Room) -> None:
+        """This node's session client conn resumed on another node: it goes
+        from here silently (its old connection, if open, is told)."""
+        session = self.session_of.pop(conn, None)
+        if session is not None:
+            self.sessions.close(session)
+        if conn in room.away:
+            del room.away[conn]
+        else:
+            room.leave(conn, None, moving=False, now=self._clock())
+            if conn in self.connected:
+                self._tell(conn, p.RESUMED_ELSEWHERE)
+                self.connected.discard(conn)
+                self.silent.discard(conn)
+                self.departures.append((conn, Why.RESUMED))
+                self.counts["departures"] += 1
+        room.out.untag(conn)
+        self.published.pop(conn, None)
+        self.busy.pop(conn, None)
+        del self.names[p.name_key(conn.name)]
+        self.rooms.vacated(room)
+        self._counted.add(room)
+
+    def _moved_here(self, room: Room, now: float, name: str) -> None:
+        """Our "move" is back: the resuming client takes the session's
+        place, with the lines it missed from this node's log of the room."""
+        key = p.name_key(name)
+        pending = self.moving.pop(key, None)
+        if pending is None:
+            return
+        conn, token, last = pending
+        if self.claiming.get(key) is conn:
+            del self.claiming[key]
+        member = self.remotes.get((room.key, key))
+        if member is not None and member.node == self.node and member.away_until is None:
+            member = None  # a departure of ours, not back yet: not a session's
+        if member is None:
+            # It expired (or left) before the move: unknown now.
+            if not self._used_here(key):
+                self.requests.append(("release", key))
+            if conn in self.connected:
+                address = conn.who.rpartition(":")[0] or conn.who
+                self._resume_failed(conn, address, now, p.RESUME_UNKNOWN)
+            self._came_back_resume(conn, room)
+            return
+        self._forget_remote(member)
+        self.away_remotes.pop(member, None)
+        self.expiring.discard(member)
+        if conn not in self.connected:
+            # Gone again before it was back: away here, as if it had dropped.
+            away = Remote(name, self.node)
+            away.session = True
+            self._add_remote(away, room)
+            self._set_away(away, now)
+            self._came_back_resume(conn, room)
+            return
+        session = Session(token, conn, self.config.resume_backlog)
+        self.sessions.by_token[token] = session
+        out = room.out
+        out.track(self.config.resume_backlog)
+        session.enter(out.epoch, room.key, 0)
+        carried = self.lobby.out.detach(conn, member=False)
+        conn.name = name
+        conn.room = room
+        self.names[key] = conn
+        self.silent.discard(conn)
+        self.session_of[conn] = session
+        self.rooms.occupied(room)
+        self._counted.add(room)
+        self._record(conn)
+        parsed = parse_id(last) if last != "-" else None
+        if parsed is not None and parsed.epoch == out.epoch and parsed.seq < out.log_base:
+            # This node's own record of the room starts after the client's
+            # id (it came to host the room later): the lines between are
+            # read from the room's log in Redis first (replayed()).  Until
+            # then the client is in the room, away: counted, not yet sent.
+            room.away[conn] = None
+            self.replaying[conn] = (parsed, carried)
+            self.requests.append(("replay", conn, room.key, parsed.seq >> OFFSET_BITS))
+        else:
+            self._resumed_here(conn, room, parsed, carried, [])
+        self._came_back_resume(conn, room)
+
+    def replayed(self, conn: Member, room_key: str, epoch: Optional[str], entries: list) -> None:
+        """The bus read the room's log for conn's resume (epoch None: Redis
+        could not say)."""
+        pending = self.replaying.pop(conn, None)
+        if pending is None:
+            return
+        parsed, carried = pending
+        session = self.session_of.get(conn)
+        room = conn.room
+        if (
+            conn in self.connected
+            and session is not None
+            and session.conn is conn
+            and room is not None
+            and room.key == room_key
+        ):
+            out = room.out
+            earlier = None
+            if epoch is not None and epoch == out.epoch:
+                earlier = logged_lines(entries, epoch, parsed.seq, out.log_base)
+            self._resumed_here(conn, room, parsed, carried, earlier)
+        self._maybe_free(conn)
+
+    def _resumed_here(
+        self,
+        conn: Member,
+        room: Room,
+        parsed: Optional[ParsedId],
+        carried: bytes,
+        earlier: Optional[list[tuple[int, bytes]]],
+    ) -> None:
+        """conn, resumed here, is sent the lines it missed after parsed: the
+        ones of earlier (read from Redis, up to where this node's log of
+        the room starts; None if they could not all be), then this node's
+        log's; or, when they are not all there, a gap."""
+        out = room.out
+        session = self.session_of[conn]
+        plan = None
+        if parsed is not None and parsed.epoch == out.epoch and earlier is not None:
+            start = Position(session.current, parsed.seq, 0)
+            kept = [*earlier, *(out.log or ())]
+            base = parsed.seq if earlier else out.log_base
+            plan = replay(session, start, kept, out.seq, self.config.resume_backlog, base)
+        name = conn.name
+        if plan is not None and not plan.gap:
+            head = p.render_resumed(name, room.name, len(plan.lines))
+            block = b"".join([(head + "\n").encode(), *plan.lines])
+        else:
+            # No id of this room's current epoch, or its lines are no longer
+            # all there: a gap.
+            head = p.render_resumed(name, room.name, None)
+            block = (head + "\n").encode() + room.welcome_block(exclude=conn, tagged=True)
+        room.away.pop(conn, None)
+        out.tag(conn, member=False)
+        out.send_bytes(conn, carried + block, member=False)
+        room.members[conn] = None
+        out.joined(conn)
+
+    def _came_back_resume(self, conn: Member, room: Room) -> None:
+        self._maybe_free(conn)
+        self._maybe_unhost(room)
 
     def _taken(self, key: str) -> bool:
         # Also the names on their way: asked of Redis, or entering.
@@ -621,10 +1034,38 @@ class ClusterChat(Chat):
             for queue in self.awaiting.values():
                 for _, conns in queue:
                     conns.discard(conn)
+        session = self.session_of.get(conn)
+        if session is not None:
+            if conn in self.heading or conn.room is None:
+                # On its way between rooms: it leaves, session and all.
+                self._end_session(conn, session)
+            elif why == Why.SHUTDOWN and self.config.resume_window > 0:
+                self._stop_away(conn, session)
+                return
         heading = self._unhead(conn)
         if heading is not None:
             self._depart_heading(conn, heading, why, detail)
         super().depart(conn, why, detail)
+
+    def _stop_away(self, conn: Member, session: Session) -> None:
+        """This node stops: its session client conn is told to resume
+        elsewhere and goes; the others keep it, away ("away"), and the bus
+        keeps its name for its window (RoomBus.close)."""
+        self.session_of.pop(conn, None)
+        self.sessions.close(session)
+        self._tell(conn, p.SESSION_SHUTDOWN)
+        room, name = conn.room, conn.name
+        self.connected.discard(conn)
+        self.silent.discard(conn)
+        room.leave(conn, None, moving=False, now=self._clock())
+        room.out.untag(conn)
+        self.rooms.vacated(room)
+        key = p.name_key(name)
+        if self.names.get(key) is conn:
+            del self.names[key]
+        self._publish(room, ["away", name])
+        self.departures.append((conn, Why.SHUTDOWN))
+        self.counts["departures"] += 1
 
     def _depart_heading(self, conn: Member, heading: Heading, why: str, detail: str) -> None:
         """conn leaves while on its way into a room."""
@@ -663,6 +1104,7 @@ class ClusterChat(Chat):
         stays there as a Remote of this node until its "leave" is back."""
         room = conn.room
         key = p.name_key(conn.name)
+        room.away.pop(conn, None)  # a session client whose resume was under way
         held_back = conn in room.arriving  # never announced yet
         room.leave(conn, None, moving=False, now=self._clock())
         ghost = Remote(conn.name, self.node, room)
@@ -801,6 +1243,9 @@ class ClusterChat(Chat):
             nodes.pop(member, None)
             if not nodes:
                 del self.nodes[member.node]
+        if member.away_until is not None:
+            self.away_remotes.pop(member, None)
+            self.expiring.discard(member)
 
     def _drop_remote(self, member: Remote, reason: Optional[str], now: float) -> None:
         """member leaves its room: announced with reason, or silently if None."""
@@ -846,12 +1291,19 @@ class ClusterChat(Chat):
         conn.room = room
         self.rooms.occupied(room)
         self._counted.add(room)
+        session = self.session_of.get(conn)
+        if session is not None:
+            room.out.track(self.config.resume_backlog)
+            room.out.tag(conn, member=False)
         if heading is None or heading.first:
             self.counts["arrivals"] += 1
             room.enter(conn, [p.render_you_are(name)], b"", now)
         else:
             self.counts["joins"] += 1
             room.enter(conn, [p.render_now_in(room.name)], heading.carried or b"", now)
+        if session is not None:
+            session.enter(room.out.epoch, room.key, room.out.seq)
+            self._record(conn)
         if old is not None and old is not room:
             self._maybe_unhost(old)
         self._maybe_free(conn)
@@ -870,6 +1322,7 @@ class ClusterChat(Chat):
                 # Our client's /join: out of this room now, into the next
                 # once it is hosted.
                 heading.carried = room.leave(conn, reason or None, moving=True, now=now)
+                room.out.untag(conn)
                 self.rooms.vacated(room)
                 self._counted.add(room)
                 self._advance(conn)
@@ -912,16 +1365,37 @@ class ClusterChat(Chat):
         self.names[new_key] = member
         room.say(p.render_nick(old, new), keep=False)
         member.name = new
+        if not isinstance(member, Remote):
+            self._record(member)
         if node == self.node and old_key != new_key and not self._used_here(old_key):
             self.requests.append(("release", old_key))
 
     def _apply_msg(self, sender: str, target: str, text: str) -> None:
         conn = self.names.get(p.name_key(target))
-        if conn is None or isinstance(conn, Remote) or conn not in self.connected:
+        if conn is None or isinstance(conn, Remote):
             return  # gone meanwhile
-        if conn.room is not None and conn in conn.room.arriving:
-            conn.room.announce()  # its roster first, as Chat._msg does
-        self._tell(conn, p.render_private_to_recipient(sender, text))
+        line = p.render_private_to_recipient(sender, text)
+        session = self.session_of.get(conn)
+        if session is not None and session.away:
+            # Kept for its resume.  The sender was told it went (routed());
+            # past the bound the node can only say so in its log.
+            if session.kept_away >= self.config.resume_backlog:
+                log.warning(
+                    "private line to away %s not kept: %d waiting", target, session.kept_away
+                )
+                return
+            session.keep_private(conn.room.out.seq, (line + "\n").encode())
+            return
+        if conn not in self.connected:
+            return  # gone meanwhile
+        room = conn.room
+        if room is not None and conn in room.arriving:
+            room.announce()  # its roster first, as Chat._msg does
+        if session is not None and room is not None:
+            data = session.keep_private(room.out.seq, (line + "\n").encode())
+            room.out.send_bytes(conn, data, member=room.receiving(conn))
+        else:
+            self._tell(conn, line)
 
     def _apply_present(self, room: Room, node: str, now: float, names: list[str]) -> None:
         """node's members in room are names: made so here silently (a state
@@ -951,4 +1425,7 @@ class ClusterChat(Chat):
             self._publish_present(room)
             return
         for member in self._remotes(room, lost):
-            self._drop_remote(member, reason, now)
+            if member.session:
+                self._set_away(member, now)  # it may resume on a node of ours
+            else:
+                self._drop_remote(member, reason, now)

@@ -16,14 +16,26 @@ LEAVE = "leave"  # payload: a Why
 SHUTDOWN = "shutdown"  # conn and payload: None
 # From the cluster's bus (bus/room_bus.py), only with --redis; the hub hands
 # them to cluster.ClusterChat.on_bus:
-BUS = "bus"  # payload: (room key, [(node, seq, operations)]): new entries, in order
+# payload: (room key, [(node, seq, operations, epoch, offset)]): new entries,
+# in order (the epoch and offset: the entry's place in the room's log)
+BUS = "bus"
 CLAIMED = "claimed"  # conn: who asked; payload: (name, error or None)
 RESYNC = "resync"  # Redis came back without the cluster's data; payload: None
 HOSTED = "hosted"  # payload: (room key, snapshot): the room's log is read from now on
 ROUTED = "routed"  # conn: who sent a /msg; payload: (target, found, text)
 DIRECTORY = "directory"  # payload: {room name: members} over the cluster
 NODE_LOST = "node-lost"  # payload: (node id, reason): its heartbeat expired
-BUS_EVENTS = frozenset({BUS, CLAIMED, RESYNC, HOSTED, ROUTED, DIRECTORY, NODE_LOST})
+# conn: who sent /resume TOKEN ID with a token this node does not hold;
+# payload: (token, (name, room) of the session, now taken over for this
+# node in Redis; or None: unknown or expired; or an error line's reason).
+SESSION_FOUND = "session-found"
+# conn: a client that resumed on this node; payload: (room key, the room's
+# epoch, [(offset, node, operations)] of its log from the offset asked on),
+# or (room key, None, []) when Redis could not say.
+REPLAYED = "replayed"
+BUS_EVENTS = frozenset(
+    {BUS, CLAIMED, RESYNC, HOSTED, ROUTED, DIRECTORY, NODE_LOST, SESSION_FOUND, REPLAYED}
+)
 # payload: a callable, called in the hub so that it runs only while the
 # hub's loop turns (systemd.py's watchdog ping stops when the hub is stuck).
 WATCHDOG = "watchdog"

@@ -92,6 +92,7 @@ class Fanout:
         "seq",
         "epoch",
         "log",
+        "log_base",
         "tagged",
         "_tparts",
         "_tsize",
@@ -113,6 +114,9 @@ class Fanout:
         self.seq = 0  # the last line's place in the room's order
         self.epoch = ""  # the room's epoch, for ids (set by the room)
         self.log: Optional[deque[tuple[int, bytes]]] = None  # (seq, tagged line), once tracked
+        # Every line after this SEQ is in log (SEQs may skip numbers: in a
+        # cluster a line's SEQ is its place in the room's log, cluster.py).
+        self.log_base = 0
         self.tagged: set[Hashable] = set()  # members that receive ids
         self._tparts: list[bytes] = []  # this batch's broadcasts with their ids
         self._tsize = 0
@@ -128,8 +132,20 @@ class Fanout:
         """Render ids and keep the last keep tagged lines from now on."""
         if self.log is None:
             self.log = deque(maxlen=keep)
+            self.log_base = self.seq
             self._prefix = b"@" + self.epoch.encode() + b":"
             self._where = {self._size: 0}
+
+    def set_epoch(self, epoch: str) -> None:
+        """The room's order starts again under another epoch (a cluster's
+        Redis lost the room): what the log kept belongs to the old one."""
+        if epoch == self.epoch:
+            return
+        self.epoch = epoch
+        if self.log is not None:
+            self.log.clear()
+            self.log_base = self.seq
+            self._prefix = b"@" + epoch.encode() + b":"
 
     def broadcast(self, line: str) -> bytes:
         """line to every member; returns it encoded (for the history)."""
@@ -140,9 +156,12 @@ class Fanout:
         self._size += len(data)
         self.lines += 1
         self.seq += 1
-        if self.log is not None:
+        log = self.log
+        if log is not None:
             tagged = self._prefix + b"%d " % self.seq + data
-            self.log.append((self.seq, tagged))
+            if len(log) == log.maxlen:
+                self.log_base = log[0][0]  # about to be dropped
+            log.append((self.seq, tagged))
             self._tparts.append(tagged)
             self._tsize += len(tagged)
             self._where[self._size] = self._tsize

@@ -387,7 +387,6 @@ RESUMED_ELSEWHERE = "error: resumed elsewhere"
 SESSION_SHUTDOWN = "server stopping; resume elsewhere"
 RESUME_UNKNOWN = "error: cannot resume: unknown or expired session"
 RESUME_THROTTLED = "error: too many failed resumes; try later"
-SESSIONS_NOT_IN_CLUSTER = "sessions are not available with --redis yet"
 RESUME_NAMED = "/resume is the first line of a new connection, instead of a name"
 # What the others see after "NAME has left" when an away session's window ends.
 SESSION_LOST = "connection lost"
@@ -405,6 +404,12 @@ def render_resumed(name: str, room: str, count: Optional[int]) -> str:
 def render_bad_resume_id(last: str) -> str:
     shown = last if len(last) <= 40 else last[:40] + "..."
     return f"cannot resume: {shown!r} is not an id this session received"
+
+
+def render_away_unreachable(name: str) -> str:
+    """A /msg to a session whose node stopped or was lost (cluster.py): the
+    line cannot be kept for it until it resumes on a node."""
+    return f"{name} is away (its server is gone) and cannot be sent private lines until it is back"
 
 
 def render_away_full(name: str, kept: int) -> str:

@@ -32,6 +32,7 @@ touches it.
 """
 
 import re
+from bisect import bisect_right
 from collections import deque
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -168,10 +169,13 @@ def replay(
     room_log: Any,
     room_seq: int,
     backlog: int,
+    log_base: Optional[int] = None,
 ) -> Replay:
     """The lines a resume from start (None: from the session's beginning in
     its room) must send.  room_log: the current room's kept lines, (SEQ,
-    tagged bytes) in order; room_seq: the room's last SEQ."""
+    tagged bytes) in order; room_seq: the room's last SEQ; log_base: every
+    line after that SEQ is in room_log (None: SEQs are consecutive, and
+    room_log's first entry says it)."""
     current = session.current
     joined = session.stints[-1].joined
     if start is None or start.stint < current:
@@ -181,25 +185,25 @@ def replay(
         after = start.seq
         private_after = start
     privates = [(pos, data) for pos, data in session.private if pos > private_after]
-    missed = room_seq - after
-    first_kept = room_log[0][0] if room_log else room_seq + 1
-    if missed > backlog or (missed > 0 and first_kept > after + 1):
+    if log_base is None:
+        log_base = room_log[0][0] - 1 if room_log else room_seq
+    after_log = _after(room_log, after)
+    if len(after_log) > backlog or (room_seq > after and after < log_base):
         return Replay([data for _, data in privates], True)
     lines: list[bytes] = []
     older = [data for pos, data in privates if pos.stint < current]
     lines.extend(older)
     mine = [(pos.seq, pos.k, data) for pos, data in privates if pos.stint == current]
-    room = [(seq, 0, data) for seq, data in _after(room_log, after)]
+    room = [(seq, 0, data) for seq, data in after_log]
     lines.extend(data for _, _, data in sorted(room + mine, key=lambda item: item[:2]))
     return Replay(lines, False)
 
 
 def _after(room_log: Any, seq: int) -> list[tuple[int, bytes]]:
-    """The entries of room_log (SEQ-ordered, consecutive) after seq."""
+    """The entries of room_log (in SEQ order) after seq."""
     if not room_log:
         return []
-    first = room_log[0][0]
-    skip = max(0, seq + 1 - first)
+    skip = bisect_right(room_log, seq, key=lambda entry: entry[0])
     return [room_log[i] for i in range(skip, len(room_log))]
 
 

@@ -69,7 +69,17 @@ from gchat.bus.room_log import RoomEntry, RoomReader
 from gchat.bus.room_stream import Snapshot
 from gchat.cluster import INBOX, ClusterChat, inbox_key
 from gchat.config import Config
-from gchat.events import BUS, CLAIMED, DIRECTORY, HOSTED, NODE_LOST, RESYNC, ROUTED, Why
+from gchat.events import (
+    BUS,
+    CLAIMED,
+    DIRECTORY,
+    HOSTED,
+    NODE_LOST,
+    RESYNC,
+    ROUTED,
+    SESSION_FOUND,
+    Why,
+)
 
 
 class Entry(NamedTuple):
@@ -196,6 +206,8 @@ class Cluster:
         self.logs = {}  # room key -> Log
         self.names = {}  # name key -> node id
         self.spellings = {}  # name key -> its spelling when claimed (Control.claim)
+        self.sessions = {}  # token -> (name, room): the session records (Control)
+        self.session_names = {}  # name key -> token: names a session keeps
         self.directories = {}  # node id -> {room name: members}
         self.lost_marks = set()  # {C:ctl}:lost:ID
         self.nodes = {}  # node id -> Node, the live ones
@@ -263,6 +275,8 @@ class Cluster:
             self.lost_marks.add(node_id)
             winner = survivors[0]
             for key in [key for key, holder in self.names.items() if holder == node_id]:
+                if key in self.session_names:
+                    continue  # kept for its window (Control.let_go)
                 del self.names[key]
                 self.spellings.pop(key, None)
             self.directories.pop(node_id, None)
@@ -442,6 +456,23 @@ class Cluster:
         elif kind == "host" or kind == "drop":
             node.asked.append((kind, request[1]))
             node.feed_requests.append((kind, request[1], request[2] if kind == "host" else ""))
+        elif kind == "session":
+            _, token, name, room = request
+            for key, held in list(self.session_names.items()):
+                if held == token:
+                    del self.session_names[key]
+            self.sessions[token] = (name, room)
+            self.session_names[p.name_key(name)] = token
+        elif kind == "session-end":
+            _, token, key = request
+            self.sessions.pop(token, None)
+            self.session_names.pop(key, None)
+        elif kind == "resume":
+            _, conn, token = request
+            found = self.sessions.get(token)
+            if found is not None:
+                self.names[p.name_key(found[0])] = node.id  # Control.take_session
+            chat.on_bus(SESSION_FOUND, conn, (token, found))
         elif kind == "directory":
             node.directory_here.update(request[1])
             node.directory_changed.update(request[1])
@@ -505,9 +536,10 @@ class Cluster:
             except BadEntry:
                 node.bad_entries += 1
                 continue
-            handed.setdefault(room_key, []).append((entry.node, entry.seq, ops))
+            place = (self.logs[room_key].epoch, entry.offset)  # RoomBus._deliver's
+            handed.setdefault(room_key, []).append((entry.node, entry.seq, ops, *place))
         for room_key, entries in handed.items():
-            node.delivered.extend((room_key, *entry) for entry in entries)
+            node.delivered.extend((room_key, *entry[:3]) for entry in entries)
             node.chat.on_bus(BUS, None, (room_key, entries))
         return bool(pending)
 

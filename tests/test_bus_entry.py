@@ -23,6 +23,10 @@ EVERY_KIND = [
     ["present", ["ann", "bob"]],
     ["present", []],
     ["lost", "n1", "server lost"],
+    ["session", "ann"],
+    ["away", "ann"],
+    ["move", "ann"],
+    ["expire", "ann", "n1"],
     ["msg", "ann", "bob", "psst"],
 ]
 

@@ -215,17 +215,3 @@ def test_the_resume_storm_bench_resumes_everyone_with_nothing_lost():
     assert report["resumed"] == 200 and report["failed"] == 0
     assert report["lines_sent"] > 100
     assert (report["lost"], report["duplicated"], report["reordered"]) == (0, 0, 0)
-
-
-def test_a_cluster_says_it_has_no_sessions_yet_and_a_resume_there_is_unknown(
-    start_gchat, redis_server
-):
-    server = start_gchat("--redis", redis_server.url)
-    client = server.client()
-    resume(client, "A" * 32, "-")
-    client.expect("error: cannot resume: unknown or expired session")
-    client.expect("What is your name\\?")
-    client.say("alice")
-    client.expect("You are alice")
-    client.say("/session")
-    client.expect("error: sessions are not available with --redis yet", skip=True)

@@ -35,6 +35,25 @@ end
 return 0
 """
 
+# KEYS: the name's key, its session marker.  ARGV: the node, milliseconds.
+# A name of a node that stops or is lost: freed, unless a session holds it
+# (sessions.py), which keeps it for its resume window (both keys expire
+# then, unless a resume on another node takes them first).  Returns 1
+# (freed), 0 (the node no longer holds it) or the session's token.
+LET_GO = """
+local held = redis.call('GET', KEYS[1])
+if not held or (held ~= ARGV[1] and string.sub(held, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ') then
+  return 0
+end
+local token = redis.call('GET', KEYS[2])
+if token then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return token
+end
+return redis.call('DEL', KEYS[1])
+"""
+
 
 class Control:
     """One cluster's names, liveness and directory, over a redis-py client
@@ -44,11 +63,20 @@ class Control:
         self.client = client
         self.cluster = cluster
         self._release = client.register_script(RELEASE)
+        self._let_go = client.register_script(LET_GO)
 
     # Keys ---------------------------------------------------------------
 
     def name_key(self, key: str) -> str:
         return f"{self.cluster}:n:{{{key}}}"
+
+    def session_marker(self, key: str) -> str:
+        """The token of the session that holds the name (its key's slot)."""
+        return f"{self.cluster}:ns:{{{key}}}"
+
+    def session_record(self, token: str) -> str:
+        """A session's name and room, by its token (sessions across nodes)."""
+        return f"{self.cluster}:s:{{{token}}}"
 
     def node_names(self, node: str) -> str:
         return f"{{{self.cluster}:node:{node}}}:names"
@@ -138,16 +166,77 @@ class Control:
         self._release(keys=[self.name_key(key)], args=[node])
         self.client.srem(self.node_names(node), key)
 
-    def release_all(self, keys: list[str], node: str) -> None:
-        """release() of many names, in one pipeline (a node that stops)."""
+    def release_all(self, keys: list[str], node: str, keep_ms: int = 0) -> None:
+        """release() of many names, in one pipeline (a node that stops);
+        keep_ms: a name that a session holds is kept that long instead."""
+        self.let_go(keys, node, keep_ms)
+        if keys:
+            self.client.delete(self.node_names(node))
+
+    def let_go(self, keys: list[str], node: str, keep_ms: int) -> list[str]:
+        """The names of keys that node holds are freed, but for those that a
+        session holds, kept keep_ms milliseconds with the session's record
+        (its resume window); returns the keys freed."""
 
         def fill(pipe: Any) -> None:
             for key in keys:
-                pipe.evalsha(self._release.sha, 1, self.name_key(key), node)
-            if keys:
-                pipe.delete(self.node_names(node))
+                pipe.evalsha(
+                    self._let_go.sha,
+                    2,
+                    self.name_key(key),
+                    self.session_marker(key),
+                    node,
+                    max(1, keep_ms),
+                )
 
-        execute_pipeline(self.client, fill, (RELEASE,))
+        replies = execute_pipeline(self.client, fill, (LET_GO,)) if keys else []
+        freed = []
+        tokens = []
+        for key, reply in zip(keys, replies):
+            if isinstance(reply, bytes):
+                tokens.append(reply.decode())
+            elif reply:
+                freed.append(key)
+        if tokens:
+            pipe = self.client.pipeline(transaction=False)
+            for token in tokens:
+                pipe.pexpire(self.session_record(token), max(1, keep_ms))
+            pipe.execute()
+        return freed
+
+    # Sessions -----------------------------------------------------------
+
+    def open_session(self, token: str, key: str, name: str, room: str) -> None:
+        """token's session is name's (its name key: key), in room: any node
+        can resume it.  Also after a /join or a /nick (the record follows)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.session_record(token), f"{name} {room}")
+        pipe.set(self.session_marker(key), token)
+        pipe.execute()
+
+    def end_session(self, token: str, key: str) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(self.session_record(token))
+        pipe.delete(self.session_marker(key))
+        pipe.execute()
+
+    def find_session(self, token: str) -> Optional[tuple[str, str]]:
+        """(name, room) of token's session, None if it is unknown or expired."""
+        value = self.client.get(self.session_record(token))
+        if value is None:
+            return None
+        name, _, room = value.decode().partition(" ")
+        return name, room
+
+    def take_session(self, token: str, key: str, node: str, name: str) -> None:
+        """A resume on node takes the session's name over, from whichever
+        node had it (alive, stopped or lost), for good (no expiry)."""
+        self.client.sadd(self.node_names(node), key)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.name_key(key), f"{node} {name}")
+        pipe.set(self.session_marker(key), token)
+        pipe.persist(self.session_record(token))
+        pipe.execute()
 
     def holder(self, key: str) -> Optional[str]:
         """The node that has the name, or None."""
@@ -179,21 +268,16 @@ class Control:
             pipe.exists(self.heartbeat(node))
         return {node: bool(found) for node, found in zip(nodes, pipe.execute())}
 
-    def free_lost(self, node: str, marker_ttl_s: int) -> Optional[list[str]]:
-        """node is lost: free its names.  None if another survivor has done
-        it (or is doing it) already; else the name keys freed, the ones
-        node still held."""
+    def free_lost(self, node: str, marker_ttl_s: int, keep_ms: int = 0) -> Optional[list[str]]:
+        """node is lost: free its names (a session's is kept keep_ms, its
+        resume window).  None if another survivor has done it (or is doing
+        it) already; else the name keys freed, the ones node still held."""
         if not self.client.set(self.lost_marker(node), "1", nx=True, ex=marker_ttl_s):
             return None
         keys = sorted(k.decode() for k in self.client.smembers(self.node_names(node)))
-
-        def fill(pipe: Any) -> None:
-            for key in keys:
-                self._release(keys=[self.name_key(key)], args=[node], client=pipe)
-
-        replies = execute_pipeline(self.client, fill, (RELEASE,))
-        freed = [key for key, deleted in zip(keys, replies) if deleted]
-        self.client.delete(self.node_names(node), self.directory_key(node))
+        freed = self.let_go(keys, node, keep_ms)
+        self.client.delete(self.node_names(node))
+        self.client.delete(self.directory_key(node))
         return freed
 
     # The room directory -------------------------------------------------

@@ -17,7 +17,16 @@ The operations (each a JSON list, its kind first):
                                  exactly these (after Redis lost the room, or
                                  after the others took the node for lost)
   ["lost", NODE, REASON]         NODE is gone (no heartbeat, or stopped): its
-                                 members leave the room with REASON
+                                 members leave the room with REASON, but for
+                                 those with a session, which are away
+  ["session", NAME]              the publishing node's member NAME has a
+                                 session (sessions.py): it can be away
+  ["away", NAME]                 the publishing node's member NAME, a session,
+                                 is away (its node is stopping)
+  ["move", NAME]                 NAME, a session wherever it was, resumed on
+                                 the publishing node: silently its member now
+  ["expire", NAME, NODE]         NAME, NODE's away session, never resumed: it
+                                 leaves ("connection lost"), if it still is so
 
 and, in a node's inbox (a log that only its node reads):
 
@@ -44,6 +53,10 @@ OPERATIONS: dict[str, tuple[type, ...]] = {
     "nick": (str, str),
     "present": (list,),
     "lost": (str, str),
+    "session": (str,),
+    "away": (str,),
+    "move": (str,),
+    "expire": (str, str),
     "msg": (str, str, str),
 }
 

@@ -66,8 +66,24 @@ from gchat.bus.room_feed import RoomFeed
 from gchat.bus.room_log import RoomEntry
 from gchat.bus.room_publisher import RoomPublisher
 from gchat.bus.room_stream import RoomStream
-from gchat.events import BUS, CLAIMED, DIRECTORY, HOSTED, NODE_LOST, RESYNC, ROUTED
-from gchat.protocol import BUS_DOWN_FOR_NAME, name_key, render_name_taken
+from gchat.events import (
+    BUS,
+    CLAIMED,
+    DIRECTORY,
+    HOSTED,
+    NODE_LOST,
+    REPLAYED,
+    RESYNC,
+    ROUTED,
+    SESSION_FOUND,
+)
+from gchat.protocol import (
+    BUS_DOWN,
+    BUS_DOWN_FOR_NAME,
+    name_key,
+    render_away_unreachable,
+    render_name_taken,
+)
 from gchat.protocol import NODE_LOST as NODE_LOST_REASON
 
 log = logging.getLogger("gchat")
@@ -146,6 +162,7 @@ class RoomBus:
         self._lines: dict[tuple[str, int], int] = {}  # (room, seq) -> its lines, while waiting
         self._published_at: deque[tuple[float, str, int]] = deque()  # (time, room, seq)
         self.names: set[str] = set()  # name keys this node holds in Redis
+        self.sessions: dict[str, str] = {}  # token -> name key, this node's sessions
         self.unreleased: set[str] = set()  # names to free once Redis answers again
         self.directory_here: dict[str, int] = {}  # room name -> this node's members
         self._directory_changed: dict[str, int] = {}
@@ -158,7 +175,7 @@ class RoomBus:
         # The read watchers on the subscriptions' sockets, kept between waits:
         # (socket object's id, fd) -> libev io watcher.
         self._feed_watchers: dict[tuple[int, int], Any] = {}
-        self._delivered: dict[str, list[tuple[str, int, list]]] = {}
+        self._delivered: dict[str, list[tuple[str, int, list, str, int]]] = {}
         self._wake_writer = Event()
         self._last_round = 0.0  # when the writer's last round went out
         self._requests: Queue = Queue()
@@ -228,7 +245,8 @@ class RoomBus:
                 len(self.publisher.waiting),
             )
         try:
-            self.control.release_all(sorted(self.names), self.node)
+            # A session's name is kept for its window, for a resume elsewhere.
+            self.control.release_all(sorted(self.names), self.node, self._window_ms())
             self.control.leave(self.node)
         except FAILURES as err:
             log.warning("could not free this node's names in Redis: %s", err)
@@ -315,6 +333,9 @@ class RoomBus:
     def _ttl_ms(self) -> int:
         return int(self.config.node_timeout * 1000)
 
+    def _window_ms(self) -> int:
+        return int(self.config.resume_window * 1000)
+
     # ------------------------------------------------------------------
     # The writer
 
@@ -379,7 +400,9 @@ class RoomBus:
             self._bad(room_key, f"from node {entry.node}: {err}")
             return
         self.stats["bus_read"] += 1
-        self._delivered.setdefault(room_key, []).append((entry.node, entry.seq, ops))
+        self._delivered.setdefault(room_key, []).append(
+            (entry.node, entry.seq, ops, entry.epoch, entry.offset)
+        )
 
     def _bad(self, room_key: str, why: str) -> None:
         self.stats["bus_bad_entries"] += 1
@@ -524,6 +547,10 @@ class RoomBus:
             elif request[0] == "msg":
                 _, conn, _, target, text = request
                 self._put(ROUTED, conn, (target, False, text))
+            elif request[0] == "resume":
+                self._put(SESSION_FOUND, request[1], (request[2], BUS_DOWN))
+            elif request[0] == "replay":
+                self._put(REPLAYED, request[1], (request[2], None, []))
 
     def _serve_requests(self, requests: list) -> None:
         control, node = self.control, self.node
@@ -544,14 +571,65 @@ class RoomBus:
             elif kind == "msg":
                 _, conn, sender, target, text = request
                 found = control.holder_and_name(name_key(target))
+                routed: Any = found is not None
                 if found is not None:
                     holder, spelt = found
                     target = spelt or target  # as its holder spells it
-                    ops = dumps([["msg", sender, target, text]])
-                    self.publisher.submit(INBOX + holder, ops)
-                    self._wake_writer.set()
-                self._put(ROUTED, conn, (target, found is not None, text))
+                    if holder != node and (
+                        holder in self.lost
+                        or (holder not in self.peers and not control.alive([holder])[holder])
+                    ):
+                        # A session's name, kept while its node is gone:
+                        # nobody reads that node's inbox; the sender is told.
+                        routed = render_away_unreachable(target)
+                    else:
+                        ops = dumps([["msg", sender, target, text]])
+                        self.publisher.submit(INBOX + holder, ops)
+                        self._wake_writer.set()
+                self._put(ROUTED, conn, (target, routed, text))
+            elif kind == "session":
+                _, token, name, room = request
+                key = name_key(name)
+                old = self.sessions.get(token)
+                if old is not None and old != key:
+                    control.end_session(token, old)  # renamed: the old marker goes
+                control.open_session(token, key, name, room)
+                self.sessions[token] = key
+            elif kind == "session-end":
+                _, token, key = request
+                control.end_session(token, self.sessions.pop(token, key))
+            elif kind == "resume":
+                _, conn, token = request
+                session = control.find_session(token)
+                if session is not None:
+                    name, room = session
+                    control.take_session(token, name_key(name), node, name)
+                    self.names.add(name_key(name))
+                    self.unreleased.discard(name_key(name))
+                    self.sessions[token] = name_key(name)
+                self._put(SESSION_FOUND, conn, (token, session))
+            elif kind == "replay":
+                _, conn, room_key, first = request
+                self._put(REPLAYED, conn, (room_key, *self._replay(room_key, first)))
             requests[index] = ("done",)
+
+    def _replay(self, room_key: str, first: int) -> tuple[Optional[str], list]:
+        """The room's epoch and its log's entries from offset first on, as
+        (offset, node, operations), each (node, seq) once: what a client that
+        resumed here missed before this node's own record of the room."""
+        epoch, entries = self.stream.read(room_key, first)
+        seen = set()
+        out = []
+        for entry in entries:
+            if (entry.node, entry.seq) in seen:
+                continue  # a copy published again after a failover
+            seen.add((entry.node, entry.seq))
+            try:
+                ops = decode(entry.ops[0], self.config.bus_max_entry)
+                out.append((entry.offset, entry.node, ops))
+            except BadEntry as err:
+                self._bad(room_key, f"from node {entry.node}: {err}")
+        return epoch, out
 
     def _rejoin(self) -> None:
         """This node was declared lost while alive (stalled): clear the
@@ -654,7 +732,7 @@ class RoomBus:
         self.lost.add(node)
         rooms = self.control.directory_of(node)
         # Its names first: whoever sees its members leave may take them.
-        won = self.control.free_lost(node, LOST_MARK_TTL) is not None
+        won = self.control.free_lost(node, LOST_MARK_TTL, self._window_ms()) is not None
         self._put(NODE_LOST, None, (node, NODE_LOST_REASON))
         if not won:
             return

@@ -125,6 +125,7 @@ class Snapshot(NamedTuple):
     members: list[tuple[str, str]]  # (node, name), in no order
     chains: dict[str, int]  # node -> the last seq of its entries in the room
     name: str
+    sessions: frozenset = frozenset()  # name keys of the members with a session
 
 
 class RoomKeys(NamedTuple):
@@ -314,9 +315,13 @@ class RoomStream:
             args=[name or room_key],
         )
         pairs = []
-        for value in pairs_of(members).values():
+        sessions = set()
+        for key, value in pairs_of(members).items():
             node, _, member = value.decode().partition(" ")
+            member, _, flag = member.partition(" ")  # "NAME *": it has a session
             pairs.append((node, member))
+            if flag:
+                sessions.add(key.decode())
         return Snapshot(
             epoch.decode() if epoch is not None else None,
             int(offset),
@@ -324,6 +329,7 @@ class RoomStream:
             pairs,
             {node.decode(): int(seq) for node, seq in pairs_of(chains).items()},
             spelt.decode() if spelt is not None else (name or room_key),
+            frozenset(sessions),
         )
 
 

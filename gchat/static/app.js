@@ -40,7 +40,6 @@
     resumed: re(`^resumed (${N}) #(.+) (\\d+|gap)$`),
     resumeFailed: /^error: (cannot resume|too many failed resumes)/,
     resumedElsewhere: /^error: resumed elsewhere$/,
-    noSessions: /^error: sessions are not available/,
   };
   const GAP_NOTE = "some messages could not be recovered";
 
@@ -333,10 +332,6 @@
       session.set("gchat.session", m[1]);
       state.sessionAsked = false;
       return null;
-    }
-    if (state.sessionAsked && RE.noSessions.test(line)) {
-      state.sessionAsked = false;
-      return null;  // a server without sessions: the page goes on without
     }
     if (RE.resumedElsewhere.test(line)) {
       state.quitting = true;  // another connection holds this session now
