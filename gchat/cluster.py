@@ -294,8 +294,10 @@ class ClusterChat(Chat):
         # conn -> (the id it resumed from, what it was sent before): its
         # missed lines are being read from the room's log in Redis.
         self.replaying: dict[Member, tuple[ParsedId, bytes]] = {}
-        self.away_remotes: dict[Remote, None] = {}  # other nodes' away sessions
-        self.expiring: set[Remote] = set()  # ... whose "expire" this node has sent
+        # Away sessions known here (other nodes'), in the order their windows
+        # end; then those whose "expire" this node has sent.
+        self.away_remotes: dict[Remote, None] = {}
+        self.expiring: set[Remote] = set()
         self.counts.update(bus_refused=0, bus_ops_skipped=0)
         self._apply: dict[str, Callable[..., None]] = {
             "enter": self._apply_enter,
@@ -748,20 +750,25 @@ class ClusterChat(Chat):
 
     def end_batch(self, now: float) -> None:
         super().end_batch(now)
-        if self.away_remotes:
-            for member in list(self.away_remotes):
-                until = member.away_until
-                if until is not None and until <= now and member not in self.expiring:
-                    self.expiring.add(member)
-                    self._publish(member.room, ["expire", member.name, member.node])
+        away = self.away_remotes
+        # In the order their windows end (the window is the same for all,
+        # and they went away in this order): only the head is looked at.
+        while away:
+            member = next(iter(away))
+            until = member.away_until
+            if until is not None and until > now:
+                break
+            del away[member]
+            self.expiring.add(member)
+            self._publish(member.room, ["expire", member.name, member.node])
 
     def due(self, now: float) -> Optional[float]:
         wait = super().due(now)
         if self.away_remotes:
-            for member in self.away_remotes:
-                if member.away_until is not None and member not in self.expiring:
-                    left = max(0.0, member.away_until - now)
-                    wait = left if wait is None else min(wait, left)
+            until = next(iter(self.away_remotes)).away_until
+            if until is not None:
+                left = max(0.0, until - now)
+                wait = left if wait is None else min(wait, left)
         return wait
 
     def _resume_elsewhere(self, conn: Member, address: str, now: float, command: p.Resume) -> None:
@@ -968,7 +975,10 @@ class ClusterChat(Chat):
         if parsed is not None and parsed.epoch == out.epoch and earlier is not None:
             start = Position(session.current, parsed.seq, 0)
             kept = [*earlier, *(out.log or ())]
-            base = parsed.seq if earlier else out.log_base
+            # Every line after base is in kept: earlier reaches from the
+            # client's id to where the log starts (replayed()), or the log
+            # reaches back past the id by itself.
+            base = min(parsed.seq, out.log_base)
             plan = replay(session, start, kept, out.seq, self.config.resume_backlog, base)
         name = conn.name
         if plan is not None and not plan.gap:

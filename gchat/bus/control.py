@@ -206,37 +206,44 @@ class Control:
 
     # Sessions -----------------------------------------------------------
 
-    def open_session(self, token: str, key: str, name: str, room: str) -> None:
+    # Each write below fills a pipeline (the claimer sends one per round,
+    # however many sessions it carries: a storm of resumes after a node
+    # died is thousands of them).
+
+    def open_session(self, pipe: Any, token: str, key: str, name: str, room: str) -> None:
         """token's session is name's (its name key: key), in room: any node
         can resume it.  Also after a /join or a /nick (the record follows)."""
-        pipe = self.client.pipeline(transaction=False)
         pipe.set(self.session_record(token), f"{name} {room}")
         pipe.set(self.session_marker(key), token)
-        pipe.execute()
 
-    def end_session(self, token: str, key: str) -> None:
-        pipe = self.client.pipeline(transaction=False)
+    def end_session(self, pipe: Any, token: str, key: str) -> None:
         pipe.delete(self.session_record(token))
         pipe.delete(self.session_marker(key))
-        pipe.execute()
 
-    def find_session(self, token: str) -> Optional[tuple[str, str]]:
-        """(name, room) of token's session, None if it is unknown or expired."""
-        value = self.client.get(self.session_record(token))
-        if value is None:
-            return None
-        name, _, room = value.decode().partition(" ")
-        return name, room
+    def find_sessions(self, tokens: list[str]) -> list[Optional[tuple[str, str]]]:
+        """(name, room) of each token's session, None for one unknown or
+        expired; in one round trip."""
+        if not tokens:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for token in tokens:
+            pipe.get(self.session_record(token))
+        found: list[Optional[tuple[str, str]]] = []
+        for value in pipe.execute():
+            if value is None:
+                found.append(None)
+            else:
+                name, _, room = value.decode().partition(" ")
+                found.append((name, room))
+        return found
 
-    def take_session(self, token: str, key: str, node: str, name: str) -> None:
+    def take_session(self, pipe: Any, token: str, key: str, node: str, name: str) -> None:
         """A resume on node takes the session's name over, from whichever
         node had it (alive, stopped or lost), for good (no expiry)."""
-        self.client.sadd(self.node_names(node), key)
-        pipe = self.client.pipeline(transaction=False)
+        pipe.sadd(self.node_names(node), key)
         pipe.set(self.name_key(key), f"{node} {name}")
         pipe.set(self.session_marker(key), token)
         pipe.persist(self.session_record(token))
-        pipe.execute()
 
     def holder(self, key: str) -> Optional[str]:
         """The node that has the name, or None."""

@@ -558,6 +558,12 @@ class RoomBus:
             if not any(r[0] == "claim" and name_key(r[2]) == key for r in requests):
                 control.release(key, node)
             self.unreleased.discard(key)
+        # Sessions' records are written in one pipeline at the end of the
+        # round, and resumes' records read in one before it: a storm of
+        # resumes (a node died) is a few round trips, not a few per client.
+        writes = self.client.pipeline(transaction=False)
+        sessions = control.find_sessions([r[2] for r in requests if r[0] == "resume"])
+        answers: list = []
         for index, request in enumerate(requests):
             kind = request[0]
             if kind == "claim":
@@ -592,26 +598,34 @@ class RoomBus:
                 key = name_key(name)
                 old = self.sessions.get(token)
                 if old is not None and old != key:
-                    control.end_session(token, old)  # renamed: the old marker goes
-                control.open_session(token, key, name, room)
+                    control.end_session(writes, token, old)  # renamed: the old marker goes
+                control.open_session(writes, token, key, name, room)
                 self.sessions[token] = key
             elif kind == "session-end":
                 _, token, key = request
-                control.end_session(token, self.sessions.pop(token, key))
+                control.end_session(writes, token, self.sessions.pop(token, key))
             elif kind == "resume":
                 _, conn, token = request
-                session = control.find_session(token)
+                session = sessions.pop(0)
                 if session is not None:
                     name, room = session
-                    control.take_session(token, name_key(name), node, name)
+                    control.take_session(writes, token, name_key(name), node, name)
                     self.names.add(name_key(name))
                     self.unreleased.discard(name_key(name))
                     self.sessions[token] = name_key(name)
-                self._put(SESSION_FOUND, conn, (token, session))
+                answers.append((conn, (token, session)))
+                continue  # answered once the writes are done
             elif kind == "replay":
                 _, conn, room_key, first = request
                 self._put(REPLAYED, conn, (room_key, *self._replay(room_key, first)))
             requests[index] = ("done",)
+        if len(writes):
+            writes.execute()
+        for conn, answer in answers:
+            self._put(SESSION_FOUND, conn, answer)
+        for index, request in enumerate(requests):
+            if request[0] == "resume":
+                requests[index] = ("done",)
 
     def _replay(self, room_key: str, first: int) -> tuple[Optional[str], list]:
         """The room's epoch and its log's entries from offset first on, as
