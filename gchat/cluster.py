@@ -70,7 +70,7 @@ from gchat.events import (
     Why,
 )
 from gchat.room import Room
-from gchat.sessions import ParsedId, Position, Session, parse_id, replay, tag
+from gchat.sessions import ParsedId, Position, Session, format_id, parse_id, replay, tag
 
 log = logging.getLogger("gchat")
 
@@ -729,7 +729,9 @@ class ClusterChat(Chat):
         """The bus writes conn's session record: its name and room now."""
         session = self.session_of.get(conn)
         if session is not None and conn.room is not None:
-            self.requests.append(("session", session.token, conn.name, conn.room.name))
+            stint = session.stints[-1]
+            start = format_id(stint.epoch, stint.joined)
+            self.requests.append(("session", session.token, conn.name, conn.room.name, start))
 
     def _end_session(self, conn: Member, session: Session) -> None:
         super()._end_session(conn, session)
@@ -783,26 +785,31 @@ class ClusterChat(Chat):
         self.requests.append(("resume", conn, command.token))
 
     def session_found(self, conn: Member, token: str, found: Any) -> None:
-        """The bus's answer to a resume: found is (name, room) of the
-        session, whose name this node now holds in Redis; None: unknown or
-        expired; a str: why Redis could not say."""
+        """The bus's answer to a resume: found is (name, room, start id) of
+        the session, whose name this node now holds in Redis; None: unknown
+        or expired; a str: why Redis could not say."""
         _, last, address = self.resuming.pop(conn, (token, "-", ""))
-        if conn not in self.connected:
-            if isinstance(found, tuple):
-                self.requests.append(("release", p.name_key(found[0])))
-            return
+        connected = conn in self.connected
         if not isinstance(found, tuple):
-            line = p.RESUME_UNKNOWN if found is None else p.render_error(found)
-            self._resume_failed(conn, address, self._clock(), line)
-            self._maybe_free(conn)
+            if connected:
+                line = p.RESUME_UNKNOWN if found is None else p.render_error(found)
+                self._resume_failed(conn, address, self._clock(), line)
+                self._maybe_free(conn)
             return
-        name, room_name = found
+        name, room_name, start = found
         key = p.name_key(name)
-        self.claiming[key] = conn  # nobody here takes it meanwhile
-        self.moving[key] = (conn, token, last)
+        # "-": from where the session came into its room.
+        self.moving[key] = (conn, token, start if last == "-" else last)
+        if connected:
+            self.claiming[key] = conn  # nobody here takes it meanwhile
+        # else it went meanwhile: the move goes on, and it is away here
+        # (_moved_here), its name and record kept for its window.
 
         def send() -> None:
-            self._publish(p.name_key(room_name), ["move", name], conn, members=(_plus(name, True),))
+            sender = conn if conn in self.connected else None
+            self._publish(
+                p.name_key(room_name), ["move", name], sender, members=(_plus(name, True),)
+            )
 
         self._when_hosted(room_name, send)
 
@@ -905,6 +912,7 @@ class ClusterChat(Chat):
             away.session = True
             self._add_remote(away, room)
             self._set_away(away, now)
+            self.requests.append(("session-keep", token, key))
             self._came_back_resume(conn, room)
             return
         session = Session(token, conn, self.config.resume_backlog)

@@ -458,12 +458,14 @@ class Cluster:
             node.asked.append((kind, request[1]))
             node.feed_requests.append((kind, request[1], request[2] if kind == "host" else ""))
         elif kind == "session":
-            _, token, name, room = request
+            _, token, name, room, start = request
             for key, held in list(self.session_names.items()):
                 if held == token:
                     del self.session_names[key]
-            self.sessions[token] = (name, room)
+            self.sessions[token] = (name, room, start)
             self.session_names[p.name_key(name)] = token
+        elif kind == "session-keep":
+            pass  # the model keeps no expiries
         elif kind == "session-end":
             _, token, key = request
             self.sessions.pop(token, None)
@@ -471,8 +473,10 @@ class Cluster:
         elif kind == "resume":
             _, conn, token = request
             found = self.sessions.get(token)
+            if found is not None and self.session_names.get(p.name_key(found[0])) != token:
+                found = None  # ended: its marker is gone (Control.TAKE)
             if found is not None:
-                self.names[p.name_key(found[0])] = node.id  # Control.take_session
+                self.names[p.name_key(found[0])] = node.id  # Control.take_sessions
             chat.on_bus(SESSION_FOUND, conn, (token, found))
         elif kind == "directory":
             node.directory_here.update(request[1])

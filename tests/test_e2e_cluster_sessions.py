@@ -191,3 +191,42 @@ def test_a_private_line_to_a_session_whose_node_is_gone_is_refused_aloud(start_g
     # Not "has left": she is away.  The line cannot wait for her on a dead
     # node, and bob is told so.
     bob.expect(r"error: alice is away .*cannot be sent private lines.*")
+
+
+def test_a_resume_from_no_id_on_another_node_replays_since_the_join(start_gchat, redis_server):
+    a, b = node(start_gchat, redis_server), node(start_gchat, redis_server)
+    bob, _ = in_ops(b, "bob")
+    alice, token = in_ops(a, "alice", session=True)
+    said(bob, 2, "seen")
+    missed(alice, 2, "seen")
+    reset(alice)
+    back = b.client()
+    resume(back, token, "-")
+    back.expect("resumed alice #ops 2")
+    missed(back, 2, "seen")
+
+
+def test_a_token_whose_session_ended_takes_nothing_on_any_node(start_gchat, redis_server):
+    a, b = node(start_gchat, redis_server), node(start_gchat, redis_server)
+    alice = a.named("alice")
+    token = start_session(alice)
+    alice.say("/quit")
+    alice.closed_after(5)
+    carol = b.client()
+    carol.expect(r".*name\?")
+
+    def named_alice():
+        carol.say("alice")
+        if carol.line() == "You are alice":
+            return True
+        carol.expect(r".*name\?")  # not free yet: its leave is on its way
+        return False
+
+    until(named_alice, what="alice free again")
+    late = b.client()
+    resume(late, token, "-")
+    late.expect("error: cannot resume: unknown or expired session")
+    carol.say("/who")
+    assert carol.expect(r"Here now.*", skip=True) == "Here now (1): alice"
+    carol.say("still mine")
+    carol.expect("alice: still mine")

@@ -54,6 +54,18 @@ end
 return redis.call('DEL', KEYS[1])
 """
 
+# KEYS: the name's key, its session marker.  ARGV: the session's token, the
+# name's new value ("NODE NAME").  A resume takes the name over for good,
+# from whichever node had it, if the session still holds it: a token whose
+# session ended (its marker deleted) or expired (its keys with it) takes
+# nothing, not even a name that someone took since.  Returns 1 or 0.
+TAKE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('PERSIST', KEYS[2])
+return 1
+"""
+
 
 class Control:
     """One cluster's names, liveness and directory, over a redis-py client
@@ -64,6 +76,7 @@ class Control:
         self.cluster = cluster
         self._release = client.register_script(RELEASE)
         self._let_go = client.register_script(LET_GO)
+        self._take = client.register_script(TAKE)
 
     # Keys ---------------------------------------------------------------
 
@@ -210,40 +223,54 @@ class Control:
     # however many sessions it carries: a storm of resumes after a node
     # died is thousands of them).
 
-    def open_session(self, pipe: Any, token: str, key: str, name: str, room: str) -> None:
-        """token's session is name's (its name key: key), in room: any node
-        can resume it.  Also after a /join or a /nick (the record follows)."""
-        pipe.set(self.session_record(token), f"{name} {room}")
+    def open_session(
+        self, pipe: Any, token: str, key: str, name: str, room: str, start: str
+    ) -> None:
+        """token's session is name's (its name key: key), in room since the
+        id start: any node can resume it.  Also after a /join or a /nick
+        (the record follows)."""
+        pipe.set(self.session_record(token), f"{name} {room} {start}")
         pipe.set(self.session_marker(key), token)
 
     def end_session(self, pipe: Any, token: str, key: str) -> None:
         pipe.delete(self.session_record(token))
         pipe.delete(self.session_marker(key))
 
-    def find_sessions(self, tokens: list[str]) -> list[Optional[tuple[str, str]]]:
-        """(name, room) of each token's session, None for one unknown or
-        expired; in one round trip."""
+    def find_sessions(self, tokens: list[str]) -> list[Optional[tuple[str, str, str]]]:
+        """(name, room, the id its stint in the room started at) of each
+        token's session, None for one unknown or expired; one round trip."""
         if not tokens:
             return []
         pipe = self.client.pipeline(transaction=False)
         for token in tokens:
             pipe.get(self.session_record(token))
-        found: list[Optional[tuple[str, str]]] = []
+        found: list[Optional[tuple[str, str, str]]] = []
         for value in pipe.execute():
-            if value is None:
-                found.append(None)
-            else:
-                name, _, room = value.decode().partition(" ")
-                found.append((name, room))
+            parts = value.decode().split(" ") if value is not None else []
+            found.append((parts[0], parts[1], parts[2]) if len(parts) == 3 else None)
         return found
 
-    def take_session(self, pipe: Any, token: str, key: str, node: str, name: str) -> None:
-        """A resume on node takes the session's name over, from whichever
-        node had it (alive, stopped or lost), for good (no expiry)."""
-        pipe.sadd(self.node_names(node), key)
-        pipe.set(self.name_key(key), f"{node} {name}")
-        pipe.set(self.session_marker(key), token)
-        pipe.persist(self.session_record(token))
+    def take_sessions(self, takes: list[tuple[str, str, str]], node: str) -> list[bool]:
+        """Resumes on node take their sessions' names over (TAKE), each of
+        takes (token, name key, name); whether each did.  One round trip
+        per step, whatever their number."""
+        if not takes:
+            return []
+
+        def fill(pipe: Any) -> None:
+            for token, key, name in takes:
+                marker = self.session_marker(key)
+                pipe.evalsha(self._take.sha, 2, self.name_key(key), marker, token, f"{node} {name}")
+
+        taken = [bool(ok) for ok in execute_pipeline(self.client, fill, (TAKE,))]
+        pipe = self.client.pipeline(transaction=False)
+        for (token, key, _), ok in zip(takes, taken):
+            if ok:
+                pipe.sadd(self.node_names(node), key)
+                pipe.persist(self.session_record(token))
+        if len(pipe):
+            pipe.execute()
+        return taken
 
     def holder(self, key: str) -> Optional[str]:
         """The node that has the name, or None."""

@@ -564,6 +564,7 @@ class RoomBus:
         writes = self.client.pipeline(transaction=False)
         sessions = control.find_sessions([r[2] for r in requests if r[0] == "resume"])
         answers: list = []
+        takes: list = []
         for index, request in enumerate(requests):
             kind = request[0]
             if kind == "claim":
@@ -594,13 +595,18 @@ class RoomBus:
                         self._wake_writer.set()
                 self._put(ROUTED, conn, (target, routed, text))
             elif kind == "session":
-                _, token, name, room = request
+                _, token, name, room, start = request
                 key = name_key(name)
                 old = self.sessions.get(token)
                 if old is not None and old != key:
                     control.end_session(writes, token, old)  # renamed: the old marker goes
-                control.open_session(writes, token, key, name, room)
+                control.open_session(writes, token, key, name, room, start)
                 self.sessions[token] = key
+            elif kind == "session-keep":
+                # Its client went before its resume was through: its name
+                # and record are kept for its window, as a lost node's are.
+                _, token, key = request
+                control.let_go([key], node, self._window_ms())
             elif kind == "session-end":
                 _, token, key = request
                 control.end_session(writes, token, self.sessions.pop(token, key))
@@ -608,21 +614,26 @@ class RoomBus:
                 _, conn, token = request
                 session = sessions.pop(0)
                 if session is not None:
-                    name, room = session
-                    control.take_session(writes, token, name_key(name), node, name)
-                    self.names.add(name_key(name))
-                    self.unreleased.discard(name_key(name))
-                    self.sessions[token] = name_key(name)
-                answers.append((conn, (token, session)))
-                continue  # answered once the writes are done
+                    name = session[0]
+                    takes.append((token, name_key(name), name))
+                answers.append((conn, token, session))
+                continue  # answered once the names are taken
             elif kind == "replay":
                 _, conn, room_key, first = request
                 self._put(REPLAYED, conn, (room_key, *self._replay(room_key, first)))
             requests[index] = ("done",)
         if len(writes):
             writes.execute()
-        for conn, answer in answers:
-            self._put(SESSION_FOUND, conn, answer)
+        taken = iter(control.take_sessions(takes, node))
+        for conn, token, session in answers:
+            if session is not None and next(taken):
+                key = name_key(session[0])
+                self.names.add(key)
+                self.unreleased.discard(key)
+                self.sessions[token] = key
+            else:
+                session = None  # ended or expired meanwhile
+            self._put(SESSION_FOUND, conn, (token, session))
         for index, request in enumerate(requests):
             if request[0] == "resume":
                 requests[index] = ("done",)
