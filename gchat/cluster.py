@@ -1081,9 +1081,23 @@ class ClusterChat(Chat):
         key = p.name_key(name)
         if self.names.get(key) is conn:
             del self.names[key]
-        self._publish(room, ["away", name])
+        # Out of the room's members in Redis: a node that starts to host the
+        # room later does not find it there, as after a lost node ("!NODE").
+        self._publish(room, ["away", name], members=(_minus(name),))
         self.departures.append((conn, Why.SHUTDOWN))
         self.counts["departures"] += 1
+
+    def shutdown(self) -> None:
+        # Sessions whose connection had dropped already (away here) become
+        # away on the other nodes too: nobody here will end their windows.
+        for session in list(self.sessions.away.values()):
+            conn = session.conn
+            room = conn.room
+            self.sessions.close(session)
+            self.session_of.pop(conn, None)
+            room.away.pop(conn, None)
+            self._publish(room, ["away", conn.name], members=(_minus(conn.name),))
+        super().shutdown()
 
     def _depart_heading(self, conn: Member, heading: Heading, why: str, detail: str) -> None:
         """conn leaves while on its way into a room."""

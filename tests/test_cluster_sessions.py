@@ -177,3 +177,23 @@ def test_logged_lines_says_an_expiry_once_and_not_after_a_resume():
     ]
     lines = logged_lines(entries, E, seq(4, 0), seq(9, 0))
     assert lines == [(seq(5, 0), f"@ep:{seq(5, 0)} ann has left (connection lost)\n".encode())]
+
+
+def test_a_session_already_away_when_its_node_stops_is_away_everywhere_and_leaves_once():
+    h = Cluster(nodes=("A", "B", "C"), resume_window=5.0)
+    ann, bob = h.named("A", "ann"), h.named("B", "bob")
+    settled(h, ann, bob)
+    start_session(h, ann)
+    h.disconnect(ann)  # its connection drops: away on A, nobody sees it
+    h.run()
+    h.stop("A")
+    h.run()
+    assert h.take(bob) == []
+    # A node that starts to host the lobby later does not see a ghost of it.
+    cid = h.named("C", "cid")
+    h.say(cid, "/who")
+    assert h.take(cid) == ["Here now (2): cid, bob"]
+    assert h.take(bob) == ["cid has arrived"]
+    h.now += 6
+    assert h.take(bob) == ["ann has left (connection lost)"]
+    assert h.take(cid) == []
