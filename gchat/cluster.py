@@ -838,8 +838,9 @@ class ClusterChat(Chat):
         if member is None or member.node != owner or member.away_until is None:
             return  # resumed meanwhile, or expired by an earlier "expire"
         self._drop_remote(member, p.SESSION_LOST, now)
-        if owner == self.node and not self._used_here(key):
-            self.requests.append(("release", key))
+        # Its session ends in Redis too (every host asks; once is enough), so
+        # that a resume that comes too late cannot take its name back.
+        self.requests.append(("session-gone", key, owner))
 
     def _apply_move(self, room: Room, node: str, now: float, name: str) -> None:
         """name's session resumed on node: silently node's member now."""
@@ -891,21 +892,13 @@ class ClusterChat(Chat):
         conn, token, last = pending
         if self.claiming.get(key) is conn:
             del self.claiming[key]
+        # Redis said the session holds its name still (Control.TAKE): it is
+        # the room's member again, whether this node knew it there or not
+        # (it came to host the room after the session's node was lost, and
+        # the room's members in Redis had lost it with its node).
         member = self.remotes.get((room.key, key))
-        if member is not None and member.node == self.node and member.away_until is None:
-            member = None  # a departure of ours, not back yet: not a session's
-        if member is None:
-            # It expired (or left) before the move: unknown now.
-            if not self._used_here(key):
-                self.requests.append(("release", key))
-            if conn in self.connected:
-                address = conn.who.rpartition(":")[0] or conn.who
-                self._resume_failed(conn, address, now, p.RESUME_UNKNOWN)
-            self._came_back_resume(conn, room)
-            return
-        self._forget_remote(member)
-        self.away_remotes.pop(member, None)
-        self.expiring.discard(member)
+        if member is not None:
+            self._forget_remote(member)
         if conn not in self.connected:
             # Gone again before it was back: away here, as if it had dropped.
             away = Remote(name, self.node)
@@ -919,7 +912,11 @@ class ClusterChat(Chat):
         self.sessions.by_token[token] = session
         out = room.out
         out.track(self.config.resume_backlog)
-        session.enter(out.epoch, room.key, 0)
+        parsed = parse_id(last) if last != "-" else None
+        # Its stint here starts where it resumes from: a later "-" replays
+        # from there.
+        resumed_from = parsed.seq if parsed is not None and parsed.epoch == out.epoch else out.seq
+        session.enter(out.epoch, room.key, resumed_from)
         carried = self.lobby.out.detach(conn, member=False)
         conn.name = name
         conn.room = room
@@ -928,8 +925,6 @@ class ClusterChat(Chat):
         self.session_of[conn] = session
         self.rooms.occupied(room)
         self._counted.add(room)
-        self._record(conn)
-        parsed = parse_id(last) if last != "-" else None
         if parsed is not None and parsed.epoch == out.epoch and parsed.seq < out.log_base:
             # This node's own record of the room starts after the client's
             # id (it came to host the room later): the lines between are
@@ -997,6 +992,9 @@ class ClusterChat(Chat):
             # all there: a gap.
             head = p.render_resumed(name, room.name, None)
             block = (head + "\n").encode() + room.welcome_block(exclude=conn, tagged=True)
+            # What it has now starts here: a later "-" replays from here.
+            session.stints[-1] = session.stints[-1]._replace(joined=out.seq)
+        self._record(conn)
         room.away.pop(conn, None)
         out.tag(conn, member=False)
         out.send_bytes(conn, carried + block, member=False)

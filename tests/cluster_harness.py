@@ -464,6 +464,13 @@ class Cluster:
                     del self.session_names[key]
             self.sessions[token] = (name, room, start)
             self.session_names[p.name_key(name)] = token
+        elif kind == "session-gone":
+            _, key, owner = request
+            token = self.session_names.pop(key, None)
+            self.sessions.pop(token, None)
+            if self.names.get(key) == owner:
+                del self.names[key]
+                self.spellings.pop(key, None)
         elif kind == "session-keep":
             pass  # the model keeps no expiries
         elif kind == "session-end":

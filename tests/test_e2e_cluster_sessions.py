@@ -230,3 +230,35 @@ def test_a_token_whose_session_ended_takes_nothing_on_any_node(start_gchat, redi
     assert carol.expect(r"Here now.*", skip=True) == "Here now (1): alice"
     carol.say("still mine")
     carol.expect("alice: still mine")
+
+
+def test_a_session_alone_in_its_room_resumes_after_its_node_is_lost(start_gchat, redis_server):
+    # Nobody else hosted #attic: when its node was lost, the room's members
+    # in Redis lost it too; the session's record still brings it back.
+    a, b = node(start_gchat, redis_server), node(start_gchat, redis_server)
+    bob = b.named("bob")
+    alice = a.named("alice")
+    token = start_session(alice)
+    alice.say("/join attic")
+    alice.expect("You are now in #attic", skip=True)
+    alice.expect("Nobody else is here.")
+    alice.say("/me hums")
+    last = tagged(alice, "* alice hums")
+    a.proc.kill()
+    b.wait_for_log("node .* lost", timeout=10)
+    back = b.client()
+    resume(back, token, last)
+    # What the room said since: its node's loss, whose departures no node
+    # that was in the room can tell now; a gap, said as such.
+    back.expect("resumed alice #attic gap")
+    back.expect("Nobody else is here.")
+    bob.say("/join attic")
+    bob.expect(r"Also here \(1\): alice", skip=True)
+    back.expect(r"@\S+ bob has arrived", skip=True)  # after the history block
+    # And once more, to a node started since, after this one stops.
+    c = node(start_gchat, redis_server)
+    b.signal(signal.SIGTERM)
+    back.expect("server stopping; resume elsewhere", skip=True)
+    again = c.client()
+    resume(again, token, "-")
+    again.expect(r"resumed alice #attic \d+")

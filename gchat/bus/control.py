@@ -236,6 +236,20 @@ class Control:
         pipe.delete(self.session_record(token))
         pipe.delete(self.session_marker(key))
 
+    def forget_session(self, key: str, owner: str) -> None:
+        """The away session that holds the name key left (its window
+        ended): its record and marker go, and its name, if owner (its
+        node) holds it still."""
+        token = self.client.get(self.session_marker(key))
+
+        def fill(pipe: Any) -> None:
+            pipe.delete(self.session_marker(key))
+            if token is not None:
+                pipe.delete(self.session_record(token.decode()))
+            pipe.evalsha(self._release.sha, 1, self.name_key(key), owner)
+
+        execute_pipeline(self.client, fill, (RELEASE,))
+
     def find_sessions(self, tokens: list[str]) -> list[Optional[tuple[str, str, str]]]:
         """(name, room, the id its stint in the room started at) of each
         token's session, None for one unknown or expired; one round trip."""

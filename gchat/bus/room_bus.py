@@ -602,6 +602,11 @@ class RoomBus:
                     control.end_session(writes, token, old)  # renamed: the old marker goes
                 control.open_session(writes, token, key, name, room, start)
                 self.sessions[token] = key
+            elif kind == "session-gone":
+                _, key, owner = request
+                control.forget_session(key, owner)
+                if owner == node:
+                    self.names.discard(key)
             elif kind == "session-keep":
                 # Its client went before its resume was through: its name
                 # and record are kept for its window, as a lost node's are.
