@@ -731,7 +731,9 @@ class ClusterChat(Chat):
         if session is not None and conn.room is not None:
             stint = session.stints[-1]
             start = format_id(stint.epoch, stint.joined)
-            self.requests.append(("session", session.token, conn.name, conn.room.name, start))
+            earlier = ",".join(s.epoch for s in session.stints[:-1]) or "-"
+            request = ("session", session.token, conn.name, conn.room.name, start, earlier)
+            self.requests.append(request)
 
     def _end_session(self, conn: Member, session: Session) -> None:
         super()._end_session(conn, session)
@@ -782,12 +784,13 @@ class ClusterChat(Chat):
             return
         self.resuming[conn] = (command.token, command.last, address)
         self._set_busy(conn)
-        self.requests.append(("resume", conn, command.token))
+        self.requests.append(("resume", conn, command.token, command.last))
 
     def session_found(self, conn: Member, token: str, found: Any) -> None:
-        """The bus's answer to a resume: found is (name, room, start id) of
-        the session, whose name this node now holds in Redis; None: unknown
-        or expired; a str: why Redis could not say."""
+        """The bus's answer to a resume: found is (name, room, the id to
+        replay after) of the session, whose name this node now holds in
+        Redis; None: unknown or expired; a str: an error's reason (an id the
+        session never received, or Redis could not say)."""
         _, last, address = self.resuming.pop(conn, (token, "-", ""))
         connected = conn in self.connected
         if not isinstance(found, tuple):
@@ -796,10 +799,9 @@ class ClusterChat(Chat):
                 self._resume_failed(conn, address, self._clock(), line)
                 self._maybe_free(conn)
             return
-        name, room_name, start = found
+        name, room_name, after = found
         key = p.name_key(name)
-        # "-": from where the session came into its room.
-        self.moving[key] = (conn, token, start if last == "-" else last)
+        self.moving[key] = (conn, token, after)
         if connected:
             self.claiming[key] = conn  # nobody here takes it meanwhile
         # else it went meanwhile: the move goes on, and it is away here

@@ -154,6 +154,27 @@ class Session:
         return tagged
 
 
+def resume_from(last: str, start: str, earlier: "list[str]") -> str:
+    """Where a resume on another node starts (a cluster's, which knows the
+    session from its record in Redis: start, the id where its stint in its
+    room began; earlier, the epochs of the rooms it was in before): the id
+    to replay after.  As on the session's own node, "-" and an id of a room
+    before the last /join start at the join, and an id of the room before
+    the join (a line of the history block it was shown) too.  ValueError
+    when last is no id the session received."""
+    begun = parse_id(start)
+    if last == "-" or begun is None:
+        return start
+    parsed = parse_id(last)
+    if parsed is None:
+        raise ValueError(last)
+    if parsed.epoch == begun.epoch:
+        return last if parsed.seq > begun.seq or parsed.k else start
+    if parsed.epoch in earlier:
+        return start
+    raise ValueError(last)
+
+
 class Replay(NamedTuple):
     """What a resume sends: the room lines and private lines after the
     client's ID, in order (gap False), or the session's kept private lines

@@ -80,6 +80,7 @@ from gchat.events import (
     SESSION_FOUND,
     Why,
 )
+from gchat.sessions import resume_from
 
 
 class Entry(NamedTuple):
@@ -458,11 +459,11 @@ class Cluster:
             node.asked.append((kind, request[1]))
             node.feed_requests.append((kind, request[1], request[2] if kind == "host" else ""))
         elif kind == "session":
-            _, token, name, room, start = request
+            _, token, name, room, start, earlier = request
             for key, held in list(self.session_names.items()):
                 if held == token:
                     del self.session_names[key]
-            self.sessions[token] = (name, room, start)
+            self.sessions[token] = (name, room, start, earlier)
             self.session_names[p.name_key(name)] = token
         elif kind == "session-gone":
             _, key, owner = request
@@ -478,12 +479,17 @@ class Cluster:
             self.sessions.pop(token, None)
             self.session_names.pop(key, None)
         elif kind == "resume":
-            _, conn, token = request
+            _, conn, token, last = request
             found = self.sessions.get(token)
             if found is not None and self.session_names.get(p.name_key(found[0])) != token:
                 found = None  # ended: its marker is gone (Control.TAKE)
             if found is not None:
-                self.names[p.name_key(found[0])] = node.id  # Control.take_sessions
+                name, room, start, earlier = found
+                try:
+                    found = (name, room, resume_from(last, start, earlier.split(",")))
+                    self.names[p.name_key(name)] = node.id  # Control.take_sessions
+                except ValueError:
+                    found = p.render_bad_resume_id(last)
             chat.on_bus(SESSION_FOUND, conn, (token, found))
         elif kind == "directory":
             node.directory_here.update(request[1])

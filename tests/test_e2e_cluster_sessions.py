@@ -262,3 +262,29 @@ def test_a_session_alone_in_its_room_resumes_after_its_node_is_lost(start_gchat,
     again = c.client()
     resume(again, token, "-")
     again.expect(r"resumed alice #attic \d+")
+
+
+def test_ids_on_another_node_are_checked_against_the_session_s_rooms(start_gchat, redis_server):
+    a, b = node(start_gchat, redis_server), node(start_gchat, redis_server)
+    bob, _ = in_ops(b, "bob")
+    alice = a.named("alice")
+    token = start_session(alice)
+    alice.say("hi from the lobby")
+    lobby_id = tagged(alice, "alice: hi from the lobby")
+    alice.say("/join ops")
+    alice.expect("You are now in #ops", skip=True)
+    alice.expect(r"Also here \(1\): bob")
+    bob.expect("alice has arrived", skip=True)
+    said(bob, 2, "in ops")
+    missed(alice, 2, "in ops")
+    reset(alice)
+    # An id of no room of the session's: refused, nothing taken over.
+    stranger = b.client()
+    resume(stranger, token, "deadbeef:12")
+    stranger.expect("error: cannot resume: 'deadbeef:12' is not an id this session received")
+    stranger.expect(r".*name\?")
+    # An id of the room before its /join: from the join.
+    back = b.client()
+    resume(back, token, lobby_id)
+    back.expect("resumed alice #ops 2")
+    missed(back, 2, "in ops")

@@ -411,3 +411,20 @@ def test_a_zero_window_lets_a_dropped_session_leave_at_once():
     assert h.take(bob) == ["alice has left"]
     _, lines = resume(h, token, "-")
     assert lines[0] == "error: cannot resume: unknown or expired session"
+
+
+def test_a_resume_on_another_node_starts_where_the_record_says():
+    from gchat.sessions import resume_from
+
+    start = "ep2:100"  # its stint in the current room began there
+    assert resume_from("-", start, ["-"]) == start
+    assert resume_from("ep2:150", start, ["-"]) == "ep2:150"
+    assert resume_from("ep2:150:3", start, ["-"]) == "ep2:150:3"
+    assert resume_from("ep2:40", start, ["-"]) == start  # a history line: from the join
+    assert resume_from("ep1:7", start, ["ep0", "ep1"]) == start  # the room before the /join
+    for bad in ("ep9:7", "x", "ep2", "ep2:-1", "ep2:1:2:3"):
+        try:
+            resume_from(bad, start, ["ep0", "ep1"])
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was taken for an id of the session's")

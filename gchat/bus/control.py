@@ -224,12 +224,13 @@ class Control:
     # died is thousands of them).
 
     def open_session(
-        self, pipe: Any, token: str, key: str, name: str, room: str, start: str
+        self, pipe: Any, token: str, key: str, name: str, room: str, start: str, earlier: str
     ) -> None:
         """token's session is name's (its name key: key), in room since the
-        id start: any node can resume it.  Also after a /join or a /nick
-        (the record follows)."""
-        pipe.set(self.session_record(token), f"{name} {room} {start}")
+        id start, and before in the rooms whose epochs earlier lists (","
+        between them, "-" for none): any node can resume it.  Also after a
+        /join or a /nick (the record follows)."""
+        pipe.set(self.session_record(token), f"{name} {room} {start} {earlier}")
         pipe.set(self.session_marker(key), token)
 
     def end_session(self, pipe: Any, token: str, key: str) -> None:
@@ -250,18 +251,19 @@ class Control:
 
         execute_pipeline(self.client, fill, (RELEASE,))
 
-    def find_sessions(self, tokens: list[str]) -> list[Optional[tuple[str, str, str]]]:
-        """(name, room, the id its stint in the room started at) of each
-        token's session, None for one unknown or expired; one round trip."""
+    def find_sessions(self, tokens: list[str]) -> list[Optional[tuple[str, ...]]]:
+        """(name, room, the id its stint in the room started at, the epochs
+        of its earlier rooms) of each token's session, None for one unknown
+        or expired; one round trip."""
         if not tokens:
             return []
         pipe = self.client.pipeline(transaction=False)
         for token in tokens:
             pipe.get(self.session_record(token))
-        found: list[Optional[tuple[str, str, str]]] = []
+        found: list[Optional[tuple[str, ...]]] = []
         for value in pipe.execute():
             parts = value.decode().split(" ") if value is not None else []
-            found.append((parts[0], parts[1], parts[2]) if len(parts) == 3 else None)
+            found.append(tuple(parts) if len(parts) == 4 else None)
         return found
 
     def take_sessions(self, takes: list[tuple[str, str, str]], node: str) -> list[bool]:

@@ -82,9 +82,11 @@ from gchat.protocol import (
     BUS_DOWN_FOR_NAME,
     name_key,
     render_away_unreachable,
+    render_bad_resume_id,
     render_name_taken,
 )
 from gchat.protocol import NODE_LOST as NODE_LOST_REASON
+from gchat.sessions import resume_from
 
 log = logging.getLogger("gchat")
 
@@ -595,12 +597,12 @@ class RoomBus:
                         self._wake_writer.set()
                 self._put(ROUTED, conn, (target, routed, text))
             elif kind == "session":
-                _, token, name, room, start = request
+                _, token, name, room, start, earlier = request
                 key = name_key(name)
                 old = self.sessions.get(token)
                 if old is not None and old != key:
                     control.end_session(writes, token, old)  # renamed: the old marker goes
-                control.open_session(writes, token, key, name, room, start)
+                control.open_session(writes, token, key, name, room, start, earlier)
                 self.sessions[token] = key
             elif kind == "session-gone":
                 _, key, owner = request
@@ -616,11 +618,15 @@ class RoomBus:
                 _, token, key = request
                 control.end_session(writes, token, self.sessions.pop(token, key))
             elif kind == "resume":
-                _, conn, token = request
-                session = sessions.pop(0)
+                _, conn, token, last = request
+                session: Any = sessions.pop(0)
                 if session is not None:
-                    name = session[0]
-                    takes.append((token, name_key(name), name))
+                    name, room, start, earlier = session
+                    try:
+                        session = (name, room, resume_from(last, start, earlier.split(",")))
+                        takes.append((token, name_key(name), name))
+                    except ValueError:
+                        session = render_bad_resume_id(last)  # and nothing taken
                 answers.append((conn, token, session))
                 continue  # answered once the names are taken
             elif kind == "replay":
@@ -631,7 +637,9 @@ class RoomBus:
             writes.execute()
         taken = iter(control.take_sessions(takes, node))
         for conn, token, session in answers:
-            if session is not None and next(taken):
+            if isinstance(session, str):
+                pass  # refused: an id the session never received
+            elif session is not None and next(taken):
                 key = name_key(session[0])
                 self.names.add(key)
                 self.unreleased.discard(key)
