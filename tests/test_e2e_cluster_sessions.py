@@ -11,7 +11,6 @@ from test_e2e_cluster import FAST, until
 from test_e2e_cluster import redis_server as redis_server  # noqa: F401  (the fixture)
 from test_e2e_sessions import reset, resume, start_session, tagged
 
-TAGGED = re.compile(r"@(\S+) (.*)")
 # The Redis Cluster runs of the fixture for the tests where its moving parts
 # (a room's keys on one master, the name's on another) matter; one
 # redis-server for the rest, to keep the suite's time.
