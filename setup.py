@@ -62,6 +62,9 @@ setup(
         # get_sharded_message) follows a slot's master after a failover,
         # and it is the version the Redis Cluster tests run (docs/cluster.md).
         "cluster": ["redis>=8.2,<9", "hiredis>=3"],
+        # Signing in with tokens (--auth-key): PyJWT verifies them; its crypto
+        # extra (cryptography) is what RS256 and ES256 keys need.
+        "auth": ["PyJWT[crypto]>=2.8"],
         "bench": ["hdrhistogram>=0.10", "psutil>=5.9", "tqdm>=4.60", "matplotlib>=3.5"],
         # The documentation site (mkdocs.yml, docs/), built in strict mode by
         # tests/test_docs.py.  1.6: mkdocs.yml's validation of anchors.

@@ -16,16 +16,22 @@ is in no room; what it is told goes through the lobby's Fanout.
 (events.Member is that object's type.)
 """
 
+import heapq
+import itertools
+import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from gchat import protocol as p
+from gchat.auth import AuthKey, Claims, Refused, may_enter, verify
 from gchat.config import Config
 from gchat.events import PEER_GONE, Member, Why
 from gchat.room import Room
 from gchat.rooms import RoomRegistry
-from gchat.sessions import TOKEN_RE, Position, Session, Sessions, parse_id, replay
+from gchat.sessions import TOKEN_RE, Position, Session, Sessions, Throttle, parse_id, replay
+
+log = logging.getLogger("gchat")
 
 # A session's token: 24 bytes of the CSPRNG, 32 URL-safe characters.
 TOKEN_BYTES = 24
@@ -47,12 +53,27 @@ class Chat:
         config: Config,
         stats: Optional[Callable[[], Mapping[str, object]]] = None,
         clock: Optional[Callable[[], float]] = None,
+        auth: Optional[AuthKey] = None,
+        wall: Optional[Callable[[], float]] = None,
     ) -> None:
         """stats: a callable returning the counters /stats shows (the hub's);
         clock: a callable returning the time (the event loop's, from the hub;
-        the chat never reads a clock of its own)."""
+        the chat never reads a clock of its own); auth: the key tokens are
+        verified with (--auth-key), None: no sign-in; wall: the time of day,
+        in seconds since the epoch (a token's exp is one)."""
         self.config = config
         self._clock = clock or (lambda: 0.0)
+        self._wall = wall or (lambda: 0.0)
+        # Signing in (auth.py).  conn -> its token's claims; the times its
+        # tokens expire (a heap of (loop time, order, conn, exp)); and the
+        # clients whose token expired, in the order they must send a fresh
+        # one, with the loop time by which they must.
+        self.auth = auth
+        self.signed: dict[Member, Claims] = {}
+        self._expiries: list[tuple[float, int, Member, float]] = []
+        self._order = itertools.count()
+        self.refreshing: dict[Member, float] = {}
+        self.auth_throttle = Throttle(config.auth_failures)
         self._stats = stats or (lambda: dict(self.counts))
         self.compat = config.compat
         self.connected: set[Member] = set()  # every conn that arrived and has not departed
@@ -94,6 +115,7 @@ class Chat:
             p.ListRooms: self._list_rooms,
             p.Session: self._session,
             p.Resume: self._resume_named,
+            p.Auth: self._auth,
             p.Invalid: self._invalid,
         }
 
@@ -107,7 +129,8 @@ class Chat:
         if self.compat:
             self._register(conn, conn.who)
         else:
-            self.lobby.out.send(conn, p.NAME_PROMPT, member=False)
+            prompt = p.AUTH_PROMPT if self.auth is not None else p.NAME_PROMPT
+            self.lobby.out.send(conn, prompt, member=False)
 
     def lines(self, conn: Member, lines: Sequence[p.Line]) -> None:
         """Lines (bytes, or protocol.TOO_LONG) that conn sent, in order."""
@@ -130,10 +153,17 @@ class Chat:
             elif conn.name is None:
                 if text.startswith("/resume") and text[7:8] in ("", " "):
                     self._resume(conn, p.parse(text.strip()))
+                elif self.auth is not None:
+                    self._sign_in(conn, p.parse(text.strip()))
                 else:
                     self._choose_name(conn, text.strip())
             elif text.strip():  # blank lines say nothing; the seed's mode keeps them
                 command = p.parse(text)
+                if conn in self.refreshing and not isinstance(command, p.Auth):
+                    # Its token expired: nothing but a fresh one is taken.
+                    left = self.refreshing[conn] - self._clock()
+                    self._error(conn, p.render_token_expired(left)[len("error: ") :])
+                    continue
                 self._commands[type(command)](conn, command)
 
     def depart(self, conn: Member, why: str, detail: str = "") -> None:
@@ -142,6 +172,7 @@ class Chat:
             return  # already gone (e.g. kicked, then its reader saw the close)
         self.connected.discard(conn)
         self.silent.discard(conn)
+        self.refreshing.pop(conn, None)
         session = self.session_of.get(conn)
         if (
             session is not None
@@ -156,6 +187,7 @@ class Chat:
             self.departures.append((conn, why))
             self.counts["departures"] += 1
             return
+        self.signed.pop(conn, None)
         if session is not None:
             self._end_session(conn, session)
         if conn.room is not None:
@@ -203,6 +235,8 @@ class Chat:
         if self.sessions.away:
             for session in self.sessions.expired(now):
                 self._expire(session, now)
+        if self._expiries or self.refreshing:
+            self._tokens_due(now)
 
     def due(self, now: float) -> Optional[float]:
         """Seconds until some room's held announcements are due, or an away
@@ -212,6 +246,10 @@ class Chat:
             wait = self.sessions.due(now)
             if wait is not None:
                 waits.append(wait)
+        if self._expiries:
+            waits.append(max(0.0, self._expiries[0][0] - now))
+        if self.refreshing:
+            waits.append(max(0.0, next(iter(self.refreshing.values())) - now))
         return min(waits) if waits else None
 
     def flush(self, deliver: Callable[[Member, bytes], object]) -> int:
@@ -256,6 +294,10 @@ class Chat:
             return p.NOT_HTTP
         if why == Why.THROTTLED:
             return p.RESUME_THROTTLED
+        if why == Why.AUTH_FAILED:
+            return detail  # the line that says why
+        if why == Why.TOKEN_EXPIRED:
+            return p.render_error(p.TOKEN_EXPIRED_REASON + "; disconnecting")
         return None
 
     def _tell(self, conn: Member, line: str) -> None:
@@ -366,6 +408,9 @@ class Chat:
         if key == conn.room.key:
             self._error(conn, p.render_already_in(conn.room.name))
             return None
+        if not self._may_enter(conn, name):
+            self._error(conn, p.render_room_not_allowed(name))
+            return None
         room = self.rooms.get(key)
         if room is None and not self.rooms.can_create():
             self._error(conn, p.render_too_many_rooms(len(self.rooms)))
@@ -395,7 +440,10 @@ class Chat:
         self.counts["joins"] += 1
 
     def _list_rooms(self, conn: Member, command: p.ListRooms) -> None:
-        self._tell(conn, self.rooms.listing(conn.room, self.config.roster_limit))
+        visible = None
+        if self.config.rooms_policy == "claims":
+            visible = lambda name: self._may_enter(conn, name)  # noqa: E731
+        self._tell(conn, self.rooms.listing(conn.room, self.config.roster_limit, visible))
 
     def _who(self, conn: Member, command: p.Who) -> None:
         room = conn.room
@@ -413,6 +461,133 @@ class Chat:
 
     def _invalid(self, conn: Member, command: p.Invalid) -> None:
         self._error(conn, command.error)
+
+    # ------------------------------------------------------------------
+    # Signing in (auth.py): /auth TOKEN first, fresh tokens, rooms by claim
+
+    def _sign_in(self, conn: Member, command: p.Command) -> None:
+        """The first line of a client under --auth-key: /auth TOKEN."""
+        if not isinstance(command, p.Auth):
+            # Not a failure: the prompt stands.
+            problem = command.error if isinstance(command, p.Invalid) else p.AUTH_FIRST
+            self._error(conn, problem)
+            return
+        now = self._clock()
+        address = conn.who.rpartition(":")[0] or conn.who
+        if self.auth_throttle.throttled(address, now):
+            log.info("sign-in from %s refused: too many failures", address)
+            self.depart(conn, Why.AUTH_FAILED, p.AUTH_THROTTLED)
+            return
+        assert self.auth is not None
+        try:
+            claims = verify(self.auth, command.token, self._wall(), self.config.auth_leeway)
+        except Refused as err:
+            # The address and the reason, never the token.
+            log.info("sign-in from %s refused: %s", address, err.reason)
+            self.auth_throttle.failed(address, now)
+            self.counts["errors"] += 1
+            self.depart(conn, Why.AUTH_FAILED, p.render_auth_failed(err.reason))
+            return
+        self.signed[conn] = claims
+        self._expires(conn, claims)
+        holder = self.names.get(p.name_key(claims.name))
+        if holder is not None and holder is not conn and self._signed_here(holder):
+            self._sign_over(holder, conn)
+        else:
+            self._accept_name(conn, claims.name)
+
+    def _signed_here(self, holder: Member) -> bool:
+        """Whether holder, who has the name a client signs in as, is a
+        client of this process's (the same sub, since every name is one)."""
+        return holder in self.signed
+
+    def _sign_over(self, old: Member, new: Member) -> None:
+        """The same sub signs in again: new takes old's name and place; old
+        (if still open) is told and closed; the room sees nothing."""
+        room, name = old.room, old.name
+        if old in self.connected:
+            self._tell(old, p.SIGNED_IN_ELSEWHERE)
+            self.connected.discard(old)
+            self.silent.discard(old)
+            self.departures.append((old, Why.SIGNED_IN_ELSEWHERE))
+            self.counts["departures"] += 1
+        self.refreshing.pop(old, None)
+        self.signed.pop(old, None)
+        session = self.session_of.pop(old, None)
+        if session is not None:  # the session is the sub's: it goes along
+            session.conn = new
+            self.session_of[new] = session
+            self.sessions.came_back(session)
+        carried = self.lobby.out.detach(new, member=False)
+        new.name, new.room = name, room
+        self.names[p.name_key(name)] = new
+        self.silent.discard(new)
+        if old in room.arriving:
+            room.announce()
+        # The roster as old saw it: everyone but itself.
+        welcome = room.welcome_block(exclude=old, tagged=session is not None)
+        if old in room.members:
+            room.out.departed(old, member=True)
+            del room.members[old]
+        room.away.pop(old, None)
+        room.out.untag(old)
+        if session is not None:
+            room.out.tag(new, member=False)
+        greeting = (p.render_you_are(name) + "\n").encode()
+        room.out.send_bytes(new, carried + greeting + welcome, member=False)
+        room.members[new] = None
+        room.out.joined(new)
+
+    def _expires(self, conn: Member, claims: Claims) -> None:
+        """conn's token expires (with the leeway) at a time of the loop's."""
+        left = claims.expires + self.config.auth_leeway - self._wall()
+        entry = (self._clock() + left, next(self._order), conn, claims.expires)
+        heapq.heappush(self._expiries, entry)
+
+    def _tokens_due(self, now: float) -> None:
+        """Tokens that expired: their clients must send a fresh one within
+        auth_refresh seconds; those that did not are let go."""
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            _, _, conn, exp = heapq.heappop(expiries)
+            claims = self.signed.get(conn)
+            if claims is None or claims.expires != exp or conn not in self.connected:
+                continue  # renewed, or gone
+            if conn.name is None:
+                continue  # still being named (a cluster's claim): checked once named
+            self.refreshing[conn] = now + self.config.auth_refresh
+            self._tell(conn, p.render_token_expired(self.config.auth_refresh))
+        while self.refreshing:
+            conn, deadline = next(iter(self.refreshing.items()))
+            if deadline > now:
+                break
+            del self.refreshing[conn]
+            self.depart(conn, Why.TOKEN_EXPIRED)
+
+    def _auth(self, conn: Member, command: p.Auth) -> None:
+        """/auth TOKEN from a signed-in client: a fresh token for its name."""
+        if self.auth is None:
+            self._error(conn, p.AUTH_OFF)
+            return
+        try:
+            claims = verify(self.auth, command.token, self._wall(), self.config.auth_leeway)
+        except Refused as err:
+            self._error(conn, p.render_auth_failed(err.reason)[len("error: ") :])
+            return
+        if p.name_key(claims.name) != p.name_key(conn.name):
+            self._error(conn, p.render_not_your_token(conn.name))
+            return
+        self.signed[conn] = claims
+        self.refreshing.pop(conn, None)
+        self._expires(conn, claims)
+        self._tell(conn, p.TOKEN_ACCEPTED)
+
+    def _may_enter(self, conn: Member, room: str) -> bool:
+        """Whether conn may go into the room called room (--rooms-policy)."""
+        if self.config.rooms_policy != "claims" or p.name_key(room) == self.lobby.key:
+            return True
+        claims = self.signed.get(conn)
+        return claims is not None and may_enter(claims.rooms, room)
 
     # ------------------------------------------------------------------
     # Sessions (sessions.py): /session, /resume, away and back
@@ -503,7 +678,8 @@ class Chat:
         self.sessions.failed(address, now)
         self.counts["errors"] += 1
         self.lobby.out.send(conn, line, member=False)
-        self.lobby.out.send(conn, p.NAME_PROMPT_AGAIN, member=False)
+        prompt = p.AUTH_PROMPT if self.auth is not None else p.NAME_PROMPT_AGAIN
+        self.lobby.out.send(conn, prompt, member=False)
 
     def _take_over(self, conn: Member, session: Session, start: Optional[Position]) -> None:
         """conn takes session's place: its name, its room, and the lines it
@@ -539,3 +715,7 @@ class Chat:
         self.session_of[conn] = session
         session.conn = conn
         self.sessions.came_back(session)
+        claims = self.signed.pop(old, None)
+        if claims is not None:  # signed in: the token's claims come along
+            self.signed[conn] = claims
+            self._expires(conn, claims)

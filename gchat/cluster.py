@@ -54,6 +54,7 @@ from heapq import nlargest
 from typing import Any, Callable, Optional
 
 from gchat import protocol as p
+from gchat.auth import AuthKey
 from gchat.bus.entry import LINES
 from gchat.chat import Chat
 from gchat.config import Config
@@ -237,8 +238,10 @@ class ClusterChat(Chat):
         node: str,
         stats: Optional[Callable[[], Mapping[str, object]]] = None,
         clock: Optional[Callable[[], float]] = None,
+        auth: Optional[AuthKey] = None,
+        wall: Optional[Callable[[], float]] = None,
     ) -> None:
-        super().__init__(config, stats=stats, clock=clock)
+        super().__init__(config, stats=stats, clock=clock, auth=auth, wall=wall)
         self.node = node
         self.outgoing: dict[str, Batch] = {}  # room key -> this batch's entry
         # ("claim", conn, name), ("release", key), ("reassert",),
@@ -428,6 +431,13 @@ class ClusterChat(Chat):
                 self.requests.append(("release", key))
             return
         if error is not None:
+            if not renaming and conn in self.signed:
+                # Signed in (--auth-key): its name is its token's, and no
+                # other can be asked for.  (The same sub on another node
+                # holds it: a takeover across nodes is not built yet.)
+                self.busy.pop(conn, None)
+                self.depart(conn, Why.AUTH_FAILED, p.render_error(error))
+                return
             self._error(conn, error)
             if not renaming:
                 self.lobby.out.send(conn, p.NAME_PROMPT_AGAIN, member=False)
@@ -1227,6 +1237,8 @@ class ClusterChat(Chat):
             room = self.rooms.get(key)
             if room is not None and room.size:
                 rooms[key] = (room.name, room.size)
+        if self.config.rooms_policy == "claims":
+            rooms = {k: v for k, v in rooms.items() if self._may_enter(conn, v[0])}
         own = conn.room
         rooms.pop(own.key, None)
         limit = self.config.roster_limit

@@ -20,6 +20,7 @@ KIB = 1024
 MIB = 1024 * KIB
 
 SLOW_POLICIES = ("disconnect", "drop")
+ROOMS_POLICIES = ("open", "claims")
 
 # The defaults of the two options whose default depends on the mode: in
 # name mode these, in --compat none (the seed has neither).  The fields are
@@ -41,6 +42,7 @@ GROUPS: tuple[tuple[str, str, str], ...] = (
     ("rooms", "rooms", "Rooms, their history, and how arrivals are announced."),
     ("web", "web", "The HTTP listener: the chat page, its WebSocket, /healthz and /metrics."),
     ("tls", "TLS and proxy", "TLS on the line port, and the PROXY protocol from a load balancer."),
+    ("access", "access", "Who may sign in, and which rooms they may enter."),
     ("cluster", "cluster", "Several gchat processes, on one machine or many, over Redis."),
     ("logging", "logging and config", "Logs, and the options as a TOML file."),
 )
@@ -557,6 +559,62 @@ class Config:
         metavar="N",
         minimum=1,
     )
+    # Signing in with a signed token (gchat/auth.py, issue 19).  None: no
+    # sign-in, everyone takes any free name, as the seed does.
+    auth_key: Optional[str] = option(
+        None,
+        "a shared secret (HS256) or a PEM public key (RS256, ES256): every client "
+        "signs in with /auth TOKEN, a JWT it verifies",
+        flag="--auth-key",
+        group="access",
+        metavar="FILE",
+    )
+    # Clock skew allowed on a token's exp, nbf and iat, either way: 30 s
+    # covers machines kept by NTP and a token made the moment it is used.
+    auth_leeway: float = option(
+        30.0,
+        "seconds of clock skew allowed on a token's times",
+        flag="--auth-leeway",
+        group="access",
+        type=SECONDS,
+        metavar="SECONDS",
+        minimum=0,
+    )
+    # Seconds a client whose token expired has to send a fresh one: enough
+    # for a page to ask its backend for one, short enough that an expired
+    # token is not a session of its own.
+    auth_refresh: float = option(
+        15.0,
+        "seconds a client whose token expired has to send /auth with a fresh one",
+        flag="--auth-refresh",
+        group="access",
+        type=SECONDS,
+        metavar="SECONDS",
+        minimum=0,
+    )
+    # Failed sign-ins from one address within a minute before it is refused
+    # at once (without verifying anything) until that minute ends: a guess
+    # at an HS256 secret is hopeless anyway; this bounds the CPU a script
+    # can make the server spend on signatures.  Behind a NAT or a proxy
+    # many users share an address: 10 still leaves room for a few typos.
+    auth_failures: int = option(
+        10,
+        "failed sign-ins from one address within a minute before it is refused",
+        flag="--auth-failures",
+        group="access",
+        type=int,
+        metavar="N",
+        minimum=1,
+    )
+    # Which rooms a client may enter: open (any, as before), or claims (the
+    # lobby and those its token's rooms claim names, operators included).
+    rooms_policy: str = option(
+        "open",
+        "which rooms a client may enter: any (open), or those its token's rooms claim names",
+        flag="--rooms-policy",
+        group="access",
+        choices=ROOMS_POLICIES,
+    )
     # Longest room name, in characters without the "#": IRC allows channel
     # names of 50 bytes and Slack 80 characters; 32 keeps /rooms readable.
     room_name_max: int = option(
@@ -834,6 +892,10 @@ class Config:
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        if self.rooms_policy == "claims" and self.auth_key is None:
+            raise ValueError("rooms_policy claims needs auth_key (the claims are a token's)")
+        if self.auth_key is not None and self.compat:
+            raise ValueError("auth_key does not go with compat (the seed's clients have no names)")
 
     @property
     def effective_flood_rate(self) -> float:

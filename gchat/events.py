@@ -61,6 +61,9 @@ class Why:
     HTTP = "http"  # its first line was an HTTP request
     RESUMED = "resumed-elsewhere"  # its session was resumed on another connection
     THROTTLED = "throttled"  # too many failed resumes from its address
+    AUTH_FAILED = "auth-failed"  # its sign-in token was refused, or its address throttled
+    TOKEN_EXPIRED = "token-expired"  # its token expired and no fresh one came in time
+    SIGNED_IN_ELSEWHERE = "signed-in-elsewhere"  # the same sub signed in again
 
 
 class Member(Protocol):

@@ -9,6 +9,7 @@ that says goodbye to them has been delivered.
 """
 
 import logging
+import time
 from bisect import bisect_left
 from time import perf_counter
 from typing import Any
@@ -71,6 +72,30 @@ class Histogram:
         self.total += value
 
 
+AUTH_EXTRA_MISSING = (
+    "--auth-key needs the auth extra, which is not installed: pip install 'gchat[auth]'"
+)
+
+
+def load_auth_key(config):
+    """The key of --auth-key (auth.AuthKey), None without; ValueError with
+    one line saying what is wrong (the server does not start)."""
+    if config.auth_key is None:
+        return None
+    try:
+        import jwt  # noqa: F401  (the extra's)
+    except ImportError:
+        raise ValueError(AUTH_EXTRA_MISSING) from None
+    from gchat.auth import load_key
+
+    try:
+        with open(config.auth_key, encoding="utf-8") as file:
+            text = file.read()
+        return load_key(text)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"--auth-key {config.auth_key}: {err}") from None
+
+
 class Hub:
     def __init__(self, config, bus=None):
         """bus: the cluster's bus (bus/room_bus.RoomBus), None alone."""
@@ -82,12 +107,22 @@ class Hub:
         self.inbox = Queue()
         self.paused = []
         self._loop = gevent.get_hub().loop
+        auth = load_auth_key(config)
         if bus is None:
-            self.chat = Chat(config, stats=self.snapshot, clock=self._loop.now)
+            self.chat = Chat(
+                config, stats=self.snapshot, clock=self._loop.now, auth=auth, wall=time.time
+            )
         else:
             from gchat.cluster import ClusterChat
 
-            self.chat = ClusterChat(config, bus.node, stats=self.snapshot, clock=self._loop.now)
+            self.chat = ClusterChat(
+                config,
+                bus.node,
+                stats=self.snapshot,
+                clock=self._loop.now,
+                auth=auth,
+                wall=time.time,
+            )
             self.chat.backlog = lambda: bus.held_lines
             self.chat.bus_up = bus.up.is_set
         self.transport_stats = None  # set by the server: a callable for /stats

@@ -264,6 +264,12 @@ class Session(NamedTuple):
     """/session: a token to resume with (sessions.py)."""
 
 
+class Auth(NamedTuple):
+    """/auth TOKEN: sign in (with --auth-key), or a fresh token (auth.py)."""
+
+    token: str
+
+
 class Resume(NamedTuple):
     """/resume TOKEN ID, a connection's first line instead of a name."""
 
@@ -288,6 +294,7 @@ HELP_LINES = (
     "  /quit [REASON]     leave",
     "  /stats             server counters",
     "  /session           a token to come back with after a dropped connection",
+    "  /auth TOKEN        a fresh sign-in token, before the one you have expires",
     "  /help              this list",
     "Any other line is said to everyone. Start a line with // to say one that starts with /.",
 )
@@ -298,10 +305,11 @@ def _usage(command: str, args: str) -> Invalid:
 
 
 RESUME_USAGE = _usage("resume", "TOKEN ID (ID: the last id you received, or -)")
+AUTH_USAGE = _usage("auth", "TOKEN")
 
 
 Command = Union[
-    Chat, Me, Nick, Msg, Who, Quit, Help, Stats, Join, ListRooms, Session, Resume, Invalid
+    Chat, Me, Nick, Msg, Who, Quit, Help, Stats, Join, ListRooms, Session, Resume, Auth, Invalid
 ]
 
 
@@ -326,6 +334,8 @@ def parse(line: str) -> Command:
         return ListRooms()
     if command == "session":
         return Session()
+    if command == "auth":
+        return Auth(rest) if rest and " " not in rest else AUTH_USAGE
     if command == "resume":
         token, _, last = rest.partition(" ")
         last = last.strip()
@@ -381,6 +391,9 @@ LEFT_REASON = {
     Why.HTTP: "not a chat client",
     Why.RESUMED: "",
     Why.THROTTLED: "",
+    Why.AUTH_FAILED: "",
+    Why.TOKEN_EXPIRED: "token expired",
+    Why.SIGNED_IN_ELSEWHERE: "",
 }
 # Sessions (sessions.py, issue 18).
 RESUMED_ELSEWHERE = "error: resumed elsewhere"
@@ -388,6 +401,32 @@ SESSION_SHUTDOWN = "server stopping; resume elsewhere"
 RESUME_UNKNOWN = "error: cannot resume: unknown or expired session"
 RESUME_THROTTLED = "error: too many failed resumes; try later"
 RESUME_NAMED = "/resume is the first line of a new connection, instead of a name"
+# Signing in with a token (auth.py, issue 19).
+AUTH_PROMPT = "Welcome to gchat. Sign in with /auth TOKEN."
+AUTH_FIRST = "sign in first: /auth TOKEN"
+AUTH_THROTTLED = "error: too many failed sign-ins; try later"
+SIGNED_IN_ELSEWHERE = "error: signed in elsewhere"
+TOKEN_ACCEPTED = "token accepted"
+AUTH_OFF = "this server does not use sign-in tokens"
+TOKEN_EXPIRED_REASON = "token expired"
+
+
+def render_auth_failed(reason: str) -> str:
+    return f"error: authentication failed: {reason}"
+
+
+def render_token_expired(seconds: float) -> str:
+    return f"error: token expired; send /auth TOKEN within {max(0, round(seconds))} s"
+
+
+def render_not_your_token(name: str) -> str:
+    return f"a fresh token must be for {name}"
+
+
+def render_room_not_allowed(room: str) -> str:
+    return f"you may not enter #{room}"
+
+
 # What the others see after "NAME has left" when an away session's window ends.
 SESSION_LOST = "connection lost"
 

@@ -92,11 +92,18 @@ class RoomRegistry:
             self.empty[room.key] = room
             self.empty.move_to_end(room.key)
 
-    def listing(self, own: Room, limit: int) -> str:
+    def listing(
+        self, own: Room, limit: int, visible: Optional[Callable[[str], bool]] = None
+    ) -> str:
         """The /rooms line: own room first, then the fullest, at most limit
-        rooms shown, the total exact."""
-        others = (room for room in self.rooms.values() if room is not own)
+        rooms shown, the total exact; visible: the rooms the asker may see
+        (by name), None for all."""
+        others = [
+            room
+            for room in self.rooms.values()
+            if room is not own and (visible is None or visible(room.name))
+        ]
         shown = [own] + nlargest(limit - 1, others, key=lambda room: room.size)
         return p.render_rooms(
-            [(room.name, room.size, room is own) for room in shown[:limit]], total=len(self.rooms)
+            [(room.name, room.size, room is own) for room in shown[:limit]], total=len(others) + 1
         )

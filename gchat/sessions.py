@@ -228,6 +228,36 @@ def _after(room_log: Any, seq: int) -> list[tuple[int, bytes]]:
     return [room_log[i] for i in range(skip, len(room_log))]
 
 
+class Throttle:
+    """Failures per address within FAILURE_WINDOW seconds: an address with
+    limit of them is refused until the oldest is a window old (failed
+    resumes here; failed sign-ins, auth.py)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._failed: dict[str, deque[float]] = {}  # address -> times of failures
+
+    def throttled(self, address: str, now: float) -> bool:
+        """Whether address has failed limit times in the last window."""
+        times = self._failed.get(address)
+        if not times:
+            return False
+        while times and now - times[0] >= FAILURE_WINDOW:
+            times.popleft()
+        if not times:
+            del self._failed[address]
+            return False
+        return len(times) >= self.limit
+
+    def failed(self, address: str, now: float) -> None:
+        self._failed.setdefault(address, deque()).append(now)
+        # Old addresses go when they are looked at (throttled); a sweep
+        # here keeps the table bounded by the addresses of the last window.
+        if len(self._failed) > 4096:
+            for key in [k for k, v in self._failed.items() if now - v[-1] >= FAILURE_WINDOW]:
+                del self._failed[key]
+
+
 class Sessions:
     """Every session of this process, by token, with the failed resumes
     per address."""
@@ -242,7 +272,7 @@ class Sessions:
         self.by_token: dict[str, Session] = {}
         # token -> Session, the away ones, in the order they went away
         self.away: dict[str, Session] = {}
-        self._failed: dict[str, deque[float]] = {}  # address -> times of failures
+        self._throttle = Throttle(failures)
 
     def __len__(self) -> int:
         return len(self.by_token)
@@ -292,20 +322,7 @@ class Sessions:
 
     def throttled(self, address: str, now: float) -> bool:
         """Whether address has failed too many resumes in the last minute."""
-        times = self._failed.get(address)
-        if not times:
-            return False
-        while times and now - times[0] >= FAILURE_WINDOW:
-            times.popleft()
-        if not times:
-            del self._failed[address]
-            return False
-        return len(times) >= self.failures
+        return self._throttle.throttled(address, now)
 
     def failed(self, address: str, now: float) -> None:
-        self._failed.setdefault(address, deque()).append(now)
-        # Old addresses go when they are looked at (throttled); a sweep
-        # here keeps the table bounded by the addresses of the last minute.
-        if len(self._failed) > 4096:
-            for key in [k for k, v in self._failed.items() if now - v[-1] >= FAILURE_WINDOW]:
-                del self._failed[key]
+        self._throttle.failed(address, now)

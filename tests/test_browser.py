@@ -52,14 +52,14 @@ def browser():
 class Page:
     """One browser tab on the chat page, with the problems it ran into."""
 
-    def __init__(self, browser, server, viewport=None):
+    def __init__(self, browser, server, viewport=None, path="/"):
         self.context = browser.new_context(viewport=viewport or {"width": 1000, "height": 640})
         self.page = self.context.new_page()
         self.dialogs = []
         self.errors = []
         self.page.on("dialog", self._dialog)
         self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
-        self.page.goto(f"http://127.0.0.1:{server.http_port}/")
+        self.page.goto(f"http://127.0.0.1:{server.http_port}{path}")
 
     def _dialog(self, dialog):
         self.dialogs.append(dialog.message)
@@ -610,3 +610,24 @@ def test_screenshot_for_the_readme(web, tmp_path):
     shot.parent.mkdir(parents=True, exist_ok=True)
     bob.page.screenshot(path=str(shot))
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+def test_a_signed_in_page_takes_its_token_from_the_fragment(start_gchat, browser, tmp_path):
+    import jwt  # the auth extra's
+
+    secret = "the application's backend and gchat share this secret, 48 bytes"
+    key = tmp_path / "auth.key"
+    key.write_text(secret)
+    server = start_gchat("--auth-key", str(key), "--http", "0")
+    token = jwt.encode({"sub": "alice", "exp": time.time() + 600}, secret, "HS256")
+    page = Page(browser, server, path=f"/#token={token}")
+    try:
+        expect(page.page.locator("#me")).to_have_text("alice")
+        expect(page.page.locator("#name-overlay")).to_be_hidden()
+        # Out of the address bar at once, and never sent to the server.
+        assert "token" not in page.page.url
+        assert token not in server.stderr_text()
+        page.say("hello")
+        page.sees("chat", "alice: hello")
+    finally:
+        page.close()

@@ -34,6 +34,7 @@ LAYERS = {
     "gchat.bus.entry": 1,
     "gchat.bus.room_log": 1,
     "gchat.sessions": 1,
+    "gchat.auth": 1,
     # The broadcaster greenlet, the one owner of the chat's state.
     "gchat.hub": 2,
     # Connections and the bus's I/O: they talk to the hub through events.

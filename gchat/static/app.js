@@ -40,6 +40,9 @@
     resumed: re(`^resumed (${N}) #(.+) (\\d+|gap)$`),
     resumeFailed: /^error: (cannot resume|too many failed resumes)/,
     resumedElsewhere: /^error: resumed elsewhere$/,
+    // Signing in (--auth-key): the prompt, and the ends a token can come to.
+    authPrompt: /^Welcome to gchat\. Sign in with \/auth TOKEN\.$/,
+    authEnded: /^error: (authentication failed|too many failed sign-ins|signed in elsewhere|token expired; disconnecting)/,
   };
   const GAP_NOTE = "some messages could not be recovered";
 
@@ -83,6 +86,7 @@
     roster: new Map(),     // folded name -> name as spelled
     autoWho: 0,            // /who answers we asked for ourselves (not shown)
     resuming: false,       // a /resume was sent; its answer has not come yet
+    auth: false,           // the server asks for /auth TOKEN instead of a name
     sessionAsked: false,   // a /session was sent; its answer is not shown
     inHistory: false,
     retries: 0,
@@ -92,6 +96,17 @@
   };
 
   try { state.savedNameHint = window.localStorage.getItem("gchat.name") || ""; } catch (e) { state.savedNameHint = ""; }
+
+  // A sign-in token from the address's fragment (/#token=...): browsers
+  // never send a fragment to the server, so it stays out of its logs.  It
+  // is kept in this page's memory alone and taken out of the address bar
+  // at once (and so out of the history and of a bookmark).
+  const authToken = (() => {
+    const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+    if (!m) return null;
+    try { history.replaceState(null, "", location.pathname + location.search); } catch (e) { /* no history */ }
+    try { return decodeURIComponent(m[1]); } catch (e) { return null; }
+  })();
 
   // The session: its token and the last id shown, per tab (sessionStorage:
   // gone when the tab closes), so that a reconnect resumes where the page
@@ -295,7 +310,21 @@
       }
     }
 
+    if (RE.authEnded.test(line)) {
+      state.quitting = true;  // the same token would only be refused again
+    }
+
     if (state.phase !== "named") {
+      if (RE.authPrompt.test(line)) {
+        state.phase = "naming";
+        state.auth = true;
+        answerPrompt();
+        return lineElement(line, "system");
+      }
+      if (kind === "error" && state.auth) {
+        state.nameInFlight = false;
+        return lineElement(line, kind);  // the sign-in's error: no name form
+      }
       if (RE.prompt.test(line)) {
         state.phase = "naming";
         answerPrompt();
@@ -447,6 +476,12 @@
     if (token && !state.pendingName) {
       state.resuming = send(`/resume ${token} ${session.get("gchat.lastId") || "-"}`);
       if (state.resuming) return;
+    }
+    if (state.auth) {
+      // The name is the token's: no form to fill.
+      if (authToken) state.nameInFlight = send(`/auth ${authToken}`);
+      else note("this server needs a sign-in token: open the page with #token=... in its address");
+      return;
     }
     if (state.pendingName) {
       const name = state.pendingName;
