@@ -27,6 +27,7 @@ from gchat import protocol as p
 from gchat.auth import AuthKey, Claims, Refused, may_enter, verify
 from gchat.config import Config
 from gchat.events import PEER_GONE, Member, Why
+from gchat.operators import Restrictions, parse_duration, password_matches, render_until
 from gchat.room import Room
 from gchat.rooms import RoomRegistry
 from gchat.sessions import TOKEN_RE, Position, Session, Sessions, Throttle, parse_id, replay
@@ -74,6 +75,13 @@ class Chat:
         self._order = itertools.count()
         self.refreshing: dict[Member, float] = {}
         self.auth_throttle = Throttle(config.auth_failures)
+        # Operators (operators.py): those who sent the right /oper password
+        # (a token's role says it of the others); the line of
+        # --oper-password-file (the hub sets it); bans and mutes by name.
+        self.operators: set[Member] = set()
+        self.oper_hash: Optional[str] = None
+        self.bans = Restrictions()
+        self.mutes = Restrictions()
         self._stats = stats or (lambda: dict(self.counts))
         self.compat = config.compat
         self.connected: set[Member] = set()  # every conn that arrived and has not departed
@@ -116,6 +124,8 @@ class Chat:
             p.Session: self._session,
             p.Resume: self._resume_named,
             p.Auth: self._auth,
+            p.Oper: self._oper,
+            p.Moderate: self._moderate,
             p.Invalid: self._invalid,
         }
 
@@ -173,6 +183,7 @@ class Chat:
         self.connected.discard(conn)
         self.silent.discard(conn)
         self.refreshing.pop(conn, None)
+        self.operators.discard(conn)
         session = self.session_of.get(conn)
         if (
             session is not None
@@ -214,6 +225,9 @@ class Chat:
         """What the others see after "NAME has left", None for nothing."""
         if why == Why.SHUTDOWN:
             return self.SHUTDOWN_REASON
+        if why == Why.KICKED:
+            by, _, reason = detail.partition("\n")
+            return p.render_kicked_reason(by, reason)
         return detail if why == Why.QUIT else p.LEFT_REASON[why]
 
     def shutdown(self) -> None:
@@ -298,6 +312,9 @@ class Chat:
             return detail  # the line that says why
         if why == Why.TOKEN_EXPIRED:
             return p.render_error(p.TOKEN_EXPIRED_REASON + "; disconnecting")
+        if why == Why.KICKED:
+            by, _, reason = detail.partition("\n")
+            return p.render_kicked(by, reason)
         return None
 
     def _tell(self, conn: Member, line: str) -> None:
@@ -326,6 +343,8 @@ class Chat:
         problem = p.validate_name(name)
         if problem is None and self._taken(p.name_key(name)):
             problem = p.render_name_taken(name)
+        if problem is None and self.bans.active(p.name_key(name), self._wall()):
+            problem = self._banned_line(name)[len("error: ") :]
         if problem is not None:
             self._error(conn, problem)
             self.lobby.out.send(conn, p.NAME_PROMPT_AGAIN, member=False)
@@ -344,10 +363,12 @@ class Chat:
         conn.room.say(line, keep=keep)
 
     def _chat(self, conn: Member, command: p.Chat) -> None:
-        self._speak(conn, p.render_chat(conn.name, command.text), keep=True)
+        if not self._muted(conn):
+            self._speak(conn, p.render_chat(conn.name, command.text), keep=True)
 
     def _me(self, conn: Member, command: p.Me) -> None:
-        self._speak(conn, p.render_me(conn.name, command.action), keep=True)
+        if not self._muted(conn):
+            self._speak(conn, p.render_me(conn.name, command.action), keep=True)
 
     def _nick(self, conn: Member, command: p.Nick) -> None:
         new = command.name
@@ -355,6 +376,8 @@ class Chat:
         old_key, new_key = p.name_key(conn.name), p.name_key(new)
         if problem is None and new_key != old_key and self._taken(new_key):
             problem = p.render_name_taken(new)
+        if problem is None and new_key != old_key and self.bans.active(new_key, self._wall()):
+            problem = self._banned_line(new)[len("error: ") :]
         if problem is not None:
             self._error(conn, problem)
             return
@@ -371,6 +394,9 @@ class Chat:
         conn.name = new
 
     def _msg(self, conn: Member, command: p.Msg) -> None:
+        own = p.name_key(command.target) == p.name_key(conn.name)
+        if not own and self._muted(conn):
+            return
         target = self.names.get(p.name_key(command.target))
         if target is None:
             self._error(conn, p.render_no_such_user(command.target))
@@ -488,6 +514,9 @@ class Chat:
             self.counts["errors"] += 1
             self.depart(conn, Why.AUTH_FAILED, p.render_auth_failed(err.reason))
             return
+        if self.bans.active(p.name_key(claims.name), self._wall()):
+            self.depart(conn, Why.AUTH_FAILED, self._banned_line(claims.name))
+            return
         self.signed[conn] = claims
         self._expires(conn, claims)
         holder = self.names.get(p.name_key(claims.name))
@@ -588,6 +617,99 @@ class Chat:
             return True
         claims = self.signed.get(conn)
         return claims is not None and may_enter(claims.rooms, room)
+
+    # ------------------------------------------------------------------
+    # Operators (operators.py): /oper, /kick, /ban, /mute and their undoing
+
+    def _is_operator(self, conn: Member) -> bool:
+        claims = self.signed.get(conn)
+        return conn in self.operators or (claims is not None and claims.operator)
+
+    def _oper(self, conn: Member, command: p.Oper) -> None:
+        if self.auth is not None or self.oper_hash is None:
+            self._error(conn, p.OPER_BY_TOKEN if self.auth is not None else p.OPER_OFF)
+            return
+        now = self._clock()
+        address = conn.who.rpartition(":")[0] or conn.who
+        if self.auth_throttle.throttled(address, now):
+            self._error(conn, p.OPER_THROTTLED)
+            return
+        if not password_matches(command.password, self.oper_hash):
+            log.info("/oper from %s (%s) refused: wrong password", address, conn.name)
+            self.auth_throttle.failed(address, now)
+            self._error(conn, p.OPER_REFUSED)
+            return
+        log.info("%s (%s) is an operator", conn.name, address)
+        self.operators.add(conn)
+        self._tell(conn, p.OPER_GRANTED)
+
+    def _moderate(self, conn: Member, command: p.Moderate) -> None:
+        if not self._is_operator(conn):
+            self._error(conn, p.render_for_operators(command.command))
+            return
+        now = self._wall()
+        if command.command == "bans":
+            bans = sorted(self.bans.current(now).items())
+            if not bans:
+                self._tell(conn, p.NO_BANS)
+            else:
+                self._tell(conn, p.render_bans([(k, render_until(u)) for k, u in bans]))
+            return
+        key = p.name_key(command.target)
+        if command.command in ("unban", "unmute"):
+            table, what = (
+                (self.bans, "banned") if command.command == "unban" else (self.mutes, "muted")
+            )
+            self._tell(conn, p.render_lifted(command.target, what, table.lift(key)))
+            return
+        target = self.names.get(key)
+        if target is not None and self._is_operator(target):
+            self._error(conn, p.render_not_an_operator_target(target.name))
+            return
+        if command.command == "kick":
+            if not self._kick(target, conn.name, command.rest):
+                self._error(conn, p.render_no_such_user(command.target))
+            return
+        until: Optional[float] = None
+        if command.rest:
+            seconds = parse_duration(command.rest)
+            if seconds is None:
+                self._error(conn, p.render_bad_duration(command.command, command.rest))
+                return
+            until = now + seconds
+        name = target.name if target is not None else command.target
+        if command.command == "ban":
+            self.bans.add(key, until)
+            self._ban_elsewhere(key, until)
+            self._kick(target, conn.name, "banned")
+            self._tell(conn, p.render_restricted(name, "banned", render_until(until)))
+        else:
+            self.mutes.add(key, until)
+            self._tell(conn, p.render_restricted(name, "muted", render_until(until)))
+            if target is not None and target is not conn and target in self.connected:
+                self._error(target, p.render_muted(render_until(until)))
+
+    def _kick(self, target: Optional[Member], by: str, reason: str) -> bool:
+        """target leaves, kicked by by (an operator's name, or "api");
+        False if there is nobody of that name to kick."""
+        if target is None or target not in self.connected:
+            return False
+        self.depart(target, Why.KICKED, f"{by}\n{reason}")
+        return True
+
+    def _ban_elsewhere(self, key: str, until: Optional[float]) -> None:
+        """A ban is the whole cluster's (cluster.py keeps it in Redis)."""
+
+    def _banned_line(self, name: str) -> str:
+        return p.render_banned(render_until(self.bans.until.get(p.name_key(name))))
+
+    def _muted(self, conn: Member) -> bool:
+        """Whether conn is muted now; if so it is told."""
+        key = p.name_key(conn.name)
+        if not self.mutes.active(key, self._wall()):
+            return False
+        self._error(conn, p.render_muted(render_until(self.mutes.until.get(key))))
+        return True
 
     # ------------------------------------------------------------------
     # Sessions (sessions.py): /session, /resume, away and back

@@ -86,6 +86,13 @@ CLI_OPTIONS: dict[str, Option] = {
         help="print the effective options (defaults, --config's and the command line's) "
         "as a TOML file that --config reads, and exit",
     ),
+    "hash_password": Option(
+        default=False,
+        flags=("--hash-password",),
+        group="access",
+        help="read a password on standard input, print the line for --oper-password-file "
+        "(a salted scrypt hash), and exit",
+    ),
 }
 
 
@@ -168,6 +175,20 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**values)
 
 
+def _hash_password() -> int:
+    """gchat --hash-password: the password's line, from standard input."""
+    import secrets
+
+    from gchat.operators import SALT_BYTES, hash_password
+
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        sys.stderr.write("gchat: --hash-password: no password on standard input\n")
+        return 1
+    print(hash_password(password, secrets.token_bytes(SALT_BYTES)))
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     # --config's file becomes the parser's defaults; the command line wins.
@@ -188,6 +209,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             "--workers cannot serve sockets passed by systemd (LISTEN_FDS): "
             "the workers bind the port themselves, with SO_REUSEPORT"
         )
+    if args.hash_password:
+        return _hash_password()
     if args.print_config:
         # After config_from_args, so that what is printed is known to start.
         sys.stdout.write(

@@ -1202,6 +1202,8 @@ class ClusterChat(Chat):
         # Through the recipient's node's inbox, even to a member of this
         # node, so that it reaches its recipient in order with everything
         # else it is sent; the bus finds the node (routed()).
+        if p.name_key(command.target) != p.name_key(conn.name) and self._muted(conn):
+            return
         if not self._room_for_line(conn):
             return
         self._queued_lines += 1

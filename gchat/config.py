@@ -606,6 +606,16 @@ class Config:
         metavar="N",
         minimum=1,
     )
+    # Operators without tokens: a line of `gchat --hash-password` (a salted
+    # scrypt hash, gchat/operators.py); /oper PASSWORD checks it.  None: no
+    # /oper (with --auth-key a token's role names operators).
+    oper_password_file: Optional[str] = option(
+        None,
+        "the operators' password, as a line of gchat --hash-password: /oper PASSWORD",
+        flag="--oper-password-file",
+        group="access",
+        metavar="FILE",
+    )
     # Which rooms a client may enter: open (any, as before), or claims (the
     # lobby and those its token's rooms claim names, operators included).
     rooms_policy: str = option(

@@ -64,6 +64,7 @@ class Why:
     AUTH_FAILED = "auth-failed"  # its sign-in token was refused, or its address throttled
     TOKEN_EXPIRED = "token-expired"  # its token expired and no fresh one came in time
     SIGNED_IN_ELSEWHERE = "signed-in-elsewhere"  # the same sub signed in again
+    KICKED = "kicked"  # an operator's /kick or /ban, or the API's disconnect
 
 
 class Member(Protocol):

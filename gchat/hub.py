@@ -96,6 +96,22 @@ def load_auth_key(config):
         raise ValueError(f"--auth-key {config.auth_key}: {err}") from None
 
 
+def load_oper_hash(config):
+    """The line of --oper-password-file, checked; None without; ValueError
+    with one line saying what is wrong."""
+    if config.oper_password_file is None:
+        return None
+    from gchat.operators import check_hash_line
+
+    try:
+        with open(config.oper_password_file, encoding="utf-8") as file:
+            line = file.readline().strip()
+        check_hash_line(line)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"--oper-password-file {config.oper_password_file}: {err}") from None
+    return line
+
+
 class Hub:
     def __init__(self, config, bus=None):
         """bus: the cluster's bus (bus/room_bus.RoomBus), None alone."""
@@ -108,10 +124,12 @@ class Hub:
         self.paused = []
         self._loop = gevent.get_hub().loop
         auth = load_auth_key(config)
+        oper_hash = load_oper_hash(config)
         if bus is None:
             self.chat = Chat(
                 config, stats=self.snapshot, clock=self._loop.now, auth=auth, wall=time.time
             )
+            self.chat.oper_hash = oper_hash
         else:
             from gchat.cluster import ClusterChat
 
@@ -123,6 +141,7 @@ class Hub:
                 auth=auth,
                 wall=time.time,
             )
+            self.chat.oper_hash = oper_hash
             self.chat.backlog = lambda: bus.held_lines
             self.chat.bus_up = bus.up.is_set
         self.transport_stats = None  # set by the server: a callable for /stats

@@ -270,6 +270,24 @@ class Auth(NamedTuple):
     token: str
 
 
+class Oper(NamedTuple):
+    """/oper PASSWORD: become an operator (operators.py)."""
+
+    password: str
+
+
+class Moderate(NamedTuple):
+    """An operator's command: /kick NAME [REASON], /ban NAME [DURATION],
+    /mute NAME [DURATION], /unban NAME, /unmute NAME, /bans."""
+
+    command: str  # kick | ban | mute | unban | unmute | bans
+    target: str  # "" for /bans
+    rest: str  # the reason, or the duration ("" for none)
+
+
+MODERATION = ("kick", "ban", "mute", "unban", "unmute", "bans")
+
+
 class Resume(NamedTuple):
     """/resume TOKEN ID, a connection's first line instead of a name."""
 
@@ -295,6 +313,9 @@ HELP_LINES = (
     "  /stats             server counters",
     "  /session           a token to come back with after a dropped connection",
     "  /auth TOKEN        a fresh sign-in token, before the one you have expires",
+    "  /oper PASSWORD     become an operator (without sign-in tokens)",
+    "  /kick NAME [WHY], /ban NAME [30s|10m|2h|1d], /unban NAME, /bans,",
+    "  /mute NAME [DURATION], /unmute NAME    for operators",
     "  /help              this list",
     "Any other line is said to everyone. Start a line with // to say one that starts with /.",
 )
@@ -309,7 +330,22 @@ AUTH_USAGE = _usage("auth", "TOKEN")
 
 
 Command = Union[
-    Chat, Me, Nick, Msg, Who, Quit, Help, Stats, Join, ListRooms, Session, Resume, Auth, Invalid
+    Chat,
+    Me,
+    Nick,
+    Msg,
+    Who,
+    Quit,
+    Help,
+    Stats,
+    Join,
+    ListRooms,
+    Session,
+    Resume,
+    Auth,
+    Oper,
+    Moderate,
+    Invalid,
 ]
 
 
@@ -336,6 +372,10 @@ def parse(line: str) -> Command:
         return Session()
     if command == "auth":
         return Auth(rest) if rest and " " not in rest else AUTH_USAGE
+    if command == "oper":
+        return Oper(rest) if rest else _usage("oper", "PASSWORD")
+    if command in MODERATION:
+        return _moderation(command, rest)
     if command == "resume":
         token, _, last = rest.partition(" ")
         last = last.strip()
@@ -358,6 +398,21 @@ def parse(line: str) -> Command:
         return Msg(target, text)
     shown = word if len(word) <= 32 else word[:32] + "..."
     return Invalid(f"unknown command /{shown} (try /help)")
+
+
+def _moderation(command: str, rest: str) -> Command:
+    target, _, more = rest.partition(" ")
+    more = more.strip()
+    if command == "bans":
+        return Moderate(command, "", "") if not rest else _usage("bans", "")
+    if not target:
+        args = {"kick": "NAME [REASON]", "ban": "NAME [DURATION]", "mute": "NAME [DURATION]"}
+        return _usage(command, args.get(command, "NAME"))
+    if command in ("ban", "mute") and " " in more:
+        return _usage(command, "NAME [DURATION: 30s, 10m, 2h or 1d]")
+    if command in ("unban", "unmute") and more:
+        return _usage(command, "NAME")
+    return Moderate(command, target, more)
 
 
 # --------------------------------------------------------------------------
@@ -394,6 +449,7 @@ LEFT_REASON = {
     Why.AUTH_FAILED: "",
     Why.TOKEN_EXPIRED: "token expired",
     Why.SIGNED_IN_ELSEWHERE: "",
+    Why.KICKED: "",  # the chat says who kicked it and why
 }
 # Sessions (sessions.py, issue 18).
 RESUMED_ELSEWHERE = "error: resumed elsewhere"
@@ -407,6 +463,58 @@ AUTH_FIRST = "sign in first: /auth TOKEN"
 AUTH_THROTTLED = "error: too many failed sign-ins; try later"
 SIGNED_IN_ELSEWHERE = "error: signed in elsewhere"
 TOKEN_ACCEPTED = "token accepted"
+OPER_GRANTED = "you are an operator now"
+OPER_REFUSED = "wrong operator password"
+OPER_OFF = "no operator password is set (--oper-password-file)"
+OPER_BY_TOKEN = "with sign-in tokens, a token's role (op) makes an operator"
+OPER_THROTTLED = "too many failed /oper; try later"
+NO_BANS = "bans: none"
+
+
+def render_for_operators(command: str) -> str:
+    return f"/{command} is for operators"
+
+
+def render_not_an_operator_target(name: str) -> str:
+    return f"{name} is an operator; operators cannot be kicked, banned or muted"
+
+
+def render_kicked(by: str, reason: str) -> str:
+    """What the kicked user is told."""
+    return f"error: kicked by {by} ({reason})" if reason else f"error: kicked by {by}"
+
+
+def render_kicked_reason(by: str, reason: str) -> str:
+    """What its room sees after "NAME has left"."""
+    return f"kicked by {by}: {reason}" if reason else f"kicked by {by}"
+
+
+def render_banned(until: str) -> str:
+    return f"error: banned until {until}"
+
+
+def render_muted(until: str) -> str:
+    return f"you are muted until {until}"
+
+
+def render_bad_duration(command: str, text: str) -> str:
+    shown = text if len(text) <= 20 else text[:20] + "..."
+    return f"usage: /{command} NAME [DURATION: 30s, 10m, 2h or 1d], not {shown!r}"
+
+
+def render_restricted(name: str, what: str, until: str) -> str:
+    """An operator's confirmation: "alice is banned until ..."."""
+    return f"{name} is {what} until {until}"
+
+
+def render_lifted(name: str, what: str, lifted: bool) -> str:
+    return f"{name} is no longer {what}" if lifted else f"{name} was not {what}"
+
+
+def render_bans(bans: list[tuple[str, str]]) -> str:
+    return "bans: " + ", ".join(f"{name} (until {until})" for name, until in bans)
+
+
 AUTH_OFF = "this server does not use sign-in tokens"
 TOKEN_EXPIRED_REASON = "token expired"
 
