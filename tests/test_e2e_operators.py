@@ -5,11 +5,10 @@ undoing and /bans, over real sockets with the gchat console script."""
 import re
 import subprocess
 
+from chat_client import gchat_executable
 from test_e2e_auth import PROMPT, sign_in, token
 from test_e2e_auth import secret_file as secret_file  # noqa: F401  (the fixture)
 from test_e2e_auth import signed as signed  # noqa: F401  (the fixture)
-
-from chat_client import gchat_executable
 
 PASSWORD = "correct horse battery staple"
 ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
@@ -47,7 +46,7 @@ def test_an_operator_kicks_bans_and_mutes(start_gchat, tmp_path):
     # /ban for a minute: kicked, and the name can be neither taken nor kept.
     op.say("/ban carol 1m")
     op.expect(f"carol is banned until {ISO}", skip=True)
-    assert re.fullmatch(f"error: kicked by op \\(banned\\)", carol.closed_after(5)[-1])
+    assert re.fullmatch("error: kicked by op \\(banned\\)", carol.closed_after(5)[-1])
     again = server.client()
     again.expect(r".*name\?")
     again.say("carol")
