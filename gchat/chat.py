@@ -619,6 +619,51 @@ class Chat:
         return claims is not None and may_enter(claims.rooms, room)
 
     # ------------------------------------------------------------------
+    # The server API (transport/api.py, api_rules.py): answer((status, body))
+    # once, now or (in a cluster, where Redis is asked) later.
+
+    def api(self, op: str, args: dict[str, Any], answer: Callable[[Any], object]) -> None:
+        if op == "rooms":
+            answer((200, {"rooms": self._api_rooms()}))
+        elif op == "room":
+            room = self.rooms.get(p.name_key(args["room"]))
+            if room is None or (not room.size and not room.history and room is not self.lobby):
+                self._api_no_room(args["room"], answer)
+                return
+            answer((200, self._api_room(room)))
+        elif op == "publish":
+            self._api_publish(args["room"], p.render_chat(args["as"], args["text"]), answer)
+        elif op == "disconnect":
+            target = self.names.get(p.name_key(args["name"]))
+            if not self._kick(target, "api", args["reason"]):
+                answer((404, {"error": p.render_no_such_user(args["name"])}))
+                return
+            assert target is not None
+            answer((200, {"name": target.name, "disconnected": True}))
+
+    def _api_rooms(self) -> list[dict[str, Any]]:
+        rooms = self.rooms.rooms.values()
+        return [
+            {"room": f"#{r.name}", "members": r.size} for r in rooms if r.size or r is self.lobby
+        ]
+
+    def _api_room(self, room: Room) -> dict[str, Any]:
+        history = [line.decode().rstrip("\n") for line in room.history or ()]
+        return {"room": f"#{room.name}", "members": room.names(), "history": history}
+
+    def _api_no_room(self, name: str, answer: Callable[[Any], object]) -> None:
+        answer((404, {"error": f"no such room: #{name}"}))
+
+    def _api_publish(self, name: str, line: str, answer: Callable[[Any], object]) -> None:
+        """line into the room called name, as a member's (history too)."""
+        room = self.rooms.get(p.name_key(name))
+        if room is None:
+            self._api_no_room(name, answer)
+            return
+        room.say(line, keep=True)
+        answer((200, {"room": f"#{room.name}", "members": room.size}))
+
+    # ------------------------------------------------------------------
     # Operators (operators.py): /oper, /kick, /ban, /mute and their undoing
 
     def _is_operator(self, conn: Member) -> bool:

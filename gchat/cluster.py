@@ -373,6 +373,8 @@ class ClusterChat(Chat):
                 for op in ops:
                     if op[0] == "msg":
                         self._apply_msg(*op[1:])
+                    elif op[0] == "kick":
+                        self._apply_kick(*op[1:])
             return
         room = self.rooms.get(room_key)
         if room is None or room_key not in self.hosted:
@@ -1442,6 +1444,81 @@ class ClusterChat(Chat):
             room.out.send_bytes(conn, data, member=room.receiving(conn))
         else:
             self._tell(conn, line)
+
+    def _apply_kick(self, name: str, by: str, reason: str) -> None:
+        """An operator's /kick or /ban on another node, or the API's: our
+        client name leaves (an operator stays: only operators kick)."""
+        conn = self.names.get(p.name_key(name))
+        if conn is None or isinstance(conn, Remote) or self._is_operator(conn):
+            return
+        self._kick(conn, by, reason)
+
+    # The server API across the cluster: a room this node does not host is
+    # known from the nodes' directories, its members and history read from
+    # Redis; a user on another node is kicked through its node's inbox.
+
+    def _api_rooms(self) -> list[dict[str, Any]]:
+        counts: dict[str, tuple[str, int]] = {}
+        for name, count in self.directory.items():
+            key = p.name_key(name)
+            if key not in self.hosted and count > 0:
+                seen = counts.get(key, (name, 0))
+                counts[key] = (seen[0], seen[1] + count)
+        for key in self.hosted:
+            room = self.rooms.get(key)
+            if room is not None and room.size:
+                counts[key] = (room.name, room.size)
+        return [{"room": f"#{name}", "members": n} for name, n in counts.values()]
+
+    def _directory_room(self, name: str) -> Optional[tuple[str, int]]:
+        """(name as the cluster spells it, members) of a room the nodes'
+        directories list, None if none does."""
+        key = p.name_key(name)
+        found = [(n, c) for n, c in self.directory.items() if p.name_key(n) == key and c > 0]
+        if not found:
+            return None
+        return found[0][0], sum(c for _, c in found)
+
+    def api(self, op: str, args: dict[str, Any], answer: Callable[[Any], object]) -> None:
+        key = p.name_key(args.get("room") or args.get("name") or "")
+        if op == "room" and key not in self.hosted:
+            listed = self._directory_room(args["room"])
+            if listed is None:
+                self._api_no_room(args["room"], answer)
+            else:
+                self.requests.append(("room-info", key, listed[0], answer))
+            return
+        if op == "disconnect":
+            target = self.names.get(key)
+            if target is None or isinstance(target, Remote):
+                # Wherever it is: the bus finds its node in Redis.
+                self.requests.append(("kick", args["name"], "api", args["reason"], answer))
+                return
+        super().api(op, args, answer)
+
+    def _api_publish(self, name: str, line: str, answer: Callable[[Any], object]) -> None:
+        key = p.name_key(name)
+        room = self.rooms.get(key) if key in self.hosted else None
+        if room is not None:
+            spelt, members = room.name, room.size
+        else:
+            listed = self._directory_room(name)
+            if listed is None:
+                self._api_no_room(name, answer)
+                return
+            spelt, members = listed
+        # Into the room's log, as a member's line is: every host says it.
+        history = (line + "\n").encode()
+        self._publish(key, ["say", line, True], history=history)
+        answer((200, {"room": f"#{spelt}", "members": members}))
+
+    def _kick(self, target: Optional[Member], by: str, reason: str) -> bool:
+        if isinstance(target, Remote):
+            if target.node == self.node:
+                return False  # ours, leaving already
+            self.requests.append(("kick", target.name, by, reason, None))
+            return True
+        return super()._kick(target, by, reason)
 
     def _apply_present(self, room: Room, node: str, now: float, names: list[str]) -> None:
         """node's members in room are names: made so here silently (a state

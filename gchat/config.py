@@ -616,6 +616,17 @@ class Config:
         group="access",
         metavar="FILE",
     )
+    # The server API on the --admin port (transport/api.py): a file holding
+    # its key, which requests carry as "Authorization: Bearer KEY".  None:
+    # the API is off (404).
+    api_key_file: Optional[str] = option(
+        None,
+        "a file holding the server API's key: the --admin port serves /api/ to requests "
+        "with Authorization: Bearer KEY",
+        flag="--api-key-file",
+        group="access",
+        metavar="FILE",
+    )
     # Which rooms a client may enter: open (any, as before), or claims (the
     # lobby and those its token's rooms claim names, operators included).
     rooms_policy: str = option(
@@ -904,6 +915,8 @@ class Config:
             raise ValueError("tls_client_ca needs tls_cert and tls_key")
         if self.rooms_policy == "claims" and self.auth_key is None:
             raise ValueError("rooms_policy claims needs auth_key (the claims are a token's)")
+        if self.api_key_file is not None and self.admin is None:
+            raise ValueError("api_key_file needs admin (the API is served on the --admin port)")
         if self.auth_key is not None and self.compat:
             raise ValueError("auth_key does not go with compat (the seed's clients have no names)")
 

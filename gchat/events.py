@@ -36,6 +36,9 @@ REPLAYED = "replayed"
 BUS_EVENTS = frozenset(
     {BUS, CLAIMED, RESYNC, HOSTED, ROUTED, DIRECTORY, NODE_LOST, SESSION_FOUND, REPLAYED}
 )
+# From the server API (transport/api.py): payload (operation, arguments,
+# answer), where answer((status, body)) is called once, by the chat.
+API = "api"
 # payload: a callable, called in the hub so that it runs only while the
 # hub's loop turns (systemd.py's watchdog ping stops when the hub is stuck).
 WATCHDOG = "watchdog"

@@ -20,6 +20,7 @@ from gevent.queue import Empty, Queue
 
 from gchat.chat import Chat
 from gchat.events import (
+    API,
     ARRIVE,
     BUS_EVENTS,
     INBOX_FULL,
@@ -236,6 +237,8 @@ class Hub:
                 chat.on_bus(kind, conn, payload)  # type: ignore[attr-defined]
             elif kind is WATCHDOG:
                 payload()
+            elif kind is API:
+                chat.api(*payload)
         except Exception:
             # One client's bad event must not stop the broadcaster.
             self.stats["faults"] += 1

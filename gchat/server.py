@@ -100,6 +100,11 @@ class ChatServer:
             )
             ports.append(self.http)
         if want_admin:
+            api = None
+            if config.api_key_file is not None:
+                from gchat.transport.api import Api, read_key
+
+                api = Api(self.hub, read_key(config.api_key_file), config)
             self.admin = HttpPort(
                 self,
                 config.admin,
@@ -107,6 +112,7 @@ class ChatServer:
                 operator=True,
                 metrics=metrics,
                 sock=given.get("admin"),
+                api=api,
             )
             ports.append(self.admin)
         return ports

@@ -465,6 +465,22 @@ class Cluster:
                     del self.session_names[key]
             self.sessions[token] = (name, room, start, earlier)
             self.session_names[p.name_key(name)] = token
+        elif kind == "kick":
+            _, name, by, reason, answer = request
+            holder = self.names.get(p.name_key(name))
+            if holder is not None:
+                spelt = self.spellings.get(p.name_key(name)) or name
+                self._submit(node, inbox_key(holder), dumps([["kick", spelt, by, reason]]))
+                if answer is not None:
+                    answer((200, {"name": spelt, "disconnected": True}))
+            elif answer is not None:
+                answer((404, {"error": p.render_no_such_user(name)}))
+        elif kind == "room-info":
+            _, room_key, name, answer = request
+            snapshot = self._snapshot(room_key, name)
+            members = sorted(member for _, member in snapshot.members)
+            history = [line.decode().rstrip("\n") for line in snapshot.history]
+            answer((200, {"room": f"#{snapshot.name}", "members": members, "history": history}))
         elif kind == "session-gone":
             _, key, owner = request
             token = self.session_names.pop(key, None)

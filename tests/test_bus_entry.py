@@ -28,6 +28,7 @@ EVERY_KIND = [
     ["move", "ann"],
     ["expire", "ann", "n1"],
     ["msg", "ann", "bob", "psst"],
+    ["kick", "ann", "op", "spam"],
 ]
 
 

@@ -35,6 +35,8 @@ LAYERS = {
     "gchat.bus.room_log": 1,
     "gchat.sessions": 1,
     "gchat.auth": 1,
+    "gchat.operators": 1,
+    "gchat.api_rules": 1,
     # The broadcaster greenlet, the one owner of the chat's state.
     "gchat.hub": 2,
     # Connections and the bus's I/O: they talk to the hub through events.
@@ -44,6 +46,7 @@ LAYERS = {
     "gchat.transport.websocket": 3,
     "gchat.transport.http": 3,
     "gchat.transport.proxy": 3,
+    "gchat.transport.api": 3,
     "gchat.bus": 3,
     "gchat.bus.room_bus": 3,
     "gchat.bus.room_stream": 3,

@@ -31,6 +31,7 @@ The operations (each a JSON list, its kind first):
 and, in a node's inbox (a log that only its node reads):
 
   ["msg", FROM, TO, TEXT]        a private line for TO
+  ["kick", NAME, BY, REASON]     NAME is kicked by BY (an operator, or "api")
 
 JSON because it is in the standard library and the operations are short
 lists of strings; one json.dumps per room per batch and one json.loads per
@@ -58,6 +59,7 @@ OPERATIONS: dict[str, tuple[type, ...]] = {
     "move": (str,),
     "expire": (str, str),
     "msg": (str, str, str),
+    "kick": (str, str, str),
 }
 
 # The kinds that carry a chat or private line (the outage bound counts them).

@@ -84,6 +84,7 @@ from gchat.protocol import (
     render_away_unreachable,
     render_bad_resume_id,
     render_name_taken,
+    render_no_such_user,
 )
 from gchat.protocol import NODE_LOST as NODE_LOST_REASON
 from gchat.sessions import resume_from
@@ -553,6 +554,8 @@ class RoomBus:
                 self._put(SESSION_FOUND, request[1], (request[2], BUS_DOWN))
             elif request[0] == "replay":
                 self._put(REPLAYED, request[1], (request[2], None, []))
+            elif request[0] in ("kick", "room-info") and request[-1] is not None:
+                request[-1]((503, {"error": BUS_DOWN}))
 
     def _serve_requests(self, requests: list) -> None:
         control, node = self.control, self.node
@@ -629,6 +632,36 @@ class RoomBus:
                         session = render_bad_resume_id(last)  # and nothing taken
                 answers.append((conn, token, session))
                 continue  # answered once the names are taken
+            elif kind == "kick":
+                # An operator's or the API's kick of a user on any node: to
+                # its node's inbox.  answer (the API's) is called here: it
+                # touches no state of the chat's.
+                _, name, by, reason, answer = request
+                found = control.holder_and_name(name_key(name))
+                if found is not None and (found[0] == node or found[0] in self.peers):
+                    spelt = found[1] or name
+                    self.publisher.submit(INBOX + found[0], dumps([["kick", spelt, by, reason]]))
+                    self._wake_writer.set()
+                    if answer is not None:
+                        answer((200, {"name": spelt, "disconnected": True}))
+                elif answer is not None:
+                    answer((404, {"error": render_no_such_user(name)}))
+            elif kind == "room-info":
+                _, room_key, name, answer = request
+                snapshot = self.stream.snapshot(room_key, name)
+                answer(
+                    (
+                        200,
+                        {
+                            "room": f"#{snapshot.name}",
+                            "members": sorted(member for _, member in snapshot.members),
+                            "history": [
+                                line.decode("utf-8", "replace").rstrip("\n")
+                                for line in snapshot.history
+                            ],
+                        },
+                    )
+                )
             elif kind == "replay":
                 _, conn, room_key, first = request
                 self._put(REPLAYED, conn, (room_key, *self._replay(room_key, first)))

@@ -82,11 +82,14 @@ class HttpPort:
     """One HTTP listener.  page: it serves the page and /ws; operator: it
     serves /healthz and /metrics."""
 
-    def __init__(self, chat_server, address, page: bool, operator: bool, metrics=None, sock=None):
+    def __init__(
+        self, chat_server, address, page: bool, operator: bool, metrics=None, sock=None, api=None
+    ):
         self.chat_server = chat_server
         self.config = chat_server.config
         self.page = page
         self.operator = operator
+        self.api = api  # transport/api.Api on the --admin port with --api-key-file
         self.metrics = metrics  # a callable returning (content type, bytes)
         self.pages = load_pages() if page else {}
         # The line port's accept loop, which outlives EMFILE.
@@ -124,10 +127,10 @@ class HttpPort:
                 if stream is None:
                     return
             while True:
-                request = self._read_request(http, stream)
-                if request is None:
+                got = self._read_request(http, stream)
+                if got is None:
                     return
-                upgraded = self._route(http, stream, request, address)
+                upgraded = self._route(http, stream, address, *got)
                 if upgraded or http.our_state is not h11.DONE or http.their_state is not h11.DONE:
                     return
                 http.start_next_cycle()
@@ -165,9 +168,13 @@ class HttpPort:
         return stream
 
     def _read_request(self, http, conn):
-        """The next request, its body read and ignored; None when the
-        client closed.  The whole head must come within the timeout."""
+        """(the next request, its body, whether the body was over the API's
+        bound); None when the client closed.  The whole head must come
+        within the timeout.  A body is kept only for the API (up to
+        api.API_MAX_BODY), and read and dropped elsewhere."""
         request = None
+        body = bytearray()
+        too_large = False
         with Timeout(self.config.http_header_timeout):
             while True:
                 event = http.next_event()
@@ -187,10 +194,17 @@ class HttpPort:
                         )
                     request = event
                 elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
-                    return request
+                    return (request, bytes(body), too_large) if request is not None else None
                 elif isinstance(event, h11.ConnectionClosed):
                     return None
-                # h11.Data: a body nobody asked for, read and ignored
+                elif isinstance(event, h11.Data) and self.api is not None and not too_large:
+                    from gchat.transport.api import API_MAX_BODY
+
+                    body += event.data
+                    if len(body) > API_MAX_BODY:
+                        too_large = True
+                        body = bytearray()
+                # other h11.Data: a body nobody asked for, read and ignored
 
     def _respond(
         self,
@@ -226,9 +240,18 @@ class HttpPort:
         except (h11.LocalProtocolError, OSError):
             pass
 
-    def _route(self, http, conn, request, address) -> bool:
+    def _route(self, http, conn, address, request, body=b"", too_large=False) -> bool:
         """Answer request; True when the connection became a WebSocket."""
         path = request.target.split(b"?", 1)[0].decode("ascii", "replace")
+        if self.api is not None and path.startswith("/api/"):
+            from gchat.transport.api import encode
+
+            headers = {name.lower(): value for name, value in request.headers}
+            status, answer = self.api.answer(
+                request.method.decode("ascii", "replace"), path, headers, body, too_large
+            )
+            self._respond(http, conn, status, encode(answer), "application/json")
+            return False
         known = (self.page and (path == "/ws" or path in self.pages)) or (
             self.operator and path in ("/healthz", "/metrics")
         )
