@@ -705,6 +705,7 @@ class Chat:
             table, what = (
                 (self.bans, "banned") if command.command == "unban" else (self.mutes, "muted")
             )
+            self._restricted_elsewhere(what, key, None, lifted=True)
             self._tell(conn, p.render_lifted(command.target, what, table.lift(key)))
             return
         target = self.names.get(key)
@@ -725,11 +726,12 @@ class Chat:
         name = target.name if target is not None else command.target
         if command.command == "ban":
             self.bans.add(key, until)
-            self._ban_elsewhere(key, until)
+            self._restricted_elsewhere("banned", key, until, lifted=False)
             self._kick(target, conn.name, "banned")
             self._tell(conn, p.render_restricted(name, "banned", render_until(until)))
         else:
             self.mutes.add(key, until)
+            self._restricted_elsewhere("muted", key, until, lifted=False)
             self._tell(conn, p.render_restricted(name, "muted", render_until(until)))
             if target is not None and target is not conn and target in self.connected:
                 self._error(target, p.render_muted(render_until(until)))
@@ -742,8 +744,11 @@ class Chat:
         self.depart(target, Why.KICKED, f"{by}\n{reason}")
         return True
 
-    def _ban_elsewhere(self, key: str, until: Optional[float]) -> None:
-        """A ban is the whole cluster's (cluster.py keeps it in Redis)."""
+    def _restricted_elsewhere(
+        self, what: str, key: str, until: Optional[float], lifted: bool
+    ) -> None:
+        """A ban or mute is the whole cluster's (cluster.py keeps them in
+        Redis); one process has no elsewhere."""
 
     def _banned_line(self, name: str) -> str:
         return p.render_banned(render_until(self.bans.until.get(p.name_key(name))))

@@ -64,6 +64,7 @@ from gchat.events import (
     HOSTED,
     NODE_LOST,
     REPLAYED,
+    RESTRICTIONS,
     RESYNC,
     ROUTED,
     SESSION_FOUND,
@@ -301,6 +302,9 @@ class ClusterChat(Chat):
         # end; then those whose "expire" this node has sent.
         self.away_remotes: dict[Remote, None] = {}
         self.expiring: set[Remote] = set()
+        # (table, name key) -> (when, until, lifted): bans and mutes set
+        # here lately, which a heartbeat's reading may not hold yet.
+        self._restricted_here: dict[tuple[str, str], tuple[float, Optional[float], bool]] = {}
         self.counts.update(bus_refused=0, bus_ops_skipped=0)
         self._apply: dict[str, Callable[..., None]] = {
             "enter": self._apply_enter,
@@ -362,6 +366,8 @@ class ClusterChat(Chat):
             self.session_found(conn, *payload)
         elif kind == REPLAYED:
             self.replayed(conn, *payload)
+        elif kind == RESTRICTIONS:
+            self.restrictions(payload)
         else:
             self.apply(*payload)
 
@@ -1511,6 +1517,31 @@ class ClusterChat(Chat):
         history = (line + "\n").encode()
         self._publish(key, ["say", line, True], history=history)
         answer((200, {"room": f"#{spelt}", "members": members}))
+
+    def _restricted_elsewhere(
+        self, what: str, key: str, until: Optional[float], lifted: bool
+    ) -> None:
+        table = "bans" if what == "banned" else "mutes"
+        self.requests.append(("restrict", table, key, until, lifted))
+        self._restricted_here[(table, key)] = (self._wall(), until, lifted)
+
+    def restrictions(self, tables: dict[str, dict[str, Optional[float]]]) -> None:
+        """The cluster's bans and mutes as a heartbeat read them in Redis.
+        This node's own changes of the last few seconds stand over them:
+        the heart may have read before the claimer wrote them."""
+        now = self._wall()
+        recent = 2 * self.config.node_timeout
+        bans, mutes = dict(tables["bans"]), dict(tables["mutes"])
+        for (table, key), (at, until, lifted) in list(self._restricted_here.items()):
+            if now - at > recent:
+                del self._restricted_here[(table, key)]
+                continue
+            target = bans if table == "bans" else mutes
+            if lifted:
+                target.pop(key, None)
+            else:
+                target[key] = until
+        self.bans.until, self.mutes.until = bans, mutes
 
     def _kick(self, target: Optional[Member], by: str, reason: str) -> bool:
         if isinstance(target, Remote):

@@ -29,12 +29,26 @@ NODE_LOST = "node-lost"  # payload: (node id, reason): its heartbeat expired
 # payload: (token, (name, room) of the session, now taken over for this
 # node in Redis; or None: unknown or expired; or an error line's reason).
 SESSION_FOUND = "session-found"
+# payload: {"bans": {name key: until or None}, "mutes": {...}}, the
+# cluster's, as Redis holds them (read at each heartbeat).
+RESTRICTIONS = "restrictions"
 # conn: a client that resumed on this node; payload: (room key, the room's
 # epoch, [(offset, node, operations)] of its log from the offset asked on),
 # or (room key, None, []) when Redis could not say.
 REPLAYED = "replayed"
 BUS_EVENTS = frozenset(
-    {BUS, CLAIMED, RESYNC, HOSTED, ROUTED, DIRECTORY, NODE_LOST, SESSION_FOUND, REPLAYED}
+    {
+        BUS,
+        CLAIMED,
+        RESYNC,
+        HOSTED,
+        ROUTED,
+        DIRECTORY,
+        NODE_LOST,
+        SESSION_FOUND,
+        REPLAYED,
+        RESTRICTIONS,
+    }
 )
 # From the server API (transport/api.py): payload (operation, arguments,
 # answer), where answer((status, body)) is called once, by the chat.

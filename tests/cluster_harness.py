@@ -475,6 +475,8 @@ class Cluster:
                     answer((200, {"name": spelt, "disconnected": True}))
             elif answer is not None:
                 answer((404, {"error": p.render_no_such_user(name)}))
+        elif kind == "restrict":
+            pass  # the model keeps no bans: each node's own table stands
         elif kind == "room-info":
             _, room_key, name, answer = request
             snapshot = self._snapshot(room_key, name)

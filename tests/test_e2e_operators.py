@@ -101,3 +101,53 @@ def test_a_token_s_role_makes_an_operator_and_a_banned_sub_cannot_sign_in(signed
     assert re.fullmatch(f"error: banned until {ISO}", late.closed_after(5)[-1])
     op.say(f"/oper {PASSWORD}")  # with tokens, the token's role says who is one
     op.expect(r"error: with sign-in tokens, a token's role \(op\) makes an operator", skip=True)
+
+
+def test_operators_act_across_a_cluster_and_bans_live_in_redis(start_gchat, redis_server, tmp_path):
+    from test_e2e_cluster import FAST, until
+
+    pw = hashed(tmp_path)
+    a = start_gchat("--redis", redis_server.url, *FAST, "--oper-password-file", pw)
+    b = start_gchat("--redis", redis_server.url, *FAST, "--oper-password-file", pw)
+    op = a.named("op")
+    op.say(f"/oper {PASSWORD}")
+    op.expect("you are an operator now", skip=True)
+    bob, carol = b.named("bob"), b.named("carol")
+    op.say("/kick bob off you go")  # bob is on node b
+    assert bob.closed_after(5)[-1] == "error: kicked by op (off you go)"
+    carol.expect(r"bob has left \(kicked by op: off you go\)", skip=True)
+    op.say("/mute carol 10m")
+    op.expect(f"carol is muted until {ISO}", skip=True)
+
+    def carol_muted():
+        carol.say("anyone?")
+        return re.fullmatch(f"error: you are muted until {ISO}", carol.line())
+
+    until(carol_muted, what="carol muted on node b")  # within a heartbeat
+    op.say("/ban bob 1h")
+    op.expect(f"bob is banned until {ISO}", skip=True)
+
+    def bob_refused():
+        again = b.client()
+        again.expect(r".*name\?")
+        again.say("bob")
+        line = again.line()
+        again.close()
+        return re.fullmatch(f"error: banned until {ISO}", line)
+
+    until(bob_refused, what="the ban on node b")
+    c = start_gchat("--redis", redis_server.url, *FAST)  # a node started since
+    newcomer = c.client()
+
+    def banned_on_c():
+        newcomer.say("bob")
+        line = newcomer.line()
+        if line == "You are bob":
+            raise AssertionError("a banned name was taken on a new node")
+        newcomer.expect(r".*name\?")
+        return re.fullmatch(f"error: banned until {ISO}", line)
+
+    newcomer.expect(r".*name\?")
+    until(banned_on_c, what="the ban read from Redis on node c")
+    op.say("/bans")
+    op.expect(f"bans: bob \\(until {ISO}\\)", skip=True)

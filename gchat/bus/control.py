@@ -66,6 +66,8 @@ redis.call('PERSIST', KEYS[2])
 return 1
 """
 
+RESTRICTION_KINDS = ("bans", "mutes")
+
 
 class Control:
     """One cluster's names, liveness and directory, over a redis-py client
@@ -108,6 +110,11 @@ class Control:
 
     def nodes_key(self) -> str:
         return f"{{{self.cluster}:ctl}}:nodes"
+
+    def restrictions_key(self, kind: str) -> str:
+        """The cluster's bans or mutes (kind): name key -> when it ends
+        (seconds since the epoch, or "-" for until lifted)."""
+        return f"{{{self.cluster}:ctl}}:{kind}"
 
     def gone_key(self) -> str:
         return f"{{{self.cluster}:ctl}}:gone"
@@ -329,6 +336,36 @@ class Control:
         self.client.delete(self.node_names(node))
         self.client.delete(self.directory_key(node))
         return freed
+
+    # Bans and mutes (operators.py) ---------------------------------------
+
+    def restrict(self, kind: str, key: str, until: Optional[float]) -> None:
+        self.client.hset(self.restrictions_key(kind), key, "-" if until is None else repr(until))
+
+    def lift(self, kind: str, key: str) -> None:
+        self.client.hdel(self.restrictions_key(kind), key)
+
+    def restrictions(self, now: float) -> dict[str, dict[str, Optional[float]]]:
+        """{"bans": {name key: until}, "mutes": {...}}, the ended ones
+        dropped (from Redis too)."""
+        pipe = self.client.pipeline(transaction=False)
+        for kind in RESTRICTION_KINDS:
+            pipe.hgetall(self.restrictions_key(kind))
+        out: dict[str, dict[str, Optional[float]]] = {}
+        for kind, table in zip(RESTRICTION_KINDS, pipe.execute()):
+            current: dict[str, Optional[float]] = {}
+            ended = []
+            for raw_key, raw in table.items():
+                key, value = raw_key.decode(), raw.decode()
+                until = None if value == "-" else float(value)
+                if until is not None and until <= now:
+                    ended.append(key)
+                else:
+                    current[key] = until
+            if ended:
+                self.client.hdel(self.restrictions_key(kind), *ended)
+            out[kind] = current
+        return out
 
     # The room directory -------------------------------------------------
 

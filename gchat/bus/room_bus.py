@@ -73,6 +73,7 @@ from gchat.events import (
     HOSTED,
     NODE_LOST,
     REPLAYED,
+    RESTRICTIONS,
     RESYNC,
     ROUTED,
     SESSION_FOUND,
@@ -216,6 +217,7 @@ class RoomBus:
             self.epoch = self.control.epoch(uuid.uuid4().hex)
             self.control.beat(self.node, self._ttl_ms())
             self.feed.host(INBOX + self.node)
+            self._restrictions_at_start = self.control.restrictions(time.time())
         except AuthenticationError as err:
             raise BusError(f"Redis refused the password: {err}") from None
         except ResponseError as err:
@@ -229,6 +231,9 @@ class RoomBus:
     def start(self, put: Any) -> None:
         """Serve: put(kind, conn, payload) sends the hub an event."""
         self._put = put
+        # The cluster's bans and mutes, read before serving (connect), go
+        # to the hub first: a name banned is not taken on a node started since.
+        put(RESTRICTIONS, None, self._restrictions_at_start)
         for run in (self._write_loop, self._feed_loop, self._claim_loop, self._heart_loop):
             self._greenlets.append(gevent.spawn(run))
 
@@ -646,6 +651,12 @@ class RoomBus:
                         answer((200, {"name": spelt, "disconnected": True}))
                 elif answer is not None:
                     answer((404, {"error": render_no_such_user(name)}))
+            elif kind == "restrict":
+                _, table, key, until, lifted = request
+                if lifted:
+                    control.lift(table, key)
+                else:
+                    control.restrict(table, key, until)
             elif kind == "room-info":
                 _, room_key, name, answer = request
                 snapshot = self.stream.snapshot(room_key, name)
@@ -757,10 +768,12 @@ class RoomBus:
         alive = control.alive(nodes)
         live = [node for node, ok in alive.items() if ok]
         directory = control.directory(live)
+        restrictions = control.restrictions(time.time())
         self._back(data_lost)
         if data_lost:
             self._data_lost(epoch)
         self._put(DIRECTORY, None, directory)
+        self._put(RESTRICTIONS, None, restrictions)
         self.peers = set(live)
         self.lost -= self.peers
         for node in gone:
