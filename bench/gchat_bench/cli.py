@@ -212,6 +212,14 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
         "against the same run without",
     )
     ap.add_argument(
+        "--auth-secret",
+        metavar="SECRET",
+        default=None,
+        help="name mode: every client signs in with /auth TOKEN, an HS256 JWT for its "
+        "name made with SECRET (the server needs --auth-key FILE holding it: "
+        "--spawn=--auth-key=FILE); needs PyJWT",
+    )
+    ap.add_argument(
         "--local-rooms",
         action="store_true",
         help="a cluster (--spawn-cluster N, or --target with several nodes): "
@@ -692,6 +700,8 @@ def _main(a: argparse.Namespace) -> int:
             local_rooms=a.local_rooms,
             transport=transport,
             scrape_metrics=a.scrape_metrics,
+            sessions=a.sessions,
+            auth_secret=a.auth_secret,
         )
         opts.validate()
         attempt = 0

@@ -90,6 +90,8 @@ class Options:
     compat: bool = False
     rooms: int = 0  # >0: clients spread over this many rooms (name mode)
     local_rooms: bool = False  # a cluster: each room's members on one node
+    sessions: bool = False  # every client asks for /session once ready (ids on its lines)
+    auth_secret: Optional[str] = None  # clients sign in with /auth TOKEN (HS256, this secret)
     source_addrs: int = 0  # 0: automatic
     connect_concurrency: int = 200  # handshakes in progress per worker
     connect_timeout: float = 60.0
@@ -103,6 +105,8 @@ class Options:
     def validate(self) -> None:
         if self.scenario not in SCENARIOS:
             raise BenchError("unknown scenario %r" % self.scenario)
+        if (self.sessions or self.auth_secret is not None) and self.compat:
+            raise BenchError("--sessions and --auth-secret speak gchat's name mode, not --compat")
         if self.clients < 1:
             raise BenchError("--clients must be at least 1")
         if self.scenario in ("fanout", "saturate", "slow"):
@@ -234,7 +238,8 @@ class WorkerPool:
                 "source_addrs": srcs,
                 "name_prefix": prefix,
                 "rooms": opts.rooms,
-                "sessions": bool(getattr(opts, "sessions", False)),
+                "sessions": opts.sessions,
+                "auth_secret": opts.auth_secret,
             }
             if len(nodes) > 1:
                 # Client i connects to
@@ -689,7 +694,8 @@ def run_scenario(opts: Options, server: Server) -> dict:
     res["workers"] = pool.n
     res["source_addrs"] = len(pool.source_addrs) or 1
     res["transport"] = opts.transport
-    res["sessions"] = bool(getattr(opts, "sessions", False))
+    res["sessions"] = opts.sessions
+    res["signed_in"] = opts.auth_secret is not None
     if isinstance(server, Cluster):
         # Where the clients went (cluster.node_of), and what the server is.
         res["nodes"] = nodes

@@ -6,21 +6,15 @@
 #   - a rolling restart under the same load: A stopped (SIGTERM), its
 #     clients resume on B, A back, then B stopped and every client (the
 #     senders hold sessions too) resumes on the new A;
-#   - what ids cost in steady state on the 1,000-room load over 2 nodes,
-#     each room on one node (--local-rooms), with and without --sessions.
+# (What ids cost over 2 nodes: issue18_cluster_ids.sh.)
 # Three runs each, medians in RESULTS.md.
 #
 #   bench/results/issue18_cluster.sh      # writes i18c_*.jsonl and i18c_*.txt here
 set -u
 cd "$(dirname "$0")"
 ulimit -n 20000
-rm -f i18c_*.jsonl i18c_*.txt
+rm -f i18c_failover.jsonl i18c_rolling.jsonl
 for round in 1 2 3; do
   python -m gchat_bench.failover_storm --clients 11000 --rooms 1000 --rate 1000 --json >> i18c_failover.jsonl
   python -m gchat_bench.failover_storm --rolling --clients 11000 --rooms 1000 --rate 1000 --json >> i18c_rolling.jsonl
-done
-LOAD="fanout --clients 10000 --senders 1000 --rate 1000 --rooms 1000 --duration 10 --spawn-cluster 2 --local-rooms --spawn=--flood-rate=0"
-for round in 1 2 3; do
-  gchat-bench $LOAD --json >> i18c_ids_plain.jsonl 2>> i18c_ids_plain.txt
-  gchat-bench $LOAD --sessions --json >> i18c_ids_sessions.jsonl 2>> i18c_ids_sessions.txt
 done
