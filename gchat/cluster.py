@@ -1020,6 +1020,11 @@ class ClusterChat(Chat):
         out.send_bytes(conn, carried + block, member=False)
         room.members[conn] = None
         out.joined(conn)
+        if self.auth is not None and conn not in self.signed:
+            # Signed in on the node it came from: this one has not seen its
+            # token.  It sends it again, or goes as an expired one does.
+            self.refreshing[conn] = self._clock() + self.config.auth_refresh
+            self._tell(conn, p.render_token_expired(self.config.auth_refresh))
 
     def _came_back_resume(self, conn: Member, room: Room) -> None:
         self._maybe_free(conn)

@@ -197,3 +197,35 @@ def test_a_bad_sign_in_setup_stops_at_start_with_one_line(args, problem):
     )
     assert result.returncode != 0
     assert problem in result.stderr
+
+
+def test_signing_in_across_a_cluster_and_a_resume_there_asks_for_the_token(
+    start_gchat, secret_file, redis_server
+):
+    from test_e2e_cluster import FAST
+    from test_e2e_sessions import reset, start_session
+
+    a, b = (
+        start_gchat("--redis", redis_server.url, *FAST, "--auth-key", secret_file) for _ in range(2)
+    )
+    alice = sign_in(a, "alice")
+    token_of_session = start_session(alice)
+    bob = sign_in(b, "bob")
+    bob.expect(r"Also here \(1\): alice")
+    # The same sub on the other node: refused there (not built: a takeover).
+    twin = b.client()
+    twin.expect(re.escape(PROMPT))
+    twin.say(f"/auth {token('alice')}")
+    assert twin.closed_after(5)[-1] == "error: the name alice is taken"
+    reset(alice)
+    back = b.client()
+    back.expect(re.escape(PROMPT))
+    back.say(f"/resume {token_of_session} -")
+    back.expect(r"resumed alice #lobby \d+", skip=True)
+    back.expect(r"error: token expired; send /auth TOKEN within \d+ s", skip=True)
+    back.say("hello")  # nothing but /auth until then
+    back.expect(r"error: token expired; send /auth TOKEN within \d+ s")
+    back.say(f"/auth {token('alice')}")
+    back.expect("token accepted")
+    back.say("hello")
+    bob.expect("alice: hello", skip=True)

@@ -43,6 +43,7 @@
     // Signing in (--auth-key): the prompt, and the ends a token can come to.
     authPrompt: /^Welcome to gchat\. Sign in with \/auth TOKEN\.$/,
     authEnded: /^error: (authentication failed|too many failed sign-ins|signed in elsewhere|token expired; disconnecting)/,
+    tokenAsked: /^error: token expired; send \/auth TOKEN within \d+ s$/,
   };
   const GAP_NOTE = "some messages could not be recovered";
 
@@ -312,6 +313,9 @@
 
     if (RE.authEnded.test(line)) {
       state.quitting = true;  // the same token would only be refused again
+    }
+    if (RE.tokenAsked.test(line) && authToken) {
+      send(`/auth ${authToken}`);  // a node that has not seen it asks again
     }
 
     if (state.phase !== "named") {
