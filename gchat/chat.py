@@ -583,7 +583,9 @@ class Chat:
             if claims is None or claims.expires != exp or conn not in self.connected:
                 continue  # renewed, or gone
             if conn.name is None:
-                continue  # still being named (a cluster's claim): checked once named
+                # Still being named (a cluster's claim is out): a second later.
+                heapq.heappush(expiries, (now + 1.0, next(self._order), conn, exp))
+                continue
             self.refreshing[conn] = now + self.config.auth_refresh
             self._tell(conn, p.render_token_expired(self.config.auth_refresh))
         while self.refreshing:
