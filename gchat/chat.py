@@ -716,7 +716,7 @@ class Chat:
             return
         if command.command == "kick":
             if not self._kick(target, conn.name, command.rest):
-                self._error(conn, p.render_no_such_user(command.target))
+                self._kick_elsewhere(conn, command.target, command.rest, tell=True)
             return
         until: Optional[float] = None
         if command.rest:
@@ -729,7 +729,8 @@ class Chat:
         if command.command == "ban":
             self.bans.add(key, until)
             self._restricted_elsewhere("banned", key, until, lifted=False)
-            self._kick(target, conn.name, "banned")
+            if not self._kick(target, conn.name, "banned"):
+                self._kick_elsewhere(conn, command.target, "banned", tell=False)
             self._tell(conn, p.render_restricted(name, "banned", render_until(until)))
         else:
             self.mutes.add(key, until)
@@ -751,6 +752,12 @@ class Chat:
     ) -> None:
         """A ban or mute is the whole cluster's (cluster.py keeps them in
         Redis); one process has no elsewhere."""
+
+    def _kick_elsewhere(self, op: Member, name: str, reason: str, tell: bool) -> None:
+        """A kick of a name nobody here has: one process has no elsewhere
+        (a cluster asks Redis which node has it, cluster.py)."""
+        if tell:
+            self._error(op, p.render_no_such_user(name))
 
     def _banned_line(self, name: str) -> str:
         return p.render_banned(render_until(self.bans.until.get(p.name_key(name))))

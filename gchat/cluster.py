@@ -62,6 +62,7 @@ from gchat.events import (
     CLAIMED,
     DIRECTORY,
     HOSTED,
+    KICK_ROUTED,
     NODE_LOST,
     REPLAYED,
     RESTRICTIONS,
@@ -368,6 +369,8 @@ class ClusterChat(Chat):
             self.replayed(conn, *payload)
         elif kind == RESTRICTIONS:
             self.restrictions(payload)
+        elif kind == KICK_ROUTED:
+            self.kick_routed(conn, *payload)
         else:
             self.apply(*payload)
 
@@ -1522,6 +1525,16 @@ class ClusterChat(Chat):
         history = (line + "\n").encode()
         self._publish(key, ["say", line, True], history=history)
         answer((200, {"room": f"#{spelt}", "members": members}))
+
+    def _kick_elsewhere(self, op: Member, name: str, reason: str, tell: bool) -> None:
+        # This node may not know the name (its member is in a room hosted
+        # elsewhere, or its arrival is not applied here yet): Redis knows
+        # its node; the operator hears of it only if nobody has it.
+        self.requests.append(("kick", name, op.name, reason, op if tell else None))
+
+    def kick_routed(self, op: Member, name: str, found: bool) -> None:
+        if not found and op in self.connected:
+            self._error(op, p.render_no_such_user(name))
 
     def _restricted_elsewhere(
         self, what: str, key: str, until: Optional[float], lifted: bool

@@ -29,6 +29,8 @@ NODE_LOST = "node-lost"  # payload: (node id, reason): its heartbeat expired
 # payload: (token, (name, room) of the session, now taken over for this
 # node in Redis; or None: unknown or expired; or an error line's reason).
 SESSION_FOUND = "session-found"
+# conn: an operator whose /kick the bus routed; payload: (name, found).
+KICK_ROUTED = "kick-routed"
 # payload: {"bans": {name key: until or None}, "mutes": {...}}, the
 # cluster's, as Redis holds them (read at each heartbeat).
 RESTRICTIONS = "restrictions"
@@ -48,6 +50,7 @@ BUS_EVENTS = frozenset(
         SESSION_FOUND,
         REPLAYED,
         RESTRICTIONS,
+        KICK_ROUTED,
     }
 )
 # From the server API (transport/api.py): payload (operation, arguments,

@@ -74,6 +74,7 @@ from gchat.events import (
     CLAIMED,
     DIRECTORY,
     HOSTED,
+    KICK_ROUTED,
     NODE_LOST,
     RESYNC,
     ROUTED,
@@ -471,10 +472,12 @@ class Cluster:
             if holder is not None:
                 spelt = self.spellings.get(p.name_key(name)) or name
                 self._submit(node, inbox_key(holder), dumps([["kick", spelt, by, reason]]))
-                if answer is not None:
+                if callable(answer):
                     answer((200, {"name": spelt, "disconnected": True}))
-            elif answer is not None:
+            elif callable(answer):
                 answer((404, {"error": p.render_no_such_user(name)}))
+            elif answer is not None:
+                chat.on_bus(KICK_ROUTED, answer, (name, False))
         elif kind == "restrict":
             pass  # the model keeps no bans: each node's own table stands
         elif kind == "room-info":

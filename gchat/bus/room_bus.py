@@ -71,6 +71,7 @@ from gchat.events import (
     CLAIMED,
     DIRECTORY,
     HOSTED,
+    KICK_ROUTED,
     NODE_LOST,
     REPLAYED,
     RESTRICTIONS,
@@ -559,7 +560,7 @@ class RoomBus:
                 self._put(SESSION_FOUND, request[1], (request[2], BUS_DOWN))
             elif request[0] == "replay":
                 self._put(REPLAYED, request[1], (request[2], None, []))
-            elif request[0] in ("kick", "room-info") and request[-1] is not None:
+            elif request[0] in ("kick", "room-info") and callable(request[-1]):
                 request[-1]((503, {"error": BUS_DOWN}))
 
     def _serve_requests(self, requests: list) -> None:
@@ -639,18 +640,28 @@ class RoomBus:
                 continue  # answered once the names are taken
             elif kind == "kick":
                 # An operator's or the API's kick of a user on any node: to
-                # its node's inbox.  answer (the API's) is called here: it
-                # touches no state of the chat's.
+                # its node's inbox.  answer: the API's callable (it touches
+                # no state of the chat's), or the operator to tell, through
+                # the hub, if nobody has the name.
                 _, name, by, reason, answer = request
                 found = control.holder_and_name(name_key(name))
-                if found is not None and (found[0] == node or found[0] in self.peers):
-                    spelt = found[1] or name
+                ok = found is not None and (
+                    found[0] == node
+                    or found[0] in self.peers
+                    or control.alive([found[0]])[found[0]]  # a node newer than our last beat
+                )
+                spelt = (found[1] if found is not None else "") or name
+                if ok:
+                    assert found is not None
                     self.publisher.submit(INBOX + found[0], dumps([["kick", spelt, by, reason]]))
                     self._wake_writer.set()
-                    if answer is not None:
+                if callable(answer):
+                    if ok:
                         answer((200, {"name": spelt, "disconnected": True}))
+                    else:
+                        answer((404, {"error": render_no_such_user(name)}))
                 elif answer is not None:
-                    answer((404, {"error": render_no_such_user(name)}))
+                    self._put(KICK_ROUTED, answer, (name, ok))
             elif kind == "restrict":
                 _, table, key, until, lifted = request
                 if lifted:
