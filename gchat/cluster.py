@@ -303,6 +303,9 @@ class ClusterChat(Chat):
         # end; then those whose "expire" this node has sent.
         self.away_remotes: dict[Remote, None] = {}
         self.expiring: set[Remote] = set()
+        # name key -> conn: signed in here as a sub another node holds,
+        # waiting for that node to hand the name over.
+        self.signing_over: dict[str, Member] = {}
         # (table, name key) -> (when, until, lifted): bans and mutes set
         # here lately, which a heartbeat's reading may not hold yet.
         self._restricted_here: dict[tuple[str, str], tuple[float, Optional[float], bool]] = {}
@@ -317,6 +320,7 @@ class ClusterChat(Chat):
             "session": self._apply_session,
             "away": self._apply_away,
             "move": self._apply_move,
+            "handover": self._apply_handover,
             "expire": self._apply_expire,
         }
 
@@ -384,6 +388,10 @@ class ClusterChat(Chat):
                         self._apply_msg(*op[1:])
                     elif op[0] == "kick":
                         self._apply_kick(*op[1:])
+                    elif op[0] == "hand-over":
+                        self._apply_hand_over(*op[1:])
+                    elif op[0] == "handed":
+                        self._apply_handed(*op[1:])
             return
         room = self.rooms.get(room_key)
         if room is None or room_key not in self.hosted:
@@ -433,6 +441,8 @@ class ClusterChat(Chat):
         """The bus's answer to a claim: error is None when conn got name."""
         _, renaming = self.claims.pop(conn, (name, False))
         key = p.name_key(name)
+        if self.signing_over.get(key) is conn:
+            del self.signing_over[key]  # the node that had it is gone: asked anew
         if self.claiming.get(key) is conn:
             del self.claiming[key]
         _release_if_empty(self.claiming)
@@ -442,10 +452,14 @@ class ClusterChat(Chat):
                 self.requests.append(("release", key))
             return
         if error is not None:
+            if not renaming and conn in self.signed and error == p.render_name_taken(name):
+                # Signed in (--auth-key): the same sub holds the name on
+                # another node.  It signed in again here: the name and its
+                # place are handed over (sign_over_elsewhere).
+                self.signing_over[key] = conn
+                self.requests.append(("sign-over", conn, name))
+                return
             if not renaming and conn in self.signed:
-                # Signed in (--auth-key): its name is its token's, and no
-                # other can be asked for.  (The same sub on another node
-                # holds it: a takeover across nodes is not built yet.)
                 self.busy.pop(conn, None)
                 self.depart(conn, Why.AUTH_FAILED, p.render_error(error))
                 return
@@ -636,6 +650,8 @@ class ClusterChat(Chat):
         if conn in self.claims or conn in self.inflight or conn in self._sending:
             return
         if conn in self.heading or conn in self.routing or conn in self.resuming:
+            return
+        if conn.name is None and conn in self.signing_over.values():
             return
         if conn in self.replaying:
             return
@@ -1458,6 +1474,107 @@ class ClusterChat(Chat):
             room.out.send_bytes(conn, data, member=room.receiving(conn))
         else:
             self._tell(conn, line)
+
+    # The same sub signing in on two nodes (auth.py): the second takes the
+    # name and its place over, and the room sees nothing.  The node that has
+    # it lets it go ("hand-over" in its inbox: its connection is told
+    # "signed in elsewhere"), says from which room ("handed", in the new
+    # node's inbox), and the new node takes the name in Redis and publishes
+    # "handover" into that room, after which every host has it there.
+
+    def _apply_hand_over(self, name: str, to: str) -> None:
+        key = p.name_key(name)
+        conn = self.names.get(key)
+        room_name = ""
+        if conn is not None and not isinstance(conn, Remote) and conn.room is not None:
+            room = conn.room
+            room_name = room.name
+            session = self.session_of.pop(conn, None)
+            if session is not None:
+                self.sessions.close(session)
+                self.requests.append(("session-end", session.token, key))
+            if conn in room.away:
+                del room.away[conn]
+            else:
+                room.leave(conn, None, moving=False, now=self._clock())
+                if conn in self.connected:
+                    self._tell(conn, p.SIGNED_IN_ELSEWHERE)
+                    self.connected.discard(conn)
+                    self.silent.discard(conn)
+                    self.departures.append((conn, Why.SIGNED_IN_ELSEWHERE))
+                    self.counts["departures"] += 1
+            room.out.untag(conn)
+            self.signed.pop(conn, None)
+            self.refreshing.pop(conn, None)
+            self.published.pop(conn, None)
+            self.busy.pop(conn, None)
+            # Until the handover is back it stays a member of ours here
+            # (the others still have it as ours too).
+            ghost = Remote(conn.name, self.node, room)
+            room.remote[ghost] = None
+            self.remotes[(room.key, key)] = ghost
+            self.names[key] = ghost
+            self.nodes.setdefault(self.node, {})[ghost] = None
+        self.requests.append(("handed", to, name, room_name))
+
+    def _apply_handed(self, name: str, room_name: str) -> None:
+        key = p.name_key(name)
+        conn = self.signing_over.pop(key, None)
+        if conn is None:
+            return
+        # Gone meanwhile or not, the name and its place are taken over:
+        # the handover's landing then says it leaves, as anyone does.
+        if not room_name:
+            if conn in self.connected:
+                self._claim(conn, name, renaming=False)  # it was not there after all
+            return
+        self.requests.append(("take-name", name))
+        self.claiming[key] = conn
+        self.moving[key] = (conn, "", "-")
+
+        def send() -> None:
+            sender = conn if conn in self.connected else None
+            self._publish(p.name_key(room_name), ["handover", name], sender, members=(_plus(name),))
+
+        self._when_hosted(room_name, send)
+
+    def _apply_handover(self, room: Room, node: str, now: float, name: str) -> None:
+        key = p.name_key(name)
+        if node != self.node:
+            member = self.remotes.get((room.key, key))
+            if member is not None:
+                self._forget_remote(member)
+            self._add_remote(Remote(name, node), room)
+            return
+        pending = self.moving.pop(key, None)
+        if pending is None:
+            return
+        conn = pending[0]
+        if self.claiming.get(key) is conn:
+            del self.claiming[key]
+        member = self.remotes.get((room.key, key))
+        if member is not None:
+            self._forget_remote(member)
+        if conn not in self.connected:
+            # Gone meanwhile: it leaves, as anyone does.
+            ghost = Remote(name, self.node, room)
+            self._add_remote(ghost, room)
+            self._publish(room, ["leave", name, ""], members=(_minus(name),))
+            self._came_back_resume(conn, room)
+            return
+        carried = self.lobby.out.detach(conn, member=False)
+        conn.name, conn.room = name, room
+        self.names[key] = conn
+        self.silent.discard(conn)
+        self.rooms.occupied(room)
+        self._counted.add(room)
+        greeting = (p.render_you_are(name) + "\n").encode()
+        welcome = room.welcome_block(exclude=None, tagged=False)
+        room.out.send_bytes(conn, carried + greeting + welcome, member=False)
+        room.members[conn] = None
+        room.out.joined(conn)
+        self.counts["arrivals"] += 1
+        self._came_back_resume(conn, room)
 
     def _apply_kick(self, name: str, by: str, reason: str) -> None:
         """An operator's /kick or /ban on another node, or the API's: our

@@ -29,6 +29,9 @@ EVERY_KIND = [
     ["expire", "ann", "n1"],
     ["msg", "ann", "bob", "psst"],
     ["kick", "ann", "op", "spam"],
+    ["hand-over", "ann", "n2"],
+    ["handed", "ann", "ops"],
+    ["handover", "ann"],
 ]
 
 

@@ -199,7 +199,7 @@ def test_a_bad_sign_in_setup_stops_at_start_with_one_line(args, problem):
     assert problem in result.stderr
 
 
-def test_signing_in_across_a_cluster_and_a_resume_there_asks_for_the_token(
+def test_the_same_sub_moves_across_nodes_and_a_resume_there_asks_for_the_token(
     start_gchat, secret_file, redis_server
 ):
     from test_e2e_cluster import FAST
@@ -212,13 +212,27 @@ def test_signing_in_across_a_cluster_and_a_resume_there_asks_for_the_token(
     token_of_session = start_session(alice)
     bob = sign_in(b, "bob")
     bob.expect(r"Also here \(1\): alice")
-    # The same sub on the other node: refused there (not built: a takeover).
+    # The same sub signs in on the other node: it takes the name and its
+    # place over there; the first connection is told, and nobody sees it.
     twin = b.client()
     twin.expect(re.escape(PROMPT))
     twin.say(f"/auth {token('alice')}")
-    assert twin.closed_after(5)[-1] == "error: the name alice is taken"
+    twin.expect("You are alice")
+    twin.expect(r"Also here \(1\): bob")
+    assert alice.closed_after(5)[-1] == "error: signed in elsewhere"
+    twin.say("moved over")
+    assert bob.line() == "alice: moved over"  # no departure, no arrival before it
+    bob.say("/who")
+    bob.expect(r"Here now \(2\): bob, alice")
+    # Its session ended with the first connection: the token is no more.
+    late = a.client()
+    late.expect(re.escape(PROMPT))
+    late.say(f"/resume {token_of_session} -")
+    late.expect("error: cannot resume: unknown or expired session")
+    alice = twin
+    token_of_session = start_session(alice)
     reset(alice)
-    back = b.client()
+    back = a.client()  # the session's node is b now: a resume on a
     back.expect(re.escape(PROMPT))
     back.say(f"/resume {token_of_session} -")
     back.expect(r"resumed alice #lobby \d+", skip=True)

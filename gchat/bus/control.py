@@ -182,6 +182,12 @@ class Control:
         self.client.srem(self.node_names(node), key)
         return False
 
+    def take(self, key: str, node: str, name: str) -> None:
+        """node has the name now, whoever had it (the same sub signed in
+        again there: the node that had it handed it over)."""
+        self.client.sadd(self.node_names(node), key)
+        self.client.set(self.name_key(key), f"{node} {name}")
+
     def release(self, key: str, node: str) -> None:
         self._release(keys=[self.name_key(key)], args=[node])
         self.client.srem(self.node_names(node), key)

@@ -25,6 +25,8 @@ The operations (each a JSON list, its kind first):
                                  is away (its node is stopping)
   ["move", NAME]                 NAME, a session wherever it was, resumed on
                                  the publishing node: silently its member now
+  ["handover", NAME]             NAME signed in again on the publishing node
+                                 (the same token's sub): silently its member now
   ["expire", NAME, NODE]         NAME, NODE's away session, never resumed: it
                                  leaves ("connection lost"), if it still is so
 
@@ -32,6 +34,8 @@ and, in a node's inbox (a log that only its node reads):
 
   ["msg", FROM, TO, TEXT]        a private line for TO
   ["kick", NAME, BY, REASON]     NAME is kicked by BY (an operator, or "api")
+  ["hand-over", NAME, NODE]      NAME signed in again on NODE: let it go there
+  ["handed", NAME, ROOM]         ... it went, from ROOM ("" if it was not here)
 
 JSON because it is in the standard library and the operations are short
 lists of strings; one json.dumps per room per batch and one json.loads per
@@ -57,9 +61,12 @@ OPERATIONS: dict[str, tuple[type, ...]] = {
     "session": (str,),
     "away": (str,),
     "move": (str,),
+    "handover": (str,),
     "expire": (str, str),
     "msg": (str, str, str),
     "kick": (str, str, str),
+    "hand-over": (str, str),
+    "handed": (str, str),
 }
 
 # The kinds that carry a chat or private line (the outage bound counts them).

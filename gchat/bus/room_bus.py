@@ -122,6 +122,9 @@ LOST_MARK_TTL = 3600
 # What redis-py raises when Redis cannot serve a call: a RedisClusterException
 # ("cannot be connected", every node down) is no RedisError.
 FAILURES = (RedisError, RedisClusterException, OSError)
+# A sign-in whose name a node holds that cannot hand it over (gone, its
+# names kept for a session's window).
+SIGN_OVER_GONE = "your name is held by a server that is gone; try again later"
 # The prefix of a node's inbox log (cluster.INBOX; no room name holds it).
 INBOX = "~"
 
@@ -558,6 +561,8 @@ class RoomBus:
                 self._put(ROUTED, conn, (target, False, text))
             elif request[0] == "resume":
                 self._put(SESSION_FOUND, request[1], (request[2], BUS_DOWN))
+            elif request[0] == "sign-over":
+                self._put(CLAIMED, request[1], (request[2], BUS_DOWN_FOR_NAME))
             elif request[0] == "replay":
                 self._put(REPLAYED, request[1], (request[2], None, []))
             elif request[0] in ("kick", "room-info") and callable(request[-1]):
@@ -662,6 +667,33 @@ class RoomBus:
                         answer((404, {"error": render_no_such_user(name)}))
                 elif answer is not None:
                     self._put(KICK_ROUTED, answer, (name, ok))
+            elif kind == "sign-over":
+                # The same sub signed in here while another node has its
+                # name: that node is asked to hand it over (cluster.py).
+                _, conn, name = request
+                found = control.holder_and_name(name_key(name))
+                if (
+                    found is not None
+                    and found[0] != node
+                    and (found[0] in self.peers or control.alive([found[0]])[found[0]])
+                ):
+                    ops = dumps([["hand-over", found[1] or name, node]])
+                    self.publisher.submit(INBOX + found[0], ops)
+                    self._wake_writer.set()
+                else:
+                    ok = control.claim(name_key(name), node, name)
+                    if ok:
+                        self.names.add(name_key(name))
+                    self._put(CLAIMED, conn, (name, None if ok else SIGN_OVER_GONE))
+            elif kind == "handed":
+                _, to, name, room = request
+                self.publisher.submit(INBOX + to, dumps([["handed", name, room]]))
+                self._wake_writer.set()
+            elif kind == "take-name":
+                _, name = request
+                control.take(name_key(name), node, name)
+                self.names.add(name_key(name))
+                self.unreleased.discard(name_key(name))
             elif kind == "restrict":
                 _, table, key, until, lifted = request
                 if lifted:
