@@ -901,25 +901,35 @@ class ClusterChat(Chat):
     def _moved_away(self, conn: Member, room: Room) -> None:
         """This node's session client conn resumed on another node: it goes
         from here silently (its old connection, if open, is told)."""
-        session = self.session_of.pop(conn, None)
-        if session is not None:
-            self.sessions.close(session)
+        self._let_go(conn, p.RESUMED_ELSEWHERE, Why.RESUMED)
         if conn in room.away:
             del room.away[conn]
         else:
             room.leave(conn, None, moving=False, now=self._clock())
-            if conn in self.connected:
-                self._tell(conn, p.RESUMED_ELSEWHERE)
-                self.connected.discard(conn)
-                self.silent.discard(conn)
-                self.departures.append((conn, Why.RESUMED))
-                self.counts["departures"] += 1
-        room.out.untag(conn)
-        self.published.pop(conn, None)
-        self.busy.pop(conn, None)
         del self.names[p.name_key(conn.name)]
         self.rooms.vacated(room)
         self._counted.add(room)
+
+    def _let_go(self, conn: Member, line: str, why: str) -> Optional[Session]:
+        """conn, a client of this node's, is another node's now (a resume or
+        a sign-in there): its connection, if open, is told line and closed,
+        and what this node kept of it goes; the room is the caller's.
+        Returns its session, closed here."""
+        session = self.session_of.pop(conn, None)
+        if session is not None:
+            self.sessions.close(session)
+        if conn in self.connected:
+            self._tell(conn, line)
+            self.connected.discard(conn)
+            self.silent.discard(conn)
+            self.departures.append((conn, why))
+            self.counts["departures"] += 1
+        conn.room.out.untag(conn)
+        self.signed.pop(conn, None)
+        self.refreshing.pop(conn, None)
+        self.published.pop(conn, None)
+        self.busy.pop(conn, None)
+        return session
 
     def _moved_here(self, room: Room, now: float, name: str) -> None:
         """Our "move" is back: the resuming client takes the session's
@@ -1487,34 +1497,13 @@ class ClusterChat(Chat):
         conn = self.names.get(key)
         room_name = ""
         if conn is not None and not isinstance(conn, Remote) and conn.room is not None:
-            room = conn.room
-            room_name = room.name
-            session = self.session_of.pop(conn, None)
+            room_name = conn.room.name
+            session = self._let_go(conn, p.SIGNED_IN_ELSEWHERE, Why.SIGNED_IN_ELSEWHERE)
             if session is not None:
-                self.sessions.close(session)
                 self.requests.append(("session-end", session.token, key))
-            if conn in room.away:
-                del room.away[conn]
-            else:
-                room.leave(conn, None, moving=False, now=self._clock())
-                if conn in self.connected:
-                    self._tell(conn, p.SIGNED_IN_ELSEWHERE)
-                    self.connected.discard(conn)
-                    self.silent.discard(conn)
-                    self.departures.append((conn, Why.SIGNED_IN_ELSEWHERE))
-                    self.counts["departures"] += 1
-            room.out.untag(conn)
-            self.signed.pop(conn, None)
-            self.refreshing.pop(conn, None)
-            self.published.pop(conn, None)
-            self.busy.pop(conn, None)
-            # Until the handover is back it stays a member of ours here
-            # (the others still have it as ours too).
-            ghost = Remote(conn.name, self.node, room)
-            room.remote[ghost] = None
-            self.remotes[(room.key, key)] = ghost
-            self.names[key] = ghost
-            self.nodes.setdefault(self.node, {})[ghost] = None
+            # Until the handover is back it stays a member of ours here (the
+            # others still have it as ours too).
+            self._ghost(conn)
         self.requests.append(("handed", to, name, room_name))
 
     def _apply_handed(self, name: str, room_name: str) -> None:

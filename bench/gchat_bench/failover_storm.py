@@ -33,7 +33,6 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -42,7 +41,14 @@ import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
 from gchat_bench import resume_storm  # noqa: E402
-from gchat_bench.resume_storm import PORT, READY_TIMEOUT, RESUMED, SessionClient  # noqa: E402
+from gchat_bench.resume_storm import (  # noqa: E402
+    PORT,
+    READY_TIMEOUT,
+    RESUMED,
+    SessionClient,
+    accounting,
+    report,
+)
 from gchat_bench.servers import ClusterRedis, Server, gchat_command, process_cpu_s  # noqa: E402
 
 HOST = resume_storm.HOST
@@ -222,14 +228,8 @@ def run(opts: argparse.Namespace) -> dict:
         for server in nodes:
             server.stop()
         redis.stop()
-    lost = dup = disorder = 0
-    for c in clients + (senders if opts.rolling else []):
-        expected = senders[c.room].echoed
-        seqs = c.seqs
-        got = set(seqs)
-        lost += len(expected - got)
-        dup += len(seqs) - len(got)
-        disorder += sum(1 for a, b in zip(seqs, seqs[1:]) if b <= a)
+    readers = clients + (senders if opts.rolling else [])
+    lost, dup, disorder = accounting(readers, lambda c: senders[c.room].echoed)
     failed = sum(p["clients"] - p["resumed"] for p in phases)
     return {
         "scenario": "rolling_restart" if opts.rolling else "failover_storm",
@@ -259,14 +259,7 @@ def main(argv: list | None = None) -> int:
     opts = ap.parse_args(argv)
     if opts.clients <= opts.rooms:
         ap.error("--clients must be more than --rooms (each room has a sender)")
-    result = run(opts)
-    if opts.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>20}: {value}")
-    bad = result["failed"] or result["lost"] or result["duplicated"] or result["reordered"]
-    return 1 if bad else 0
+    return report(run(opts), opts.json)
 
 
 if __name__ == "__main__":

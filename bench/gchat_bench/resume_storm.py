@@ -206,16 +206,9 @@ def run(opts: argparse.Namespace) -> dict:
         server.stop()
     failed = [c for c in clients if not RESUMED.match(c.outcome or b"")]
     gaps = [c for c in clients if c.outcome.endswith(b" gap")]
-    lost = dup = disorder = 0
-    for c in clients:
-        seqs = c.seqs
-        # Every client held its session before the senders began: it owes
-        # every line its room's sender said, from the first.
-        expected = list(range(sent[c.room]))
-        got = set(seqs)
-        lost += len(set(expected) - got)
-        dup += len(seqs) - len(got)
-        disorder += sum(1 for a, b in zip(seqs, seqs[1:]) if b <= a)
+    # Every client held its session before the senders began: it owes
+    # every line its room's sender said, from the first.
+    lost, dup, disorder = accounting(clients, lambda c: set(range(sent[c.room])))
     storm_cpu = cpu1 - cpu0
     return {
         "scenario": "resume_storm",
@@ -237,6 +230,31 @@ def run(opts: argparse.Namespace) -> dict:
     }
 
 
+def accounting(clients: list, owed) -> tuple[int, int, int]:
+    """(lost, duplicated, out of order) over clients: each must have read
+    the sender numbers owed(client), a set, once each, in order."""
+    lost = dup = disorder = 0
+    for c in clients:
+        seqs = c.seqs
+        got = set(seqs)
+        lost += len(owed(c) - got)
+        dup += len(seqs) - len(got)
+        disorder += sum(1 for a, b in zip(seqs, seqs[1:]) if b <= a)
+    return lost, dup, disorder
+
+
+def report(result: dict, as_json: bool) -> int:
+    """Print result (a table, or one JSON line); the exit status: 1 if a
+    resume failed or a line was lost, doubled or out of order."""
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>20}: {value}")
+    bad = result["failed"] or result["lost"] or result["duplicated"] or result["reordered"]
+    return 1 if bad else 0
+
+
 def main(argv: list | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gchat_bench.resume_storm", description=__doc__)
     ap.add_argument("--clients", type=int, default=2000, help="clients in all, senders included")
@@ -249,14 +267,7 @@ def main(argv: list | None = None) -> int:
     opts = ap.parse_args(argv)
     if opts.clients <= opts.rooms:
         ap.error("--clients must be more than --rooms (each room has a sender)")
-    result = run(opts)
-    if opts.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>20}: {value}")
-    bad = result["failed"] or result["lost"] or result["duplicated"] or result["reordered"]
-    return 1 if bad else 0
+    return report(run(opts), opts.json)
 
 
 if __name__ == "__main__":
